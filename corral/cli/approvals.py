@@ -1,0 +1,78 @@
+"""Decide pending tool-call approvals held by `corral mcp`."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@app.command("list")
+def list_(
+    all_: bool = typer.Option(False, "--all", help="Include decided and expired requests."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """List pending approval requests (ID, tool, what, why, expiry)."""
+    from corral.tools.approvals import ApprovalStore
+
+    items = ApprovalStore().list(include_decided=all_)
+    if as_json:
+        for item in items:
+            print(json.dumps({
+                "id": item.id, "tool": item.tool, "summary": item.summary, "why": item.why,
+                "status": item.status, "principal": item.principal, "workspace": item.workspace,
+                "expires": item.expires, "decided_by": item.decided_by, "reason": item.reason,
+                "args": item.args,
+            }))
+        return
+    if not items:
+        print("no pending approvals" if not all_ else "no approvals")
+        return
+    for item in items:
+        line = f"{item.id}  {item.status:<8}  {item.tool:<6}  {item.summary}"
+        print(line)
+        print(f"          why: {item.why}; from {item.principal}; workspace {item.workspace}")
+        if item.status == "pending":
+            print(f"          expires {_when(item.expires)}")
+        else:
+            print(f"          decided by {item.decided_by} at {_when(item.decided_at)}"
+                  + (f": {item.reason}" if item.reason else ""))
+
+
+@app.command("approve")
+def approve(
+    ident: str = typer.Argument(..., metavar="ID"),
+    reason: str | None = typer.Option(None, "--reason", help="Why; recorded in the audit trail."),
+    always: bool = typer.Option(
+        False, "--always", help="Always allow this command in this workspace under this policy."
+    ),
+) -> None:
+    """Approve one pending request; the agent retries the same call to run it."""
+    from corral.tools.approvals import ApprovalStore
+
+    item = ApprovalStore().decide(ident, approve=True, reason=reason, always=always)
+    scope = " (always, for this command here)" if item.always else " (once)"
+    print(f"approved {item.id}{scope}: {item.tool} {item.summary}")
+
+
+@app.command("deny")
+def deny(
+    ident: str = typer.Argument(..., metavar="ID"),
+    reason: str | None = typer.Option(None, "--reason", help="Why; shown to the agent."),
+) -> None:
+    """Deny one pending request."""
+    from corral.tools.approvals import ApprovalStore
+
+    item = ApprovalStore().decide(ident, approve=False, reason=reason)
+    print(f"denied {item.id}: {item.tool} {item.summary}")
