@@ -1,0 +1,212 @@
+"""Audit relay: lets a process that must not open the store (the proxy, after it drops to its
+own uid) write to one sandbox's trail through a connected unix socket.
+
+Protocol: each frame is a 4-byte big-endian length and a JSON object. Client -> relay:
+``{"id": N, "type": "proxy.deny", "data": {...}}``; relay -> client, after the event committed:
+``{"id": N, "seq": S}`` or ``{"id": N, "error": "..."}``. Acks come in request order.
+
+Invariants:
+- The relay is bound to one ``Trail``: the client cannot choose the sandbox, the actor or the
+  sequence, only the event type (within ``allowed``) and a payload the registry validates.
+- An ack is sent only after the event's group committed, so ``RemoteTrail.emit`` has the same
+  durability as ``Trail.emit``. A dead relay or a failed store raises ``AuditUnavailable`` in
+  the client, which must stop the action (the proxy stops egress).
+- Frames are bounded (``MAX_FRAME``); a malformed frame closes the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import queue
+import socket
+import struct
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from corral.audit.events import EventError, EventType
+from corral.audit.store import AuditUnavailable, Ticket, Trail
+
+__all__ = ["PROXY_EVENTS", "AuditRelay", "RemoteTrail"]
+
+MAX_FRAME = 256 * 1024
+_LEN = struct.Struct(">I")
+
+PROXY_EVENTS = frozenset(
+    {
+        EventType.PROXY_ALLOW,
+        EventType.PROXY_DENY,
+        EventType.PROXY_INSPECT,
+        EventType.CREDENTIAL_INJECT,
+        EventType.DNS_QUERY,
+        EventType.ERROR,
+    }
+)
+
+
+def _send(sock: socket.socket, obj: dict[str, Any]) -> None:
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _recv(sock: socket.socket) -> dict[str, Any] | None:
+    head = _recv_exact(sock, 4)
+    if head is None:
+        return None
+    (n,) = _LEN.unpack(head)
+    if n > MAX_FRAME:
+        raise ValueError(f"audit relay frame of {n} bytes exceeds {MAX_FRAME}")
+    body = _recv_exact(sock, n)
+    if body is None:
+        return None
+    obj = json.loads(body)
+    if not isinstance(obj, dict):
+        raise ValueError("audit relay frame is not an object")
+    return obj
+
+
+class AuditRelay:
+    """Serve ``sock`` (one end of a socketpair) for ``trail`` in two daemon threads."""
+
+    def __init__(
+        self, trail: Trail, sock: socket.socket, allowed: Iterable[str] = PROXY_EVENTS
+    ) -> None:
+        self.trail, self.sock = trail, sock
+        self.allowed = frozenset(str(t) for t in allowed)
+        self._acks: queue.Queue[tuple[Any, Ticket | None, str | None] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name="corral-audit-relay", daemon=True)
+        self._acker = threading.Thread(target=self._ack, name="corral-audit-ack", daemon=True)
+        self._reader.start()
+        self._acker.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                msg = _recv(self.sock)
+                if msg is None:
+                    break
+                rid, type_, data = msg.get("id"), msg.get("type"), msg.get("data")
+                if not isinstance(type_, str) or type_ not in self.allowed:
+                    self._acks.put((rid, None, f"event type {type_!r} not allowed here"))
+                    continue
+                if not isinstance(data, dict):
+                    self._acks.put((rid, None, "data must be an object"))
+                    continue
+                try:
+                    self._acks.put((rid, self.trail.emit_nowait(type_, **data), None))
+                except EventError as err:
+                    self._acks.put((rid, None, str(err)))
+                except AuditUnavailable as err:
+                    self._acks.put((rid, None, f"unavailable: {err}"))
+        except (OSError, ValueError):
+            pass  # a broken or hostile peer: drop the connection
+        finally:
+            self._acks.put(None)
+
+    def _ack(self) -> None:
+        try:
+            while (item := self._acks.get()) is not None:
+                rid, ticket, error = item
+                if ticket is not None:
+                    try:
+                        _send(self.sock, {"id": rid, "seq": ticket.wait()})
+                        continue
+                    except AuditUnavailable as err:
+                        error = f"unavailable: {err}"
+                _send(self.sock, {"id": rid, "error": error})
+        except OSError:
+            pass
+        finally:
+            self._close_sock()
+
+    def _close_sock(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop serving (pending events are still acknowledged if the peer keeps reading)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
+        self._reader.join(timeout)
+        self._acker.join(timeout)
+
+
+class RemoteTrail:
+    """The client end: ``emit(type, **data) -> seq`` returns after the relay's commit ack.
+
+    Thread-safe and pipelined: concurrent emitters share the relay's group commits.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._ids = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._waiting: dict[int, list[Any]] = {}  # id -> [event, result, error]
+        self._dead: str | None = None
+        self._reader = threading.Thread(target=self._read, name="corral-audit-remote", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def from_fd(cls, fd: int) -> RemoteTrail:
+        return cls(socket.socket(fileno=fd))
+
+    def emit(self, type_: str | EventType, **data: Any) -> int:
+        slot: list[Any] = [threading.Event(), None, None]
+        with self._lock:
+            if self._dead is not None:
+                raise AuditUnavailable(self._dead)
+            rid = next(self._ids)
+            self._waiting[rid] = slot
+        try:
+            with self._send_lock:
+                _send(self.sock, {"id": rid, "type": str(type_), "data": data})
+        except (OSError, TypeError, ValueError) as err:
+            with self._lock:
+                self._waiting.pop(rid, None)
+            if isinstance(err, OSError):
+                raise AuditUnavailable(f"audit relay unreachable: {err}") from None
+            raise EventError(f"{type_}: payload is not JSON: {err}") from None
+        slot[0].wait()
+        if slot[2] is not None:
+            if str(slot[2]).startswith("unavailable") or slot[2] == "relay gone":
+                raise AuditUnavailable(f"audit relay: {slot[2]}")
+            raise EventError(slot[2])
+        return int(slot[1])
+
+    def _read(self) -> None:
+        reason = "relay gone"
+        try:
+            while (msg := _recv(self.sock)) is not None:
+                with self._lock:
+                    slot = self._waiting.pop(msg.get("id"), None)  # type: ignore[arg-type]
+                if slot is not None:
+                    slot[1], slot[2] = msg.get("seq"), msg.get("error")
+                    slot[0].set()
+        except (OSError, ValueError):
+            pass
+        with self._lock:
+            self._dead = reason
+            waiting, self._waiting = self._waiting, {}
+        for slot in waiting.values():
+            slot[2] = reason
+            slot[0].set()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self._reader.join(5)
+        self.sock.close()

@@ -1,0 +1,461 @@
+"""The audit store: SQLite (WAL) with one hash chain per sandbox and a global ledger.
+
+Invariants kept here:
+
+- Durable before the action: ``Trail.emit`` returns only after the transaction holding the
+  event has committed (WAL; ``synchronous=NORMAL`` survives a crash of corral, ``FULL`` also a
+  power loss). A caller acts after ``emit`` returns, never before.
+- One writer thread per store object commits queued events in groups (one transaction per
+  group), so many concurrent emitters share one commit.
+- Chains stay valid with several processes writing: every group runs in ``BEGIN IMMEDIATE``
+  (the database write lock) and reads each chain's head (last seq and hash) from the
+  ``chains`` table inside that transaction; the ledger head is read the same way.
+- Root only: the state dir is 0700 and the database and its WAL/SHM files are 0600; the
+  sandbox never gets a path to them (the harness hides the state dir).
+- Fail closed: if the store cannot be written (disk full, I/O error, read-only), the failing
+  group's emitters and every later emit get ``AuditUnavailable``; the store does not silently
+  continue with a gap. ``open`` refuses a store it cannot write (``CorralError``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from corral.audit.events import (
+    GENESIS,
+    SCHEMA_VERSION,
+    Actor,
+    EventError,
+    EventType,
+    canonical_json,
+    check_sandbox_id,
+    event_body,
+    event_hash,
+    validate,
+)
+from corral.errors import CorralError
+
+__all__ = ["AuditStore", "AuditUnavailable", "Ticket", "Trail", "default_path"]
+
+MIN_FREE_BYTES = 16 * 1024 * 1024
+_MAX_GROUP = 4096
+_BUSY_RETRIES = 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chains(
+  sandbox TEXT PRIMARY KEY, actor TEXT NOT NULL, opened_us INTEGER NOT NULL,
+  last_seq INTEGER NOT NULL, last_hash TEXT NOT NULL,
+  closed_us INTEGER, status TEXT, ledger_seq INTEGER, pruned INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS events(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, sandbox TEXT NOT NULL, seq INTEGER NOT NULL,
+  ts_us INTEGER NOT NULL, type TEXT NOT NULL, actor TEXT NOT NULL, data TEXT NOT NULL,
+  prev TEXT NOT NULL, hash TEXT NOT NULL, v INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS events_sandbox_seq ON events(sandbox, seq);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts_us);
+CREATE TABLE IF NOT EXISTS ledger(
+  seq INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, sandbox TEXT NOT NULL,
+  count INTEGER NOT NULL, chain_hash TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL);
+"""
+
+
+class AuditUnavailable(CorralError):
+    """The audit store cannot record events: the caller must stop the action (e.g. egress)."""
+
+
+def default_path() -> Path:
+    from corral.paths import state_dir
+
+    return state_dir() / "audit.db"
+
+
+def ledger_body(seq: int, ts: int, sandbox: str, count: int, chain_hash: str, prev: str) -> str:
+    return canonical_json(
+        {
+            "chain_hash": chain_hash,
+            "count": count,
+            "prev": prev,
+            "sandbox": sandbox,
+            "seq": seq,
+            "ts": ts,
+            "v": SCHEMA_VERSION,
+        }
+    )
+
+
+class _Pending:
+    """A queued write; filled in by the writer thread."""
+
+    __slots__ = (
+        "actor",
+        "data",
+        "done",
+        "error",
+        "group",
+        "kind",
+        "result",
+        "sandbox",
+        "seq",
+        "ts",
+        "type",
+    )
+
+    def __init__(self, kind: str, sandbox: str, type_: str, data: str, actor: str) -> None:
+        self.kind, self.sandbox, self.type, self.data, self.actor = (
+            kind,
+            sandbox,
+            type_,
+            data,
+            actor,
+        )
+        self.ts = time.time_ns() // 1000
+        self.seq = 0
+        self.done = False
+        self.error: str | None = None
+        self.result = ""
+        self.group: _Group | None = None
+
+
+class _Group:
+    """Events committed in one transaction; their emitters wait on one event (no thundering
+    herd: a commit wakes only the threads whose events it holds)."""
+
+    __slots__ = ("committed", "items")
+
+    def __init__(self) -> None:
+        self.items: list[_Pending] = []
+        self.committed = threading.Event()
+
+
+class Ticket:
+    """Returned by ``emit_nowait``: ``wait()`` returns the event's seq once it is committed."""
+
+    __slots__ = ("_p", "_store")
+
+    def __init__(self, store: AuditStore, pending: _Pending) -> None:
+        self._store, self._p = store, pending
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until committed; ``AuditUnavailable`` if the store failed (or on timeout)."""
+        return self._store._wait(self._p, timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._p.done
+
+
+class Trail:
+    """One sandbox's chain. ``emit`` blocks until the event is committed; thread-safe."""
+
+    def __init__(self, store: AuditStore, sandbox_id: str, actor: Actor) -> None:
+        self.store, self.sandbox_id, self.actor = store, sandbox_id, actor
+        self._actor_json = actor.to_json()
+
+    def emit_nowait(self, type_: str | EventType, **data: Any) -> Ticket:
+        """Queue an event (validated now) and return a ticket to wait on."""
+        type_ = str(type_)
+        if type_ == EventType.TRAIL_CLOSE:
+            raise EventError("trail.close is written by Trail.close(), not emitted")
+        validate(type_, data)
+        body = canonical_json({k: v for k, v in data.items() if v is not None})
+        return self.store._submit(_Pending("event", self.sandbox_id, type_, body, self._actor_json))
+
+    def emit(self, type_: str | EventType, **data: Any) -> int:
+        """Record an event and return its sequence number once it is durable."""
+        return self.emit_nowait(type_, **data).wait()
+
+    def close(self, status: str = "ok") -> str:
+        """Append ``trail.close`` and the chain's closing hash to the ledger; returns that hash."""
+        pending = _Pending(
+            "close",
+            self.sandbox_id,
+            EventType.TRAIL_CLOSE,
+            canonical_json({"status": status}),
+            self._actor_json,
+        )
+        self.store._submit(pending).wait()
+        return pending.result
+
+
+class AuditStore:
+    """The audit database of this host. Use ``AuditStore.open()``; one per process is enough."""
+
+    def __init__(self, path: Path, con: sqlite3.Connection, synchronous: str) -> None:
+        self.path, self.synchronous = path, synchronous
+        self._con = con
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # wakes the writer
+        self._group = _Group()
+        self._broken: str | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path | None = None,
+        *,
+        synchronous: str = "NORMAL",
+        min_free: int = MIN_FREE_BYTES,
+    ) -> AuditStore:
+        """Open (creating root-only) the store; ``CorralError`` if it cannot be written."""
+        if synchronous not in ("NORMAL", "FULL"):
+            raise CorralError(f"audit: synchronous must be NORMAL or FULL, not {synchronous!r}")
+        if path is None:
+            from corral.paths import ensure_state_dir
+
+            try:
+                ensure_state_dir()
+            except OSError as err:
+                raise CorralError(f"audit store: cannot create the state dir: {err}") from None
+            path = default_path()
+        path = Path(path).absolute()
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            free = _free_bytes(path.parent)
+            if free < min_free:
+                raise CorralError(
+                    f"audit store {path}: only {free // 1024} KiB free on its filesystem; corral "
+                    "will not start a sandbox it cannot audit (free space or set CORRAL_HOME)"
+                )
+            con = connect(path, synchronous)
+            if _needs_schema(con):
+                con.executescript(_SCHEMA)
+            with con:
+                con.execute(
+                    "INSERT OR REPLACE INTO meta VALUES('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                con.execute(
+                    "INSERT OR REPLACE INTO meta VALUES('last_open_us', ?)",
+                    (str(time.time_ns() // 1000),),
+                )
+            _tighten(path)
+        except CorralError:
+            raise
+        except (OSError, sqlite3.Error) as err:
+            raise CorralError(
+                f"audit store {path} is not writable ({err}); corral will not start a sandbox "
+                "it cannot audit (check the disk and CORRAL_HOME)"
+            ) from None
+        return cls(path, con, synchronous)
+
+    def trail(self, sandbox_id: str, actor: Actor | None = None) -> Trail:
+        """Open (or re-attach to) the chain of ``sandbox_id``; registered durably on return."""
+        check_sandbox_id(sandbox_id)
+        actor = actor or Actor.current()
+        t = Trail(self, sandbox_id, actor)
+        self._submit(_Pending("open", sandbox_id, "", "", t._actor_json)).wait()
+        return t
+
+    def close(self) -> None:
+        """Flush what is queued, stop the writer and close the database."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+        self._con.close()
+
+    def __enter__(self) -> AuditStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the writer ----------------------------------------------------------------------------
+
+    def _submit(self, pending: _Pending) -> Ticket:
+        with self._lock:
+            if self._broken is not None:
+                raise AuditUnavailable(self._broken)
+            if self._closed:
+                raise AuditUnavailable("audit store is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="corral-audit-writer", daemon=True
+                )
+                self._thread.start()
+            pending.group = self._group
+            self._group.items.append(pending)
+            if len(self._group.items) == 1:
+                self._wake.notify()
+        return Ticket(self, pending)
+
+    def _wait(self, pending: _Pending, timeout: float | None) -> int:
+        if not pending.done:
+            assert pending.group is not None
+            if not pending.group.committed.wait(timeout):
+                raise AuditUnavailable("audit store did not commit in time")
+        if pending.error is not None:
+            raise AuditUnavailable(pending.error)
+        return pending.seq
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._wake.wait_for(lambda: self._group.items or self._closed)
+                group = self._group
+                if not group.items:
+                    return
+                self._group = _Group()
+                broken = self._broken
+            error = broken or self._commit_group(group.items)
+            if error is not None:
+                with self._lock:
+                    if self._broken is None:
+                        self._broken = f"audit store {self.path} failed: {error}"
+                    for t in group.items:
+                        t.error = self._broken
+            for t in group.items:
+                t.done = True
+            group.committed.set()
+
+    def _commit_group(self, group: list[_Pending]) -> str | None:
+        for attempt in range(_BUSY_RETRIES):
+            try:
+                self._write(group)
+                return None
+            except sqlite3.OperationalError as err:
+                if self._con.in_transaction:
+                    self._con.rollback()
+                if "locked" not in str(err) and "busy" not in str(err):
+                    return str(err)
+                time.sleep(min(0.05 * (attempt + 1), 0.5))
+            except sqlite3.Error as err:
+                if self._con.in_transaction:
+                    self._con.rollback()
+                return str(err)
+        return "database stayed locked by another writer"
+
+    def _write(self, group: list[_Pending]) -> None:
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        heads: dict[str, list[Any]] = {}
+        rows: list[tuple[Any, ...]] = []
+        for t in group:
+            t.error = None
+            head = heads.get(t.sandbox)
+            if head is None:
+                r = con.execute(
+                    "SELECT last_seq, last_hash, closed_us FROM chains WHERE sandbox=?",
+                    (t.sandbox,),
+                ).fetchone()
+                # [last seq, last hash, closed, registered in chains]
+                head = heads[t.sandbox] = (
+                    [r[0], r[1], r[2] is not None, True] if r else [0, GENESIS, False, False]
+                )
+            if head[2]:
+                t.error = f"audit trail of sandbox {t.sandbox} is closed"
+                continue
+            if t.kind != "open" and not head[3]:
+                t.error = f"audit trail of sandbox {t.sandbox} was never opened"
+                continue
+            if t.kind == "open":
+                if not head[3]:
+                    con.execute(
+                        "INSERT INTO chains(sandbox, actor, opened_us, last_seq, "
+                        "last_hash) VALUES(?,?,?,0,?)",
+                        (t.sandbox, t.actor, t.ts, GENESIS),
+                    )
+                    head[3] = True
+                continue
+            seq, prev = head[0] + 1, head[1]
+            h = event_hash(
+                event_body(
+                    actor=t.actor,
+                    data=t.data,
+                    prev=prev,
+                    sandbox=t.sandbox,
+                    seq=seq,
+                    ts=t.ts,
+                    type_=t.type,
+                    v=SCHEMA_VERSION,
+                )
+            )
+            rows.append((t.sandbox, seq, t.ts, t.type, t.actor, t.data, prev, h, SCHEMA_VERSION))
+            head[0], head[1] = seq, h
+            t.seq = seq
+            if t.kind == "close":
+                con.executemany(_INSERT, rows)
+                rows.clear()
+                self._close_chain(t, seq, h)
+                head[2] = True
+                t.result = h  # the closing hash, returned by Trail.close
+        if rows:
+            con.executemany(_INSERT, rows)
+        con.executemany(
+            "UPDATE chains SET last_seq=?, last_hash=? WHERE sandbox=?",
+            [(h[0], h[1], sb) for sb, h in heads.items() if h[3]],
+        )
+        con.execute("COMMIT")
+
+    def _close_chain(self, t: _Pending, seq: int, h: str) -> None:
+        con = self._con
+        r = con.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+        lseq, lprev = (r[0] + 1, r[1]) if r else (1, GENESIS)
+        lh = event_hash(ledger_body(lseq, t.ts, t.sandbox, seq, h, lprev))
+        con.execute(
+            "INSERT INTO ledger VALUES(?,?,?,?,?,?,?)", (lseq, t.ts, t.sandbox, seq, h, lprev, lh)
+        )
+        con.execute(
+            "UPDATE chains SET closed_us=?, status=?, ledger_seq=? WHERE sandbox=?",
+            (t.ts, json.loads(t.data)["status"], lseq, t.sandbox),
+        )
+
+    # -- reading (see corral.audit.query for the user-facing queries) ------------------------------
+
+    def reader(self) -> sqlite3.Connection:
+        """A separate read connection (the writer's is owned by its thread)."""
+        return connect(self.path, self.synchronous)
+
+
+_INSERT = (
+    "INSERT INTO events(sandbox, seq, ts_us, type, actor, data, prev, hash, v) "
+    "VALUES(?,?,?,?,?,?,?,?,?)"
+)
+
+
+def connect(
+    path: Path, synchronous: str = "NORMAL", *, readonly: bool = False
+) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    con = sqlite3.connect(
+        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10.0
+    )
+    con.execute("PRAGMA busy_timeout=10000")
+    if not readonly:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute(f"PRAGMA synchronous={synchronous}")
+    return con
+
+
+def _needs_schema(con: sqlite3.Connection) -> bool:
+    row = con.execute("SELECT count(*) FROM sqlite_master WHERE name='ledger'").fetchone()
+    return bool(row[0] == 0)
+
+
+def _tighten(path: Path) -> None:
+    for p in _files(path):
+        if p.exists() and p.stat().st_mode & 0o077:
+            p.chmod(0o600)
+
+
+def _files(path: Path) -> Iterable[Path]:
+    return (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
+
+
+def _free_bytes(directory: Path) -> int:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize

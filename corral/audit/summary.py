@@ -1,0 +1,70 @@
+"""The one-screen summary ``corral run`` prints after each run."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+from corral.audit.query import iter_events, open_read
+
+__all__ = ["summary"]
+
+
+def summary(
+    sandbox_id: str, path: str | Path | None = None, *, width: int = 100, color: bool = False
+) -> str:
+    """Render allowed/denied/inspected counts by host, credentials used, exit status, and the
+    command that shows the full trail, as text (rich, no colour unless asked)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con: sqlite3.Connection = open_read(path)
+    try:
+        counts: Counter[tuple[str, str]] = Counter()
+        creds: Counter[str] = Counter()
+        dns_denied = 0
+        exit_status: str = "unknown"
+        events = 0
+        for ev in iter_events(con, sandbox=sandbox_id):
+            events += 1
+            kind = ev.type.partition(".")[2]
+            if ev.type.startswith("proxy."):
+                counts[(str(ev.data.get("host", "?")), kind)] += 1
+            elif ev.type == "credential.inject":
+                creds[str(ev.data.get("binding", "?"))] += 1
+            elif ev.type == "dns.query" and ev.data.get("rcode") != "NOERROR":
+                dns_denied += 1
+            elif ev.type == "sandbox.exit":
+                exit_status = str(ev.data.get("status"))
+                if ev.data.get("reason"):
+                    exit_status += f" ({ev.data['reason']})"
+    finally:
+        con.close()
+
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=color, no_color=not color)
+    console.print(
+        f"[bold]corral[/] sandbox {sandbox_id}: {events} audit events, exit status {exit_status}"
+    )
+    hosts = sorted({h for h, _ in counts})
+    if hosts:
+        table = Table("host", "allowed", "inspected", "denied", box=None, pad_edge=False)
+        for h in hosts:
+            table.add_row(
+                h, str(counts[(h, "allow")]), str(counts[(h, "inspect")]), str(counts[(h, "deny")])
+            )
+        console.print(table)
+    else:
+        console.print("no network requests")
+    if dns_denied:
+        console.print(f"DNS names refused: {dns_denied}")
+    if creds:
+        console.print(
+            "credentials used: " + ", ".join(f"{b} ×{n}" for b, n in sorted(creds.items()))
+        )
+    else:
+        console.print("credentials used: none")
+    console.print(f"full trail: corral audit show {sandbox_id}")
+    return out.getvalue()

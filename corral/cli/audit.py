@@ -1,0 +1,276 @@
+"""Query, verify, prune and export the audit trail.
+
+``list`` and ``show`` read what they can even from a damaged database (and say how many rows
+they skipped); ``verify`` is the command that judges integrity and exits 1 on any broken link.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from corral.audit.query import Event, ReadStats, head, iter_events, open_read, parse_time, prune
+from corral.errors import CorralError, UserInputError
+
+__all__ = ["app"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+DbOpt = Annotated[Path | None, typer.Option("--db", help="Audit database (default: state dir)")]
+
+
+def _console() -> Console:
+    # Piped output is not a terminal: rich would assume 80 columns and fold every row.
+    width = None if sys.stdout.isatty() else 200
+    return Console(highlight=False, soft_wrap=False, width=width)
+
+
+def _when(ts_us: int) -> str:
+    return datetime.fromtimestamp(ts_us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _detail(ev: Event) -> str:
+    d = ev.data
+    if ev.type.startswith("proxy."):
+        parts = [
+            str(d.get("method", "")),
+            f"{d.get('host', '')}{d.get('path', '')}",
+            f"-> {d['status']}" if "status" in d else "",
+            f"[{d.get('rule', '')}]",
+        ]
+        return " ".join(p for p in parts if p)
+    return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in d.items())
+
+
+def _table(events: list[Event]) -> Table:
+    table = Table("id", "time (UTC)", "sandbox", "seq", "type", "detail", show_lines=False)
+    for ev in events:
+        style = "red" if ev.type in ("proxy.deny", "error") else None
+        table.add_row(
+            str(ev.id), _when(ev.ts_us), ev.sandbox, str(ev.seq), ev.type, _detail(ev), style=style
+        )
+    return table
+
+
+def _skipped(stats: ReadStats) -> None:
+    if stats.skipped:
+        print(
+            f"corral: warning: {stats.skipped} damaged rows could not be read; run "
+            "`corral audit verify`",
+            file=sys.stderr,
+        )
+
+
+@app.command("list")
+def list_(
+    sandbox: Annotated[
+        str | None, typer.Option("--sandbox", "-s", help="Only this sandbox")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="e.g. 1h, 30m, 7d or an ISO date")] = None,
+    type_: Annotated[
+        list[str] | None,
+        typer.Option("--type", "-t", help="Event type, e.g. proxy.deny or proxy.*"),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Show at most the last N events (0: all)")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+    db: DbOpt = None,
+) -> None:
+    """List audit events."""
+    since_us = parse_time(since) if since else None
+    con = open_read(db)
+    stats = ReadStats()
+    events = list(iter_events(con, sandbox=sandbox, since_us=since_us, types=type_, stats=stats))
+    if limit > 0:
+        events = events[-limit:]
+    if as_json:
+        for ev in events:
+            sys.stdout.write(json.dumps(ev.to_dict(), sort_keys=True) + "\n")
+    elif events:
+        _console().print(_table(events))
+    else:
+        print("no matching events")
+    _skipped(stats)
+
+
+@app.command()
+def tail(
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events")
+    ] = False,
+    sandbox: Annotated[str | None, typer.Option("--sandbox", "-s")] = None,
+    type_: Annotated[list[str] | None, typer.Option("--type", "-t")] = None,
+    lines: Annotated[int, typer.Option("-n", help="Start with the last N events")] = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    interval: Annotated[float, typer.Option(help="Poll interval in seconds")] = 0.2,
+    db: DbOpt = None,
+) -> None:
+    """Print the latest events; with -f, follow new ones as they are committed."""
+    con = open_read(db)
+    last = con.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+    after = max(0, last - lines) if not sandbox and not type_ else 0
+    first = (
+        list(iter_events(con, sandbox=sandbox, types=type_, after_id=after))[-lines:]
+        if lines
+        else []
+    )
+    cursor = last
+    _emit_lines(first, as_json)
+    while follow:
+        time.sleep(interval)
+        new = list(iter_events(con, sandbox=sandbox, types=type_, after_id=cursor))
+        if new:
+            _emit_lines(new, as_json)
+            cursor = new[-1].id
+        else:
+            top = con.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+            cursor = max(cursor, top)
+
+
+def _emit_lines(events: list[Event], as_json: bool) -> None:
+    for ev in events:
+        if as_json:
+            line = json.dumps(ev.to_dict(), sort_keys=True)
+        else:
+            line = f"{ev.id:>8} {_when(ev.ts_us)} {ev.sandbox} #{ev.seq} {ev.type} {_detail(ev)}"
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def show(
+    ident: Annotated[str, typer.Argument(metavar="ID", help="A sandbox id (or an event id)")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    db: DbOpt = None,
+) -> None:
+    """Show a sandbox's whole trail (who launched it, every event, how it closed)."""
+    con = open_read(db)
+    chain = con.execute(
+        "SELECT actor, opened_us, last_seq, closed_us, status, ledger_seq, "
+        "pruned FROM chains WHERE sandbox=?",
+        (ident,),
+    ).fetchone()
+    if chain is None:
+        if ident.isdigit():
+            ev = next(iter_events(con, after_id=int(ident) - 1), None)
+            if ev is not None and ev.id == int(ident):
+                print(json.dumps(ev.to_dict(), indent=2, sort_keys=True))
+                return
+        raise UserInputError(
+            f"no sandbox or event {ident!r} in the audit store (see `corral audit list`)"
+        )
+    stats = ReadStats()
+    events = list(iter_events(con, sandbox=ident, stats=stats))
+    if as_json:
+        for ev in events:
+            sys.stdout.write(json.dumps(ev.to_dict(), sort_keys=True) + "\n")
+        return
+    actor = json.loads(chain[0])
+    who = actor.get("identity") or actor.get("user")
+    if actor.get("sudo_user"):
+        who = f"{who} (sudo by {actor['sudo_user']})"
+    console = _console()
+    state = (
+        f"closed {_when(chain[3])} status {chain[4]!r}, ledger entry {chain[5]}"
+        if chain[3]
+        else "open"
+    )
+    console.print(
+        f"sandbox {ident}: launched by {who} at {_when(chain[1])}; "
+        f"{chain[2]} events; {state}" + ("; events pruned" if chain[6] else "")
+    )
+    if events:
+        console.print(_table(events))
+    _skipped(stats)
+
+
+@app.command()
+def verify(
+    head_: Annotated[
+        str | None,
+        typer.Option("--head", help="Ledger head recorded earlier (from `corral audit head`)"),
+    ] = None,
+    db: DbOpt = None,
+) -> None:
+    """Walk every chain and the ledger; name the first broken link; exit 1 on failure."""
+    from corral.audit.verify import verify as run_verify
+
+    con = open_read(db)
+    res = run_verify(con, head_)
+    if res.ok:
+        print(
+            f"ok: {res.events} events in {res.chains} chains, {res.ledger} ledger entries; "
+            f"head {res.head}"
+        )
+        return
+    for problem in res.problems:
+        print(f"BROKEN: {problem}")
+    raise CorralError(f"audit trail verification failed: {res.problems[0]}")
+
+
+@app.command("head")
+def head_cmd(db: DbOpt = None) -> None:
+    """Print the ledger head (record it elsewhere; `verify --head` checks against it)."""
+    seq, h = head(open_read(db))
+    print(h)
+    print(f"({seq} ledger entries)", file=sys.stderr)
+
+
+@app.command("prune")
+def prune_cmd(
+    before: Annotated[
+        str,
+        typer.Option(
+            help="Delete closed trails that ended before this (ISO date or a duration like 90d)"
+        ),
+    ],
+    db: DbOpt = None,
+) -> None:
+    """Delete the events of closed trails; their closing hashes stay in the ledger."""
+    chains, events = prune(db, parse_time(before, what="--before"))
+    print(f"pruned {events} events of {chains} closed trails; the ledger is kept")
+
+
+@app.command()
+def export(
+    format_: Annotated[str, typer.Option("--format", help="jsonl or otlp")] = "jsonl",
+    endpoint: Annotated[
+        str | None, typer.Option(help="OTLP/HTTP logs URL, e.g. http://localhost:4318/v1/logs")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="jsonl file (default stdout)")
+    ] = None,
+    sandbox: Annotated[str | None, typer.Option("--sandbox", "-s")] = None,
+    since: Annotated[str | None, typer.Option()] = None,
+    type_: Annotated[list[str] | None, typer.Option("--type", "-t")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Export events as JSON lines or to an OpenTelemetry collector (OTLP/HTTP logs)."""
+    from corral.audit.export import export_jsonl, export_otlp
+
+    since_us = parse_time(since) if since else None
+    con = open_read(db)
+    events = iter_events(con, sandbox=sandbox, since_us=since_us, types=type_)
+    if format_ == "jsonl":
+        if output is None:
+            export_jsonl(events, sys.stdout)
+        else:
+            with output.open("w") as f:
+                n = export_jsonl(events, f)
+            print(f"exported {n} events to {output}", file=sys.stderr)
+    elif format_ == "otlp":
+        if not endpoint:
+            raise UserInputError(
+                "--format otlp needs --endpoint URL (e.g. http://localhost:4318/v1/logs)"
+            )
+        n = export_otlp(events, endpoint)
+        print(f"exported {n} events to {endpoint}", file=sys.stderr)
+    else:
+        raise UserInputError(f"--format {format_!r}: use jsonl or otlp")
