@@ -1,0 +1,113 @@
+"""URL path globs of egress rules, and the canonical form of a request path.
+
+Glob language: a glob starts with ``/``; ``*`` matches within one segment (no ``/``); ``**``
+is a whole segment and matches any number of segments (``/repos/**`` matches ``/repos`` and
+everything under it). No ``?``, ``#``, whitespace or control characters.
+
+Invariants:
+- A request path is matched after dropping the query and fragment, decoding ``%2e`` and
+  removing dot segments (RFC 3986 5.2.4), because the upstream server will do the same:
+  ``/repos/../admin`` is ``/admin`` for every rule.
+- A path that stays ambiguous after that (an encoded ``/`` or ``\\``, an empty segment, a
+  relative or non-path target) is *ambiguous*: path-restricted allow rules never match it and
+  path-restricted deny rules always do. Fail closed in both directions.
+- ``globs_overlap`` is the one conservative overlap test: two globs overlap unless their
+  literal prefixes (up to the first ``*``) diverge; a glob without ``*`` overlaps another glob
+  only if that glob matches it.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "canonical_path",
+    "compile_glob",
+    "glob_literal_segments",
+    "globs_overlap",
+    "validate_glob",
+]
+
+_BAD_CHARS = re.compile(r"[\s?#\x00-\x1f\x7f]")
+
+
+def validate_glob(glob: str) -> str:
+    """Return the glob unchanged if valid; ``ValueError`` carries a one-line hint."""
+    if not glob.startswith("/"):
+        raise ValueError("a path glob starts with '/', e.g. '/repos/**'")
+    if _BAD_CHARS.search(glob):
+        raise ValueError("no spaces, '?', '#' or control characters in a path glob")
+    for segment in glob.split("/")[1:]:
+        if "**" in segment and segment != "**":
+            raise ValueError("'**' must be a whole segment, e.g. '/a/**/b'; use '*' inside one")
+        if segment in (".", ".."):
+            raise ValueError("no '.' or '..' segments in a path glob")
+    return glob
+
+
+def compile_glob(glob: str) -> re.Pattern[str]:
+    parts: list[str] = []
+    segments = glob.split("/")[1:]
+    for i, segment in enumerate(segments):
+        if segment == "**":
+            # '/**' matches nothing or '/...' so '/a/**' covers '/a' itself.
+            parts.append("(?:/.*)?" if i == len(segments) - 1 else "(?:/[^/]*)*")
+        else:
+            parts.append("/" + "[^/]*".join(re.escape(piece) for piece in segment.split("*")))
+    return re.compile("".join(parts) or "/")
+
+
+def glob_literal_segments(glob: str) -> tuple[str, ...]:
+    """The whole segments before the first one that contains ``*`` (the index key)."""
+    out: list[str] = []
+    for segment in glob.split("/")[1:]:
+        if "*" in segment:
+            break
+        out.append(segment)
+    return tuple(out)
+
+
+def _literal_prefix(glob: str) -> str:
+    star = glob.find("*")
+    return glob if star < 0 else glob[:star]
+
+
+def globs_overlap(a: str, b: str) -> bool:
+    if "*" not in a:
+        return compile_glob(b).fullmatch(a) is not None
+    if "*" not in b:
+        return compile_glob(a).fullmatch(b) is not None
+    pa, pb = _literal_prefix(a), _literal_prefix(b)
+    return pa.startswith(pb) or pb.startswith(pa)
+
+
+def canonical_path(target: str) -> tuple[str, bool]:
+    """Return ``(path, ambiguous)`` for a request target (origin-form, query allowed)."""
+    path = target.split("#", 1)[0].split("?", 1)[0]
+    if not path.startswith("/"):
+        return "/", True
+    ambiguous = False
+    if "%" in path:
+        lowered = path.lower()
+        if "%2f" in lowered or "%5c" in lowered or "%25" in lowered:
+            ambiguous = True
+        path = path.replace("%2e", ".").replace("%2E", ".")
+    if "\\" in path or "//" in path:
+        ambiguous = True
+    if "/." in path:
+        out: list[str] = []
+        segments = path.split("/")[1:]
+        for i, segment in enumerate(segments):
+            last = i == len(segments) - 1
+            if segment == "..":
+                if out:
+                    out.pop()
+                if last:
+                    out.append("")
+            elif segment == ".":
+                if last:
+                    out.append("")
+            else:
+                out.append(segment)
+        path = "/" + "/".join(out)
+    return path, ambiguous

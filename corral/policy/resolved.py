@@ -1,0 +1,94 @@
+"""``ResolvedPolicy``: the composed, compiled policy that the rest of corral uses.
+
+It holds only frozen dataclasses from ``types`` and the compiled ``Matcher`` (no pydantic), so
+it can be pickled into the policy cache and loaded on the launch path cheaply.
+
+Invariants: ``decide_connect``/``decide_request`` never raise (an internal error denies);
+``digest`` is the sha256 of the canonical JSON of everything that affects behaviour (rules,
+bindings, limits, files, exec, policy names) and not of where it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from corral.policy.match import Matcher
+from corral.policy.types import (
+    CredentialBinding,
+    Decision,
+    ExecConfig,
+    FilesConfig,
+    Limits,
+    Origin,
+    Rule,
+)
+
+__all__ = ["ResolvedPolicy"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if k != "origin"}
+    if isinstance(value, frozenset | set):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class ResolvedPolicy:
+    """Rules in composition order (policy by policy, each in file order) plus merged settings."""
+
+    def __init__(self, *, rules: tuple[Rule, ...], policy_of: tuple[int, ...],
+                 names: tuple[str, ...], sources: tuple[str, ...],
+                 descriptions: tuple[str, ...], credentials: dict[str, CredentialBinding],
+                 limits: Limits, files: FilesConfig, exec: ExecConfig,
+                 provenance: dict[str, tuple[Origin, ...]]) -> None:
+        self.rules = rules
+        self.names = names
+        self.sources = sources
+        self.descriptions = descriptions
+        self.credentials = credentials
+        self.limits = limits
+        self.files = files
+        self.exec = exec
+        self.provenance = provenance
+        self._matcher = Matcher(rules, policy_of, names)
+        self.digest = hashlib.sha256(
+            json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "names": list(self.names),
+            "rules": [_plain(asdict(r)) for r in self.rules],
+            "credentials": {k: _plain(asdict(v)) for k, v in sorted(self.credentials.items())},
+            "limits": _plain(asdict(self.limits)),
+            "files": _plain(asdict(self.files)),
+            "exec": _plain(asdict(self.exec)),
+        }
+
+    def decide_connect(self, host: str, port: int) -> Decision:
+        """CONNECT or a captured TLS connection: host and port only; the mode to use."""
+        return self._matcher.connect(host, port)
+
+    def decide_request(self, host: str, port: int, method: str, path: str) -> Decision:
+        """A plain or intercepted request: host, port, method and path (query allowed)."""
+        return self._matcher.request(host, port, method, path)
+
+    def credentials_for(self, decision: Decision) -> CredentialBinding | None:
+        """The binding to inject for this decision: only an ``inspect`` with a credential."""
+        if decision.action != "inspect" or decision.rule is None:
+            return None
+        name = decision.rule.credential
+        return None if name is None else self.credentials.get(name)
+
+    def __repr__(self) -> str:
+        return (f"ResolvedPolicy(names={self.names!r}, rules={len(self.rules)}, "
+                f"digest={self.digest[:12]})")

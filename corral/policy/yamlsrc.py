@@ -1,0 +1,65 @@
+"""YAML to plain data, remembering the line of every key and item (PyYAML's node API).
+
+Invariants: the result holds only what ``yaml.SafeLoader`` constructs (no arbitrary tags);
+mapping keys are strings and unique (a duplicate key is an error, not a silent override);
+``lines[loc]`` is the 1-based line of the key or item at ``loc`` (``()`` is the document).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+__all__ = ["Loc", "parse_yaml"]
+
+Loc = tuple[str | int, ...]
+
+
+class _Problem(Exception):
+    def __init__(self, line: int, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.line, self.loc, self.message = line, loc, message
+
+
+def _build(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+                raise _Problem(line, loc, "keys must be plain names")
+            key = str(key_node.value)
+            if key in out:
+                raise _Problem(line, (*loc, key), f"duplicate key {key!r}")
+            lines[(*loc, key)] = line
+            out[key] = _build(loader, value_node, (*loc, key), lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for index, item in enumerate(node.value):
+            lines[(*loc, index)] = item.start_mark.line + 1
+            items.append(_build(loader, item, (*loc, index), lines))
+        return items
+    return loader.construct_object(node, deep=True)
+
+
+def parse_yaml(text: str) -> tuple[Any, dict[Loc, int]]:
+    """Return ``(data, lines)``; raise ``ValueError("LINE|message")`` on a syntax problem."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[Loc, int] = {(): 1}
+        data = None if node is None else _build(loader, node, (), lines)
+    except _Problem as problem:
+        where = ".".join(map(str, problem.loc))
+        raise ValueError(f"{problem.line}|{where}|{problem.message}") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        raise ValueError(f"{line}||YAML syntax error: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"1||YAML error: {err}") from None
+    finally:
+        loader.dispose()
+    return data, lines
