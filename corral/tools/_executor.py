@@ -1,0 +1,316 @@
+"""The resident executor: runs INSIDE the sandbox, one per sandbox, reused across tool calls.
+
+Started as ``/usr/bin/python3 -I -S -c <this source> <workspace root>`` as the sandbox user, so it
+must stay stdlib-only and import nothing from corral. It reads JSON-lines requests on stdin
+(``{"id": N, "op": ..., ...}``), handles each in its own thread, and writes JSON-lines
+responses on stdout: zero or more ``{"id": N, "progress": {...}}`` then exactly one
+``{"id": N, "ok": true, "result": {...}}`` or ``{"id": N, "ok": false, "error": ..., "kind": ...}``.
+
+Invariants:
+- Nothing a request carries is ever handed to a shell except ``exec``'s command, which is the
+  shell command by definition; glob and grep patterns are argv data or Python arguments.
+- Paths are resolved against the workspace root; a path inside it that resolves (symlinks)
+  outside is refused; a path outside is readable only when the host says the read was
+  approved (``outside_ok``), and never writable through these tools.
+- Outputs are capped; a capped output says so with a marker and the full size.
+- The sandbox (uid, mounts, Landlock, seccomp, proxy) is the security boundary; these checks
+  are the tools' policy on top of it, not a replacement for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as globmod
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import IO, Any
+
+Req = dict[str, Any]
+Res = dict[str, Any]
+
+ROOT = os.path.realpath(sys.argv[1] if len(sys.argv) > 1 else "/workspace")
+OUT_LOCK = threading.Lock()
+MARK = "\n[... truncated by corral: {shown} of {total} bytes shown ...]\n"
+
+
+class ToolError(Exception):
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def send(obj: Res) -> None:
+    line = json.dumps(obj, ensure_ascii=False) + "\n"
+    with OUT_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def inside(path: str) -> bool:
+    return path == ROOT or path.startswith(ROOT.rstrip("/") + "/")
+
+
+def resolve(path: Any, write: bool, outside_ok: bool = False) -> str:
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise ToolError("path must be a non-empty string")
+    lexical = os.path.normpath(os.path.join(ROOT, path))
+    real = os.path.realpath(lexical)
+    if inside(lexical):
+        if not inside(real):
+            raise ToolError(f"{path}: a symlink leads outside the workspace; refused", "symlink")
+        return real
+    if write:
+        raise ToolError(f"{path}: outside the workspace ({ROOT}); tools write only inside it",
+                        "outside_write")
+    if not outside_ok:
+        raise ToolError(f"{path}: outside the workspace; reading it needs approval", "outside")
+    return real
+
+
+def cap(data: bytes, limit: int) -> tuple[str, bool]:
+    text = data[:limit].decode("utf-8", "replace")
+    if len(data) > limit:
+        text += MARK.format(shown=limit, total=len(data))
+    return text, len(data) > limit
+
+
+def op_ping(req: Req) -> Res:
+    return {"pid": os.getpid(), "uid": os.getuid(), "root": ROOT}
+
+
+def op_exec(req: Req) -> Res:
+    command = req["command"]
+    timeout = float(req.get("timeout") or 120)
+    limit = int(req.get("max_output") or 65536)
+    cwd = resolve(req.get("cwd") or ".", write=False)
+    if not os.path.isdir(cwd):
+        raise ToolError(f"cwd {req.get('cwd')!r} is not a directory")
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        ["/bin/bash", "--noprofile", "--norc", "-c", command], cwd=cwd, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    bufs = {"stdout": bytearray(), "stderr": bytearray()}
+    totals = {"stdout": 0, "stderr": 0}
+
+    def pump(name: str, stream: IO[bytes]) -> None:
+        while True:
+            chunk = stream.read1(65536)  # type: ignore[attr-defined]
+            if not chunk:
+                break
+            totals[name] += len(chunk)
+            room = limit + 1 - len(bufs[name])
+            if room > 0:
+                bufs[name] += chunk[:room]
+
+    pumps = [threading.Thread(target=pump, args=(n, s), daemon=True)
+             for n, s in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+    for t in pumps:
+        t.start()
+    timed_out = False
+    next_progress = start + 1.0
+    while True:
+        try:
+            proc.wait(timeout=0.05)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if now - start > timeout:
+            timed_out = True
+            break
+        if now >= next_progress:
+            next_progress = now + 1.0
+            send({"id": req["id"], "progress": {
+                "elapsed": round(now - start, 1), "total": timeout,
+                "message": f"running {now - start:.0f}s, {totals['stdout']} bytes out"}})
+    # The command's whole session goes when it ends (background jobs included) or times out.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for t in pumps:
+        t.join(timeout=2)
+    out, out_cut = cap(bytes(bufs["stdout"]), limit)
+    err, err_cut = cap(bytes(bufs["stderr"]), limit)
+    if out_cut:
+        out = out.replace(f"of {limit + 1} bytes", f"of {totals['stdout']} bytes")
+    if err_cut:
+        err = err.replace(f"of {limit + 1} bytes", f"of {totals['stderr']} bytes")
+    code = 124 if timed_out else proc.returncode
+    if code < 0:
+        code = 128 - code
+    return {"exit_code": code, "stdout": out, "stderr": err, "timed_out": timed_out,
+            "duration_ms": round((time.monotonic() - start) * 1000, 1)}
+
+
+def op_read(req: Req) -> Res:
+    path = resolve(req["path"], write=False, outside_ok=bool(req.get("outside_ok")))
+    offset = max(int(req.get("offset") or 1), 1)
+    limit = int(req.get("limit") or 2000)
+    max_bytes = int(req.get("max_bytes") or 262144)
+    if os.path.isdir(path):
+        raise ToolError(f"{req['path']}: is a directory")
+    lines: list[str] = []
+    size = 0
+    total = 0
+    truncated = False
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            total = number
+            if number < offset or len(lines) >= limit:
+                if len(lines) >= limit:
+                    truncated = True
+                continue
+            size += len(raw)
+            if size > max_bytes:
+                truncated = True
+                continue
+            lines.append(raw.decode("utf-8", "replace"))
+    content = "".join(lines)
+    if truncated:
+        shown = f"lines {offset}-{offset + len(lines) - 1} of {total}"
+        content += f"\n[... truncated by corral: {shown} shown; use offset/limit ...]\n"
+    return {"content": content, "total_lines": total, "truncated": truncated, "path": path}
+
+
+def op_write(req: Req) -> Res:
+    path = resolve(req["path"], write=True)
+    content = req["content"]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(content)
+    return {"path": path, "bytes": len(content.encode("utf-8"))}
+
+
+def op_edit(req: Req) -> Res:
+    path = resolve(req["path"], write=True)
+    old, new = req["old_string"], req["new_string"]
+    if not old:
+        raise ToolError("old_string must not be empty")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        text = handle.read()
+    count = text.count(old)
+    if count == 0:
+        raise ToolError(f"{req['path']}: old_string not found")
+    if count > 1 and not req.get("replace_all"):
+        raise ToolError(f"{req['path']}: old_string occurs {count} times; make it unique "
+                        "(add surrounding lines) or set replace_all")
+    text = text.replace(old, new) if req.get("replace_all") else text.replace(old, new, 1)
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return {"path": path, "replacements": count if req.get("replace_all") else 1}
+
+
+def op_glob(req: Req) -> Res:
+    pattern = req["pattern"]
+    if pattern.startswith("/") or ".." in pattern.split("/"):
+        raise ToolError("glob pattern must be relative to the search directory, without '..'")
+    base = resolve(req.get("path") or ".", write=False)
+    limit = int(req.get("limit") or 1000)
+    found: list[str] = []
+    for rel in globmod.iglob(pattern, root_dir=base, recursive=True):
+        full = os.path.join(base, rel)
+        if not inside(os.path.realpath(full)):
+            continue
+        found.append(os.path.relpath(full, ROOT))
+        if len(found) > limit:
+            break
+    truncated = len(found) > limit
+    return {"matches": sorted(found[:limit]), "truncated": truncated}
+
+
+def op_grep(req: Req) -> Res:
+    base = resolve(req.get("path") or ".", write=False)
+    argv = ["rg", "--line-number", "--no-heading", "--color=never", "--with-filename"]
+    if req.get("ignore_case"):
+        argv.append("-i")
+    if req.get("fixed_strings"):
+        argv.append("-F")
+    if req.get("files_only"):
+        argv.append("-l")
+    for g in req.get("glob") or []:
+        argv += ["-g", g]
+    if req.get("context"):
+        argv += ["-C", str(int(req["context"]))]
+    argv += ["-e", req["pattern"], "--", os.path.relpath(base, ROOT)]
+    limit = int(req.get("max_output") or 65536)
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, stdin=subprocess.DEVNULL,
+                          timeout=float(req.get("timeout") or 60))
+    if done.returncode not in (0, 1):
+        raise ToolError("rg: " + done.stderr.decode("utf-8", "replace").strip())
+    out, cut = cap(done.stdout, limit)
+    return {"output": out, "matched": done.returncode == 0, "truncated": cut}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def op_fetch(req: Req) -> Res:
+    url = req["url"]
+    if not url.startswith(("http://", "https://")):
+        raise ToolError("fetch takes an http:// or https:// URL")
+    limit = int(req.get("max_bytes") or 262144)
+    body = req.get("body")
+    request = urllib.request.Request(
+        url, method=req.get("method") or "GET", headers=req.get("headers") or {},
+        data=body.encode("utf-8") if isinstance(body, str) else None)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler())
+    try:
+        resp = opener.open(request, timeout=float(req.get("timeout") or 30))
+        status, reason, headers = resp.status, resp.reason, dict(resp.headers.items())
+        data = resp.read(limit + 1)
+    except urllib.error.HTTPError as err:
+        status, reason, headers = err.code, err.reason, dict(err.headers.items())
+        data = err.read(limit + 1)
+    except (urllib.error.URLError, OSError) as err:
+        raise ToolError(f"fetch {url}: {getattr(err, 'reason', err)}", "network") from None
+    text, cut = cap(data, limit)
+    return {"status": status, "reason": str(reason), "headers": headers, "body": text,
+            "truncated": cut}
+
+
+OPS: dict[str, Any] = {
+    "ping": op_ping, "exec": op_exec, "read": op_read, "write": op_write, "edit": op_edit,
+    "glob": op_glob, "grep": op_grep, "fetch": op_fetch}
+
+
+def handle(req: Req) -> None:
+    ident = req.get("id")
+    try:
+        op = OPS.get(str(req.get("op")))
+        if op is None:
+            raise ToolError(f"unknown op {req.get('op')!r}")
+        send({"id": ident, "ok": True, "result": op(req)})
+    except ToolError as err:
+        send({"id": ident, "ok": False, "error": str(err), "kind": err.kind})
+    except (OSError, ValueError, KeyError, TypeError, subprocess.SubprocessError) as err:
+        send({"id": ident, "ok": False, "error": f"{type(err).__name__}: {err}", "kind": "error"})
+
+
+def main() -> None:
+    os.chdir(ROOT)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    send({"id": 0, "ok": True, "result": {"ready": True, "pid": os.getpid()}})
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+        except ValueError:
+            send({"id": None, "ok": False, "error": "bad request line", "kind": "protocol"})
+            continue
+        threading.Thread(target=handle, args=(req,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
