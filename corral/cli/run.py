@@ -1,14 +1,100 @@
-"""``corral run``: the lean launch path (no typer, no rich, no pydantic unless needed)."""
+"""``corral run``: the lean launch path (no typer, no rich, no pydantic unless a policy needs it).
+
+``corral run [-p POLICY]... [--workspace DIR] [--home DIR] [--env K=V]... -- CMD [ARGS...]``
+
+Bad input of any kind (a missing command, a bad policy, a missing or hidden workspace,
+conflicting flags) prints one ``corral: ...`` line and exits 125 before anything is created.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
+from typing import NoReturn
 
-__all__ = ["run_main"]
+from corral.errors import CorralError
+
+__all__ = ["EXIT_CORRAL_FAILURE", "build_spec", "parse", "run_main"]
 
 EXIT_CORRAL_FAILURE = 125
+_ENV_DENY = frozenset({"PATH", "HOME", "USER", "LOGNAME"})
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CorralError(f"{message} (usage: corral run [-p POLICY]... -- CMD [ARGS...])",
+                          exit_code=EXIT_CORRAL_FAILURE)
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="corral run", add_help=False)
+    p.add_argument("-p", "--policy", action="append", default=[])
+    p.add_argument("--workspace")
+    p.add_argument("--home")
+    p.add_argument("--env", action="append", default=[])
+    p.add_argument("cmd", nargs="*")
+    return p
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    if "--" in argv:
+        cut = argv.index("--")
+        opts, cmd = argv[:cut], argv[cut + 1 :]
+        ns = _parser().parse_args(opts)
+        if ns.cmd:
+            raise CorralError(f"unexpected argument {ns.cmd[0]!r} before '--'",
+                              exit_code=EXIT_CORRAL_FAILURE)
+    else:
+        ns, rest = _parser().parse_known_args(argv)
+        if rest:
+            raise CorralError(f"unknown option {rest[0]!r}", exit_code=EXIT_CORRAL_FAILURE)
+        cmd = ns.cmd
+    if not cmd:
+        raise CorralError("no command given (usage: corral run [-p POLICY]... -- CMD [ARGS...])",
+                          exit_code=EXIT_CORRAL_FAILURE)
+    return ns, cmd
+
+
+def build_spec(ns: argparse.Namespace) -> object:
+    from corral.sandbox.spec import SandboxSpec
+
+    env: dict[str, str] = {}
+    for item in ns.env:
+        key, eq, value = item.partition("=")
+        if not eq or not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
+            raise CorralError(f"--env {item!r}: expected NAME=VALUE", exit_code=EXIT_CORRAL_FAILURE)
+        if key in _ENV_DENY:
+            raise CorralError(f"--env {key}: corral sets {key} inside the sandbox",
+                              exit_code=EXIT_CORRAL_FAILURE)
+        env[key] = value
+    kwargs: dict[str, object] = {"env": env}
+    policy_ws: Path | None = None
+    policy_home: Path | None = None
+    if ns.policy:
+        from corral.policy import resolve
+
+        rp = resolve(list(ns.policy))
+        kwargs.update(policies=tuple(rp.names), limits=rp.limits, files=rp.files)
+        policy_ws, policy_home = rp.files.workspace, rp.files.home
+    workspace = Path(ns.workspace).absolute() if ns.workspace else policy_ws
+    home = Path(ns.home).absolute() if ns.home else policy_home
+    if ns.workspace and ns.home and Path(ns.workspace).resolve() == Path(ns.home).resolve():
+        raise CorralError("--workspace and --home must be different directories",
+                          exit_code=EXIT_CORRAL_FAILURE)
+    return SandboxSpec(workspace=workspace, home=home, **kwargs)  # type: ignore[arg-type]
 
 
 def run_main(argv: list[str]) -> int:
-    print("corral run: the sandbox harness is not built yet", file=sys.stderr)
-    return EXIT_CORRAL_FAILURE
+    try:
+        ns, cmd = parse(argv)
+        spec = build_spec(ns)
+        from corral.sandbox.run import run_command
+
+        return run_command(spec, cmd)  # type: ignore[arg-type]
+    except CorralError as err:
+        print(f"corral: {err}", file=sys.stderr)
+        return EXIT_CORRAL_FAILURE
+    except KeyboardInterrupt:
+        print("corral: interrupted", file=sys.stderr)
+        return 130

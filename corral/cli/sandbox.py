@@ -1,0 +1,52 @@
+"""Inspect and clean up sandboxes: list live ones, collect leftovers of killed launchers."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from corral.errors import CorralError
+
+__all__ = ["app"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+@app.command("list")
+def list_() -> None:
+    """Show sandboxes in the registry: id, policies, uid, launcher pid, age, state."""
+    from corral.sandbox import registry
+
+    table = Table("id", "policies", "uid", "pid", "age", "state")
+    now = time.time()
+    for e in registry.entries():
+        state = "running" if registry.launcher_alive(e) else "leftover (run gc)"
+        table.add_row(e.id, ", ".join(e.policies) or "(none)", str(e.uid), str(e.pid),
+                      _age(now - e.created), state)
+    Console().print(table)
+
+
+@app.command("gc")
+def gc() -> None:
+    """Remove what killed launchers left behind (registry entries, cgroups, directories)."""
+    from corral.sandbox.gc import collect
+
+    done = collect()
+    for sid in done.removed:
+        typer.echo(f"removed sandbox {sid}")
+    if not done.removed:
+        typer.echo("nothing to collect")
+    if done.problems:
+        raise CorralError("; ".join(done.problems))

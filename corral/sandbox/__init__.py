@@ -1,0 +1,45 @@
+"""The isolation harness: one ``Sandbox`` per agent run (DESIGN "Isolation layers").
+
+Public API::
+
+    spec = SandboxSpec(limits=..., files=..., workspace=Path(...), env={...},
+                       proxy_port=8080, dns_port=5353, extra_files={"/etc/resolv.conf": b"..."})
+    with Sandbox.create(spec, audit=sink) as sb:        # every layer built, or nothing
+        sock = sb.run_in_netns(lambda: socket.create_server(("127.0.0.1", 8080)))
+        proc = sb.spawn(["git", "status"], stdin=..., stdout=..., stderr=...)
+        proc.wait()
+    # torn down: processes, netns + nft table, cgroup, directories, uid reservation
+
+    code = run_command(spec, ["claude"])                 # what ``corral run`` does
+
+Submodules are imported lazily so that ``corral.sandbox.seccomp`` and friends can be used
+without loading the launcher.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.sandbox.audit import AuditSink, NullSink
+    from corral.sandbox.launch import Sandbox
+    from corral.sandbox.run import run_command
+    from corral.sandbox.spec import SandboxSpec
+
+__all__ = ["AuditSink", "NullSink", "Sandbox", "SandboxSpec", "run_command"]
+
+_HOME = {
+    "AuditSink": "corral.sandbox.audit",
+    "NullSink": "corral.sandbox.audit",
+    "Sandbox": "corral.sandbox.launch",
+    "SandboxSpec": "corral.sandbox.spec",
+    "run_command": "corral.sandbox.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        import importlib
+
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'corral.sandbox' has no attribute {name!r}")

@@ -1,0 +1,369 @@
+"""The ``Sandbox``: create every isolation layer, spawn commands inside, tear it all down.
+
+Invariants:
+- ``create`` builds every layer (uid reservation, directories, ID-mapped mounts, cgroup,
+  network namespace and rules) before anything runs; a failure at any step undoes the steps
+  before it and raises — there is no half-built sandbox to run in.
+- ``close`` always runs (context manager, ``finally``) and undoes everything, in reverse, each
+  step independently so one failure does not leave the others behind: processes, netns (and
+  with it the nft table), cgroup, directories, uid reservation.
+- The command inside never starts as root with capabilities: bwrap's child is the privilege
+  shim (``corral.sandbox.shim``) which drops to the sandbox uid, clears groups, drops every
+  capability, sets no_new_privs and applies Landlock before exec'ing the command; bwrap loads
+  the seccomp filter first.
+- Every lifecycle step is one ``self._audit(kind, **fields)`` call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from corral.errors import CorralError
+from corral.sandbox import _libc, registry
+from corral.sandbox.audit import AuditSink, NullSink
+from corral.sandbox.idmap import idmapped_tree
+from corral.sandbox.mounts import HOME, SANDBOX_USER, WORKSPACE, BwrapPlan, passwd_overlay
+from corral.sandbox.netns import NetNamespace
+from corral.sandbox.preflight import EXIT_CORRAL, check
+from corral.sandbox.spec import SandboxSpec
+from corral.sandbox.workspace import expand_user, invoking_user, validate
+
+__all__ = ["BASE_ENV", "Sandbox"]
+
+T = TypeVar("T")
+
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": HOME,
+    "USER": SANDBOX_USER,
+    "LOGNAME": SANDBOX_USER,
+    "SHELL": "/bin/bash",
+    "LANG": "C.UTF-8",
+    "TMPDIR": "/tmp",
+}
+_PASSED_ENV = ("TERM", "COLORTERM", "NO_COLOR", "COLUMNS", "LINES")
+
+
+class _Mapped:
+    """A host directory bound inside through an ID-mapped detached mount."""
+
+    def __init__(self, host: Path, stage: Path, tree_fd: int) -> None:
+        self.host, self.stage, self.tree_fd = host, stage, tree_fd
+
+
+class Sandbox:
+    """One sandbox. Use ``with Sandbox.create(spec) as sb: sb.spawn([...])``."""
+
+    def __init__(self, spec: SandboxSpec, entry: registry.Entry, audit: AuditSink) -> None:
+        self.spec = spec
+        self._entry = entry
+        self._sink = audit
+        self.id = entry.id
+        self.uid = entry.uid
+        self.gid = entry.gid
+        self.dir = entry.dir
+        self.workspace: Path = Path()
+        self.home: Path = Path()
+        self._mapped: list[_Mapped] = []
+        self._remove: list[Path] = []
+        self._netns: NetNamespace | None = None
+        self._cgroup: Any = None
+        self._hidden: list[Path] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._info: dict[int, int] = {}  # bwrap pid -> info fd
+        self._child_pids: dict[int, int] = {}
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    @contextlib.contextmanager
+    def create(cls, spec: SandboxSpec, audit: AuditSink | None = None) -> Iterator[Sandbox]:
+        sb = cls.open(spec, audit)
+        try:
+            yield sb
+        finally:
+            sb.close()
+
+    @classmethod
+    def open(cls, spec: SandboxSpec, audit: AuditSink | None = None) -> Sandbox:
+        """Build the sandbox (caller must ``close()``); ``create`` is the context-manager form."""
+        check()
+        hidden = validate(spec)
+        entry = registry.reserve(list(spec.policies))
+        sb = cls(spec, entry, audit or NullSink())
+        sb._hidden = hidden
+        try:
+            sb._audit("sandbox.create", uid=sb.uid, gid=sb.gid, policies=list(spec.policies))
+            sb._build()
+        except BaseException:
+            sb.close()
+            raise
+        return sb
+
+    def _audit(self, kind: str, **fields: Any) -> None:
+        self._sink.emit(self.id, kind, fields)
+
+    def _build(self) -> None:
+        spec = self.spec
+        empty_file, empty_dir = self.dir / "hidden-file", self.dir / "hidden-dir"
+        os.close(os.open(empty_file, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0))
+        empty_dir.mkdir(mode=0)
+        self.workspace = self._directory("workspace", spec.workspace, create=False)
+        home = spec.home or spec.files.home
+        self.home = self._directory("home", expand_user(home) if home else None, create=True)
+        self._cgroup = self._make_cgroup()
+        self._netns = NetNamespace.create(self.uid, spec.proxy_port, spec.dns_port)
+        self._audit(
+            "sandbox.network", proxy_port=spec.proxy_port, dns_port=spec.dns_port
+        )
+
+    def _directory(self, name: str, host: Path | None, *, create: bool) -> Path:
+        """Ephemeral dir owned by the sandbox uid, or a host dir mapped to it."""
+        if host is None:
+            path = self.dir / name
+            path.mkdir(mode=0o700)
+            os.chown(path, self.uid, self.gid)
+            self._remove.append(path)
+            self._audit(f"sandbox.{name}", path=str(path), ephemeral=True)
+            return path
+        if create and not host.exists():
+            uid, gid, _ = invoking_user()
+            host.mkdir(mode=0o700, parents=True)
+            os.chown(host, uid, gid)
+        real = Path(os.path.realpath(host))
+        st = real.stat()
+        stage = self.dir / f"stage-{name}"
+        stage.mkdir(mode=0o700)
+        try:
+            fd = idmapped_tree(str(real), st.st_uid, st.st_gid, self.uid, self.gid)
+        except OSError as err:
+            raise CorralError(
+                f"cannot ID-map {name} {real}: {err.strerror or err} (filesystem without "
+                "ID-mapped mount support?)",
+                exit_code=EXIT_CORRAL,
+            ) from None
+        self._mapped.append(_Mapped(real, stage, fd))
+        self._audit(f"sandbox.{name}", path=str(real), ephemeral=False, owner=st.st_uid)
+        return real
+
+    def _make_cgroup(self) -> Any:
+        try:
+            from corral.sandbox.cgroups import Cgroup
+        except ImportError as err:
+            raise CorralError(
+                f"the cgroup limits layer is missing from this corral install ({err})",
+                exit_code=EXIT_CORRAL,
+            ) from None
+        cg = Cgroup.create(f"corral-{self.id}", self.spec.limits)
+        self._entry.cgroup = f"corral-{self.id}"
+        registry.update(self._entry)
+        lim = self.spec.limits
+        self._audit("sandbox.limits", memory=lim.memory, pids=lim.pids, cpu=lim.cpu)
+        return cg
+
+    # -- hooks for the proxy ---------------------------------------------------------------
+
+    @property
+    def netns_fd(self) -> int:
+        if self._netns is None:
+            raise RuntimeError("sandbox has no network namespace (closed?)")
+        return self._netns.fd
+
+    def run_in_netns(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on a helper thread inside the sandbox netns (e.g. to create a listener)."""
+        if self._netns is None:
+            raise RuntimeError("sandbox has no network namespace (closed?)")
+        return self._netns.run_in(fn)
+
+    # -- running commands ------------------------------------------------------------------
+
+    def _shim_argv(self) -> list[str]:
+        writable = (WORKSPACE, HOME, "/tmp")
+        try:
+            from corral.sandbox.shim import ShimConfig, shim_argv
+        except ImportError as err:
+            raise CorralError(
+                f"the privilege-drop layer is missing from this corral install ({err})",
+                exit_code=EXIT_CORRAL,
+            ) from None
+        return list(shim_argv(ShimConfig(uid=self.uid, gid=self.gid, writable=writable)))
+
+    def _seccomp_fd(self) -> int:
+        from corral.sandbox.seccomp import build_filter
+
+        fd = os.memfd_create("corral-seccomp", 0)
+        os.write(fd, build_filter())
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def environment(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        out = dict(BASE_ENV)
+        out.update({k: os.environ[k] for k in _PASSED_ENV if k in os.environ})
+        out.update(self.spec.env)
+        out.update(env or {})
+        return out
+
+    def bwrap_argv(
+        self, argv: Sequence[str], *, tty: bool, cwd: str
+    ) -> tuple[list[str], list[int]]:
+        """The full command line for ``argv`` and the fds bwrap must inherit."""
+        plan = BwrapPlan()
+        plan.base(self.id, self.spec.tmp_size, new_session=not tty)
+        ws_src = self._stage_for(self.workspace)
+        home_src = self._stage_for(self.home)
+        plan.bind(ws_src, WORKSPACE, writable=True, mapped_from=self.workspace)
+        plan.bind(home_src, HOME, writable=True, mapped_from=self.home)
+        for extra in self.spec.files.read:
+            real = Path(os.path.realpath(expand_user(extra)))
+            plan.bind(real, str(real), writable=False)
+        passwd, group = passwd_overlay(self.uid, self.gid)
+        plan.data_file(passwd, "/etc/passwd")
+        plan.data_file(group, "/etc/group")
+        for inside, content in sorted(self.spec.extra_files.items()):
+            plan.data_file(content, inside)
+        plan.mask(self._hidden, self.dir / "hidden-file", self.dir / "hidden-dir")
+        info_r, info_w = os.pipe()
+        os.set_blocking(info_r, False)
+        plan.finish(info_w, self._seccomp_fd(), cwd)
+        self._pending_info = info_r
+        inner = ["/usr/bin/setsid", "--ctty", "--"] if tty else []
+        plan.args += ["--", *inner, *self._shim_argv(), *argv]
+        return plan.args, plan.fds
+
+    def _stage_for(self, path: Path) -> Path:
+        for m in self._mapped:
+            if m.host == path:
+                return m.stage
+        return path
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        tty: bool = False,
+        env: Mapping[str, str] | None = None,
+        cwd: str = WORKSPACE,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` inside as the sandbox user. ``tty``: stdio is a pty we own."""
+        if self._closed or self._netns is None:
+            raise RuntimeError("sandbox is closed")
+        if not argv:
+            raise CorralError("no command given", exit_code=EXIT_CORRAL)
+        args, fds = self.bwrap_argv(argv, tty=tty, cwd=cwd)
+        info_r = self._pending_info
+        netns_fd = self._netns.fd
+        cgroup = self._cgroup
+        mapped = [(m.tree_fd, str(m.stage)) for m in self._mapped]
+
+        def prepare() -> None:  # in the child, before exec of bwrap
+            cgroup.attach_self()
+            _libc.setns(netns_fd, _libc.CLONE_NEWNET)
+            if mapped:
+                _libc.unshare(_libc.CLONE_NEWNS)
+                _libc.make_mounts_private()
+                for tree_fd, stage in mapped:
+                    _libc.move_mount(tree_fd, stage)
+            if tty:
+                import fcntl
+                import termios
+
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        try:
+            proc = subprocess.Popen(
+                args,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                env=self.environment(env),
+                pass_fds=fds,
+                preexec_fn=prepare,
+                start_new_session=True,
+            )
+        except OSError as err:
+            os.close(info_r)
+            raise CorralError(f"cannot start bubblewrap: {err}", exit_code=EXIT_CORRAL) from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._procs.append(proc)
+        self._info[proc.pid] = info_r
+        self._entry.child_pid = proc.pid
+        registry.update(self._entry)
+        self._audit("sandbox.spawn", argv=list(argv), pid=proc.pid, tty=tty)
+        return proc
+
+    def agent_pid(self, proc: subprocess.Popen[bytes]) -> int | None:
+        """The host pid of the command's process (from bwrap's info fd), once known."""
+        if proc.pid in self._child_pids:
+            return self._child_pids[proc.pid]
+        fd = self._info.get(proc.pid)
+        if fd is None:
+            return None
+        with contextlib.suppress(BlockingIOError, OSError):
+            data = os.read(fd, 4096)
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self._child_pids[proc.pid] = int(json.loads(data)["child-pid"])
+        return self._child_pids.get(proc.pid)
+
+    def cpu_usage_ns(self) -> int:
+        return int(self._cgroup.cpu_usage_ns()) if self._cgroup is not None else 0
+
+    def oom_killed(self) -> bool:
+        return bool(self._cgroup is not None and self._cgroup.oom_killed())
+
+    def pids_exhausted(self) -> bool:
+        return bool(self._cgroup is not None and self._cgroup.pids_exhausted())
+
+    def kill_all(self) -> None:
+        if self._cgroup is not None:
+            with contextlib.suppress(OSError):
+                self._cgroup.kill_all()
+        for proc in self._procs:
+            with contextlib.suppress(OSError):
+                proc.kill()
+
+    # -- teardown --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        errors: list[str] = []
+
+        def step(what: str, fn: Callable[[], object]) -> None:
+            try:
+                fn()
+            except Exception as err:
+                errors.append(f"{what}: {err}")
+
+        step("processes", self._stop_processes)
+        for fd in [*self._info.values(), *(m.tree_fd for m in self._mapped)]:
+            step("descriptor", functools.partial(os.close, fd))
+        if self._netns is not None:
+            step("network namespace", self._netns.close)
+            self._netns = None
+        if self._cgroup is not None:
+            step("cgroup", self._cgroup.destroy)
+        step("directories", lambda: shutil.rmtree(self.dir))
+        step("registry", lambda: registry.release(self._entry))
+        self._audit("sandbox.close", errors=errors)
+
+    def _stop_processes(self) -> None:
+        if any(p.poll() is None for p in self._procs):
+            self.kill_all()
+        for proc in self._procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)

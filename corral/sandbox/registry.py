@@ -1,0 +1,155 @@
+"""The sandbox registry: one JSON entry per live sandbox under ``state_dir()/sandboxes``.
+
+Invariants:
+- A sandbox uid/gid is reserved by writing its entry while holding an exclusive ``flock`` on
+  ``sandboxes/.lock``; the uid is the lowest in the reserved range that no entry and no line of
+  the host's ``/etc/passwd``/``/etc/group`` uses. So concurrent launchers never share a uid.
+- An entry names its launcher by pid *and* start time, so a recycled pid is never taken for a
+  live launcher. An entry whose launcher is gone is a leftover: ``gc`` removes it and what it
+  lists (cgroup, directories) — the uid stays reserved until then.
+- Each sandbox owns ``sandboxes/<id>/`` (ephemeral workspace/home, mount staging points); it is
+  deleted with the entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from corral.paths import ensure_state_dir, state_dir
+
+__all__ = [
+    "UID_BASE",
+    "UID_RANGE",
+    "Entry",
+    "entries",
+    "launcher_alive",
+    "registry_dir",
+    "release",
+    "reserve",
+    "update",
+]
+
+UID_BASE = 2_000_000_000
+UID_RANGE = 1_000_000
+
+
+@dataclass
+class Entry:
+    id: str
+    uid: int
+    gid: int
+    pid: int
+    pid_start: int
+    created: float
+    policies: list[str] = field(default_factory=list)
+    cgroup: str | None = None
+    child_pid: int | None = None
+
+    @property
+    def dir(self) -> Path:
+        return registry_dir() / self.id
+
+
+def registry_dir() -> Path:
+    return state_dir() / "sandboxes"
+
+
+def _start_time(pid: int) -> int:
+    """The process start time in clock ticks (field 22 of /proc/PID/stat), 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    return int(data.rsplit(b")", 1)[1].split()[19])
+
+
+def launcher_alive(entry: Entry) -> bool:
+    return entry.pid_start != 0 and _start_time(entry.pid) == entry.pid_start
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[Path]:
+    ensure_state_dir()
+    reg = registry_dir()
+    reg.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(reg / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield reg
+    finally:
+        os.close(fd)
+
+
+def _load(path: Path) -> Entry | None:
+    try:
+        return Entry(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def entries() -> list[Entry]:
+    reg = registry_dir()
+    if not reg.is_dir():
+        return []
+    found = (_load(p) for p in sorted(reg.glob("*.json")))
+    return [e for e in found if e is not None]
+
+
+def _host_ids(path: str) -> set[int]:
+    ids: set[int] = set()
+    with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.split(":")
+            if len(parts) > 2 and parts[2].isdigit():
+                ids.add(int(parts[2]))
+    return ids
+
+
+def _write(entry: Entry) -> None:
+    path = registry_dir() / f"{entry.id}.json"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(asdict(entry), f)
+    os.replace(tmp, path)
+
+
+def reserve(policies: list[str]) -> Entry:
+    """Reserve a fresh id and uid/gid and create the sandbox's private directory."""
+    with _locked() as reg:
+        used = {e.uid for e in entries()} | {e.gid for e in entries()}
+        used |= _host_ids("/etc/passwd") | _host_ids("/etc/group")
+        uid = next((u for u in range(UID_BASE, UID_BASE + UID_RANGE) if u not in used), None)
+        if uid is None:
+            raise OSError("no free sandbox uid left; run `corral sandbox gc`")
+        sid = secrets.token_hex(4)
+        while (reg / sid).exists():
+            sid = secrets.token_hex(4)
+        pid = os.getpid()
+        entry = Entry(sid, uid, uid, pid, _start_time(pid), time.time(), list(policies))
+        (reg / sid).mkdir(mode=0o700)
+        _write(entry)
+        return entry
+
+
+def update(entry: Entry) -> None:
+    with _locked():
+        _write(entry)
+
+
+def release(entry: Entry) -> None:
+    """Drop the entry (the uid becomes free). Its directory must already be gone or emptied."""
+    with _locked() as reg:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(reg / f"{entry.id}.json")
+        with contextlib.suppress(OSError):
+            os.rmdir(reg / entry.id)

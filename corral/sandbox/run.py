@@ -1,0 +1,100 @@
+"""``run_command``: what ``corral run`` does once its arguments are understood.
+
+One sandbox, one command, the command's exit status as ours. Invariants (DESIGN "Exit codes"):
+the agent's status passes through; a wall or idle timeout is 124, a memory kill 137, each with
+one ``corral:`` line on stderr saying what happened and which limit to change; when our stdin is
+a terminal the agent gets a pty we own, and the user's terminal mode is restored however the
+run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from corral.sandbox.audit import AuditSink
+from corral.sandbox.launch import Sandbox
+from corral.sandbox.pty import Pty
+from corral.sandbox.spec import SandboxSpec
+from corral.sandbox.supervise import supervise
+
+__all__ = ["EXIT_OOM", "run_command"]
+
+EXIT_OOM = 137
+
+
+def _human_size(n: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}B"
+
+
+def _human_time(s: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if s >= size and s % size == 0:
+            return f"{int(s // size)}{unit}"
+    return f"{s:g}s"
+
+
+def run_command(
+    spec: SandboxSpec, argv: Sequence[str], *, audit: AuditSink | None = None
+) -> int:
+    """Run ``argv`` in a fresh sandbox built from ``spec``; return corral's exit status."""
+    tty = os.isatty(0) and os.isatty(1)
+    with Sandbox.create(spec, audit) as sb:
+        pty: Pty | None = None
+        try:
+            if tty:
+                pty = Pty(0)
+                proc = sb.spawn(argv, stdin=pty.slave, stdout=pty.slave, stderr=pty.slave, tty=True)
+                pty.close_slave()
+                pty.raw()
+                pumps = [(0, pty.master, False), (pty.master, 1, True)]
+            else:
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                try:
+                    proc = sb.spawn(argv, stdin=0, stdout=out_w, stderr=err_w)
+                finally:
+                    os.close(out_w)
+                    os.close(err_w)
+                os.set_blocking(out_r, False)
+                os.set_blocking(err_r, False)
+                pumps = [(out_r, 1, True), (err_r, 2, True)]
+            lim = spec.limits
+            outcome = supervise(
+                proc,
+                pumps=pumps,
+                wall=lim.wall,
+                idle=lim.idle,
+                cpu_usage=sb.cpu_usage_ns,
+                agent_pid=lambda: sb.agent_pid(proc),
+                kill_all=sb.kill_all,
+                on_winch=pty.resize if pty is not None else None,
+            )
+        finally:
+            if pty is not None:
+                pty.close()
+        code = outcome.returncode
+        if outcome.timeout == "wall" and lim.wall is not None:
+            _say(f"wall-time limit of {_human_time(lim.wall)} reached; the sandbox was stopped "
+                 "(raise limits.wall in a policy to allow more)")
+        elif outcome.timeout == "idle" and lim.idle is not None:
+            _say(f"no output and no CPU activity for {_human_time(lim.idle)}; the sandbox was "
+                 "stopped (raise limits.idle in a policy to allow more)")
+        elif sb.oom_killed():
+            mem = _human_size(lim.memory) if lim.memory else "its memory limit"
+            _say(f"the sandbox ran out of memory ({mem}) and was killed "
+                 "(raise limits.memory in a policy to allow more)")
+            code = EXIT_OOM
+        elif sb.pids_exhausted():
+            _say(f"note: the sandbox reached its process limit ({lim.pids} pids)")
+        sb._audit("sandbox.exit", code=code, timeout=outcome.timeout)
+        return code
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(f"\r\ncorral: {msg}\n" if os.isatty(2) else f"corral: {msg}\n")
+    sys.stderr.flush()

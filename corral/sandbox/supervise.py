@@ -1,0 +1,174 @@
+"""Watching a running sandbox: stream its output, forward signals, enforce wall and idle time.
+
+Invariants:
+- Output is copied as it arrives (no buffering beyond one read), so streams stay live.
+- Idle means no output *and* no CPU time used by the sandbox's cgroup for ``limits.idle``
+  seconds; wall is time since start. Either ends the run: every process of the sandbox is
+  killed and the outcome says why (exit 124).
+- SIGINT, SIGTERM and SIGHUP received by corral are forwarded to the agent's process (the one
+  bwrap reports on its info fd); a third one kills the whole sandbox. SIGWINCH resizes the pty.
+  The previous handlers are restored when supervision ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import selectors
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Protocol
+
+__all__ = ["EXIT_TIMEOUT", "Outcome", "supervise"]
+
+EXIT_TIMEOUT = 124
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    timeout: str | None = None  # "wall" | "idle"
+
+
+class _Proc(Protocol):
+    """What ``supervise`` needs from the child: pid, wait()."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+            continue
+        except OSError:
+            return  # the reader went away (closed pipe/terminal); keep the agent running
+        view = view[n:]
+
+
+def supervise(
+    proc: _Proc,
+    *,
+    pumps: list[tuple[int, int, bool]],
+    wall: float | None,
+    idle: float | None,
+    cpu_usage: Callable[[], int],
+    agent_pid: Callable[[], int | None],
+    kill_all: Callable[[], None],
+    on_winch: Callable[[], None] | None = None,
+) -> Outcome:
+    """Run until the child exits or a time limit hits.
+
+    ``pumps`` are ``(src, dst, is_output)``; ``src`` must be non-blocking. Output pumps count as
+    activity for the idle timer.
+    """
+    start = last = time.monotonic()
+    last_cpu = -1
+    next_cpu_check = start
+    strikes = 0
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal strikes
+        strikes += 1
+        if strikes >= 3:
+            kill_all()
+            return
+        pid = agent_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    saved: dict[signal.Signals, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in _FORWARDED:
+            saved[sig] = signal.signal(sig, forward)
+        if on_winch is not None:
+            winch = on_winch
+            saved[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, lambda s, f: winch())
+
+    sel = selectors.DefaultSelector()
+    pidfd = os.pidfd_open(proc.pid)
+    sel.register(pidfd, selectors.EVENT_READ, None)
+    for src, dst, is_out in pumps:
+        sel.register(src, selectors.EVENT_READ, (dst, is_out))
+    timeout: str | None = None
+    try:
+        exited = False
+        while not exited:
+            now = time.monotonic()
+            wait = 1.0
+            if wall is not None:
+                wait = min(wait, max(0.0, start + wall - now))
+            if idle is not None:
+                wait = min(wait, max(0.0, last + idle - now))
+            for key, _ in sel.select(wait):
+                if key.fd == pidfd:
+                    exited = True
+                elif not _pump(sel, key):
+                    continue
+                elif key.data[1]:
+                    last = time.monotonic()
+            now = time.monotonic()
+            if exited:
+                break
+            if wall is not None and now - start >= wall:
+                timeout = "wall"
+            elif idle is not None and now >= next_cpu_check:
+                next_cpu_check = now + min(1.0, idle / 4)
+                cpu = cpu_usage()
+                if cpu != last_cpu:
+                    if last_cpu >= 0:
+                        last = now  # the sandbox used CPU since the previous look
+                    last_cpu = cpu
+                if now - last >= idle:
+                    timeout = "idle"
+            if timeout:
+                kill_all()
+                break
+        for src, _dst, is_out in pumps:
+            if not is_out and src in sel.get_map():
+                sel.unregister(src)
+        deadline = time.monotonic() + 2.0
+        while len(sel.get_map()) > 1 and time.monotonic() < deadline:  # drain remaining output
+            for key, _ in sel.select(0.2):
+                if key.fd != pidfd:
+                    _pump(sel, key)
+        code = proc.wait()
+    finally:
+        sel.close()
+        os.close(pidfd)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+    if timeout is not None:
+        return Outcome(EXIT_TIMEOUT, timeout)
+    return Outcome(code if code >= 0 else 128 - code)
+
+
+def _pump(sel: selectors.BaseSelector, key: selectors.SelectorKey) -> bool:
+    """Copy one chunk; unregister the source at EOF. True if bytes moved."""
+    try:
+        data = os.read(key.fd, 65536)
+    except BlockingIOError:
+        return False
+    except OSError as err:
+        if err.errno not in (errno.EIO, errno.EBADF):
+            raise
+        data = b""
+    if not data:
+        sel.unregister(key.fd)
+        return False
+    _write_all(key.data[0], data)
+    return True
