@@ -17,10 +17,10 @@ import hashlib
 import os
 import pickle
 import stat
-import tempfile
 from pathlib import Path
 
 from corral import __version__, paths
+from corral.policy.builtin import locate
 from corral.policy.errors import PolicyError
 from corral.policy.resolved import ResolvedPolicy
 
@@ -35,8 +35,6 @@ def cache_dir() -> Path:
 
 
 def _read_inputs(specs: list[str]) -> list[tuple[str, Path, bytes]]:
-    from corral.policy.load import locate
-
     out = []
     for spec in specs:
         source, path = locate(spec)
@@ -47,8 +45,20 @@ def _read_inputs(specs: list[str]) -> list[tuple[str, Path, bytes]]:
     return out
 
 
+def _code_stamp() -> bytes:
+    """Size and mtime of this package's modules, so an edited checkout never reads a pickle of
+    objects whose classes changed under the same version number."""
+    here = os.path.dirname(__file__)
+    stamp = []
+    for entry in sorted(os.scandir(here), key=lambda e: e.name):
+        if entry.name.endswith(".py"):
+            st = entry.stat()
+            stamp.append(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(stamp).encode()
+
+
 def _key(inputs: list[tuple[str, Path, bytes]]) -> str:
-    digest = hashlib.sha256(_FORMAT + __version__.encode())
+    digest = hashlib.sha256(_FORMAT + __version__.encode() + _code_stamp())
     config = os.path.realpath(paths.config_dir())
     digest.update(config.encode() + b"\0")
     for spec, path, data in inputs:
@@ -82,6 +92,8 @@ def _cache_store(key: str, value: ResolvedPolicy) -> None:
     state = paths.state_dir()
     if not os.access(state, os.W_OK | os.X_OK):
         return
+    import tempfile
+
     folder = cache_dir()
     try:
         folder.mkdir(mode=0o700, exist_ok=True)

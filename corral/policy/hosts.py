@@ -16,8 +16,6 @@ from __future__ import annotations
 import ipaddress
 import re
 
-import idna
-
 __all__ = [
     "PUBLIC_SUFFIXES",
     "host_matches",
@@ -70,6 +68,8 @@ def _to_ascii(name: str) -> str:
     """IDNA-encode a (possibly Unicode) dotted name; raise ``_HostError`` with a hint."""
     if name.isascii():
         return name.lower()
+    import idna  # only for non-ASCII names: keeps the common path's imports small
+
     try:
         return idna.encode(name, uts46=True).decode("ascii")
     except idna.IDNAError as err:

@@ -22,13 +22,13 @@ from pydantic import BaseModel, ValidationError
 
 from corral import paths
 from corral.policy import schema
-from corral.policy.builtin import builtin_path
+from corral.policy.builtin import locate
 from corral.policy.errors import PolicyError
 from corral.policy.types import CredentialBinding, Origin, Rule
 from corral.policy.units import parse_duration, parse_size
 from corral.policy.yamlsrc import Loc, parse_yaml
 
-__all__ = ["LoadedPolicy", "load_policy", "locate"]
+__all__ = ["LoadedPolicy", "load_policy"]
 
 DEFAULT_PORTS = frozenset({80, 443})
 _HINTS = {
@@ -64,19 +64,6 @@ class LoadedPolicy:
     settings: dict[str, tuple[Any, Origin]] = field(default_factory=dict)
     # "exec.allow", "files.read", "files.hide" -> items
     lists: dict[str, tuple[tuple[Any, Origin], ...]] = field(default_factory=dict)
-
-
-def locate(spec: str) -> tuple[str, Path]:
-    """``(display name, path)`` for a ``-p`` argument; ``PolicyError`` if it does not exist."""
-    if spec.startswith("builtin:"):
-        path = builtin_path(spec[len("builtin:") :])
-        if path is None:
-            raise PolicyError([f"{spec}: no such built-in policy (see 'corral policy list')"])
-        return spec, path
-    path = Path(spec)
-    if not path.is_file():
-        raise PolicyError([f"{spec}: no such policy file"])
-    return spec, path
 
 
 def _field(loc: Loc) -> str:

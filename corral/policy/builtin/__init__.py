@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["builtin_names", "builtin_path", "describe_builtins"]
+from corral.policy.errors import PolicyError
+
+__all__ = ["builtin_names", "builtin_path", "describe_builtins", "locate"]
 
 _DIR = Path(__file__).parent
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -31,3 +33,16 @@ def describe_builtins() -> list[tuple[str, str]]:
         data = yaml.safe_load((_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
         out.append((name, str(data.get("description", "")) if isinstance(data, dict) else ""))
     return out
+
+
+def locate(spec: str) -> tuple[str, Path]:
+    """``(display name, path)`` for a ``-p`` argument; ``PolicyError`` if it does not exist."""
+    if spec.startswith("builtin:"):
+        path = builtin_path(spec[len("builtin:") :])
+        if path is None:
+            raise PolicyError([f"{spec}: no such built-in policy (see 'corral policy list')"])
+        return spec, path
+    path = Path(spec)
+    if not path.is_file():
+        raise PolicyError([f"{spec}: no such policy file"])
+    return spec, path

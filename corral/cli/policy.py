@@ -1,0 +1,157 @@
+"""Check, resolve and explain policies; list the built-in ones.
+
+Every problem is printed as one line naming file:line and the field, and the command exits 2;
+no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from corral.errors import UserInputError
+from corral.policy import PolicyError, ResolvedPolicy, describe_builtins, resolve
+
+__all__ = ["app"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+# No markup: policy text (reasons, origins in brackets) must print verbatim. Wide when piped.
+_out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 160)
+
+PolicyOpt = Annotated[
+    list[str] | None,
+    typer.Option("-p", "--policy", help="A policy file or builtin:NAME; repeat to compose."),
+]
+
+
+def _fail(err: PolicyError) -> typer.Exit:
+    for problem in err.problems:
+        print(f"corral: {problem}", file=sys.stderr)
+    return typer.Exit(2)
+
+
+def _resolve(policies: list[str] | None) -> ResolvedPolicy:
+    try:
+        return resolve(policies or [])
+    except PolicyError as err:
+        raise _fail(err) from None
+
+
+@app.command("check")
+def check(
+    files: Annotated[list[str], typer.Argument(help="Policy files or builtin:NAME.")],
+) -> None:
+    """Validate policy files: exit 0, or 2 listing every problem with file:line."""
+    from corral.policy.load import load_policy
+
+    problems: list[str] = []
+    for spec in files:
+        try:
+            loaded = load_policy(spec)
+        except PolicyError as err:
+            problems += err.problems
+            continue
+        _out.print(f"{spec}: ok (policy {loaded.name}, {len(loaded.rules)} rules)")
+    if problems:
+        raise _fail(PolicyError(problems))
+
+
+def _describe(rp: ResolvedPolicy) -> dict[str, Any]:
+    data = rp.canonical()
+    prov = rp.provenance
+
+    def origins(key: str) -> list[str]:
+        return [str(o) for o in prov.get(key, ())] or ["default"]
+
+    for rule, origin in zip(data["rules"], rp.rules, strict=True):
+        rule["origin"] = str(origin.origin)
+    for name, binding in data["credentials"].items():
+        binding["origin"] = str(rp.credentials[name].origin)
+    data["origins"] = {
+        **{f"limits.{k}": origins(f"limits.{k}")[0] for k in data["limits"]},
+        "exec.mode": origins("exec.mode")[0],
+        "files.approval": origins("files.approval")[0],
+        "files.workspace": origins("files.workspace")[0],
+        "files.home": origins("files.home")[0],
+        "exec.allow": origins("exec.allow") if rp.exec.allow else [],
+        "files.read": origins("files.read") if rp.files.read else [],
+        "files.hide": origins("files.hide") if rp.files.hide else [],
+    }
+    data["sources"] = list(rp.sources)
+    data["digest"] = rp.digest
+    return data
+
+
+@app.command("resolve")
+def resolve_cmd(
+    policy: PolicyOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the composed policy and where every rule and value came from (conflicts: exit 2)."""
+    rp = _resolve(policy)
+    data = _describe(rp)
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return
+    _out.print(f"policies: {', '.join(rp.names) or '(none: default deny)'}  digest {rp.digest}")
+    table = Table("origin", "host", "ports", "action", "methods", "paths", "credential")
+    for rule in rp.rules:
+        table.add_row(str(rule.origin), rule.host, ",".join(map(str, sorted(rule.ports))),
+                      rule.action, ",".join(sorted(rule.methods or ())) or "any",
+                      " ".join(rule.paths or ()) or "any", rule.credential or "")
+    _out.print(table)
+    for name, binding in rp.credentials.items():
+        _out.print(f"credential {name}: {binding.secret or 'aws'} -> {binding.header} "
+                   f"(env {binding.env or '-'})  [{binding.origin}]")
+    origins = data["origins"]
+    for section in ("limits", "exec", "files"):
+        for key, value in data[section].items():
+            where = origins.get(f"{section}.{key}", "")
+            if isinstance(where, list):
+                where = ", ".join(where)
+            _out.print(f"{section}.{key} = {value!r}  [{where or 'default'}]")
+
+
+@app.command("explain")
+def explain(
+    url: Annotated[str, typer.Argument(help="The request, e.g. https://api.example.com/x")],
+    policy: PolicyOpt = None,
+    method: Annotated[str, typer.Option("--method", "-X", help="HTTP method.")] = "GET",
+) -> None:
+    """The decision for one request, and the rule that made it (or "default deny")."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserInputError(f"{url}: give a full http:// or https:// URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UserInputError(f"{url}: bad port") from None
+    rp = _resolve(policy)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if parts.scheme == "https":
+        conn = rp.decide_connect(parts.hostname, port)
+        _out.print(f"connect {parts.hostname}:{port}: {conn.action}  ({conn.origin})")
+        if conn.action != "inspect":
+            _out.print(conn.message)
+            return
+    decision = rp.decide_request(parts.hostname, port, method, target)
+    _out.print(f"{method.upper()} {url}: {decision.action}  ({decision.origin})")
+    _out.print(decision.message)
+    binding = rp.credentials_for(decision)
+    if binding is not None:
+        _out.print(f"injects credential {binding.name} into {binding.header}")
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """The built-in policies (use them as -p builtin:NAME)."""
+    table = Table("name", "description")
+    for name, description in describe_builtins():
+        table.add_row(f"builtin:{name}", description)
+    _out.print(table)
