@@ -1,0 +1,181 @@
+"""TLS-or-tunnel connections: CONNECT requests and transparently captured port-443 traffic.
+
+Both arrive here with a host and port already known (the CONNECT target, or the name the DNS
+stub handed out for the captured address); the connection's mode is decided on those alone.
+
+Invariants:
+- ``deny``: 403 before any byte is tunnelled (CONNECT) or the connection is closed (captured).
+- The ClientHello's SNI must equal the host (an IP-literal host may come without SNI); any
+  mismatch closes the connection, audited, before a byte reaches the upstream.
+- ``direct``: the address checked by ``resolve`` is dialled and bytes are copied unchanged.
+- ``inspect``: TLS is terminated with a leaf for exactly that host, and every request inside is
+  decided again in full by ``http1.Session``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+
+from corral.policy.types import Decision
+from corral.proxy import decide, deny
+from corral.proxy.context import ProxyContext
+from corral.proxy.http1 import BadRequest, Pinned, Session, normalise_host
+from corral.proxy.resolve import Refused, is_ip
+from corral.proxy.sni import NotTLS, parse_sni
+from corral.proxy.streams import RawStream, Stream, TLSStream
+from corral.proxy.tunnel import pipe
+from corral.proxy.upstream import UpstreamError, dial
+
+__all__ = ["establish", "handle_connect", "read_client_hello"]
+
+HELLO_LIMIT = 64 * 1024
+HELLO_TIMEOUT = 10.0
+
+
+async def read_client_hello(stream: RawStream) -> tuple[bytes, str | None, bool]:
+    """Read until a full ClientHello is seen: (bytes read, SNI, is_tls). Pushes nothing back."""
+    data = b""
+    async with asyncio.timeout(HELLO_TIMEOUT):
+        while len(data) < HELLO_LIMIT:
+            chunk = await stream.read(HELLO_LIMIT - len(data))
+            if not chunk:
+                break
+            data += chunk
+            try:
+                complete, name = parse_sni(data)
+            except NotTLS:
+                return data, None, False
+            if complete:
+                return data, name, True
+    return data, None, False
+
+
+async def handle_connect(ctx: ProxyContext, session: Session, req: h11.Request) -> None:
+    target = req.target.decode("ascii", "replace")
+    parts = urlsplit("//" + target)
+    try:
+        host = normalise_host(parts.hostname or "")
+        port = parts.port
+    except (BadRequest, ValueError):
+        port = None
+    if not parts.hostname or port is None:
+        await session._bad_request(BadRequest(f"CONNECT target must be host:port, got {target!r}"))
+        return
+    fields: dict[str, Any] = {"method": "CONNECT", "host": host, "port": port}
+    decision = decide.connect(ctx.policy, host, port)
+    if decision.action == "deny":
+        await session._deny(decision, f"CONNECT {host}:{port}", fields)
+        return
+    try:
+        address = await ctx.resolver.choose(host, port, decision.rule)
+    except Refused as err:
+        await session._deny(deny.refusal(decision, str(err)), f"CONNECT {host}:{port}", fields)
+        return
+    session._send(h11.Response(status_code=200, headers=[]))
+    await session.client.drain()
+    client = session.client
+    assert isinstance(client, RawStream)
+    client.pushback = bytes(session.conn.trailing_data[0]) + client.pushback
+    await establish(ctx, client, host, port, decision, address, via="connect")
+
+
+async def _refuse(
+    ctx: ProxyContext, decision: Decision, message: str, fields: dict[str, Any]
+) -> None:
+    refusal = deny.refusal(decision, message)
+    text = deny.deny_text(refusal, f"connection to {fields['host']}:{fields['port']}")
+    await ctx.audit.emit("proxy.deny", rule=refusal.origin, reason=text, status=403, **fields)
+
+
+async def establish(
+    ctx: ProxyContext,
+    client: RawStream,
+    host: str,
+    port: int,
+    decision: Decision,
+    address: str | None,
+    *,
+    via: str,
+) -> None:
+    """Carry an allowed connection to ``host:port`` in the decided mode."""
+    fields: dict[str, Any] = {"host": host, "port": port, "mode": decision.action}
+    try:
+        hello, sni, is_tls = await read_client_hello(client)
+    except TimeoutError:
+        return
+    client.pushback = hello + client.pushback
+    if is_tls:
+        if sni is None and not is_ip(host):
+            await _refuse(ctx, decision, "the TLS ClientHello carries no server name", fields)
+            return
+        if sni is not None and sni != host:
+            await _refuse(
+                ctx, decision, f"TLS server name {sni!r} does not match the target {host!r}", fields
+            )
+            return
+    if decision.action == "inspect":
+        if not is_tls:
+            await Session(ctx, client, Pinned(host, port, tls=False)).run()
+            return
+        tls = TLSStream(client, ctx.ca.server_context(host))
+        try:
+            await tls.handshake()
+        except (OSError, ConnectionError) as err:
+            await ctx.audit.emit(
+                "error", component="proxy", message=f"TLS with the agent failed for {host}: {err}"
+            )
+            return
+        except Exception as err:  # ssl.SSLError: the agent did not trust the sandbox CA
+            await ctx.audit.emit(
+                "error", component="proxy", message=f"TLS with the agent failed for {host}: {err}"
+            )
+            return
+        await Session(ctx, tls, Pinned(host, port, tls=True)).run()
+        return
+    if not is_tls and via == "connect":
+        await _refuse(ctx, decision, "a direct tunnel carries TLS only", fields)
+        return
+    await _tunnel(ctx, client, host, port, decision, address, fields)
+
+
+async def _tunnel(
+    ctx: ProxyContext,
+    client: Stream,
+    host: str,
+    port: int,
+    decision: Decision,
+    address: str | None,
+    fields: dict[str, Any],
+) -> None:
+    started = time.monotonic()
+    try:
+        if address is None:
+            address = await ctx.resolver.choose(host, port, decision.rule)
+        await ctx.audit.emit("proxy.allow", rule=decision.origin, **fields)
+        upstream = await dial(address, host, port, tls=None, proxy=ctx.upstream_proxy)
+    except Refused as err:
+        await _refuse(ctx, decision, str(err), fields)
+        return
+    except UpstreamError as err:
+        await ctx.audit.emit(
+            "proxy.allow", rule=decision.origin, status=err.status, reason=err.reason, **fields
+        )
+        return
+    try:
+        sent, received = await pipe(client, upstream)
+    finally:
+        upstream.close()
+    await ctx.audit.emit(
+        "proxy.allow",
+        rule=decision.origin,
+        reason="tunnel closed",
+        bytes_out=sent,
+        bytes_in=received,
+        duration_ms=round((time.monotonic() - started) * 1000, 3),
+        **fields,
+    )

@@ -1,0 +1,35 @@
+"""Everything a proxy connection handler needs, in one object built once per sandbox.
+
+Invariants:
+- Secrets live only here (``secrets``), keyed by binding name; handlers pass them to
+  ``inject`` and nowhere else.
+- ``names`` is the DNS stub's synthetic-address table; the transparent handler maps captured
+  destinations back to names through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.proxy.events import AsyncAudit
+from corral.proxy.names import SyntheticNames
+from corral.proxy.resolve import Resolver
+from corral.proxy.tls import CertificateAuthority, UpstreamContexts
+from corral.proxy.upstream import UpstreamProxy
+
+__all__ = ["ProxyContext"]
+
+
+@dataclass
+class ProxyContext:
+    policy: Any
+    ca: CertificateAuthority
+    secrets: Mapping[str, Mapping[str, str]]
+    audit: AsyncAudit = field(default_factory=AsyncAudit)
+    resolver: Resolver = field(default_factory=Resolver)
+    upstream_tls: UpstreamContexts = field(default_factory=UpstreamContexts)
+    upstream_proxy: UpstreamProxy | None = None
+    names: SyntheticNames = field(default_factory=SyntheticNames)
+    idle_timeout: float = 300.0

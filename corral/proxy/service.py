@@ -1,0 +1,312 @@
+"""The proxy as a service the launcher starts: build once, fork, drop privileges, serve.
+
+Invariants:
+- The listening sockets are created by the caller (inside the sandbox netns); the proxy child
+  only accepts on them. The child keeps no other inherited file descriptor.
+- Before serving, the child drops to ``run_as`` (supplementary groups cleared, gid then uid,
+  no_new_privs, not dumpable so its memory and fds are not readable by other processes): it
+  parses hostile input and must not be root. Files it needs as root (``tls_ca``) are loaded
+  before the drop.
+- The child exits when the launcher goes away (the relay socket reaches EOF): a proxy never
+  outlives the launcher that audits it; a dead proxy means no egress, never open egress.
+- ``start`` returns only once the child is serving (or raises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from corral.errors import CorralError
+from corral.proxy.context import ProxyContext
+from corral.proxy.dns import serve_dns
+from corral.proxy.events import AsyncAudit, AuditSink, DirectAudit, RelayAudit, start_relay
+from corral.proxy.resolve import Resolver
+from corral.proxy.server import serve
+from corral.proxy.tls import CertificateAuthority, UpstreamContexts
+from corral.proxy.upstream import UpstreamProxy
+
+__all__ = ["ProxyHandle", "ProxyService", "drop_privileges", "inspected_hosts"]
+
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def inspected_hosts(policy: Any) -> list[str]:
+    """Hosts of inspect rules, for the CA's name constraints; ``["*"]`` if unknown."""
+    rules = getattr(policy, "rules", None)
+    if rules is None:
+        return ["*"]
+    try:
+        return [r.host for r in rules if r.action == "inspect"] or ["invalid.corral"]
+    except Exception:
+        return ["*"]
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(PR_SET_DUMPABLE, 0)
+    if os.getresuid() != (uid, uid, uid) or os.getgroups():
+        raise OSError("privilege drop did not take effect")
+
+
+def _normalise_secrets(
+    secrets: Mapping[str, str | Mapping[str, str]],
+) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for name, value in secrets.items():
+        out[name] = {"secret": value} if isinstance(value, str) else dict(value)
+    return out
+
+
+class ProxyHandle:
+    def __init__(self, pid: int, lifeline: socket.socket) -> None:
+        self.pid = pid
+        self._lifeline = lifeline
+        self._stopped = False
+
+    def alive(self) -> bool:
+        try:
+            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+        except ChildProcessError:
+            return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                pid, _status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                break
+            time.sleep(0.01)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+        self._lifeline.close()
+
+
+class ProxyService:
+    def __init__(
+        self,
+        policy: Any,
+        secrets: Mapping[str, str | Mapping[str, str]] | None = None,
+        audit: AuditSink | None = None,
+        upstream_proxy: str | None = None,
+        resolve_overrides: Mapping[str, list[str]] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.secrets = _normalise_secrets(secrets or {})
+        self.audit = audit
+        try:
+            self.upstream_proxy = UpstreamProxy.parse(upstream_proxy) if upstream_proxy else None
+        except ValueError as err:
+            raise CorralError(f"--upstream-proxy: {err}") from None
+        self.resolve_overrides = dict(resolve_overrides or {})
+        self.ca = CertificateAuthority(inspected_hosts(policy))
+
+    # -- what the sandbox gets ----------------------------------------------------------
+
+    def agent_env(
+        self,
+        proxy_port: int,
+        proxy_host: str = "127.0.0.1",
+        bundle_path: str = SYSTEM_BUNDLE,
+    ) -> dict[str, str]:
+        host = f"[{proxy_host}]" if ":" in proxy_host else proxy_host
+        url = f"http://{host}:{proxy_port}"
+        env = {
+            "HTTP_PROXY": url,
+            "HTTPS_PROXY": url,
+            "http_proxy": url,
+            "https_proxy": url,
+            "NO_PROXY": "localhost,127.0.0.1,::1",
+            "no_proxy": "localhost,127.0.0.1,::1",
+        }
+        for var in (
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "CURL_CA_BUNDLE",
+            "GIT_SSL_CAINFO",
+            "PIP_CERT",
+            "AWS_CA_BUNDLE",
+        ):
+            env[var] = bundle_path
+        bindings = getattr(self.policy, "credentials", {}) or {}
+        for name, binding in bindings.items():
+            if binding.kind == "aws":
+                env["AWS_ACCESS_KEY_ID"] = "AKIACORRALPLACEHOLDR"
+                env["AWS_SECRET_ACCESS_KEY"] = f"corral-placeholder-{name}"
+                if binding.aws_session_token:
+                    env["AWS_SESSION_TOKEN"] = f"corral-placeholder-{name}"
+            if binding.env:
+                env[binding.env] = f"corral-placeholder-{name}"
+        return env
+
+    def trust_bundle(self) -> bytes:
+        path = ssl.get_default_verify_paths().cafile or SYSTEM_BUNDLE
+        system = Path(path).read_bytes() if Path(path).exists() else b""
+        if system and not system.endswith(b"\n"):
+            system += b"\n"
+        return system + self.ca.cert_pem
+
+    # -- serving ------------------------------------------------------------------------
+
+    def _context(self, audit: AsyncAudit) -> ProxyContext:
+        upstream_tls = UpstreamContexts()
+        rules = getattr(self.policy, "rules", None) or []
+        upstream_tls.preload(getattr(r, "tls_ca", None) for r in rules)
+        return ProxyContext(
+            policy=self.policy,
+            ca=self.ca,
+            secrets=self.secrets,
+            audit=audit,
+            resolver=Resolver(self.resolve_overrides),
+            upstream_tls=upstream_tls,
+            upstream_proxy=self.upstream_proxy,
+        )
+
+    async def serve(
+        self,
+        listen_socks: Iterable[socket.socket],
+        dns_socks: Iterable[socket.socket] = (),
+        stop: asyncio.Event | None = None,
+        audit: AsyncAudit | None = None,
+        ready: threading.Event | None = None,
+    ) -> None:
+        """Serve in the current event loop until ``stop`` is set (in-process use)."""
+        if audit is None:
+            audit = DirectAudit(self.audit) if self.audit is not None else AsyncAudit()
+        ctx = self._context(audit)
+        servers = await serve(ctx, list(listen_socks))
+        transports = await serve_dns(ctx, list(dns_socks))
+        if ready is not None:
+            ready.set()
+        try:
+            await (stop or asyncio.Event()).wait()
+        finally:
+            for server in servers:
+                server.close()
+            for transport in transports:
+                transport.close()
+
+    def start(
+        self,
+        listen_socks: Iterable[socket.socket],
+        dns_socks: Iterable[socket.socket] = (),
+        run_as: tuple[int, int] | None = None,
+        ready_timeout: float = 10.0,
+    ) -> ProxyHandle:
+        """Fork the proxy child, drop it to ``run_as`` and return once it serves."""
+        listen = list(listen_socks)
+        dns_list = list(dns_socks)
+        ours, theirs = socket.socketpair()
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            status = 70
+            try:
+                ours.close()
+                os.close(ready_r)
+                keep = {0, 1, 2, theirs.fileno(), ready_w}
+                keep |= {s.fileno() for s in listen + dns_list}
+                _close_other_fds(keep)
+                asyncio.run(self._child(listen, dns_list, theirs, ready_w, run_as))
+                status = 0
+            except BaseException:
+                status = 70
+            finally:
+                os._exit(status)
+        theirs.close()
+        os.close(ready_w)
+        if self.audit is not None:
+            start_relay(ours, self.audit)
+        handle = ProxyHandle(pid, ours)
+        readable, _, _ = select.select([ready_r], [], [], ready_timeout)
+        ok = bool(readable) and os.read(ready_r, 1) == b"1"
+        os.close(ready_r)
+        if not ok:
+            handle.stop()
+            raise CorralError("the egress proxy failed to start")
+        return handle
+
+    async def _child(
+        self,
+        listen: list[socket.socket],
+        dns_socks: list[socket.socket],
+        lifeline: socket.socket,
+        ready_w: int,
+        run_as: tuple[int, int] | None,
+    ) -> None:
+        audit: AsyncAudit
+        if self.audit is not None:
+            relay = RelayAudit(lifeline)
+            await relay.open()
+            audit = relay
+            gone = relay.closed
+        else:
+            audit = AsyncAudit()
+            gone = asyncio.Event()
+            reader, _writer = await asyncio.open_connection(sock=lifeline)
+
+            async def watch() -> None:
+                await reader.read()
+                gone.set()
+
+            asyncio.get_running_loop().create_task(watch())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        ctx = self._context(audit)  # loads tls_ca files while still privileged
+        if run_as is not None:
+            drop_privileges(*run_as)
+        servers = await serve(ctx, listen)
+        transports = await serve_dns(ctx, dns_socks)
+        os.write(ready_w, b"1")
+        os.close(ready_w)
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(gone.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:
+            server.close()
+        for transport in transports:
+            transport.close()
+
+
+def _close_other_fds(keep: set[int]) -> None:
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)

@@ -1,0 +1,133 @@
+"""Byte streams the HTTP layer runs on: a plain TCP stream and a TLS stream over it.
+
+The TLS server side is an ``ssl.SSLObject`` over memory BIOs rather than asyncio's
+``start_tls`` because the proxy must peek at a ClientHello (to read its SNI) before deciding to
+terminate TLS; bytes already read are handed back through ``pushback`` so nothing is lost.
+
+Invariants:
+- ``read`` returns ``b""`` exactly once the peer has finished sending (EOF or TLS close_notify);
+  a TLS stream whose peer vanishes without close_notify also reads as EOF, never as data.
+- ``write`` never blocks; callers ``await drain()`` to respect back-pressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+
+__all__ = ["READ_SIZE", "RawStream", "Stream", "TLSStream"]
+
+READ_SIZE = 256 * 1024
+
+
+class Stream:
+    """The interface both stream kinds implement."""
+
+    async def read(self, n: int = READ_SIZE) -> bytes:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        raise NotImplementedError
+
+    def write_eof(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class RawStream(Stream):
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pushback: bytes = b""
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.pushback = pushback
+
+    async def read(self, n: int = READ_SIZE) -> bytes:
+        if self.pushback:
+            data, self.pushback = self.pushback[:n], self.pushback[n:]
+            return data
+        return await self.reader.read(n)
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    def write_eof(self) -> None:
+        if self.writer.can_write_eof() and not self.writer.is_closing():
+            self.writer.write_eof()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class TLSStream(Stream):
+    """Server-side TLS over a ``RawStream`` (any bytes it already buffered are the handshake)."""
+
+    def __init__(self, raw: RawStream, context: ssl.SSLContext) -> None:
+        self.raw = raw
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self.ssl = context.wrap_bio(self._in, self._out, server_side=True)
+
+    def _flush(self) -> None:
+        pending = self._out.read()
+        if pending:
+            self.raw.write(pending)
+
+    async def _fill(self) -> bool:
+        self._flush()
+        await self.raw.drain()
+        data = await self.raw.read()
+        if not data:
+            self._in.write_eof()
+            return False
+        self._in.write(data)
+        return True
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self.ssl.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if not await self._fill():
+                    raise ConnectionResetError("client closed during the TLS handshake") from None
+        self._flush()
+        await self.raw.drain()
+
+    async def read(self, n: int = READ_SIZE) -> bytes:
+        while True:
+            try:
+                return self.ssl.read(n)
+            except ssl.SSLWantReadError:
+                if not await self._fill():
+                    try:
+                        return self.ssl.read(n)
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ssl.SSLWantReadError):
+                        return b""
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.ssl.write(data)
+            self._flush()
+
+    async def drain(self) -> None:
+        await self.raw.drain()
+
+    def write_eof(self) -> None:
+        with contextlib.suppress(ssl.SSLError):
+            self.ssl.unwrap()
+        self._flush()
+
+    def close(self) -> None:
+        self.raw.close()

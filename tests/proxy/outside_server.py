@@ -1,0 +1,131 @@
+"""A test "outside host": HTTPS and HTTP servers run inside a test network namespace.
+
+Routes: /echo (JSON of method, path, headers, body length), /sse (three events, 0.4 s apart),
+/redirect?to=URL (302), /big?n=BYTES, /git/... (git http-backend over CGI).
+Run: python outside_server.py CERT KEY GIT_ROOT (binds 0.0.0.0:443 TLS and 0.0.0.0:80 plain).
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+GIT_ROOT = ""
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        if url.path.startswith("/git/"):
+            return self._git(url.path[len("/git") :], url.query)
+        body = self._body()
+        if url.path == "/sse":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(3):
+                chunk = f"data: {i} {time.time()}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
+                time.sleep(0.4)
+            self.wfile.write(b"0\r\n\r\n")
+            return None
+        if url.path == "/redirect":
+            to = parse_qs(url.query)["to"][0]
+            self.send_response(302)
+            self.send_header("Location", to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        if url.path == "/big":
+            n = int(parse_qs(url.query)["n"][0])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            block = b"x" * 65536
+            while n > 0:
+                self.wfile.write(block[: min(n, len(block))])
+                n -= len(block)
+            return None
+        echo = {
+            "method": self.command,
+            "path": self.path,
+            "headers": [[k, v] for k, v in self.headers.items()],
+            "body_len": len(body),
+            "tls": isinstance(self.connection, ssl.SSLSocket),
+        }
+        return self._send(200, json.dumps(echo).encode())
+
+    def _git(self, path_info: str, query: str) -> None:
+        body = self._body()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "GIT_PROJECT_ROOT": GIT_ROOT,
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "REQUEST_METHOD": self.command,
+            "PATH_INFO": path_info,
+            "QUERY_STRING": query,
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_ADDR": "10.250.0.1",
+        }
+        out = subprocess.run(
+            ["/usr/lib/git-core/git-http-backend"], input=body, env=env, capture_output=True
+        ).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        if not _:
+            head, _, payload = out.partition(b"\n\n")
+        headers = http.client.parse_headers(io.BytesIO(head + b"\r\n\r\n"))
+        status = int((headers.get("Status") or "200").split()[0])
+        self.send_response(status)
+        for key, value in headers.items():
+            if key.lower() not in ("status", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_TRACE = do_HEAD = do_PATCH = _route
+
+
+def main() -> None:
+    global GIT_ROOT
+    cert, key, GIT_ROOT = sys.argv[1:4]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    tls = ThreadingHTTPServer(("0.0.0.0", 443), Handler)
+    tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+    plain = ThreadingHTTPServer(("0.0.0.0", 80), Handler)
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    print("ready", flush=True)
+    tls.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
