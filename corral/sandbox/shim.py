@@ -1,0 +1,91 @@
+"""Building the argv of the privilege-drop shim that runs between bubblewrap and CMD.
+
+``shim_argv(cfg)`` is placed after bwrap's ``--`` and before CMD::
+
+    bwrap ... -- /usr/bin/python3 -I -S -c <shim source> <config json> CMD ARGS...
+
+The shim runs as root inside the sandbox's namespaces, sets ``no_new_privs``, applies Landlock,
+drops every capability and becomes the sandbox uid/gid, then execs CMD (see
+``shim_main.py`` for the exact order and its invariants). ``-I -S`` keep the interpreter from
+reading anything the sandbox could influence (environment, user site, ``sys.path`` entries)
+and keep startup short.
+
+Invariants: the uid/gid are never 0; every path handed to Landlock is absolute; the config is
+one JSON argv element, so no value in it is ever interpreted by a shell.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+__all__ = ["DEFAULT_DEVICES", "PYTHON", "ShimConfig", "shim_argv", "shim_source"]
+
+PYTHON = "/usr/bin/python3"
+
+# Device nodes a normal program opens for writing (shell redirections, terminals). Landlock
+# handles write and device-ioctl rights, so these need explicit grants; missing ones are skipped.
+DEFAULT_DEVICES: tuple[str, ...] = (
+    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+    "/dev/ptmx", "/dev/pts",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ShimConfig:
+    """What the shim does inside the sandbox.
+
+    ``writable``: paths (inside the sandbox) beneath which writes are allowed; everything else is
+    read-only to Landlock. ``readable_exec``: if set, reads and exec are also limited to these
+    (plus ``writable``); ``None`` leaves reads to the mount namespace. ``require_landlock=False``
+    lets a run proceed on a kernel without Landlock (or without scoping) — only by explicit
+    choice.
+    """
+
+    uid: int
+    gid: int
+    writable: tuple[str, ...] = ()
+    readable_exec: tuple[str, ...] | None = None
+    scope_abstract_unix: bool = True
+    scope_signals: bool = True
+    no_new_privs: bool = True
+    require_landlock: bool = True
+    devices: tuple[str, ...] = DEFAULT_DEVICES
+
+    def __post_init__(self) -> None:
+        for name in ("uid", "gid"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**32 - 1:
+                raise ValueError(f"sandbox {name} must be a non-root id, not {value!r}")
+        for path in (*self.writable, *(self.readable_exec or ()), *self.devices):
+            if not path.startswith("/") or "\0" in path:
+                raise ValueError(f"shim paths must be absolute: {path!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "uid": self.uid,
+                "gid": self.gid,
+                "writable": list(self.writable),
+                "readable_exec": None if self.readable_exec is None else list(self.readable_exec),
+                "devices": list(self.devices),
+                "scope_abstract_unix": self.scope_abstract_unix,
+                "scope_signals": self.scope_signals,
+                "no_new_privs": self.no_new_privs,
+                "require_landlock": self.require_landlock,
+            },
+            separators=(",", ":"),
+        )
+
+
+@cache
+def shim_source() -> str:
+    """The shim's source text, read once per process."""
+    return (Path(__file__).with_name("shim_main.py")).read_text()
+
+
+def shim_argv(cfg: ShimConfig) -> list[str]:
+    """The argv prefix that runs the shim; append CMD and its arguments."""
+    return [PYTHON, "-I", "-S", "-c", shim_source(), cfg.to_json()]
