@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_root, require_tools
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,7 +33,6 @@ from cryptography.x509.oid import NameOID
 from corral.audit.events import validate
 from corral.policy import resolve
 from corral.proxy import ProxyService
-from conftest import require_root, require_tools
 
 NAMES = ("api.corral.test", "other.corral.test", "git.corral.test", "ws.corral.test")
 NOBODY = (65534, 65534)
@@ -43,7 +43,7 @@ def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _make_ca(tmp: Path, ip: str) -> tuple[Path, Path, Path]:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corral test outside CA")])
     ca = (
