@@ -250,6 +250,7 @@ def export(
     sandbox: Annotated[str | None, typer.Option("--sandbox", "-s")] = None,
     since: Annotated[str | None, typer.Option()] = None,
     type_: Annotated[list[str] | None, typer.Option("--type", "-t")] = None,
+    timeout: Annotated[float, typer.Option(help="OTLP: seconds to keep trying")] = 10.0,
     db: DbOpt = None,
 ) -> None:
     """Export events as JSON lines or to an OpenTelemetry collector (OTLP/HTTP logs)."""
@@ -270,7 +271,7 @@ def export(
             raise UserInputError(
                 "--format otlp needs --endpoint URL (e.g. http://localhost:4318/v1/logs)"
             )
-        n = export_otlp(events, endpoint)
+        n = export_otlp(events, endpoint, timeout=timeout)
         print(f"exported {n} events to {endpoint}", file=sys.stderr)
     else:
         raise UserInputError(f"--format {format_!r}: use jsonl or otlp")

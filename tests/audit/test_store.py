@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.audit import AuditStore, AuditUnavailable, EventError
+from corral.audit.verify import verify
+from corral.errors import CorralError
+
+
+def test_emit_returns_seq_after_commit(store: AuditStore) -> None:
+    trail = store.trail("sb-1")
+    assert trail.emit("sandbox.create", uid=60001, command=["true"]) == 1
+    # emit() returned: the event is visible to an independent connection (it is committed)
+    other = store.reader()
+    assert other.execute("SELECT count(*) FROM events WHERE sandbox='sb-1'").fetchone()[0] == 1
+    tickets = [trail.emit_nowait("dns.query", name=f"n{i}", rcode="NXDOMAIN") for i in range(50)]
+    assert [t.wait() for t in tickets] == list(range(2, 52))
+    assert verify(other).ok
+
+
+def test_group_commit_shares_transactions(store: AuditStore) -> None:
+    trail = store.trail("sb-g")
+    threads = [
+        threading.Thread(
+            target=lambda: [trail.emit("dns.query", name="a", rcode="NOERROR") for _ in range(200)]
+        )
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    con = store.reader()
+    seqs = [r[0] for r in con.execute("SELECT seq FROM events WHERE sandbox='sb-g' ORDER BY id")]
+    assert seqs == list(range(1, 1601))
+    assert verify(con).ok
+
+
+def test_close_appends_to_ledger_and_refuses_more(store: AuditStore) -> None:
+    a, b = store.trail("sb-a"), store.trail("sb-b")
+    a.emit("sandbox.exit", status=0)
+    b.emit("sandbox.exit", status=3)
+    ha = a.close("exit 0")
+    b.close("exit 3")
+    con = store.reader()
+    rows = con.execute("SELECT seq, sandbox, chain_hash FROM ledger ORDER BY seq").fetchall()
+    assert rows[0] == (1, "sb-a", ha) and rows[1][1] == "sb-b"
+    with pytest.raises(AuditUnavailable, match="closed"):
+        a.emit("sandbox.exit", status=0)
+    with pytest.raises(AuditUnavailable, match="closed"):
+        store.trail("sb-a")
+    with pytest.raises(EventError):
+        b.emit("trail.close", status="forged")
+    assert verify(con).ok
+
+
+def test_store_files_are_root_only(tmp_path: Path) -> None:
+    s = AuditStore.open(tmp_path / "state" / "audit.db")
+    s.trail("sb").emit("sandbox.exit", status=0)
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    for name in ("audit.db", "audit.db-wal", "audit.db-shm"):
+        assert stat.S_IMODE((tmp_path / "state" / name).stat().st_mode) == 0o600, name
+    s.close()
+
+
+def test_default_path_is_in_the_state_dir(corral_env: dict[str, str]) -> None:
+    s = AuditStore.open()
+    assert s.path == Path(corral_env["CORRAL_HOME"]) / "audit.db"
+    assert stat.S_IMODE(Path(corral_env["CORRAL_HOME"]).stat().st_mode) == 0o700
+    s.close()
+
+
+def test_full_disk_is_refused_clearly(tmpfs: Any) -> None:
+    small = tmpfs("1m")
+    with pytest.raises(CorralError, match=r"KiB free.*will not start a sandbox"):
+        AuditStore.open(small / "audit.db")
+
+
+def test_unwritable_store_is_refused_clearly(tmpfs: Any) -> None:
+    ro = tmpfs("8m", ro=True)
+    with pytest.raises(CorralError, match=r"not writable.*will not start a sandbox"):
+        AuditStore.open(ro / "state" / "audit.db", min_free=0)
+
+
+def test_store_failing_mid_run_raises_audit_unavailable(tmpfs: Any) -> None:
+    fs = tmpfs("2m")
+    s = AuditStore.open(fs / "audit.db", min_free=0)
+    trail = s.trail("sb-full")
+    trail.emit("sandbox.exit", status=0)
+    # Fill the filesystem: the next commits cannot grow the WAL.
+    with open(fs / "ballast", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    with pytest.raises(AuditUnavailable, match="failed"):
+        for i in range(10_000):
+            trail.emit("error", component="test", message="x" * 2000 + str(i))
+    # fail closed: every later emit is refused at once, no silent gap
+    with pytest.raises(AuditUnavailable):
+        trail.emit("error", component="test", message="after")
+    os.unlink(fs / "ballast")
+    s.close()
