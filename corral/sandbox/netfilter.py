@@ -8,6 +8,9 @@ Invariants (per sandbox uid, IPv4 and IPv6 alike, in the ``inet`` family):
   rejected like everything else;
 - every other packet the sandbox user sends is rejected (TCP reset, else ICMP port-unreachable),
   and the output policy is ``drop`` so a packet owned by nobody else leaves either.
+Redirected packets are accepted by ``ct status dnat`` rather than by ``oifname "lo"``: the
+output hooks see the device chosen before the redirect, the reroute to ``lo`` comes after them.
+Only this table's ``redirect`` rules can DNAT in the sandbox netns.
 The table lives in the sandbox netns, so it disappears with it: nothing to clean on the host.
 """
 
@@ -40,6 +43,7 @@ def ruleset(uid: int, proxy_port: int | None, dns_port: int | None) -> str:
         "  chain output {\n"
         "    type filter hook output priority 0; policy drop;\n"
         '    oifname "lo" accept\n'
+        "    ct status dnat accept\n"
         "    ct state established,related accept\n"
         f"    meta skuid {uid} meta l4proto tcp reject with tcp reset\n"
         f"    meta skuid {uid} reject with icmpx type port-unreachable\n"
