@@ -6,7 +6,8 @@ connection (the latter two are ``pinned`` to one host and port).
 
 Invariants:
 - Every request is decided in full (host, port, method, path) before anything is sent upstream;
-  a deny is audited before the 403 is written. Any exception in deciding denies.
+  a deny is audited before the 403 is written, an allowed request before the response head is
+  relayed (status and declared length; the body then streams). Any exception in deciding denies.
 - Requests h11 rejects, and smuggling-shaped ones h11 would tolerate (both Content-Length and
   Transfer-Encoding, obs-fold header lines, dot-segments in the path) get 400 and the
   connection is closed. Bodies are re-framed by h11 on the way out, never copied raw.
@@ -127,10 +128,16 @@ class Session:
             data = await self.client.read(READ_SIZE)
             if self.conn.their_state in (h11.IDLE, h11.DONE):
                 # h11 unfolds obs-fold lines; a proxy must reject them (RFC 9112 §5.2).
-                self._head = (self._head + data)[-MAX_HEADER_BYTES:]
+                # h11 bounds only incomplete heads; bound complete ones too.
+                self._head += data
                 end = self._head.find(b"\r\n\r\n")
-                if _FOLD.search(self._head if end < 0 else self._head[: end + 2]):
+                head = self._head if end < 0 else self._head[: end + 2]
+                if len(head) > MAX_HEADER_BYTES:
+                    raise BadRequest(f"request head over {MAX_HEADER_BYTES} bytes")
+                if _FOLD.search(head):
                     raise BadRequest("obsolete line folding in request headers")
+                if end >= 0:
+                    self._head = b""
             self.conn.receive_data(data)
 
     async def _simple(
@@ -413,6 +420,16 @@ class Session:
                 continue
             if isinstance(event, h11.Response):
                 status = event.status_code
+                # Audited before the agent sees a byte of the response (durable first).
+                length = next((v for n, v in event.headers if n == b"content-length"), None)
+                await self.ctx.audit.emit(
+                    kind,
+                    rule=decision.origin,
+                    status=status,
+                    bytes_in=int(length) if length is not None else None,
+                    duration_ms=round((time.monotonic() - started) * 1000, 3),
+                    **fields,
+                )
                 self._send(
                     h11.Response(
                         status_code=status,
@@ -426,14 +443,6 @@ class Session:
                 self._send(h11.Data(data=event.data))
                 await self.client.drain()
             elif isinstance(event, h11.EndOfMessage):
-                await self.ctx.audit.emit(
-                    kind,
-                    rule=decision.origin,
-                    status=status,
-                    bytes_in=sent,
-                    duration_ms=round((time.monotonic() - started) * 1000, 3),
-                    **fields,
-                )
                 self._send(h11.EndOfMessage())
                 await self.client.drain()
                 return self._recycle(up)

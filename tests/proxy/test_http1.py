@@ -1,0 +1,149 @@
+"""Plain HTTP through the explicit proxy: decisions, 403s, injection rules, streaming, 400s."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+
+import httpx
+import pytest
+
+from .conftest import RunningProxy, curl
+
+POLICY = """
+name: plain
+egress:
+  - host: api.corral.test
+    ports: [80]
+    action: inspect
+    methods: [GET, POST, TRACE, PUT]
+    credential: tok
+    allow_private: true
+  - host: other.corral.test
+    ports: [80]
+    action: inspect
+    credential: open
+    allow_private: true
+  - host: api.corral.test
+    ports: [80]
+    action: deny
+    reason: deletes are out of scope
+credentials:
+  tok: {secret: tok, header: Authorization, format: "Bearer {secret}", env: TOK}
+  open: {secret: open, header: X-Api-Key, format: "{secret}", plaintext: true}
+"""
+
+
+def _echo(text: str) -> dict[str, object]:
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def _header(echo: dict[str, object], name: str) -> list[str]:
+    return [v for k, v in echo["headers"] if k.lower() == name.lower()]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def proxy(make_proxy) -> RunningProxy:  # type: ignore[no-untyped-def]
+    return make_proxy(POLICY, {"tok": "SECRET-TOK", "open": "SECRET-OPEN"})
+
+
+def test_allowed_plain_request_no_injection_without_plaintext(proxy: RunningProxy) -> None:
+    done = curl(proxy, "http://api.corral.test/echo?x=1", "-H", "Authorization: Bearer fake")
+    echo = _echo(done.stdout)
+    assert echo["path"] == "/echo?x=1"
+    assert _header(echo, "Authorization") == ["Bearer fake"]  # not injected over plain HTTP
+    assert proxy.sink.of("proxy.inspect", host="api.corral.test", path="/echo", status=200)
+    assert not proxy.sink.of("credential.inject")
+
+
+def test_plaintext_binding_injects_and_replaces(proxy: RunningProxy) -> None:
+    done = curl(proxy, "http://other.corral.test/echo", "-H", "x-api-key: agent-value")
+    assert _header(_echo(done.stdout), "X-Api-Key") == ["SECRET-OPEN"]
+    assert proxy.sink.of("credential.inject", binding="open", host="other.corral.test")
+
+
+def test_trace_never_injected(proxy: RunningProxy) -> None:
+    done = curl(proxy, "-X", "TRACE", "http://other.corral.test/echo")
+    assert _header(_echo(done.stdout), "X-Api-Key") == []
+    assert not proxy.sink.of("credential.inject")
+
+
+def test_deny_names_rule_and_is_audited_first(proxy: RunningProxy) -> None:
+    done = curl(proxy, "-i", "-X", "DELETE", "http://api.corral.test/echo")
+    assert done.stdout.startswith("HTTP/1.1 403")
+    assert "X-Corral-Decision: deny; rule=" in done.stdout
+    assert "policy0.yaml:15" in done.stdout and "deletes are out of scope" in done.stdout
+    (event,) = proxy.sink.of("proxy.deny", method="DELETE")
+    assert event["rule"].endswith("policy0.yaml:15")
+    default = curl(proxy, "-i", "http://nowhere.corral.test/")
+    assert "403" in default.stdout.splitlines()[0] and "default deny" in default.stdout
+
+
+def test_python_clients(proxy: RunningProxy) -> None:
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": proxy.url})
+    )
+    with opener.open("http://api.corral.test/echo", timeout=10) as resp:
+        assert _echo(resp.read().decode())["method"] == "GET"
+    with httpx.Client(proxy=proxy.url, timeout=10) as client:
+        first = client.post("http://api.corral.test/echo", content=b"x" * 100_000)
+        second = client.get("http://api.corral.test/echo")  # same connection: keep-alive
+        assert _echo(first.text)["body_len"] == 100_000 and second.status_code == 200
+    assert len(proxy.sink.of("proxy.inspect", host="api.corral.test")) == 3
+
+
+def test_sse_streams_chunk_by_chunk(proxy: RunningProxy) -> None:
+    arrivals = []
+    with httpx.Client(proxy=proxy.url, timeout=10) as client, client.stream(
+        "GET", "http://api.corral.test/sse"
+    ) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data:"):
+                arrivals.append(time.monotonic())
+    assert len(arrivals) == 3
+    assert arrivals[2] - arrivals[0] > 0.6  # events arrived as sent, not buffered to the end
+
+
+def test_upstream_failure_is_502(make_proxy) -> None:  # type: ignore[no-untyped-def]
+    # Port 81 in the outside namespace is closed: connection refused -> 502 with the reason.
+    proxy = make_proxy(
+        "name: dead\negress:\n  - {host: api.corral.test, ports: [81], action: direct,"
+        " allow_private: true}\n"
+    )
+    done = curl(proxy, "-i", "http://api.corral.test:81/")
+    assert done.stdout.split()[1] == "502", done.stdout
+    assert "cannot connect to api.corral.test:81" in done.stdout
+
+
+SMUGGLING = {
+    "cl-cl": b"POST http://api.corral.test/echo HTTP/1.1\r\nHost: api.corral.test\r\n"
+    b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "cl-te": b"POST http://api.corral.test/echo HTTP/1.1\r\nHost: api.corral.test\r\n"
+    b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "obs-fold": b"GET http://api.corral.test/echo HTTP/1.1\r\nHost: api.corral.test\r\n"
+    b"X-A: a\r\n b\r\n\r\n",
+    "bad-chunk": b"POST http://api.corral.test/echo HTTP/1.1\r\nHost: api.corral.test\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    "te-not-chunked": b"POST http://api.corral.test/echo HTTP/1.1\r\nHost: api.corral.test\r\n"
+    b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "huge-header": b"GET http://api.corral.test/echo HTTP/1.1\r\nHost: api.corral.test\r\n"
+    b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+    "space-before-colon": b"GET http://api.corral.test/echo HTTP/1.1\r\n"
+    b"Host : api.corral.test\r\n\r\n",
+    "dot-segments": b"GET http://api.corral.test/a/../echo HTTP/1.1\r\n"
+    b"Host: api.corral.test\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(SMUGGLING))
+def test_smuggling_shapes_get_400_and_close(proxy: RunningProxy, case: str) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(SMUGGLING[case])
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400"), data[:200]
+    assert data.count(b"HTTP/1.1") == 1  # closed after the 400, nothing forwarded
+    assert not proxy.sink.of("proxy.inspect")
