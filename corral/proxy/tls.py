@@ -126,7 +126,12 @@ class CertificateAuthority:
         )
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host[:64])]))
+            # An IP leaf has no CN: verifiers check a CN against dNSName constraints.
+            .subject_name(
+                x509.Name([])
+                if _is_ip(host)
+                else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host[:64])])
+            )
             .issuer_name(self.cert.subject)
             .public_key(self._leaf_key.public_key())
             .serial_number(x509.random_serial_number())
