@@ -72,9 +72,10 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
-def open_tree(path: str, flags: int) -> int:
+def open_tree(path: str, flags: int, dirfd: int = -100) -> int:
+    """``open_tree(dirfd, path, flags)``; ``dirfd`` defaults to ``AT_FDCWD``."""
     return _check(
-        _libc.syscall(_SYS_OPEN_TREE, -100, os.fsencode(path), ctypes.c_uint(flags)), "open_tree"
+        _libc.syscall(_SYS_OPEN_TREE, dirfd, os.fsencode(path), ctypes.c_uint(flags)), "open_tree"
     )
 
 

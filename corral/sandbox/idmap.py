@@ -6,6 +6,10 @@ How: ``open_tree(OPEN_TREE_CLONE)`` makes a detached copy of the host directory'
 which attaches it at ``/workspace`` inside the sandbox's own mount namespace. The host mount
 table never holds the mapped mount, so a killed launcher leaves no mount behind.
 
+A detached mount can be attached only once, so each spawn attaches its own ``clone_tree`` copy
+(made in the launcher, whose mount namespace the detached tree came from); the copy keeps the
+ID map.
+
 Invariants: only the owner's uid/gid is mapped; every other owner (root included) shows as the
 overflow id inside and cannot be written through the mount. The helper user namespace lives
 only as long as the mount needs it (the kernel keeps a reference); its process is reaped here.
@@ -17,7 +21,7 @@ import os
 
 from corral.sandbox import _libc
 
-__all__ = ["idmapped_tree", "make_userns"]
+__all__ = ["clone_tree", "idmapped_tree", "make_userns"]
 
 
 def make_userns(uid_map: str, gid_map: str) -> int:
@@ -65,3 +69,12 @@ def idmapped_tree(path: str, owner_uid: int, owner_gid: int, uid: int, gid: int)
         return tree
     finally:
         os.close(userns)
+
+
+def clone_tree(tree_fd: int) -> int:
+    """A fresh detached copy of a detached (ID-mapped) tree, to attach once. Caller closes."""
+    return _libc.open_tree(
+        "",
+        _libc.OPEN_TREE_CLONE | _libc.OPEN_TREE_CLOEXEC | _libc.AT_RECURSIVE | _libc.AT_EMPTY_PATH,
+        tree_fd,
+    )

@@ -29,7 +29,7 @@ from typing import IO, Any, TypeVar
 from corral.errors import CorralError
 from corral.sandbox import _libc, registry
 from corral.sandbox.audit import AuditSink, NullSink
-from corral.sandbox.idmap import idmapped_tree
+from corral.sandbox.idmap import clone_tree, idmapped_tree
 from corral.sandbox.mounts import HOME, SANDBOX_USER, WORKSPACE, BwrapPlan, passwd_overlay
 from corral.sandbox.netns import NetNamespace
 from corral.sandbox.preflight import EXIT_CORRAL, check
@@ -265,21 +265,31 @@ class Sandbox:
         info_r = self._pending_info
         netns_fd = self._netns.fd
         cgroup = self._cgroup
-        mapped = [(m.tree_fd, str(m.stage)) for m in self._mapped]
+        mapped = [(clone_tree(m.tree_fd), str(m.stage)) for m in self._mapped]
 
-        def prepare() -> None:  # in the child, before exec of bwrap
-            cgroup.attach_self()
-            _libc.setns(netns_fd, _libc.CLONE_NEWNET)
-            if mapped:
-                _libc.unshare(_libc.CLONE_NEWNS)
-                _libc.make_mounts_private()
-                for tree_fd, stage in mapped:
-                    _libc.move_mount(tree_fd, stage)
-            if tty:
-                import fcntl
-                import termios
+        why_r, why_w = os.pipe()
 
-                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        def prepare() -> None:  # in the child, before exec of bwrap; reports why it failed
+            step = "joining the cgroup"
+            try:
+                cgroup.attach_self()
+                step = "entering the network namespace"
+                _libc.setns(netns_fd, _libc.CLONE_NEWNET)
+                if mapped:
+                    step = "mounting the ID-mapped workspace/home"
+                    _libc.unshare(_libc.CLONE_NEWNS)
+                    _libc.make_mounts_private()
+                    for tree_fd, stage in mapped:
+                        _libc.move_mount(tree_fd, stage)
+                if tty:
+                    import fcntl
+                    import termios
+
+                    step = "attaching the pty"
+                    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            except BaseException as err:
+                os.write(why_w, f"{step}: {err}".encode())
+                raise
 
         try:
             proc = subprocess.Popen(
@@ -292,12 +302,15 @@ class Sandbox:
                 preexec_fn=prepare,
                 start_new_session=True,
             )
-        except OSError as err:
+        except (OSError, subprocess.SubprocessError) as err:
             os.close(info_r)
-            raise CorralError(f"cannot start bubblewrap: {err}", exit_code=EXIT_CORRAL) from None
+            os.close(why_w)
+            why = os.read(why_r, 4096).decode(errors="replace") or str(err)
+            raise CorralError(f"cannot start the sandbox: {why}", exit_code=EXIT_CORRAL) from None
         finally:
-            for fd in fds:
-                os.close(fd)
+            for fd in [*fds, *(tree for tree, _ in mapped), why_r, why_w]:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         self._procs.append(proc)
         self._info[proc.pid] = info_r
         self._entry.child_pid = proc.pid
