@@ -238,6 +238,9 @@ class ProxyService:
             try:
                 ours.close()
                 os.close(ready_r)
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(null, 0)
+                os.dup2(null, 1)
                 keep = {0, 1, 2, theirs.fileno(), ready_w}
                 keep |= {s.fileno() for s in listen + dns_list}
                 _close_other_fds(keep)
