@@ -315,4 +315,4 @@ def test_shim_cost() -> None:
     bare = median(["/bin/true"])
     shimmed = median([*shim_argv(ShimConfig(uid=UID, gid=GID)), "/bin/true"])
     print(f"bare {bare * 1e3:.1f} ms, shim {shimmed * 1e3:.1f} ms", file=sys.stderr)
-    assert shimmed - bare < 0.030  # generous for a loaded CI box; bench for the real figure
+    assert shimmed - bare < 0.100  # catches gross regressions only; bench/ has the figure
