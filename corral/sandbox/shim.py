@@ -80,12 +80,33 @@ class ShimConfig:
         )
 
 
+# The -c program: run the shim from bytecode compiled here when the sandbox's interpreter has
+# the same bytecode format (cache tag), else compile the source shipped beside it. Compiling
+# the shim costs ~2.5 ms per launch; unmarshalling it ~0.1 ms.
+LOADER = (
+    "import sys,marshal\n"
+    "t,c,s=sys.argv[1:4]\n"
+    "del sys.argv[1:4]\n"
+    "exec(marshal.loads(bytes.fromhex(c))if t==sys.implementation.cache_tag "
+    "else compile(s,'corral-shim','exec'))\n"
+)
+
+
 @cache
 def shim_source() -> str:
     """The shim's source text, read once per process."""
     return (Path(__file__).with_name("shim_main.py")).read_text()
 
 
+@cache
+def _payload() -> tuple[str, str, str]:
+    import marshal
+    import sys
+
+    code = compile(shim_source(), "corral-shim", "exec", dont_inherit=True)
+    return str(sys.implementation.cache_tag), marshal.dumps(code).hex(), shim_source()
+
+
 def shim_argv(cfg: ShimConfig) -> list[str]:
     """The argv prefix that runs the shim; append CMD and its arguments."""
-    return [PYTHON, "-I", "-S", "-c", shim_source(), cfg.to_json()]
+    return [PYTHON, "-I", "-S", "-c", LOADER, *_payload(), cfg.to_json()]
