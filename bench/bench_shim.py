@@ -24,12 +24,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from corral.policy.types import Limits  # noqa: E402
-from corral.sandbox import seccomp  # noqa: E402
-from corral.sandbox.cgroups import Cgroup  # noqa: E402
-from corral.sandbox.shim import PYTHON, ShimConfig, shim_argv, shim_source  # noqa: E402
+from corral.policy.types import Limits
+from corral.sandbox import seccomp
+from corral.sandbox.cgroups import Cgroup
+from corral.sandbox.shim import PYTHON, ShimConfig, shim_argv, shim_source
 
 RESULTS = Path(__file__).with_name("results") / "shim.json"
 
