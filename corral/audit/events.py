@@ -193,10 +193,14 @@ def check_sandbox_id(sandbox_id: str) -> str:
     return sandbox_id
 
 
+# One encoder object: json.dumps with non-default options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
+    return _ENCODER.encode(value)
 
 
 def event_body(

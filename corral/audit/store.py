@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS chains(
   last_seq INTEGER NOT NULL, last_hash TEXT NOT NULL,
   closed_us INTEGER, status TEXT, ledger_seq INTEGER, pruned INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS events(
-  id INTEGER PRIMARY KEY AUTOINCREMENT, sandbox TEXT NOT NULL, seq INTEGER NOT NULL,
+  id INTEGER PRIMARY KEY, sandbox TEXT NOT NULL, seq INTEGER NOT NULL,
   ts_us INTEGER NOT NULL, type TEXT NOT NULL, actor TEXT NOT NULL, data TEXT NOT NULL,
   prev TEXT NOT NULL, hash TEXT NOT NULL, v INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS events_sandbox_seq ON events(sandbox, seq);
@@ -90,8 +90,9 @@ def ledger_body(seq: int, ts: int, sandbox: str, count: int, chain_hash: str, pr
     )
 
 
-class _Pending:
-    """A queued write; filled in by the writer thread."""
+class Ticket:
+    """A queued event, filled in by the writer thread. ``wait()`` returns its seq once the
+    group holding it has committed (``AuditUnavailable`` if the store failed, or on timeout)."""
 
     __slots__ = (
         "actor",
@@ -108,19 +109,26 @@ class _Pending:
     )
 
     def __init__(self, kind: str, sandbox: str, type_: str, data: str, actor: str) -> None:
-        self.kind, self.sandbox, self.type, self.data, self.actor = (
-            kind,
-            sandbox,
-            type_,
-            data,
-            actor,
-        )
+        self.kind = kind
+        self.sandbox = sandbox
+        self.type = type_
+        self.data = data
+        self.actor = actor
         self.ts = time.time_ns() // 1000
         self.seq = 0
         self.done = False
         self.error: str | None = None
         self.result = ""
         self.group: _Group | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self.done:
+            assert self.group is not None
+            if not self.group.committed.wait(timeout):
+                raise AuditUnavailable("audit store did not commit in time")
+        if self.error is not None:
+            raise AuditUnavailable(self.error)
+        return self.seq
 
 
 class _Group:
@@ -130,25 +138,8 @@ class _Group:
     __slots__ = ("committed", "items")
 
     def __init__(self) -> None:
-        self.items: list[_Pending] = []
+        self.items: list[Ticket] = []
         self.committed = threading.Event()
-
-
-class Ticket:
-    """Returned by ``emit_nowait``: ``wait()`` returns the event's seq once it is committed."""
-
-    __slots__ = ("_p", "_store")
-
-    def __init__(self, store: AuditStore, pending: _Pending) -> None:
-        self._store, self._p = store, pending
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Block until committed; ``AuditUnavailable`` if the store failed (or on timeout)."""
-        return self._store._wait(self._p, timeout)
-
-    @property
-    def done(self) -> bool:
-        return self._p.done
 
 
 class Trail:
@@ -165,7 +156,7 @@ class Trail:
             raise EventError("trail.close is written by Trail.close(), not emitted")
         validate(type_, data)
         body = canonical_json({k: v for k, v in data.items() if v is not None})
-        return self.store._submit(_Pending("event", self.sandbox_id, type_, body, self._actor_json))
+        return self.store._submit(Ticket("event", self.sandbox_id, type_, body, self._actor_json))
 
     def emit(self, type_: str | EventType, **data: Any) -> int:
         """Record an event and return its sequence number once it is durable."""
@@ -173,7 +164,7 @@ class Trail:
 
     def close(self, status: str = "ok") -> str:
         """Append ``trail.close`` and the chain's closing hash to the ledger; returns that hash."""
-        pending = _Pending(
+        pending = Ticket(
             "close",
             self.sandbox_id,
             EventType.TRAIL_CLOSE,
@@ -193,6 +184,7 @@ class AuditStore:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # wakes the writer
         self._group = _Group()
+        self._want = 0  # group size at which to wake a lingering writer
         self._broken: str | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -256,7 +248,7 @@ class AuditStore:
         check_sandbox_id(sandbox_id)
         actor = actor or Actor.current()
         t = Trail(self, sandbox_id, actor)
-        self._submit(_Pending("open", sandbox_id, "", "", t._actor_json)).wait()
+        self._submit(Ticket("open", sandbox_id, "", "", t._actor_json)).wait()
         return t
 
     def close(self) -> None:
@@ -276,7 +268,7 @@ class AuditStore:
 
     # -- the writer ----------------------------------------------------------------------------
 
-    def _submit(self, pending: _Pending) -> Ticket:
+    def _submit(self, pending: Ticket) -> Ticket:
         with self._lock:
             if self._broken is not None:
                 raise AuditUnavailable(self._broken)
@@ -288,25 +280,26 @@ class AuditStore:
                 )
                 self._thread.start()
             pending.group = self._group
+            n = len(self._group.items) + 1
             self._group.items.append(pending)
-            if len(self._group.items) == 1:
+            if n == 1 or n == self._want:
                 self._wake.notify()
-        return Ticket(self, pending)
+        return pending
 
-    def _wait(self, pending: _Pending, timeout: float | None) -> int:
-        if not pending.done:
-            assert pending.group is not None
-            if not pending.group.committed.wait(timeout):
-                raise AuditUnavailable("audit store did not commit in time")
-        if pending.error is not None:
-            raise AuditUnavailable(pending.error)
-        return pending.seq
+    def _group_full(self) -> bool:
+        return len(self._group.items) >= self._want
 
     def _run(self) -> None:
+        last = 0  # size of the previous group: how many emitters are active
         while True:
             with self._lock:
                 self._wake.wait_for(lambda: self._group.items or self._closed)
+                if 1 < len(self._group.items) < last and not self._closed:
+                    # Several emitters are active and not all are back yet: give them a moment
+                    # so one commit serves them all (a lone emitter never waits here).
+                    self._wake.wait_for(self._group_full, _LINGER)
                 group = self._group
+                last = self._want = len(group.items)
                 if not group.items:
                     return
                 self._group = _Group()
@@ -322,7 +315,7 @@ class AuditStore:
                 t.done = True
             group.committed.set()
 
-    def _commit_group(self, group: list[_Pending]) -> str | None:
+    def _commit_group(self, group: list[Ticket]) -> str | None:
         for attempt in range(_BUSY_RETRIES):
             try:
                 self._write(group)
@@ -339,7 +332,7 @@ class AuditStore:
                 return str(err)
         return "database stayed locked by another writer"
 
-    def _write(self, group: list[_Pending]) -> None:
+    def _write(self, group: list[Ticket]) -> None:
         con = self._con
         con.execute("BEGIN IMMEDIATE")
         heads: dict[str, list[Any]] = {}
@@ -388,20 +381,20 @@ class AuditStore:
             head[0], head[1] = seq, h
             t.seq = seq
             if t.kind == "close":
-                con.executemany(_INSERT, rows)
+                _insert(con, rows)
                 rows.clear()
                 self._close_chain(t, seq, h)
                 head[2] = True
                 t.result = h  # the closing hash, returned by Trail.close
         if rows:
-            con.executemany(_INSERT, rows)
+            _insert(con, rows)
         con.executemany(
             "UPDATE chains SET last_seq=?, last_hash=? WHERE sandbox=?",
             [(h[0], h[1], sb) for sb, h in heads.items() if h[3]],
         )
         con.execute("COMMIT")
 
-    def _close_chain(self, t: _Pending, seq: int, h: str) -> None:
+    def _close_chain(self, t: Ticket, seq: int, h: str) -> None:
         con = self._con
         r = con.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
         lseq, lprev = (r[0] + 1, r[1]) if r else (1, GENESIS)
@@ -421,10 +414,22 @@ class AuditStore:
         return connect(self.path, self.synchronous)
 
 
+_ROWS_PER_INSERT = 256
+_LINGER = 0.0005  # seconds
+_INSERT_HEAD = "INSERT INTO events(sandbox, seq, ts_us, type, actor, data, prev, hash, v) VALUES"
 _INSERT = (
     "INSERT INTO events(sandbox, seq, ts_us, type, actor, data, prev, hash, v) "
     "VALUES(?,?,?,?,?,?,?,?,?)"
 )
+
+
+def _insert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert with multi-row VALUES statements: one sqlite3_step (one release of the GIL) per
+    chunk instead of per row, which matters when many emitting threads compete for the GIL."""
+    for i in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[i : i + _ROWS_PER_INSERT]
+        sql = _INSERT_HEAD + ",".join(["(?,?,?,?,?,?,?,?,?)"] * len(chunk))
+        con.execute(sql, [v for row in chunk for v in row])
 
 
 def connect(

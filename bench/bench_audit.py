@@ -1,0 +1,175 @@
+"""Audit store throughput: chained appends with group commit vs one commit per event, and
+``verify`` over a million events.
+
+Runs in a temp dir on the state dir's kind of filesystem (``/var/tmp``, disk-backed), prints a
+table and writes bench/results/audit.json. Usage: ``.venv/bin/python bench/bench_audit.py
+[--verify-events N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from corral.audit import AuditStore
+from corral.audit.verify import verify
+
+RESULTS = Path(__file__).with_name("results") / "audit.json"
+
+# A typical proxy decision event, as the proxy will emit it.
+EVENT: dict[str, Any] = {
+    "host": "api.anthropic.com",
+    "rule": "builtin:anthropic:4",
+    "method": "POST",
+    "path": "/v1/messages",
+    "status": 200,
+    "bytes_in": 1834,
+    "bytes_out": 52311,
+    "duration_ms": 812.4,
+    "mode": "inspect",
+}
+
+
+def one_commit_per_event(base: Path, n: int, synchronous: str = "NORMAL") -> float:
+    """Baseline: a single caller emits and waits for each event, so every event is its own
+    transaction (same chain, same schema, no grouping)."""
+    store = AuditStore.open(base / f"per-event-{synchronous}.db", synchronous=synchronous)
+    trail = store.trail("bench-single")
+    t0 = time.perf_counter()
+    for _ in range(n):
+        trail.emit("proxy.inspect", **EVENT)
+    rate = n / (time.perf_counter() - t0)
+    store.close()
+    return rate
+
+
+def pipelined(base: Path, n: int, synchronous: str = "NORMAL") -> float:
+    """Group commit, one producer: emit_nowait a stream, wait for every ticket."""
+    store = AuditStore.open(base / f"pipelined-{synchronous}.db", synchronous=synchronous)
+    trail = store.trail("bench-pipe")
+    t0 = time.perf_counter()
+    tickets = [trail.emit_nowait("proxy.inspect", **EVENT) for _ in range(n)]
+    for t in tickets:
+        t.wait()
+    rate = n / (time.perf_counter() - t0)
+    store.close()
+    return rate
+
+
+def concurrent_blocking(base: Path, n: int, threads: int) -> float:
+    """Group commit, many callers that each wait for durability (the proxy's situation)."""
+    store = AuditStore.open(base / f"threads-{threads}.db")
+    trails = [store.trail(f"bench-t{i % 4}") for i in range(threads)]
+    per = n // threads
+
+    def work(i: int) -> None:
+        trail = trails[i]
+        for _ in range(per):
+            trail.emit("proxy.inspect", **EVENT)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    rate = per * threads / (time.perf_counter() - t0)
+    store.close()
+    return rate
+
+
+def verify_big(base: Path, n: int) -> tuple[float, float, int]:
+    store = AuditStore.open(base / "verify.db")
+    sandboxes = 100
+    trails = [store.trail(f"bench-v{i}") for i in range(sandboxes)]
+    t0 = time.perf_counter()
+    last = None
+    for i in range(n - sandboxes):  # each close adds one event
+        last = trails[i % sandboxes].emit_nowait("proxy.inspect", **EVENT)
+        if i % 50_000 == 0 and last is not None:
+            last.wait()  # bound the queue's memory
+    if last is not None:
+        last.wait()
+    for t in trails:
+        t.close("exit 0")
+    fill = time.perf_counter() - t0
+    con = store.reader()
+    t0 = time.perf_counter()
+    res = verify(con)
+    took = time.perf_counter() - t0
+    assert res.ok, res.problems
+    store.close()
+    return took, fill, res.events
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100_000, help="events per append run")
+    ap.add_argument("--baseline-events", type=int, default=20_000)
+    ap.add_argument("--verify-events", type=int, default=1_000_000)
+    args = ap.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="corral-bench-audit-", dir="/var/tmp"))
+    try:
+        baseline = one_commit_per_event(base, args.baseline_events)
+        baseline_full = one_commit_per_event(base, args.baseline_events // 4, "FULL")
+        pipe = pipelined(base, args.events)
+        pipe_full = pipelined(base, args.events, "FULL")
+        threads32 = concurrent_blocking(base, args.events, 32)
+        threads128 = concurrent_blocking(base, args.events, 128)
+        verify_s, fill_s, verified = verify_big(base, args.verify_events)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    rows = [
+        ("one commit per event (baseline), NORMAL", baseline, 1.0),
+        ("group commit, pipelined emit_nowait, NORMAL", pipe, pipe / baseline),
+        ("group commit, 32 threads blocking emit, NORMAL", threads32, threads32 / baseline),
+        ("group commit, 128 threads blocking emit, NORMAL", threads128, threads128 / baseline),
+        ("one commit per event (baseline), FULL", baseline_full, 1.0),
+        ("group commit, pipelined emit_nowait, FULL", pipe_full, pipe_full / baseline_full),
+    ]
+    print(f"{'audit append (chain + hash, proxy event)':<52} {'events/s':>10} {'vs base':>8}")
+    for name, rate, ratio in rows:
+        print(f"{name:<52} {rate:>10,.0f} {ratio:>7.1f}x")
+    print(
+        f"verify {verified:,} events: {verify_s:.2f} s ({verified / verify_s:,.0f} events/s); "
+        f"filling them took {fill_s:.1f} s"
+    )
+    result = {
+        "machine": {
+            "cpus": _cpus(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "fs": "/var/tmp",
+        },
+        "append_events_per_s": {name: round(rate) for name, rate, _ in rows},
+        "ratio_group_vs_per_event": round(pipe / baseline, 2),
+        "ratio_32_threads_vs_per_event": round(threads32 / baseline, 2),
+        "target_events_per_s": 20_000,
+        "verify": {"events": verified, "seconds": round(verify_s, 3), "target_seconds": 10},
+        "command": "make bench  # or: .venv/bin/python bench/bench_audit.py",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    main()
