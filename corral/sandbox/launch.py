@@ -319,17 +319,25 @@ class Sandbox:
         return proc
 
     def agent_pid(self, proc: subprocess.Popen[bytes]) -> int | None:
-        """The host pid of the command's process (from bwrap's info fd), once known."""
-        if proc.pid in self._child_pids:
-            return self._child_pids[proc.pid]
+        """The host pid of the command's process, once known.
+
+        bwrap's info fd names its pid-namespace init; the command is that init's child. (The
+        init itself ignores signals it has no handler for, so they must go to the child.)
+        """
+        init = self._child_pids.get(proc.pid)
         fd = self._info.get(proc.pid)
-        if fd is None:
+        if init is None and fd is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                init = int(json.loads(os.read(fd, 4096))["child-pid"])
+                self._child_pids[proc.pid] = init
+        if init is None:
             return None
-        with contextlib.suppress(BlockingIOError, OSError):
-            data = os.read(fd, 4096)
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                self._child_pids[proc.pid] = int(json.loads(data)["child-pid"])
-        return self._child_pids.get(proc.pid)
+        try:
+            with open(f"/proc/{init}/task/{init}/children") as f:
+                children = f.read().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
 
     def cpu_usage_ns(self) -> int:
         return int(self._cgroup.cpu_usage_ns()) if self._cgroup is not None else 0
