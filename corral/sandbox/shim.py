@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-__all__ = ["DEFAULT_DEVICES", "PYTHON", "ShimConfig", "shim_argv", "shim_source"]
+__all__ = ["DEFAULT_DEVICES", "DEFAULT_SCRATCH", "PYTHON", "ShimConfig", "shim_argv", "shim_source"]
 
 PYTHON = "/usr/bin/python3"
 
@@ -31,6 +31,9 @@ DEFAULT_DEVICES: tuple[str, ...] = (
     "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
     "/dev/ptmx", "/dev/pts",
 )
+# Directories writable if present without being named in ``writable``: POSIX shared memory and
+# semaphores (shm_open, sem_open; Python's multiprocessing) live in /dev/shm.
+DEFAULT_SCRATCH: tuple[str, ...] = ("/dev/shm",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +42,10 @@ class ShimConfig:
 
     ``writable``: paths (inside the sandbox) beneath which writes are allowed; everything else is
     read-only to Landlock. ``readable_exec``: if set, reads and exec are also limited to these
-    (plus ``writable``); ``None`` leaves reads to the mount namespace. ``require_landlock=False``
-    lets a run proceed on a kernel without Landlock (or without scoping) — only by explicit
-    choice.
+    (plus ``writable``); ``None`` leaves reads to the mount namespace. ``devices`` (read/write/
+    ioctl, no creation) and ``scratch`` (like ``writable``) are granted only where they exist.
+    ``require_landlock=False`` lets a run proceed on a kernel without Landlock (or without
+    scoping) — only by explicit choice.
     """
 
     uid: int
@@ -53,13 +57,15 @@ class ShimConfig:
     no_new_privs: bool = True
     require_landlock: bool = True
     devices: tuple[str, ...] = DEFAULT_DEVICES
+    scratch: tuple[str, ...] = DEFAULT_SCRATCH
 
     def __post_init__(self) -> None:
         for name in ("uid", "gid"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**32 - 1:
                 raise ValueError(f"sandbox {name} must be a non-root id, not {value!r}")
-        for path in (*self.writable, *(self.readable_exec or ()), *self.devices):
+        for path in (*self.writable, *(self.readable_exec or ()), *self.devices,
+                     *self.scratch):
             if not path.startswith("/") or "\0" in path:
                 raise ValueError(f"shim paths must be absolute: {path!r}")
 
@@ -71,6 +77,7 @@ class ShimConfig:
                 "writable": list(self.writable),
                 "readable_exec": None if self.readable_exec is None else list(self.readable_exec),
                 "devices": list(self.devices),
+                "scratch": list(self.scratch),
                 "scope_abstract_unix": self.scope_abstract_unix,
                 "scope_signals": self.scope_signals,
                 "no_new_privs": self.no_new_privs,

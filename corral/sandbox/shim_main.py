@@ -7,8 +7,9 @@ import as little as possible: it is on every sandbox's launch path.
 Invariants (any step failing exits 125 before CMD runs; nothing is silently skipped):
 - ``no_new_privs`` is set before anything else, so no later exec can gain privileges.
 - Landlock is applied while still root (its rule paths are opened as root): writes are allowed
-  only beneath ``writable`` (and on the listed device nodes); with ABI >= 6 abstract unix
-  sockets and signals are scoped to the sandbox's own Landlock domain. No Landlock and
+  only beneath ``writable`` and ``scratch`` and on the ``devices`` nodes (those two only where
+  they exist); with ``readable_exec`` set, reads and exec are limited too; with ABI >= 6
+  abstract unix sockets and signals are scoped to the sandbox's own Landlock domain. No Landlock and
   ``require_landlock`` set: refuse.
 - Securebits are locked (no root magic, no keep-caps, no ambient raise), the capability
   bounding set is emptied and ambient caps cleared while CAP_SETPCAP is still held; then
@@ -105,7 +106,8 @@ def errno_text() -> str:
 class Config:
     """The validated JSON config; every field is type-checked, unknown keys are refused."""
 
-    KEYS = frozenset({"uid", "gid", "writable", "readable_exec", "devices", "scope_abstract_unix",
+    KEYS = frozenset({"uid", "gid", "writable", "readable_exec", "devices", "scratch",
+                      "scope_abstract_unix",
                       "scope_signals", "no_new_privs", "require_landlock"})
 
     def __init__(self, raw: object) -> None:
@@ -118,6 +120,7 @@ class Config:
         self.gid = _id(raw, "gid")
         self.writable = _paths(raw, "writable")
         self.devices = _paths(raw, "devices")
+        self.scratch = _paths(raw, "scratch")
         self.readable_exec = _paths(raw, "readable_exec") if raw.get("readable_exec") is not None \
             else None
         self.scope_abstract_unix = _flag(raw, "scope_abstract_unix")
@@ -223,6 +226,7 @@ def landlock(cfg: Config) -> None:
     try:
         grants = [(p, handled, True) for p in cfg.writable]
         grants += [(p, handled & (READ_RIGHTS | FILE_RIGHTS), False) for p in cfg.devices]
+        grants += [(p, handled, False) for p in cfg.scratch]
         grants += [(p, handled & READ_RIGHTS, True) for p in readable or ()]
         for path, allowed, must_exist in grants:
             try:
@@ -246,7 +250,7 @@ def landlock(cfg: Config) -> None:
         os.close(ruleset)
 
 
-def drop_privileges(cfg: Config) -> None:
+def drop_privileges(cfg: Config, last_cap: int) -> None:
     def prctl(*args: int) -> int:
         return libc("prctl", *args)
 
@@ -255,8 +259,6 @@ def drop_privileges(cfg: Config) -> None:
             raise SetupError(f"{what}: {errno_text()}")
 
     check(prctl(PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0), "locking securebits")
-    with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
-        last_cap = int(f.read())
     for cap in range(last_cap + 1):
         check(prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap}")
     check(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient caps")
@@ -272,7 +274,7 @@ def drop_privileges(cfg: Config) -> None:
     check(libc("capset", _ctypes.byref(Header(LINUX_CAPABILITY_VERSION_3, 0)), data), "capset")
 
 
-def verify(cfg: Config) -> None:
+def verify(cfg: Config, status_fd: int) -> None:
     want = {"CapInh": "0000000000000000", "CapPrm": "0000000000000000",
             "CapEff": "0000000000000000", "CapBnd": "0000000000000000",
             "CapAmb": "0000000000000000", "Groups": ""}
@@ -281,7 +283,8 @@ def verify(cfg: Config) -> None:
     uid, gid = str(cfg.uid), str(cfg.gid)
     want["Uid"] = "\t".join([uid] * 4)
     want["Gid"] = "\t".join([gid] * 4)
-    with open("/proc/self/status") as f:
+    # opened before Landlock (which may not let us read /proc now); read now, so current
+    with open(status_fd, closefd=False) as f:
         have = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
     for key, value in want.items():
         if have.get(key, "").strip() != value:
@@ -324,9 +327,13 @@ def main() -> None:
         cfg = Config(parse_config(sys.argv[1]))
         if cfg.no_new_privs and libc("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise SetupError(f"no_new_privs: {errno_text()}")
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+            last_cap = int(f.read())
+        status_fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
         landlock(cfg)
-        drop_privileges(cfg)
-        verify(cfg)
+        drop_privileges(cfg, last_cap)
+        verify(cfg, status_fd)
+        os.close(status_fd)
     except (SetupError, OSError, ValueError) as exc:
         sys.stderr.write(f"corral: sandbox setup failed: {exc}\n")
         sys.stderr.flush()

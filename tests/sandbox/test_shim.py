@@ -41,8 +41,8 @@ def _run(cfg: ShimConfig, *cmd: str, **kw: object) -> subprocess.CompletedProces
     )
 
 
-def _py(cfg: ShimConfig, code: str) -> subprocess.CompletedProcess[str]:
-    return _run(cfg, shim.PYTHON, "-I", "-S", "-c", code)
+def _py(cfg: ShimConfig, code: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return _run(cfg, shim.PYTHON, "-I", "-S", "-c", code, **kw)
 
 
 @pytest.fixture
@@ -79,7 +79,8 @@ def test_identity_caps_nnp() -> None:
                                      text=True, check=True).stdout)
     assert bare["status"]["CapEff"] != "0000000000000000"  # positive control: root has caps
 
-    out = _py(ShimConfig(uid=UID, gid=GID), STATUS)
+    # the launcher's supplementary groups must not survive into the sandbox
+    out = _py(ShimConfig(uid=UID, gid=GID), STATUS, extra_groups=[4, 27])
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     st = got["status"]
@@ -171,10 +172,31 @@ def test_write_escapes_refused(dirs: tuple[Path, Path]) -> None:
     assert os.listdir(outside) == []
 
 
-def test_devices_writable(dirs: tuple[Path, Path]) -> None:
+def test_devices_and_shm_writable() -> None:
     _require()
-    out = _run(ShimConfig(uid=UID, gid=GID), "/bin/sh", "-c", "echo x > /dev/null && echo ok")
-    assert out.stdout.strip() == "ok", out.stderr
+    script = "echo x > /dev/null && echo ok; echo y > /dev/shm/corral-test-$$ && echo shm; " \
+             "rm -f /dev/shm/corral-test-$$"
+    out = _run(ShimConfig(uid=UID, gid=GID), "/bin/sh", "-c", script)
+    assert out.stdout.split() == ["ok", "shm"], out.stderr
+    # control: without the grants Landlock refuses both
+    bare = _run(ShimConfig(uid=UID, gid=GID, devices=(), scratch=()), "/bin/sh", "-c", script)
+    assert bare.stdout.split() == [], bare.stdout
+
+
+def test_readable_exec_limits_reads(dirs: tuple[Path, Path]) -> None:
+    _require()
+    inside, outside = dirs
+    for d in dirs:
+        (d / "secret").write_text("data\n")
+        (d / "secret").chmod(0o644)
+    system = ("/usr", "/lib", "/lib64", "/bin", "/etc")
+    cfg = ShimConfig(uid=UID, gid=GID, readable_exec=(*system, str(inside)))
+    ok = _run(cfg, "/bin/cat", str(inside / "secret"))
+    assert ok.stdout == "data\n", ok.stderr
+    denied = _run(cfg, "/bin/cat", str(outside / "secret"))
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    control = _run(ShimConfig(uid=UID, gid=GID), "/bin/cat", str(outside / "secret"))
+    assert control.stdout == "data\n"
 
 
 @pytest.fixture
