@@ -236,7 +236,7 @@ def landlock(cfg: Config) -> None:
                     raise SetupError(f"Landlock: {path} does not exist") from None
                 continue
             try:
-                if not os.path.isdir(f"/proc/self/fd/{fd}"):
+                if os.fstat(fd).st_mode & 0o170000 != 0o040000:  # not a directory
                     allowed &= FILE_RIGHTS
                 rule = PathBeneath(allowed, fd)
                 if allowed and libc("syscall", SYS_LANDLOCK_ADD_RULE, ruleset,
