@@ -127,23 +127,28 @@ class Cgroup:
     @classmethod
     def create(cls, name: str, limits: Limits, layout: CgroupLayout | None = None) -> Cgroup:
         cg = cls.open(name, layout)
+        created: list[Path] = []
         try:
             if cg.layout.version == 2:
-                cg._create_v2(limits)
+                cg._create_v2(limits, created)
             else:
-                cg._create_v1(limits)
+                cg._create_v1(limits, created)
         except BaseException:
-            cg.destroy()
+            # Only what this call made, and nothing is attached yet: no kill, and a name that
+            # collides with an existing (maybe live) group never touches that group.
+            for d in reversed(created):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
             raise
         return cg
 
-    def _create_v1(self, limits: Limits) -> None:
+    def _create_v1(self, limits: Limits, created: list[Path]) -> None:
         needed = {"memory": limits.memory, "pids": limits.pids, "cpu": limits.cpu}
         for controller, value in needed.items():
             if value is not None and controller not in self.dirs:
                 raise CorralError(f"cgroup v1 controller {controller!r} is not mounted")
         for d in dict.fromkeys(self.dirs.values()):
-            _mkdir(d)
+            _mkdir(d, created)
         if limits.memory is not None:
             mem = self.dirs["memory"]
             _write(mem / "memory.limit_in_bytes", str(limits.memory))
@@ -157,7 +162,7 @@ class Cgroup:
             _write(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
             _write(cpu / "cpu.cfs_quota_us", str(max(1000, round(limits.cpu * CFS_PERIOD_US))))
 
-    def _create_v2(self, limits: Limits) -> None:
+    def _create_v2(self, limits: Limits, created: list[Path]) -> None:
         root = self.layout.v2
         assert root is not None
         group = self.dirs["unified"]
@@ -168,11 +173,11 @@ class Cgroup:
         if missing:
             raise CorralError(f"cgroup v2 controllers not available: {', '.join(missing)}")
         enable = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in available)
-        _mkdir(group.parent, exist_ok=True)
+        group.parent.mkdir(exist_ok=True)
         for d in (root, group.parent):
             if enable and set(wanted) - set(_read(d / "cgroup.subtree_control", "").split()):
                 _write(d / "cgroup.subtree_control", enable)
-        _mkdir(group)
+        _mkdir(group, created)
         if limits.memory is not None:
             _write(group / "memory.max", str(limits.memory))
             if (group / "memory.swap.max").exists():
@@ -283,16 +288,20 @@ class Cgroup:
         return removed
 
 
-def _mkdir(path: Path, exist_ok: bool = False) -> None:
+def _mkdir(path: Path, created: list[Path]) -> None:
     # The shared ``corral/`` parent may be removed by a concurrent gc between our two mkdirs.
-    for _ in range(3):
+    for attempt in range(3):
         try:
             path.parent.mkdir(exist_ok=True)
-            path.mkdir(exist_ok=exist_ok)
-            return
+            path.mkdir()
         except FileNotFoundError:
+            if attempt == 2:
+                raise
             continue
-    path.mkdir(exist_ok=exist_ok)
+        except FileExistsError:
+            raise CorralError(f"cgroup {path} already exists") from None
+        created.append(path)
+        return
 
 
 def _kill(pid: int) -> None:

@@ -192,6 +192,20 @@ def test_attach_and_destroy_idempotent(make_group: MakeGroup) -> None:
     assert cg.name not in list_corral_cgroups()
 
 
+def test_name_collision_leaves_existing_group_alone(make_group: MakeGroup) -> None:
+    _require()
+    cg = make_group(NO_LIMITS)
+    proc = subprocess.Popen(["sleep", "60"], preexec_fn=cg.attach_self)
+    try:
+        with pytest.raises(CorralError, match="already exists"):
+            Cgroup.create(cg.name, NO_LIMITS)
+        assert cg.pids() == [proc.pid]
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_gc_removes_only_dead(make_group: MakeGroup) -> None:
     _require()
     live, dead = make_group(NO_LIMITS), make_group(NO_LIMITS)
