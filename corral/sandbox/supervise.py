@@ -76,8 +76,9 @@ def supervise(
     activity for the idle timer.
     """
     start = last = time.monotonic()
-    last_cpu = -1
-    next_cpu_check = start
+    last_cpu = cpu_usage() if idle is not None else 0
+    cpu_every = min(1.0, idle / 4) if idle is not None else 1.0
+    next_cpu_check = start + cpu_every
     strikes = 0
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -113,7 +114,7 @@ def supervise(
             if wall is not None:
                 wait = min(wait, max(0.0, start + wall - now))
             if idle is not None:
-                wait = min(wait, max(0.0, last + idle - now))
+                wait = min(wait, max(0.0, last + idle - now), max(0.0, next_cpu_check - now))
             for key, _ in sel.select(wait):
                 if key.fd == pidfd:
                     exited = True
@@ -127,12 +128,10 @@ def supervise(
             if wall is not None and now - start >= wall:
                 timeout = "wall"
             elif idle is not None and now >= next_cpu_check:
-                next_cpu_check = now + min(1.0, idle / 4)
+                next_cpu_check = now + cpu_every
                 cpu = cpu_usage()
-                if cpu != last_cpu:
-                    if last_cpu >= 0:
-                        last = now  # the sandbox used CPU since the previous look
-                    last_cpu = cpu
+                if cpu != last_cpu:  # the sandbox used CPU since the previous look
+                    last, last_cpu = now, cpu
                 if now - last >= idle:
                     timeout = "idle"
             if timeout:
