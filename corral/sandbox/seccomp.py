@@ -10,6 +10,9 @@ Invariants:
   or the x32 ABI (``__X32_SYSCALL_BIT``) kills the process: libseccomp emits an architecture
   check first and an x32-number check for x86_64 filters, so a 32-bit entry point cannot
   bypass the argument filters below.
+- Sockets: only unix, IPv4/IPv6 (not raw) and netlink; ``AF_PACKET`` is EPERM, any other family
+  (AF_VSOCK, which reaches the hypervisor host around the network namespace, AF_ALG, ...)
+  EAFNOSUPPORT.
 - Argument filters compare only the bits the kernel reads. ``socket``, ``ioctl`` and
   ``personality`` take ``int``/``unsigned int`` arguments that the kernel truncates to 32
   bits, so every comparison masks the upper half away: ``socket(0x1_00000011, ...)`` is still
@@ -68,7 +71,13 @@ CLONE_DENY_BITS: tuple[int, ...] = tuple(
     v for k, v in _CLONE_NEW_FLAGS.items() if k != "CLONE_NEWTIME"
 )
 
-AF_INET, AF_INET6, AF_PACKET = 2, 10, 17
+AF_INET, AF_INET6, AF_NETLINK, AF_PACKET = 2, 10, 16, 17
+# Socket families a sandbox may create: unix, IPv4, IPv6 (raw excepted) and netlink (libc's
+# getaddrinfo/getifaddrs use it; it only sees the sandbox's own network namespace). Every other
+# family fails with EAFNOSUPPORT, as on a kernel without it. This matters beyond attack surface:
+# AF_VSOCK talks to the hypervisor host and is not confined by the network namespace, so it
+# would be a way out that bypasses the proxy.
+OTHER_FAMILIES_BELOW_PACKET: tuple[int, ...] = (3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15)
 SOCK_RAW, SOCK_TYPE_MASK = 3, 0xF
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 U32 = 0xFFFFFFFF
@@ -92,7 +101,8 @@ _CACHE_NAME = "seccomp-{version}-{digest}.bpf"
 
 def _rule_digest() -> str:
     spec = repr(
-        (BLOCKED_SYSCALLS, CLONE_DENY_BITS, PERSONALITY_DENY_BITS, TIOCSTI, TIOCLINUX, 2)
+        (BLOCKED_SYSCALLS, CLONE_DENY_BITS, PERSONALITY_DENY_BITS, TIOCSTI, TIOCLINUX,
+         OTHER_FAMILIES_BELOW_PACKET, 3)
     )
     return f"{zlib.crc32(spec.encode()):08x}"
 
@@ -105,6 +115,12 @@ def _add_rules(flt: Any, sc: Any) -> None:
     for bit in CLONE_DENY_BITS:
         flt.add_rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, bit, bit))
     flt.add_rule(eperm, "socket", sc.Arg(0, sc.MASKED_EQ, U32, AF_PACKET))
+    eafnosupport = sc.ERRNO(errno.EAFNOSUPPORT)
+    for family in OTHER_FAMILIES_BELOW_PACKET:
+        flt.add_rule(eafnosupport, "socket", sc.Arg(0, sc.MASKED_EQ, U32, family))
+    # A full 64-bit comparison: it also refuses any value with upper bits set, whatever the
+    # truncated family would be, so it can only refuse more than the families above 17.
+    flt.add_rule(eafnosupport, "socket", sc.Arg(0, sc.GT, AF_PACKET))
     for family in (AF_INET, AF_INET6):
         flt.add_rule(
             eperm,
@@ -189,6 +205,9 @@ def _write_cached(directory: Path, path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as fp:
             fp.write(data)
         os.replace(tmp, path)
+        for stale in directory.glob("seccomp-*.bpf"):  # filters of other versions/rule sets
+            if stale != path:
+                stale.unlink(missing_ok=True)
     except OSError:
         pass  # a cache we cannot write costs a compile next time, nothing more
 
