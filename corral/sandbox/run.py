@@ -42,7 +42,7 @@ def run_command(
     spec: SandboxSpec, argv: Sequence[str], *, audit: AuditSink | None = None
 ) -> int:
     """Run ``argv`` in a fresh sandbox built from ``spec``; return corral's exit status."""
-    tty = os.isatty(0) and os.isatty(1)
+    tty = os.isatty(0)  # the agent never gets the user's terminal itself
     with Sandbox.create(spec, audit) as sb:
         pty: Pty | None = None
         try:
