@@ -113,7 +113,8 @@ async def establish(
         if sni is None and not is_ip(host):
             await _refuse(ctx, decision, "the TLS ClientHello carries no server name", fields)
             return
-        if sni is not None and sni != host:
+        # Some clients (Go's hey) send "host:port" as the server name; same host, same port.
+        if sni is not None and sni not in (host, f"{host}:{port}"):
             await _refuse(
                 ctx, decision, f"TLS server name {sni!r} does not match the target {host!r}", fields
             )
