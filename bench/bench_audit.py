@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -147,6 +148,7 @@ def main() -> None:
         f"filling them took {fill_s:.1f} s"
     )
     result = {
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "machine": {
             "cpus": _cpus(),
             "kernel": platform.release(),
@@ -162,12 +164,11 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {_cpus()} CPUs")
     print(f"wrote {RESULTS}")
 
 
 def _cpus() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 

@@ -106,7 +106,7 @@ class AuditRelay:
                     continue
                 try:
                     self._acks.put((rid, self.trail.emit_nowait(type_, **data), None))
-                except EventError as err:
+                except (EventError, TypeError) as err:
                     self._acks.put((rid, None, str(err)))
                 except AuditUnavailable as err:
                     self._acks.put((rid, None, f"unavailable: {err}"))
@@ -164,7 +164,7 @@ class RemoteTrail:
     def from_fd(cls, fd: int) -> RemoteTrail:
         return cls(socket.socket(fileno=fd))
 
-    def emit(self, type_: str | EventType, **data: Any) -> int:
+    def emit(self, type_: str | EventType, /, **data: Any) -> int:
         slot: list[Any] = [threading.Event(), None, None]
         with self._lock:
             if self._dead is not None:

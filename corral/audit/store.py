@@ -149,7 +149,7 @@ class Trail:
         self.store, self.sandbox_id, self.actor = store, sandbox_id, actor
         self._actor_json = actor.to_json()
 
-    def emit_nowait(self, type_: str | EventType, **data: Any) -> Ticket:
+    def emit_nowait(self, type_: str | EventType, /, **data: Any) -> Ticket:
         """Queue an event (validated now) and return a ticket to wait on."""
         type_ = str(type_)
         if type_ == EventType.TRAIL_CLOSE:
@@ -158,7 +158,7 @@ class Trail:
         body = canonical_json({k: v for k, v in data.items() if v is not None})
         return self.store._submit(Ticket("event", self.sandbox_id, type_, body, self._actor_json))
 
-    def emit(self, type_: str | EventType, **data: Any) -> int:
+    def emit(self, type_: str | EventType, /, **data: Any) -> int:
         """Record an event and return its sequence number once it is durable."""
         return self.emit_nowait(type_, **data).wait()
 
@@ -185,6 +185,7 @@ class AuditStore:
         self._wake = threading.Condition(self._lock)  # wakes the writer
         self._group = _Group()
         self._want = 0  # group size at which to wake a lingering writer
+        self._pid = os.getpid()
         self._broken: str | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -274,6 +275,9 @@ class AuditStore:
                 raise AuditUnavailable(self._broken)
             if self._closed:
                 raise AuditUnavailable("audit store is closed")
+            if self._pid != os.getpid():
+                # the writer thread did not survive fork(): open a new store (or use a relay)
+                raise AuditUnavailable("audit store inherited across fork; open it again")
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="corral-audit-writer", daemon=True
@@ -330,6 +334,10 @@ class AuditStore:
                 if self._con.in_transaction:
                     self._con.rollback()
                 return str(err)
+            except Exception as err:  # a bug must fail closed, never leave emitters hanging
+                if self._con.in_transaction:
+                    self._con.rollback()
+                return f"internal error: {err!r}"
         return "database stayed locked by another writer"
 
     def _write(self, group: list[Ticket]) -> None:

@@ -109,3 +109,18 @@ def test_store_failing_mid_run_raises_audit_unavailable(tmpfs: Any) -> None:
         trail.emit("error", component="test", message="after")
     os.unlink(fs / "ballast")
     s.close()
+
+
+def test_store_refuses_use_after_fork(store: AuditStore) -> None:
+    """The writer thread does not survive fork(): a child must not queue into a dead writer."""
+    trail = store.trail("sb-fork")
+    trail.emit("sandbox.exit", status=0)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child)
+        try:
+            trail.emit("sandbox.exit", status=1)
+        except AuditUnavailable:
+            os._exit(7)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 7
