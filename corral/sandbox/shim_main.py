@@ -1,8 +1,10 @@
 """The privilege-drop shim: runs as root inside the sandbox's namespaces, then becomes CMD.
 
-This file is executed as ``/usr/bin/python3 -I -S -c <this source> <config json> CMD...`` (see
-``corral.sandbox.shim``). It must stay standard-library only, import nothing from corral, and
-import as little as possible: it is on every sandbox's launch path.
+``corral.sandbox.shim.shim_argv`` runs this file's code (precompiled bytecode, or this source
+when the interpreter's bytecode format differs) as ``/usr/bin/python3 -I -S -c <loader> ...
+<config json> CMD...``; the code sees ``sys.argv == ["-c", <config json>, CMD...]``. It must
+stay standard-library only, import nothing from corral, and import as little as possible: it
+is on every sandbox's launch path.
 
 Invariants (any step failing exits 125 before CMD runs; nothing is silently skipped):
 - ``no_new_privs`` is set before anything else, so no later exec can gain privileges.
