@@ -24,10 +24,18 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from corral.audit.db import (
+    SCHEMA,
+    connect,
+    free_bytes,
+    insert_events,
+    ledger_body,
+    needs_schema,
+    tighten,
+)
 from corral.audit.events import (
     GENESIS,
     SCHEMA_VERSION,
@@ -42,28 +50,11 @@ from corral.audit.events import (
 )
 from corral.errors import CorralError
 
-__all__ = ["AuditStore", "AuditUnavailable", "Ticket", "Trail", "default_path"]
+__all__ = ["AuditStore", "AuditUnavailable", "Ticket", "Trail", "connect", "default_path"]
 
 MIN_FREE_BYTES = 16 * 1024 * 1024
-_MAX_GROUP = 4096
 _BUSY_RETRIES = 20
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS chains(
-  sandbox TEXT PRIMARY KEY, actor TEXT NOT NULL, opened_us INTEGER NOT NULL,
-  last_seq INTEGER NOT NULL, last_hash TEXT NOT NULL,
-  closed_us INTEGER, status TEXT, ledger_seq INTEGER, pruned INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS events(
-  id INTEGER PRIMARY KEY, sandbox TEXT NOT NULL, seq INTEGER NOT NULL,
-  ts_us INTEGER NOT NULL, type TEXT NOT NULL, actor TEXT NOT NULL, data TEXT NOT NULL,
-  prev TEXT NOT NULL, hash TEXT NOT NULL, v INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS events_sandbox_seq ON events(sandbox, seq);
-CREATE INDEX IF NOT EXISTS events_ts ON events(ts_us);
-CREATE TABLE IF NOT EXISTS ledger(
-  seq INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, sandbox TEXT NOT NULL,
-  count INTEGER NOT NULL, chain_hash TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL);
-"""
+_LINGER = 0.0005  # seconds a writer waits for active emitters to catch up
 
 
 class AuditUnavailable(CorralError):
@@ -74,20 +65,6 @@ def default_path() -> Path:
     from corral.paths import state_dir
 
     return state_dir() / "audit.db"
-
-
-def ledger_body(seq: int, ts: int, sandbox: str, count: int, chain_hash: str, prev: str) -> str:
-    return canonical_json(
-        {
-            "chain_hash": chain_hash,
-            "count": count,
-            "prev": prev,
-            "sandbox": sandbox,
-            "seq": seq,
-            "ts": ts,
-            "v": SCHEMA_VERSION,
-        }
-    )
 
 
 class Ticket:
@@ -216,25 +193,30 @@ class AuditStore:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             os.close(fd)
-            free = _free_bytes(path.parent)
+            free = free_bytes(path.parent)
             if free < min_free:
                 raise CorralError(
                     f"audit store {path}: only {free // 1024} KiB free on its filesystem; corral "
                     "will not start a sandbox it cannot audit (free space or set CORRAL_HOME)"
                 )
             con = connect(path, synchronous)
-            if _needs_schema(con):
-                con.executescript(_SCHEMA)
-            with con:
-                con.execute(
-                    "INSERT OR REPLACE INTO meta VALUES('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
+            if needs_schema(con):
+                con.executescript(SCHEMA)
+            # One write transaction: proves the store is writable before any sandbox starts.
+            con.execute("BEGIN IMMEDIATE")
+            row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                con.execute("ROLLBACK")
+                raise CorralError(
+                    f"audit store {path} has schema version {row[0]}, newer than this corral "
+                    f"({SCHEMA_VERSION}); upgrade corral"
                 )
-                con.execute(
-                    "INSERT OR REPLACE INTO meta VALUES('last_open_us', ?)",
-                    (str(time.time_ns() // 1000),),
-                )
-            _tighten(path)
+            con.execute(
+                "INSERT OR REPLACE INTO meta VALUES('schema_version', ?), ('last_open_us', ?)",
+                (str(SCHEMA_VERSION), str(time.time_ns() // 1000)),
+            )
+            con.execute("COMMIT")
+            tighten(path)
         except CorralError:
             raise
         except (OSError, sqlite3.Error) as err:
@@ -389,13 +371,13 @@ class AuditStore:
             head[0], head[1] = seq, h
             t.seq = seq
             if t.kind == "close":
-                _insert(con, rows)
+                insert_events(con, rows)
                 rows.clear()
                 self._close_chain(t, seq, h)
                 head[2] = True
                 t.result = h  # the closing hash, returned by Trail.close
         if rows:
-            _insert(con, rows)
+            insert_events(con, rows)
         con.executemany(
             "UPDATE chains SET last_seq=?, last_hash=? WHERE sandbox=?",
             [(h[0], h[1], sb) for sb, h in heads.items() if h[3]],
@@ -420,55 +402,3 @@ class AuditStore:
     def reader(self) -> sqlite3.Connection:
         """A separate read connection (the writer's is owned by its thread)."""
         return connect(self.path, self.synchronous)
-
-
-_ROWS_PER_INSERT = 256
-_LINGER = 0.0005  # seconds
-_INSERT_HEAD = "INSERT INTO events(sandbox, seq, ts_us, type, actor, data, prev, hash, v) VALUES"
-_INSERT = (
-    "INSERT INTO events(sandbox, seq, ts_us, type, actor, data, prev, hash, v) "
-    "VALUES(?,?,?,?,?,?,?,?,?)"
-)
-
-
-def _insert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert with multi-row VALUES statements: one sqlite3_step (one release of the GIL) per
-    chunk instead of per row, which matters when many emitting threads compete for the GIL."""
-    for i in range(0, len(rows), _ROWS_PER_INSERT):
-        chunk = rows[i : i + _ROWS_PER_INSERT]
-        sql = _INSERT_HEAD + ",".join(["(?,?,?,?,?,?,?,?,?)"] * len(chunk))
-        con.execute(sql, [v for row in chunk for v in row])
-
-
-def connect(
-    path: Path, synchronous: str = "NORMAL", *, readonly: bool = False
-) -> sqlite3.Connection:
-    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-    con = sqlite3.connect(
-        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10.0
-    )
-    con.execute("PRAGMA busy_timeout=10000")
-    if not readonly:
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute(f"PRAGMA synchronous={synchronous}")
-    return con
-
-
-def _needs_schema(con: sqlite3.Connection) -> bool:
-    row = con.execute("SELECT count(*) FROM sqlite_master WHERE name='ledger'").fetchone()
-    return bool(row[0] == 0)
-
-
-def _tighten(path: Path) -> None:
-    for p in _files(path):
-        if p.exists() and p.stat().st_mode & 0o077:
-            p.chmod(0o600)
-
-
-def _files(path: Path) -> Iterable[Path]:
-    return (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
-
-
-def _free_bytes(directory: Path) -> int:
-    st = os.statvfs(directory)
-    return st.f_bavail * st.f_frsize

@@ -19,8 +19,8 @@ import hashlib
 import sqlite3
 from dataclasses import dataclass, field
 
+from corral.audit.db import ledger_body
 from corral.audit.events import GENESIS, event_body, event_hash
-from corral.audit.store import ledger_body
 
 __all__ = ["VerifyResult", "verify"]
 

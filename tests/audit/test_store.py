@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from corral.audit import AuditStore, AuditUnavailable, EventError
+from corral.audit.store import connect
 from corral.audit.verify import verify
 from corral.errors import CorralError
 
@@ -124,3 +125,12 @@ def test_store_refuses_use_after_fork(store: AuditStore) -> None:
         os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 7
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    AuditStore.open(tmp_path / "audit.db").close()
+    con = connect(tmp_path / "audit.db")
+    con.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    con.close()
+    with pytest.raises(CorralError, match="schema version 99, newer"):
+        AuditStore.open(tmp_path / "audit.db")
