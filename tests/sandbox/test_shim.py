@@ -338,3 +338,14 @@ def test_shim_cost() -> None:
     shimmed = median([*shim_argv(ShimConfig(uid=UID, gid=GID)), "/bin/true"])
     print(f"bare {bare * 1e3:.1f} ms, shim {shimmed * 1e3:.1f} ms", file=sys.stderr)
     assert shimmed - bare < 0.100  # catches gross regressions only; bench/ has the figure
+
+
+def test_source_fallback_when_bytecode_format_differs() -> None:
+    """Another interpreter version in the sandbox compiles the shipped source instead."""
+    _require()
+    argv = shim_argv(ShimConfig(uid=UID, gid=GID))
+    tag_at = argv.index(sys.implementation.cache_tag)
+    argv[tag_at] = "cpython-0"
+    argv[tag_at + 1] = "00"  # bytecode that would not even load
+    out = subprocess.run([*argv, "/usr/bin/id", "-u"], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == str(UID), out.stderr
