@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,14 @@ def serve(
 
     if os.geteuid() != 0:
         raise UserInputError("corral mcp must run as root (it builds sandboxes)")
+
+    def stop(signum: int, frame: Any) -> None:
+        # Turn SIGTERM/SIGHUP into an exception so the ``finally`` below tears the sandboxes
+        # down (uvicorn re-raises the signal it caught once it has shut down).
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     rp = resolve(policies)
     tool_policy = ToolPolicy.from_resolved(rp)
     ws = workspace.resolve() if workspace is not None else rp.files.workspace

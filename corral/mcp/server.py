@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from corral.mcp.principals import STDIO, Principals, TokenTable
 from corral.tools.approvals import current_user
 from corral.tools.executor import ExecutorGone, ToolFailure
-from corral.tools.service import Gate, pending_message
+from corral.tools.service import Gate, denied_message, pending_message
 
 __all__ = ["ApprovalForm", "build_server"]
 
@@ -82,14 +82,17 @@ def build_server(
     async def decide(tool: str, args: dict[str, Any], ctx: Context) -> Any:
         tools = principals.tools(principal_of(ctx))
 
-        def check() -> _Go | tuple[Gate, Any]:
+        def check() -> _Go | _Held | tuple[Gate, Any]:
             gate = tools.gate(tool, args)
             if tools.authorize(tool, args, gate):
                 return _Go(gate)
+            denied = tools.denial(tool, args)
+            if denied is not None:
+                return _Held(denied_message(denied, tool))
             return gate, tools.hold(tool, args, gate)
 
         outcome = await anyio.to_thread.run_sync(check)
-        if isinstance(outcome, _Go):
+        if isinstance(outcome, _Go | _Held):
             return outcome
         gate, approval = outcome
         caps = ctx.client_capabilities

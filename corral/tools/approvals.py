@@ -206,6 +206,19 @@ class ApprovalStore:
         self.audit.emit("approval.use", request_id=row["id"], tool=tool)
         return Approval._from_row(row)
 
+    def recent_denial(
+        self, tool: str, args: Mapping[str, Any], policy_digest: str, principal: str
+    ) -> Approval | None:
+        """A human's denial of exactly this call within the last ``ttl`` seconds, if any."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT * FROM approvals WHERE tool = ? AND args_digest = ? AND policy_digest = ? "
+                "AND principal = ? AND status = 'denied' AND decided_at > ? "
+                "ORDER BY decided_at DESC LIMIT 1",
+                (tool, args_digest(args), policy_digest, principal, time.time() - self.ttl),
+            ).fetchone()
+        return Approval._from_row(row) if row is not None else None
+
     def request(
         self,
         tool: str,

@@ -64,7 +64,7 @@ class SandboxProvider:
             try:
                 proc = self._opened.sandbox.spawn(
                     executor_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
+                    stderr=None,  # bwrap/shim failures reach our stderr (the client log)
                 )
                 self._proc = proc
                 assert proc.stdin is not None and proc.stdout is not None

@@ -32,7 +32,15 @@ from corral.tools.cmdcheck import check_command
 from corral.tools.executor import ToolFailure
 from corral.tools.session import ShellSession
 
-__all__ = ["SANDBOX_WORKSPACE", "TOOLS", "Gate", "ToolPolicy", "Tools", "pending_message"]
+__all__ = [
+    "SANDBOX_WORKSPACE",
+    "TOOLS",
+    "Gate",
+    "ToolPolicy",
+    "Tools",
+    "denied_message",
+    "pending_message",
+]
 
 SANDBOX_WORKSPACE = "/workspace"
 TOOLS = ("exec", "read", "write", "edit", "glob", "grep", "fetch")
@@ -95,6 +103,14 @@ def pending_message(approval: Approval, tool: str) -> str:
     )
 
 
+def denied_message(approval: Approval, tool: str) -> str:
+    why = f": {approval.reason}" if approval.reason else ""
+    return (
+        f"corral: this {tool} call was denied by {approval.decided_by} (approval {approval.id})"
+        f"{why}. Do not retry it unchanged; ask the user how to proceed."
+    )
+
+
 class Tools:
     def __init__(
         self,
@@ -149,6 +165,10 @@ class Tools:
         ):
             return True
         return self.store.consume(tool, args, self.policy.digest) is not None
+
+    def denial(self, tool: str, args: Mapping[str, Any]) -> Approval | None:
+        """A recent human denial of exactly this call (it is not asked again meanwhile)."""
+        return self.store.recent_denial(tool, args, self.policy.digest, self.principal)
 
     def hold(self, tool: str, args: Mapping[str, Any], gate: Gate) -> Approval:
         """The pending approval for this exact call (created or found)."""

@@ -56,7 +56,13 @@ class ShellSession:
             if self._executor is not None and not self._executor.alive:
                 self._teardown_locked()
             if self._executor is None:
-                self._executor = self.provider.start()
+                try:
+                    self._executor = self.provider.start()
+                except ExecutorGone:
+                    # One retry on a fresh sandbox: a start can fail under transient load
+                    # (the cause is on our stderr); a second failure is reported.
+                    self.provider.stop()
+                    self._executor = self.provider.start()
                 self.starts += 1
             self._inflight += 1
             return self._executor

@@ -15,6 +15,7 @@ from typing import Any
 import mcp_types as types
 import pytest
 from mcp.client import Client
+from mcp_local import LocalProvider, local_provider
 
 from corral.mcp import Principals, build_server
 from corral.policy.types import ExecConfig, FilesConfig
@@ -26,6 +27,11 @@ pytestmark = pytest.mark.anyio
 
 POLICY = ToolPolicy(exec=ExecConfig(mode="allowlist", allow=("echo *", "true")),
                     files=FilesConfig(approval="writes"), digest="d1", idle=None)
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[LocalProvider]:
+    yield from local_provider(tmp_path)
+
 
 
 @pytest.fixture

@@ -5,15 +5,22 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tools_local import LocalProvider, local_provider
 
 from corral.tools.executor import ExecutorGone, ToolFailure
 from corral.tools.session import ShellSession
 
-LocalProvider = Any  # the fixture class lives in conftest.py
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[LocalProvider]:
+    yield from local_provider(tmp_path)
+
+
 
 
 @pytest.fixture

@@ -7,11 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tools_local import LocalProvider, local_provider
 
 from corral.policy.types import ExecConfig, FilesConfig
 from corral.tools.approvals import ApprovalStore
 from corral.tools.service import ToolPolicy, Tools
 from corral.tools.session import ShellSession
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[LocalProvider]:
+    yield from local_provider(tmp_path)
+
 
 
 class Recorder:

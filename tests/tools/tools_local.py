@@ -1,5 +1,6 @@
-"""A local provider: the executor as a plain subprocess, to test the protocol without a sandbox.
+"""Test helper: the executor as a plain local subprocess, to test the protocol without a sandbox.
 
+Not a conftest.py: a second module named conftest would shadow tests/conftest.py.
 The end-to-end tests in tests/mcp run the same executor through the real ``Sandbox``.
 """
 
@@ -8,8 +9,6 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from corral.tools.executor import Executor, executor_argv
 
@@ -33,8 +32,7 @@ class LocalProvider:
             self.proc.wait()
 
 
-@pytest.fixture
-def provider(tmp_path: Path) -> Iterator[LocalProvider]:
+def local_provider(tmp_path: Path) -> Iterator[LocalProvider]:
     root = tmp_path / "ws"
     root.mkdir()
     prov = LocalProvider(root)
