@@ -23,7 +23,16 @@ from typing import Any
 from corral.audit.store import connect, default_path
 from corral.errors import CorralError, UserInputError
 
-__all__ = ["Event", "ReadStats", "head", "iter_events", "open_read", "parse_time", "prune"]
+__all__ = [
+    "Event",
+    "ReadStats",
+    "head",
+    "iter_events",
+    "last_events",
+    "open_read",
+    "parse_time",
+    "prune",
+]
 
 _CHUNK = 2000
 
@@ -156,6 +165,36 @@ def iter_events(
         for r in rows:
             yield _event(r)
         cursor = rows[-1][0]
+
+
+def last_events(
+    con: sqlite3.Connection,
+    limit: int,
+    *,
+    sandbox: str | None = None,
+    since_us: int | None = None,
+    types: list[str] | None = None,
+    stats: ReadStats | None = None,
+) -> list[Event]:
+    """The last ``limit`` matching events (all if ``limit`` <= 0), oldest first, without reading
+    the whole table when the file is healthy."""
+    after = 0
+    if limit > 0:
+        where, args = _where(sandbox, since_us, types)
+        try:
+            row = con.execute(
+                f"SELECT id FROM events WHERE {where} ORDER BY id DESC LIMIT 1 OFFSET ?",
+                [*args, limit],
+            ).fetchone()
+            after = row[0] if row else 0
+        except sqlite3.DatabaseError:
+            after = 0  # damaged: read forward, salvaging, and keep the tail
+    events = list(
+        iter_events(
+            con, sandbox=sandbox, since_us=since_us, types=types, after_id=after, stats=stats
+        )
+    )
+    return events[-limit:] if limit > 0 else events
 
 
 def _salvage(

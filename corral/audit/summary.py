@@ -11,6 +11,8 @@ from corral.audit.query import iter_events, open_read
 
 __all__ = ["summary"]
 
+MAX_HOSTS = 12
+
 
 def summary(
     sandbox_id: str, path: str | Path | None = None, *, width: int = 100, color: bool = False
@@ -48,14 +50,23 @@ def summary(
     console.print(
         f"[bold]corral[/] sandbox {sandbox_id}: {events} audit events, exit status {exit_status}"
     )
-    hosts = sorted({h for h, _ in counts})
+    totals: Counter[str] = Counter()
+    for (h, _), n in counts.items():
+        totals[h] += n
+    # One screen: the busiest hosts, denied ones first (they are what a user needs to act on).
+    hosts = sorted(totals, key=lambda h: (-counts[(h, "deny")], -totals[h], h))
     if hosts:
         table = Table("host", "allowed", "inspected", "denied", box=None, pad_edge=False)
-        for h in hosts:
+        for h in hosts[:MAX_HOSTS]:
             table.add_row(
-                h, str(counts[(h, "allow")]), str(counts[(h, "inspect")]), str(counts[(h, "deny")])
+                h,
+                str(counts[(h, "allow")]),
+                str(counts[(h, "inspect")]),
+                str(counts[(h, "deny")]),
             )
         console.print(table)
+        if len(hosts) > MAX_HOSTS:
+            console.print(f"… and {len(hosts) - MAX_HOSTS} more hosts")
     else:
         console.print("no network requests")
     if dns_denied:

@@ -17,7 +17,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from corral.audit.query import Event, ReadStats, head, iter_events, open_read, parse_time, prune
+from corral.audit.query import (
+    Event,
+    ReadStats,
+    head,
+    iter_events,
+    last_events,
+    open_read,
+    parse_time,
+    prune,
+)
 from corral.errors import CorralError, UserInputError
 
 __all__ = ["app"]
@@ -87,9 +96,7 @@ def list_(
     since_us = parse_time(since) if since else None
     con = open_read(db)
     stats = ReadStats()
-    events = list(iter_events(con, sandbox=sandbox, since_us=since_us, types=type_, stats=stats))
-    if limit > 0:
-        events = events[-limit:]
+    events = last_events(con, limit, sandbox=sandbox, since_us=since_us, types=type_, stats=stats)
     if as_json:
         for ev in events:
             sys.stdout.write(json.dumps(ev.to_dict(), sort_keys=True) + "\n")

@@ -4,6 +4,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from corral.audit import AuditStore
 from corral.audit.events import canonical_json, event_body, event_hash
@@ -192,3 +194,38 @@ def test_corrupted_file_verify_names_event_and_list_reads_the_rest(tmp_path: Pat
 @pytest.mark.parametrize("n", [1, 2])
 def test_small_chains(store: AuditStore, n: int) -> None:
     assert verify(_populate(store, n)).ok
+
+
+_COLUMNS = ("seq", "ts_us", "type", "actor", "data", "prev", "hash")
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    victim=st.integers(min_value=1, max_value=6),
+    column=st.sampled_from(_COLUMNS),
+    flip=st.integers(min_value=0, max_value=10_000),
+)
+def test_any_single_column_edit_is_detected(
+    tmp_path: Path, victim: int, column: str, flip: int
+) -> None:
+    db = tmp_path / f"{victim}-{column}-{flip}.db"
+    s = AuditStore.open(db)
+    trail = s.trail("sb-h")
+    for i in range(5):
+        trail.emit("proxy.allow", host="h.example", rule="p.yaml:1", path=f"/{i}")
+    trail.close("exit 0")  # seq 6
+    s.close()
+    con = connect(db)
+    value = con.execute(f"SELECT {column} FROM events WHERE seq=?", (victim,)).fetchone()[0]
+    if isinstance(value, int):
+        new: object = value + 1 + flip % 7
+    else:
+        pos = flip % len(value)
+        ch = "a" if value[pos] != "a" else "b"
+        new = value[:pos] + ch + value[pos + 1 :]
+    con.execute(f"UPDATE events SET {column}=? WHERE seq=?", (new, victim))
+    res = verify(con)
+    assert not res.ok, (column, victim, value, new)
+    con.close()

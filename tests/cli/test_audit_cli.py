@@ -70,6 +70,8 @@ def test_list_table_json_and_filters(populated: Path) -> None:
     assert len(fam) == 3
     assert corral("list", "--since", "1h", "--json").stdout.count("\n") == 9
     assert "no matching events" in corral("list", "--since", "2999-01-01").stdout
+    last2 = [json.loads(x) for x in corral("list", "--json", "--limit", "2").stdout.splitlines()]
+    assert [r["type"] for r in last2] == ["trail.close", "dns.query"]
     bad = corral("list", "--since", "yesterday", check=2)
     assert "--since 'yesterday'" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -216,3 +218,16 @@ def test_summary_after_a_run(populated: Path) -> None:
     assert len(text.splitlines()) < 20
     line = next(x for x in text.splitlines() if x.startswith("evil.example"))
     assert line.split()[1:] == ["0", "0", "1"]
+
+
+def test_summary_stays_one_screen(corral_env: dict[str, str]) -> None:
+    store = AuditStore.open()
+    t = store.trail("sb-many")
+    for i in range(40):
+        t.emit_nowait("proxy.allow", host=f"h{i}.example", rule="p.yaml:1")
+    t.emit("proxy.deny", host="blocked.example", rule="default deny")
+    store.close()
+    lines = summary("sb-many").splitlines()
+    assert len(lines) < 24
+    assert lines[2].startswith("blocked.example")  # denied hosts first
+    assert any("29 more hosts" in x for x in lines)
