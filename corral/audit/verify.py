@@ -59,6 +59,18 @@ def _rehash(r: _Row, seq: int | None = None) -> str:
 
 
 def verify(con: sqlite3.Connection, expected_head: str | None = None) -> VerifyResult:
+    """Check everything in one read transaction: one consistent snapshot while others write."""
+    own = not con.in_transaction
+    if own:
+        con.execute("BEGIN")
+    try:
+        return _verify(con, expected_head)
+    finally:
+        if own and con.in_transaction:
+            con.execute("ROLLBACK")
+
+
+def _verify(con: sqlite3.Connection, expected_head: str | None) -> VerifyResult:
     res = VerifyResult()
     state: dict[str, list[object]] = {}  # sandbox -> [last hash, last seq]
     bad: dict[str, None] = {}

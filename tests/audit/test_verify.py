@@ -229,3 +229,36 @@ def test_any_single_column_edit_is_detected(
     res = verify(con)
     assert not res.ok, (column, victim, value, new)
     con.close()
+
+
+def test_verify_sees_one_snapshot_while_writers_append(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "audit.db"
+    AuditStore.open(db).close()
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("_writer.py")),
+            str(db),
+            "sb-live",
+            "10000000",
+            "4",
+        ],
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        con = connect(db)
+        deadline = time.monotonic() + 1.0
+        runs = 0
+        while time.monotonic() < deadline or runs < 5:
+            res = verify(con)
+            assert res.ok, res.problems
+            runs += 1
+    finally:
+        writer.kill()
+        writer.wait()
