@@ -84,11 +84,13 @@ class _Upstream:
         self.stream = stream
         self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
 
-    async def next_event(self, timeout: float) -> Any:
+    async def next_event(self, timeout: float, before_read: Stream | None = None) -> Any:
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
+            if before_read is not None:
+                await before_read.drain()  # what we relayed so far goes out before we wait
             try:
                 async with asyncio.timeout(timeout):
                     data = await self.stream.read(READ_SIZE)
@@ -404,7 +406,7 @@ class Session:
         status = 0
         while True:
             try:
-                event = await up.next_event(self.ctx.idle_timeout)
+                event = await up.next_event(self.ctx.idle_timeout, self.client)
             except h11.RemoteProtocolError as err:
                 raise UpstreamError(502, f"upstream sent an invalid response: {err}") from None
             if isinstance(event, h11.InformationalResponse):
@@ -437,11 +439,9 @@ class Session:
                         reason=event.reason,
                     )
                 )
-                await self.client.drain()
             elif isinstance(event, h11.Data):
                 sent += len(event.data)
                 self._send(h11.Data(data=event.data))
-                await self.client.drain()
             elif isinstance(event, h11.EndOfMessage):
                 self._send(h11.EndOfMessage())
                 await self.client.drain()

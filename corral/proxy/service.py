@@ -24,7 +24,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +244,8 @@ class ProxyService:
                 keep = {0, 1, 2, theirs.fileno(), ready_w}
                 keep |= {s.fileno() for s in listen + dns_list}
                 _close_other_fds(keep)
-                asyncio.run(self._child(listen, dns_list, theirs, ready_w, run_as))
+                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                    runner.run(self._child(listen, dns_list, theirs, ready_w, run_as))
                 status = 0
             except BaseException:
                 status = 70
@@ -304,6 +305,17 @@ class ProxyService:
             server.close()
         for transport in transports:
             transport.close()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (several times faster on the proxy's hot path), else asyncio's."""
+    if os.environ.get("CORRAL_PROXY_LOOP") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _close_other_fds(keep: set[int]) -> None:

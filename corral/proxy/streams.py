@@ -7,7 +7,9 @@ terminate TLS; bytes already read are handed back through ``pushback`` so nothin
 Invariants:
 - ``read`` returns ``b""`` exactly once the peer has finished sending (EOF or TLS close_notify);
   a TLS stream whose peer vanishes without close_notify also reads as EOF, never as data.
-- ``write`` never blocks; callers ``await drain()`` to respect back-pressure.
+- ``write`` only buffers; ``drain()`` sends everything buffered (one syscall, one TLS record
+  where possible) and waits for back-pressure. Every write is followed by a drain before the
+  writer waits for input, so coalescing never holds bytes back from a waiting peer.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class RawStream(Stream):
         self.reader = reader
         self.writer = writer
         self.pushback = pushback
+        self._out: list[bytes] = []
 
     async def read(self, n: int = READ_SIZE) -> bytes:
         if self.pushback:
@@ -55,16 +58,26 @@ class RawStream(Stream):
         return await self.reader.read(n)
 
     def write(self, data: bytes) -> None:
-        self.writer.write(data)
+        if data:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        if self._out:
+            out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+            self._out.clear()
+            self.writer.write(out)
 
     async def drain(self) -> None:
+        self.flush()
         await self.writer.drain()
 
     def write_eof(self) -> None:
+        self.flush()
         if self.writer.can_write_eof() and not self.writer.is_closing():
             self.writer.write_eof()
 
     def close(self) -> None:
+        self.flush()
         self.writer.close()
 
 
@@ -76,6 +89,7 @@ class TLSStream(Stream):
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self.ssl = context.wrap_bio(self._in, self._out, server_side=True)
+        self._plain: list[bytes] = []
 
     def _flush(self) -> None:
         pending = self._out.read()
@@ -118,16 +132,27 @@ class TLSStream(Stream):
 
     def write(self, data: bytes) -> None:
         if data:
-            self.ssl.write(data)
+            self._plain.append(data)
+
+    def _encrypt(self) -> None:
+        if self._plain:
+            out = self._plain[0] if len(self._plain) == 1 else b"".join(self._plain)
+            self._plain.clear()
+            self.ssl.write(out)
             self._flush()
 
     async def drain(self) -> None:
+        self._encrypt()
         await self.raw.drain()
 
     def write_eof(self) -> None:
+        self._encrypt()
         with contextlib.suppress(ssl.SSLError):
             self.ssl.unwrap()
         self._flush()
+        self.raw.flush()
 
     def close(self) -> None:
+        with contextlib.suppress(ssl.SSLError):
+            self._encrypt()
         self.raw.close()
