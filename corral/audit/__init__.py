@@ -24,9 +24,36 @@ Public API (everything else in this package is internal)::
     print(summary(sandbox_id))                # one-screen summary after `corral run`
 
 Event types and their fields are registered in ``corral.audit.events`` (``EventType``,
-``SCHEMAS``); an unknown type or field raises ``EventError``. ``credential.inject`` takes the
-binding *name*; there is no field for a secret. Queries: ``corral.audit.query``; verification:
-``corral.audit.verify``; CLI: ``corral audit ...``.
+``SCHEMAS``); an unknown type or field raises ``EventError`` (add fields there, with a type).
+``credential.inject`` takes the binding *name*; there is no field for a secret.
+
+    sandbox.create    uid gid command workspace mode policies
+    sandbox.layer     layer* (network|workspace|home|tmp|limits|landlock|seccomp|...) ok detail
+                      path ephemeral owner proxy_port dns_port memory pids cpu
+    sandbox.limit     limit* (a limit *hit*: memory|pids|wall|idle) value detail
+    sandbox.exit      status* signal reason timeout duration_ms
+    sandbox.teardown  ok* detail leftovers errors
+    policy.resolved   digest* sources*
+    exec.start        argv* cwd pid via tty
+    dns.query         name* rcode* qtype answer
+    proxy.allow|deny|inspect  host* rule* port method path status bytes_in bytes_out
+                      duration_ms reason mode client
+    credential.inject binding* host* header rule
+    tool.call         tool* args ok duration_ms principal detail
+    approval.request  request_id* tool summary reason args_digest policy_digest
+    approval.decide   request_id* decision* by tool reason always
+    approval.use      request_id* tool
+    error             component* message*
+    (* required; trail.close is written by Trail.close())
+
+Wiring notes: the launcher's kinds map as sandbox.network/workspace/home/tmp/limits ->
+``sandbox.layer(layer=<suffix>, ...)``, sandbox.spawn -> ``exec.start``, sandbox.close ->
+``sandbox.teardown(ok=not errors, errors=...)``, sandbox.exit(code=) -> ``sandbox.exit(status=)``.
+``Trail.emit`` returns the seq (an int), so a ``Protocol`` declaring ``-> None`` needs a
+one-line adapter. The relay socket goes to the proxy only, never into the sandbox. A trail left
+open by a killed launcher is closed later with ``store.trail(id).close(status="crashed")``.
+
+Queries: ``corral.audit.query``; verification: ``corral.audit.verify``; CLI: ``corral audit``.
 """
 
 from __future__ import annotations

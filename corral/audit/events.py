@@ -66,6 +66,7 @@ class EventType(enum.StrEnum):
     TOOL_CALL = "tool.call"
     APPROVAL_REQUEST = "approval.request"
     APPROVAL_DECIDE = "approval.decide"
+    APPROVAL_USE = "approval.use"  # a standing approval consumed by a call
     ERROR = "error"
     TRAIL_CLOSE = "trail.close"  # written by Trail.close(); the chain's last event
 
@@ -94,26 +95,47 @@ _PROXY: _Spec = {
 SCHEMAS: dict[str, _Spec] = {
     EventType.SANDBOX_CREATE: {
         "uid": (_I, False),
+        "gid": (_I, False),
         "command": (_L, False),
         "workspace": (_S, False),
         "mode": (_S, False),  # run | mcp
         "policies": (_L, False),
     },
-    EventType.SANDBOX_LAYER: {"layer": (_S, True), "ok": (_B, False), "detail": (_S, False)},
+    # One event per isolation layer applied (network, workspace, home, tmp, limits, ...).
+    EventType.SANDBOX_LAYER: {
+        "layer": (_S, True),
+        "ok": (_B, False),
+        "detail": (_S, False),
+        "path": (_S, False),
+        "ephemeral": (_B, False),
+        "owner": (_I, False),
+        "proxy_port": (_I, False),
+        "dns_port": (_I, False),
+        "memory": (_I, False),
+        "pids": (_I, False),
+        "cpu": (_NUM, False),
+    },
     EventType.SANDBOX_LIMIT: {"limit": (_S, True), "value": (_S, False), "detail": (_S, False)},
     EventType.SANDBOX_EXIT: {
         "status": (_I, True),
         "signal": (_I, False),
-        "reason": (_S, False),
+        "reason": (_S, False),  # e.g. "wall timeout", "idle timeout", "memory"
+        "timeout": (_S, False),  # wall | idle
         "duration_ms": (_NUM, False),
     },
-    EventType.SANDBOX_TEARDOWN: {"ok": (_B, True), "detail": (_S, False), "leftovers": (_L, False)},
+    EventType.SANDBOX_TEARDOWN: {
+        "ok": (_B, True),
+        "detail": (_S, False),
+        "leftovers": (_L, False),
+        "errors": (_L, False),
+    },
     EventType.POLICY_RESOLVED: {"digest": (_S, True), "sources": (_L, True)},
     EventType.EXEC_START: {
         "argv": (_L, True),
         "cwd": (_S, False),
         "pid": (_I, False),
         "via": (_S, False),  # run | tool
+        "tty": (_B, False),
     },
     EventType.DNS_QUERY: {
         "name": (_S, True),
@@ -142,12 +164,19 @@ SCHEMAS: dict[str, _Spec] = {
         "request_id": (_S, True),
         "tool": (_S, False),
         "summary": (_S, False),
+        "reason": (_S, False),
+        "args_digest": (_S, False),
+        "policy_digest": (_S, False),
     },
     EventType.APPROVAL_DECIDE: {
         "request_id": (_S, True),
-        "decision": (_S, True),
+        "decision": (_S, True),  # approved | denied | expired
         "by": (_S, False),
+        "tool": (_S, False),
+        "reason": (_S, False),
+        "always": (_B, False),
     },
+    EventType.APPROVAL_USE: {"request_id": (_S, True), "tool": (_S, False)},
     EventType.ERROR: {"component": (_S, True), "message": (_S, True)},
     EventType.TRAIL_CLOSE: {"status": (_S, True)},
 }
