@@ -154,3 +154,24 @@ def test_unprivileged_process_writes_through_relay_but_cannot_open_store(open_ba
     assert verify(con).ok
     store.close()
     assert os.stat(state / "audit.db").st_uid == 0
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        (10 * 1024 * 1024).to_bytes(4, "big"),  # oversized: refused before reading it
+        (5).to_bytes(4, "big") + b"nope!",  # not JSON
+        (2).to_bytes(4, "big") + b"[]",  # not an object
+    ],
+)
+def test_hostile_frames_close_the_connection_only(store: AuditStore, frame: bytes) -> None:
+    trail = store.trail("sb-hostile")
+    a, b = socket.socketpair()
+    relay = AuditRelay(trail, a)
+    b.sendall(frame)
+    b.settimeout(5)
+    assert b.recv(1) == b""  # the relay hung up on the peer
+    relay.close()
+    b.close()
+    # the store and the trail are unaffected
+    assert trail.emit("dns.query", name="ok.example", rcode="NOERROR") == 1
