@@ -125,7 +125,7 @@ def normalize_host(raw: str) -> str | None:
     if _ASCII_HOST.fullmatch(host):
         if host[-1:].isdigit():
             return _ip(host) or host
-        return host if ".." not in host and not host.startswith(".") else None
+        return host if ".." not in host and host[0] != "." and host[-1] != "." else None
     literal = _ip(host)
     if literal is not None:
         return literal

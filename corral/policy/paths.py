@@ -21,9 +21,12 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "GlobTest",
     "canonical_path",
     "compile_glob",
+    "glob_hit",
     "glob_literal_segments",
+    "glob_test",
     "globs_overlap",
     "validate_glob",
 ]
@@ -83,9 +86,14 @@ def globs_overlap(a: str, b: str) -> bool:
 
 def canonical_path(target: str) -> tuple[str, bool]:
     """Return ``(path, ambiguous)`` for a request target (origin-form, query allowed)."""
-    path = target.split("#", 1)[0].split("?", 1)[0]
-    if not path.startswith("/"):
+    cut = target.find("?")
+    path = target if cut < 0 else target[:cut]
+    if "#" in path:
+        path = path[: path.find("#")]
+    if path[:1] != "/":
         return "/", True
+    if "%" not in path and "/." not in path and "//" not in path and "\\" not in path:
+        return path, False
     ambiguous = False
     if "%" in path:
         lowered = path.lower()
@@ -111,3 +119,39 @@ def canonical_path(target: str) -> tuple[str, bool]:
                 out.append(segment)
         path = "/" + "/".join(out)
     return path, ambiguous
+
+
+# Fast tests for the common glob shapes; a regex only for the rest. A decision checks a glob in
+# a few string operations instead of a regex call (the hot path's largest cost otherwise).
+ANY, SUBTREE, LITERAL, CHILD, REGEX = range(5)
+GlobTest = tuple[int, str, str, "re.Pattern[str] | None"]
+
+
+def glob_test(glob: str) -> GlobTest:
+    if glob == "/**":
+        return (ANY, "", "", None)
+    if glob.endswith("/**") and "*" not in glob[:-3]:
+        return (SUBTREE, glob[:-3], glob[:-2], None)  # "/p/**": "/p" itself or under "/p/"
+    if "*" not in glob:
+        return (LITERAL, glob, "", None)
+    if glob.endswith("/*") and "*" not in glob[:-2]:
+        return (CHILD, glob[:-1], "", None)  # "/p/*": one segment under "/p/"
+    return (REGEX, "", "", compile_glob(glob))
+
+
+def glob_hit(tests: tuple[GlobTest, ...], path: str) -> bool:
+    for kind, a, b, rx in tests:
+        if kind == SUBTREE:
+            if path == a or path.startswith(b):
+                return True
+        elif kind == LITERAL:
+            if path == a:
+                return True
+        elif kind == ANY:
+            return True
+        elif kind == CHILD:
+            if path.startswith(a) and "/" not in path[len(a):]:
+                return True
+        elif rx is not None and rx.fullmatch(path) is not None:
+            return True
+    return False

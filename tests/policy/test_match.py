@@ -22,11 +22,11 @@ METHODS = ["GET", "POST", "DELETE"]
 
 
 @st.composite
-def rules(draw: st.DrawFn, policy: str) -> Rule:
+def rules(draw: st.DrawFn, policy: str, hosts: tuple[str, ...] = tuple(HOSTS)) -> Rule:
     action = draw(st.sampled_from(["direct", "inspect", "deny"]))
     scoped = action != "direct"
     return Rule(
-        host=draw(st.sampled_from(HOSTS)),
+        host=draw(st.sampled_from(hosts)),
         ports=frozenset(draw(st.sets(st.sampled_from(PORTS), min_size=1))),
         action=action,
         origin=Origin(policy, draw(st.integers(1, 10_000))),
@@ -73,6 +73,24 @@ def test_connect_matches_reference(policies: tuple[list[Rule], ...]) -> None:
             action, rule = decide(policies, host, port, None, None)
             assert got.action == action, (host, port, got.message)
             assert got.rule is rule, (host, port)
+
+
+EXACT = ("a.com", "b.a.com", "x.org", "10.0.0.1", "xn--bcher-kva.example")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules_=st.lists(rules("p0", EXACT), max_size=12), port=st.sampled_from(PORTS))
+def test_single_policy_fast_path_matches_reference(rules_: list[Rule], port: int) -> None:
+    matcher = compile_((rules_,))
+    assert matcher.simple
+    for host in REQ_HOSTS:
+        for method in [*METHODS, "PUT", "get"]:
+            # Dot segments (also %2e-encoded) are removed before matching, as the server will.
+            for path, seen in [*((p, p) for p in PATHS), ("/a/../b/q", "/b/q"),
+                               ("/a/%2e%2e/a/b", "/a/b"), ("/x/./a/b", "/x/a/b")]:
+                got = matcher.request(host, port, method, path)
+                action, rule = decide((rules_,), host, port, method.upper(), seen)
+                assert got.action == action and got.rule is rule, (host, method, path)
 
 
 def test_flat_index_is_exercised_at_scale() -> None:

@@ -1,0 +1,124 @@
+"""The data structures behind the compiled matcher (built once per resolved policy).
+
+host pattern -> ``HostIdx``: ``conn[port]`` (the first rule per policy matching host and
+port: it alone sets a CONNECT's mode) and ``req[port][method]`` -> ``PathIdx`` (``""`` holds
+the rules for any method, used for methods no rule names). A ``PathIdx`` is a trie over the
+whole literal leading segments of each rule's globs; every node stores ``cands``: the rules
+that can match a path whose walk ends there (its own and its ancestors' rules plus the rules
+without paths), in rule order and pruned after each policy's first path-less rule (that rule
+always matches, so nothing after it in that policy can be first). A request therefore walks
+to one node and checks a short, ordered list: the cost does not grow with the rule count.
+
+Invariant: ``cands`` is a superset of the rules that match (host, port and method already
+match by construction); only globs remain to be checked. Nodes whose list would exceed
+``_CAP`` entries store ``None`` and the matcher falls back to ``every`` (still correct).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from corral.policy.paths import glob_literal_segments
+from corral.policy.types import Rule
+
+__all__ = ["HostIdx", "PathIdx", "Trie", "build_host"]
+
+_CAP = 256
+
+
+# Plain slotted classes, not dataclasses: class creation is on the launch path (~1 ms each).
+class Trie:
+    __slots__ = ("cands", "children", "here")
+
+    def __init__(self) -> None:
+        self.children: dict[str, Trie] = {}
+        self.here: list[int] = []
+        self.cands: tuple[int, ...] | None = ()
+
+
+class PathIdx:
+    __slots__ = ("every", "root")
+
+    def __init__(self, root: Trie, every: tuple[int, ...]) -> None:
+        self.root = root
+        self.every = every  # all rules here, for ambiguous paths and oversized nodes
+
+
+class HostIdx:
+    __slots__ = ("conn", "req")
+
+    def __init__(self, conn: dict[int, tuple[int, ...]],
+                 req: dict[int, dict[str, PathIdx]]) -> None:
+        self.conn = conn
+        self.req = req
+
+
+def first_per_policy(indices: Sequence[int], policy: Sequence[int]) -> tuple[int, ...]:
+    seen: set[int] = set()
+    out = []
+    for i in indices:
+        if policy[i] not in seen:
+            seen.add(policy[i])
+            out.append(i)
+    return tuple(out)
+
+
+def _prune(indices: list[int], rules: Sequence[Rule], policy: Sequence[int]) -> tuple[int, ...]:
+    done: set[int] = set()
+    out = []
+    for i in indices:
+        if policy[i] in done:
+            continue
+        out.append(i)
+        if rules[i].paths is None:
+            done.add(policy[i])
+    return tuple(out)
+
+
+def _fill(node: Trie, inherited: list[int] | None, rules: Sequence[Rule],
+          policy: Sequence[int]) -> None:
+    mine = None if inherited is None else sorted(set(inherited) | set(node.here))
+    node.cands = None if mine is None or len(mine) > _CAP else _prune(mine, rules, policy)
+    for child in node.children.values():
+        _fill(child, None if node.cands is None else list(node.cands), rules, policy)
+
+
+def build_paths(indices: list[int], rules: Sequence[Rule], policy: Sequence[int]) -> PathIdx:
+    root = Trie()
+    free = [i for i in indices if rules[i].paths is None]
+    for i in indices:
+        for glob in rules[i].paths or ():
+            node = root
+            for segment in glob_literal_segments(glob):
+                node = node.children.setdefault(segment, Trie())
+            if not node.here or node.here[-1] != i:
+                node.here.append(i)
+    _fill(root, free, rules, policy)
+    return PathIdx(root, tuple(indices))
+
+
+def build_host(indices: list[int], rules: Sequence[Rule], policy: Sequence[int]) -> HostIdx:
+    conn: dict[int, tuple[int, ...]] = {}
+    req: dict[int, dict[str, PathIdx]] = {}
+    # Identical rule lists share one index (GET and HEAD usually do; ports often do): fewer
+    # objects means fewer cache misses per decision when there are many rules.
+    built: dict[tuple[int, ...], PathIdx] = {}
+
+    def paths_for(chosen: list[int]) -> PathIdx:
+        key = tuple(chosen)
+        if key not in built:
+            built[key] = build_paths(chosen, rules, policy)
+        return built[key]
+
+    shared: dict[tuple[int, ...], dict[str, PathIdx]] = {}
+    for port in sorted({p for i in indices for p in rules[i].ports}):
+        here = [i for i in indices if port in rules[i].ports]
+        conn[port] = first_per_policy(here, policy)
+        if tuple(here) not in shared:
+            named = sorted({m for i in here for m in (rules[i].methods or ())})
+            methods = {m: paths_for([i for i in here if m in (rules[i].methods or (m,))])
+                       for m in named}
+            methods[""] = paths_for([i for i in here if rules[i].methods is None])
+            shared[tuple(here)] = methods
+        req[port] = shared[tuple(here)]
+    return HostIdx(conn, req)
