@@ -19,6 +19,8 @@ Invariants kept here:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import sqlite3
@@ -53,7 +55,7 @@ from corral.errors import CorralError
 __all__ = ["AuditStore", "AuditUnavailable", "Ticket", "Trail", "connect", "default_path"]
 
 MIN_FREE_BYTES = 16 * 1024 * 1024
-_BUSY_RETRIES = 20
+_BUSY_RETRIES = 3  # each attempt already waits busy_timeout (10 s) for the lock
 _LINGER = 0.0005  # seconds a writer waits for active emitters to catch up
 
 
@@ -241,7 +243,13 @@ class AuditStore:
             self._wake.notify()
         if self._thread is not None:
             self._thread.join()
+            atexit.unregister(self._close_at_exit)
         self._con.close()
+
+    def _close_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            if not self._closed:
+                self.close()
 
     def __enter__(self) -> AuditStore:
         return self
@@ -265,6 +273,9 @@ class AuditStore:
                     target=self._run, name="corral-audit-writer", daemon=True
                 )
                 self._thread.start()
+                # Events queued with emit_nowait and never waited on still get written when
+                # the interpreter exits normally (the writer is a daemon thread).
+                atexit.register(self._close_at_exit)
             pending.group = self._group
             n = len(self._group.items) + 1
             self._group.items.append(pending)

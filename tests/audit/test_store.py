@@ -134,3 +134,18 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(CorralError, match="schema version 99, newer"):
         AuditStore.open(tmp_path / "audit.db")
+
+
+def test_unwaited_events_are_written_at_normal_exit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom corral.audit import AuditStore\n"
+        "t = AuditStore.open(sys.argv[1]).trail('sb-exit')\n"
+        "for i in range(3000): t.emit_nowait('dns.query', name='a', rcode='NOERROR')\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "audit.db")], check=True, timeout=60)
+    con = connect(tmp_path / "audit.db")
+    assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 3000
+    assert verify(con).ok
