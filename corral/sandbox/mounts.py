@@ -93,6 +93,10 @@ class BwrapPlan:
     def bind(
         self, host: Path, inside: str, *, writable: bool, mapped_from: Path | None = None
     ) -> None:
+        # bwrap would create missing parents 0700 (unusable by the sandbox user): make them 0755
+        parents = list(Path(inside).parents)[-2::-1]
+        for parent in parents:
+            self.args += ["--perms", "0755", "--dir", str(parent)]
         self.args += ["--bind" if writable else "--ro-bind", str(host), inside]
         self.visible.append((Path(os.path.realpath(mapped_from or host)), inside))
 
