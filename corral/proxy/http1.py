@@ -485,6 +485,8 @@ class Session:
             up.stream.write(client_rest)
         if upstream_rest:
             self.client.write(upstream_rest)
+        await up.stream.drain()
+        await self.client.drain()
         await pipe(self.client, up.stream)
         up.stream.close()
         return False

@@ -43,6 +43,21 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path.startswith("/git/"):
             return self._git(url.path[len("/git") :], url.query)
+        if url.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
+            # Switch protocols, then echo lines upper-cased until "bye" (enough to prove the
+            # proxy passes an upgraded connection through both ways).
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            while line := self.rfile.readline():
+                self.wfile.write(line.upper())
+                self.wfile.flush()
+                if line.strip() == b"bye":
+                    break
+            self.close_connection = True
+            return None
         body = self._body()
         if url.path == "/sse":
             self.send_response(200)

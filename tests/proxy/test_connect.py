@@ -167,3 +167,26 @@ def test_git_clone_over_https(proxy: RunningProxy, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "c" / "README").read_text() == "hello from the outside\n"
     assert proxy.sink.of("proxy.inspect", host="git.corral.test", method="POST", status=200)
+
+
+def test_websocket_upgrade_passes_through_after_policy(proxy: RunningProxy) -> None:
+    sock, head = _connect(proxy, "api.corral.test:443")
+    assert head.startswith(b"HTTP/1.1 200")
+    ctx = ssl.create_default_context(cafile=str(proxy.bundle))
+    tls = ctx.wrap_socket(sock, server_hostname="api.corral.test")
+    tls.sendall(b"GET /ws HTTP/1.1\r\nHost: api.corral.test\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nhello\n")
+    data = b""
+    while b"HELLO\n" not in data:
+        chunk = tls.recv(4096)
+        assert chunk, data
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 101")
+    tls.sendall(b"bye\n")
+    while b"BYE\n" not in data:
+        chunk = tls.recv(4096)
+        assert chunk, data
+        data += chunk
+    tls.close()
+    assert proxy.sink.of("proxy.inspect", host="api.corral.test", path="/ws", status=101)
