@@ -112,6 +112,7 @@ class Session:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.upstreams: dict[tuple[str, int, bool], _Upstream] = {}
         self._head = b""
+        self._host_ok: set[bytes] = set()
 
     # -- client side helpers -------------------------------------------------------------
 
@@ -229,7 +230,7 @@ class Session:
                     host_header = parts.netloc.encode()
             host, port, tls = self.pinned.host, self.pinned.port, self.pinned.tls
             origin = raw
-        if host_header is not None:
+        if host_header is not None and host_header not in self._host_ok:
             parts = urlsplit("//" + host_header.decode("ascii", "strict"))
             named = normalise_host(parts.hostname or "")
             if named != host or (parts.port is not None and parts.port != port):
@@ -237,6 +238,8 @@ class Session:
                     f"Host header {host_header.decode()!r} does not match the connection's "
                     f"target {_authority(host, port, tls)}"
                 )
+            if self.pinned is not None:
+                self._host_ok.add(host_header)  # same value again on this connection: known good
         path = origin.split("?", 1)[0]
         if _DOT_SEGMENT.search(unquote(path)):
             raise BadRequest("dot-segments in the request path")
@@ -281,7 +284,7 @@ class Session:
         except Refused as err:
             await self._deny(deny.refusal(decision, str(err)), f"{method} {host}", fields)
             return False
-        except sigv4.SigV4Error as err:
+        except (sigv4.SigV4Error, inject.InjectionError) as err:
             await self._deny(deny.refusal(decision, str(err)), f"{method} {host}", fields)
             return False
         except UpstreamError as err:
@@ -355,7 +358,14 @@ class Session:
             self._send(h11.InformationalResponse(status_code=100, headers=[]))
         up, _reused = await self._upstream(host, port, tls, decision)
         try:
-            up.send(h11.Request(method=req.method, target=origin.encode(), headers=headers))
+            # Headers h11 already parsed (plus Host and an injected header, both checked) skip
+            # h11's second validation pass; re-signed AWS headers are validated in full.
+            trusted = plan is None or plan.binding.kind == "header"
+            up.send(
+                h11.Request(
+                    method=req.method, target=origin.encode(), headers=headers, _parsed=trusted
+                )
+            )
         except h11.LocalProtocolError as err:
             raise BadRequest(str(err)) from None
         # Request body, streamed (or replayed from the AWS buffer).
@@ -437,6 +447,8 @@ class Session:
                         status_code=status,
                         headers=_forward_headers(event.headers, False),
                         reason=event.reason,
+                        http_version=b"1.1",
+                        _parsed=True,  # parsed by h11 from the upstream, hop-by-hop removed
                     )
                 )
             elif isinstance(event, h11.Data):

@@ -12,12 +12,19 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from corral.policy.types import CredentialBinding, Decision
 
-__all__ = ["Injection", "plan", "set_header"]
+__all__ = ["Injection", "InjectionError", "plan", "set_header"]
+
+_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class InjectionError(Exception):
+    """The formatted credential cannot be a header value (a line break, a control byte)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +62,13 @@ def set_header(
 ) -> list[tuple[bytes, bytes]]:
     binding = injection.binding
     name = binding.header.encode("latin-1")
-    value = binding.format.replace("{secret}", injection.secret["secret"])
+    value = binding.format.replace("{secret}", injection.secret["secret"]).strip(" \t")
+    # The value bypasses h11's own validation downstream, so check it here (never echo it).
+    if _FORBIDDEN.search(value):
+        raise InjectionError(
+            f"credential {binding.name!r} contains a line break or control character; "
+            "fix the stored secret"
+        )
     kept = [(n, v) for n, v in headers if n.lower() != name.lower()]
     kept.append((name, value.encode("latin-1")))
     return kept

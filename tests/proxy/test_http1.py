@@ -147,3 +147,11 @@ def test_smuggling_shapes_get_400_and_close(proxy: RunningProxy, case: str) -> N
     assert data.startswith(b"HTTP/1.1 400"), data[:200]
     assert data.count(b"HTTP/1.1") == 1  # closed after the 400, nothing forwarded
     assert not proxy.sink.of("proxy.inspect")
+
+
+def test_secret_with_line_break_is_never_sent(make_proxy) -> None:  # type: ignore[no-untyped-def]
+    proxy = make_proxy(POLICY, {"tok": "x", "open": "v\r\nX-Smuggled: 1"})
+    done = curl(proxy, "-i", "http://other.corral.test/echo")
+    assert "HTTP/1.1 403" in done.stdout and "line break" in done.stdout
+    assert "X-Smuggled" not in done.stdout and "x-smuggled" not in done.stdout
+    assert not proxy.sink.of("proxy.inspect")
