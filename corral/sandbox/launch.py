@@ -31,7 +31,7 @@ from corral.sandbox import _libc, registry
 from corral.sandbox.audit import AuditSink, NullSink
 from corral.sandbox.idmap import clone_tree, idmapped_tree
 from corral.sandbox.mounts import HOME, SANDBOX_USER, WORKSPACE, BwrapPlan, passwd_overlay
-from corral.sandbox.netns import NetNamespace
+from corral.sandbox.netns import NetNamespace, Pending
 from corral.sandbox.preflight import EXIT_CORRAL, check
 from corral.sandbox.spec import SandboxSpec
 from corral.sandbox.workspace import expand_user, invoking_user, validate
@@ -75,6 +75,7 @@ class Sandbox:
         self._mapped: list[_Mapped] = []
         self._remove: list[Path] = []
         self._netns: NetNamespace | None = None
+        self._pending_netns: Pending[NetNamespace] | None = None
         self._cgroup: Any = None
         self._hidden: list[Path] = []
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -114,6 +115,8 @@ class Sandbox:
 
     def _build(self) -> None:
         spec = self.spec
+        # the netns (two tool runs) builds on its own thread while the rest is set up here
+        self._pending_netns = NetNamespace.start(self.uid, spec.proxy_port, spec.dns_port)
         empty_file, empty_dir = self.dir / "hidden-file", self.dir / "hidden-dir"
         os.close(os.open(empty_file, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0))
         empty_dir.mkdir(mode=0)
@@ -121,7 +124,8 @@ class Sandbox:
         home = spec.home or spec.files.home
         self.home = self._directory("home", expand_user(home) if home else None, create=True)
         self._cgroup = self._make_cgroup()
-        self._netns = NetNamespace.create(self.uid, spec.proxy_port, spec.dns_port)
+        pending, self._pending_netns = self._pending_netns, None
+        self._netns = pending.result()
         self._audit(
             "sandbox.network", proxy_port=spec.proxy_port, dns_port=spec.dns_port
         )
@@ -371,6 +375,9 @@ class Sandbox:
                 errors.append(f"{what}: {err}")
 
         step("processes", self._stop_processes)
+        if self._pending_netns is not None:  # setup failed while the netns was being built
+            pending, self._pending_netns = self._pending_netns, None
+            step("network namespace", lambda: pending.result().close())
         for fd in [*self._info.values(), *(m.tree_fd for m in self._mapped)]:
             step("descriptor", functools.partial(os.close, fd))
         if self._netns is not None:

@@ -17,12 +17,12 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from corral.sandbox import _libc
 from corral.sandbox.netfilter import ruleset
 
-__all__ = ["NetNamespace", "in_thread"]
+__all__ = ["NetNamespace", "Pending", "in_thread"]
 
 T = TypeVar("T")
 
@@ -37,22 +37,30 @@ route add ::/0 dev c0
 """
 
 
+class Pending(Generic[T]):
+    """``fn`` running on its own thread; ``result()`` joins it and returns or raises."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._box: dict[str, object] = {}
+        self._thread = threading.Thread(target=self._body, args=(fn,), name="corral-netns")
+        self._thread.start()
+
+    def _body(self, fn: Callable[[], T]) -> None:
+        try:
+            self._box["ok"] = fn()
+        except BaseException as err:
+            self._box["err"] = err
+
+    def result(self) -> T:
+        self._thread.join()
+        if "err" in self._box:
+            raise self._box["err"]  # type: ignore[misc]
+        return self._box["ok"]  # type: ignore[return-value]
+
+
 def in_thread(fn: Callable[[], T]) -> T:
     """Run ``fn`` in a fresh thread and return its result (or raise its exception)."""
-    box: dict[str, object] = {}
-
-    def body() -> None:
-        try:
-            box["ok"] = fn()
-        except BaseException as err:
-            box["err"] = err
-
-    t = threading.Thread(target=body, name="corral-netns")
-    t.start()
-    t.join()
-    if "err" in box:
-        raise box["err"]  # type: ignore[misc]
-    return box["ok"]  # type: ignore[return-value]
+    return Pending(fn).result()
 
 
 def _run(argv: list[str], data: bytes, what: str) -> None:
@@ -70,6 +78,11 @@ class NetNamespace:
 
     @classmethod
     def create(cls, uid: int, proxy_port: int | None, dns_port: int | None) -> NetNamespace:
+        return cls.start(uid, proxy_port, dns_port).result()
+
+    @classmethod
+    def start(cls, uid: int, proxy_port: int | None, dns_port: int | None) -> Pending[NetNamespace]:
+        """Build the namespace in the background (the launcher does other setup meanwhile)."""
         def build() -> int:
             _libc.unshare(_libc.CLONE_NEWNET)
             fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -81,7 +94,7 @@ class NetNamespace:
                 raise
             return fd
 
-        return cls(in_thread(build))
+        return Pending(lambda: cls(build()))
 
     def run_in(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on a helper thread inside this namespace (e.g. to bind a listener)."""

@@ -4,6 +4,10 @@ Invariants:
 - A sandbox uid/gid is reserved by writing its entry while holding an exclusive ``flock`` on
   ``sandboxes/.lock``; the uid is the lowest in the reserved range that no entry and no line of
   the host's ``/etc/passwd``/``/etc/group`` uses. So concurrent launchers never share a uid.
+- Across state dirs (several corral installs or test runs on one machine) a uid is also leased
+  machine-wide: the launcher holds an exclusive ``flock`` on ``/run/corral/uid-<uid>.lock``
+  for the sandbox's lifetime. The kernel drops the lease when the launcher dies, and a uid
+  whose lease is held elsewhere is never handed out.
 - An entry names its launcher by pid *and* start time, so a recycled pid is never taken for a
   live launcher. An entry whose launcher is gone is a leftover: ``gc`` removes it and what it
   lists (cgroup, directories) — the uid stays reserved until then.
@@ -39,6 +43,8 @@ __all__ = [
 
 UID_BASE = 2_000_000_000
 UID_RANGE = 1_000_000
+LEASE_DIR = Path("/run/corral")
+_leases: dict[str, int] = {}  # sandbox id -> fd holding its uid lease
 
 
 @dataclass
@@ -128,17 +134,36 @@ def reserve(policies: list[str]) -> Entry:
     with _locked() as reg:
         used = {e.uid for e in entries()} | {e.gid for e in entries()}
         used |= _host_ids("/etc/passwd") | _host_ids("/etc/group")
-        uid = next((u for u in range(UID_BASE, UID_BASE + UID_RANGE) if u not in used), None)
+        LEASE_DIR.mkdir(mode=0o700, exist_ok=True)
+        uid, lease = None, -1
+        for candidate in range(UID_BASE, UID_BASE + UID_RANGE):
+            if candidate not in used:
+                lease = _lease(candidate)
+                if lease >= 0:
+                    uid = candidate
+                    break
         if uid is None:
             raise OSError("no free sandbox uid left; run `corral sandbox gc`")
         sid = secrets.token_hex(4)
         while (reg / sid).exists():
             sid = secrets.token_hex(4)
+        _leases[sid] = lease
         pid = os.getpid()
         entry = Entry(sid, uid, uid, pid, _start_time(pid), time.time(), list(policies))
         (reg / sid).mkdir(mode=0o700)
         _write(entry)
         return entry
+
+
+def _lease(uid: int) -> int:
+    """An fd holding the machine-wide lease on ``uid``, or -1 if another launcher holds it."""
+    fd = os.open(LEASE_DIR / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return -1
+    return fd
 
 
 def update(entry: Entry) -> None:
@@ -153,3 +178,6 @@ def release(entry: Entry) -> None:
             os.unlink(reg / f"{entry.id}.json")
         with contextlib.suppress(OSError):
             os.rmdir(reg / entry.id)
+        lease = _leases.pop(entry.id, -1)
+        if lease >= 0:
+            os.close(lease)  # the lock file stays: unlinking it would race with a new lessee

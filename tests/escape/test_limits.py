@@ -57,13 +57,13 @@ def test_pids_limit_contains_forks(corral, tmp_path: Path) -> None:
 
 def test_fork_bomb_is_contained_and_torn_down(corral, tmp_path: Path) -> None:
     started = time.monotonic()
-    bomb = "b(){ b | b & }; b; sleep 10"
+    bomb = "id -u; b(){ b | b & }; b; sleep 10"
     done = corral("-p", _policy(tmp_path, pids=64, wall="2s"), "--", "bash", "-c", bomb)
     assert done.returncode == 124
     assert time.monotonic() - started < 20
     from escape.test_process import _sandbox_uid_processes
 
-    assert _sandbox_uid_processes() == []
+    assert _sandbox_uid_processes(int(done.out.split()[0])) == []
 
 
 def test_wall_timeout_124(corral, tmp_path: Path) -> None:

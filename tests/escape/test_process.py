@@ -79,7 +79,7 @@ def test_signals_are_forwarded(privileged, sig: signal.Signals) -> None:
     assert proc.returncode == 7
 
 
-def _sandbox_uid_processes() -> list[str]:
+def _sandbox_uid_processes(only: int | None = None) -> list[str]:
     found = []
     for pid in os.listdir("/proc"):
         try:
@@ -87,7 +87,7 @@ def _sandbox_uid_processes() -> list[str]:
         except OSError:
             continue
         uid = int(status.split("Uid:")[1].split()[0])
-        if 2_000_000_000 <= uid < 2_001_000_000:
+        if uid == only or (only is None and 2_000_000_000 <= uid < 2_001_000_000):
             found.append(pid)
     return found
 
@@ -95,11 +95,11 @@ def _sandbox_uid_processes() -> list[str]:
 def test_teardown_leaves_nothing(corral, privileged) -> None:
     started = time.monotonic()
     done = corral("--", "sh", "-c",
-                  "hostname; setsid sleep 300 & nohup sleep 300 >/dev/null 2>&1 & exit 5")
+                  "hostname; id -u; setsid sleep 300 & nohup sleep 300 >/dev/null 2>&1 & exit 5")
     assert done.returncode == 5
-    name = done.out.split()[0]
+    name, uid = done.out.split()[:2]
     assert time.monotonic() - started < 10  # background processes do not keep the run alive
-    assert _sandbox_uid_processes() == []
+    assert _sandbox_uid_processes(int(uid)) == []
     reg = Path(privileged["CORRAL_HOME"]) / "sandboxes"
     assert sorted(p.name for p in reg.iterdir()) == [".lock"]
     from corral.sandbox.cgroups import list_corral_cgroups

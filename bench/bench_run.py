@@ -1,0 +1,107 @@
+"""``corral run`` startup: start-to-exit time of ``corral run -- true``.
+
+Measured side by side in one run, interleaved round by round so load changes hit every
+variant alike: plain ``true`` (process spawn), bare ``bwrap ... true`` (the same namespaces and
+read-only system binds, no corral), ``corral run -- true`` with no policy, and with a policy
+file (egress rules and limits; resolved through the compiled-policy cache). 50 rounds after 3
+warm-up rounds; median and p95 in milliseconds, and the ratio of each median to bare bwrap.
+Prints a table and writes bench/results/run.json. Needs root. Usage:
+``.venv/bin/python bench/bench_run.py [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).with_name("results") / "run.json"
+CORRAL = str(ROOT / ".venv" / "bin" / "corral")
+
+BWRAP = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+         "--unshare-net", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
+         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink",
+         "usr/sbin", "/sbin", "--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev",
+         "--tmpfs", "/tmp", "--", "true"]
+
+POLICY = """name: bench
+egress:
+  - host: api.anthropic.com
+    action: inspect
+  - host: "*.githubusercontent.com"
+    action: direct
+limits: {memory: 2GiB, pids: 512, idle: 10m}
+"""
+
+
+def time_once(argv: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, check=False)
+    elapsed = (time.perf_counter() - t0) * 1000
+    if done.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed: {done.stderr.decode(errors='replace').strip()}")
+    return elapsed
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=50)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_run needs root", file=sys.stderr)
+        return 1
+    compileall.compile_dir(ROOT / "corral", quiet=1)  # as an installed package would have
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
+        env["CORRAL_HOME"] = f"{tmp}/state"
+        env["CORRAL_CONFIG"] = f"{tmp}/config"
+        policy = Path(tmp) / "bench.yaml"
+        policy.write_text(POLICY)
+        variants = {
+            "true (plain spawn)": ["true"],
+            "bwrap ... true (bare)": BWRAP,
+            "corral run -- true": [CORRAL, "run", "--", "true"],
+            "corral run -p bench.yaml -- true": [CORRAL, "run", "-p", str(policy), "--", "true"],
+        }
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for i in range(args.rounds + 3):
+            for name, argv in variants.items():
+                ms = time_once(argv, env)
+                if i >= 3:
+                    samples[name].append(ms)
+    base = statistics.median(samples["bwrap ... true (bare)"])
+    rows = []
+    print(f"{'variant':<36} {'median ms':>10} {'p95 ms':>9} {'vs bwrap':>9}")
+    for name, values in samples.items():
+        med = statistics.median(values)
+        rows.append({"variant": name, "median_ms": round(med, 2), "p95_ms": round(p95(values), 2),
+                     "ratio_to_bwrap": round(med / base, 2)})
+        print(f"{name:<36} {med:>10.1f} {p95(values):>9.1f} {med / base:>8.1f}x")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "benchmark": "run",
+        "rounds": args.rounds,
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                    "loadavg_1m": os.getloadavg()[0]},
+        "results": rows,
+    }, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
