@@ -100,6 +100,15 @@ def serve(
     signal.signal(signal.SIGHUP, stop)
     rp = resolve(policies)
     tool_policy = ToolPolicy.from_resolved(rp)
+    trail = None
+    if audit is None:
+        from corral.audit import Actor, AuditStore
+        from corral.mcp.audit import TrailAudit
+
+        audit_store = AuditStore.open()
+        trail = audit_store.trail(f"mcp-{secrets.token_hex(4)}", actor=Actor.current())
+        trail.emit("policy.resolved", digest=rp.digest, sources=list(rp.sources))
+        audit = TrailAudit(trail)
     ws = workspace.resolve() if workspace is not None else rp.files.workspace
     store = ApprovalStore(ttl=approval_ttl, audit=audit)
 
@@ -140,3 +149,6 @@ def serve(
         pass
     finally:
         principals.close()
+        if trail is not None:
+            trail.close(status="stopped")
+            audit_store.close()

@@ -90,7 +90,8 @@ def _digest(text: str) -> str:
 
 def current_user() -> str:
     """The human deciding: ``SUDO_USER`` under sudo, else the OS user."""
-    sudo = os.environ.get("SUDO_USER")
+    # SUDO_USER means something only when sudo made us root; otherwise anyone could set it.
+    sudo = os.environ.get("SUDO_USER") if os.getuid() == 0 else None
     try:
         name = pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
