@@ -21,6 +21,7 @@ import ssl
 __all__ = ["READ_SIZE", "RawStream", "Stream", "TLSStream"]
 
 READ_SIZE = 256 * 1024
+TLS_RECORD = 16 * 1024
 
 
 class Stream:
@@ -118,6 +119,8 @@ class TLSStream(Stream):
         await self.raw.drain()
 
     async def read(self, n: int = READ_SIZE) -> bytes:
+        # SSL_read yields at most one record (16 KiB): a larger n only costs a big allocation.
+        n = min(n, TLS_RECORD)
         while True:
             try:
                 return self.ssl.read(n)

@@ -190,3 +190,17 @@ def test_websocket_upgrade_passes_through_after_policy(proxy: RunningProxy) -> N
         data += chunk
     tls.close()
     assert proxy.sink.of("proxy.inspect", host="api.corral.test", path="/ws", status=101)
+
+
+def test_upstream_corporate_proxy_carries_all_egress(make_proxy) -> None:  # type: ignore[no-untyped-def]
+    corporate = make_proxy(
+        "name: corp\negress:\n  - {host: api.corral.test, ports: [443, 80], action: direct,"
+        " allow_private: true}\n"
+    )
+    proxy = make_proxy(POLICY, {"tok": SECRET}, upstream_proxy=corporate.url)
+    done = curl(proxy, "https://api.corral.test/echo")
+    assert done.returncode == 0, done.stderr
+    assert _headers(done.stdout, "Authorization") == [f"Bearer {SECRET}"]
+    assert proxy.sink.of("proxy.inspect", host="api.corral.test", status=200)
+    # The corporate proxy saw a tunnel (TLS to the real server stays end to end from corral).
+    assert corporate.sink.of("proxy.allow", host="api.corral.test", mode="direct")
