@@ -37,6 +37,18 @@ def stats(xs: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(xs) * 1e3, "p95_ms": xs[int(len(xs) * 0.95)] * 1e3}
 
 
+def run_child(argv: list[str]) -> tuple[float, float]:
+    """Wall time and the child's CPU time (user + system; less sensitive to machine load)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed: {proc.returncode}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
 def timed(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     fn()
@@ -61,10 +73,15 @@ def main() -> None:
         "shim -> true (source)": [*from_source, "/bin/true"],
     }
     samples: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.runs):
         for name, argv in variants.items():
-            samples[name].append(timed(lambda argv=argv: subprocess.run(argv, check=True)))
+            wall, used = run_child(argv)
+            samples[name].append(wall)
+            cpu[name].append(used)
     results: dict[str, dict[str, float]] = {k: stats(v) for k, v in samples.items()}
+    for k, v in cpu.items():
+        results[k]["cpu_median_ms"] = statistics.median(v) * 1e3
 
     compile_s = [timed(seccomp.compile_filter) for _ in range(20)]
     results["seccomp compile (libseccomp)"] = stats(compile_s)
@@ -86,10 +103,11 @@ def main() -> None:
     subprocess.run(["rm", "-rf", str(work)], check=True)
 
     bare = results["true (bare exec)"]["median_ms"]
-    print(f"{'case':40} {'median ms':>10} {'p95 ms':>8} {'vs bare':>8}")
+    print(f"{'case':40} {'median ms':>10} {'p95 ms':>8} {'vs bare':>8} {'cpu ms':>7}")
     for name, r in results.items():
         ratio = f"+{r['median_ms'] - bare:.1f}" if name.startswith(("shim", "python")) else ""
-        print(f"{name:40} {r['median_ms']:10.2f} {r['p95_ms']:8.2f} {ratio:>8}")
+        cpu_ms = f"{r['cpu_median_ms']:.2f}" if "cpu_median_ms" in r else ""
+        print(f"{name:40} {r['median_ms']:10.2f} {r['p95_ms']:8.2f} {ratio:>8} {cpu_ms:>7}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": platform.node(), "runs": args.runs,
                                    "results": results}, indent=2) + "\n")
