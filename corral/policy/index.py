@@ -18,30 +18,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from corral.policy.paths import glob_literal_segments
-from corral.policy.types import Rule
+from corral.policy.paths import GlobTest, glob_literal_segments
+from corral.policy.types import Decision, Rule
 
-__all__ = ["HostIdx", "PathIdx", "Trie", "build_host"]
+Entry = tuple[tuple[GlobTest, ...] | None, Decision]
+
+__all__ = ["HostIdx", "PathIdx", "Trie", "attach_entries", "build_host", "first_per_policy"]
 
 _CAP = 256
 
 
 # Plain slotted classes, not dataclasses: class creation is on the launch path (~1 ms each).
 class Trie:
-    __slots__ = ("cands", "children", "here")
+    """A path trie node; the root of each index also carries ``every``/``every_entries``.
+
+    ``entries`` mirrors ``cands`` as ``(glob tests, decision)`` pairs, filled in by the
+    matcher, so the one-policy hot path reads one tuple instead of two large ones.
+    """
+
+    __slots__ = ("cands", "children", "entries", "every", "every_entries", "here", "hit")
 
     def __init__(self) -> None:
         self.children: dict[str, Trie] = {}
         self.here: list[int] = []
         self.cands: tuple[int, ...] | None = ()
+        self.entries: tuple[Entry, ...] | None = ()
+        self.every: tuple[int, ...] = ()  # root only: all rules, for ambiguous/oversized
+        self.every_entries: tuple[Entry, ...] = ()
+        self.hit: Decision | None = None  # the decision when the first entry always matches
 
 
-class PathIdx:
-    __slots__ = ("every", "root")
-
-    def __init__(self, root: Trie, every: tuple[int, ...]) -> None:
-        self.root = root
-        self.every = every  # all rules here, for ambiguous paths and oversized nodes
+PathIdx = Trie  # an index is its root node
 
 
 class HostIdx:
@@ -94,7 +101,38 @@ def build_paths(indices: list[int], rules: Sequence[Rule], policy: Sequence[int]
             if not node.here or node.here[-1] != i:
                 node.here.append(i)
     _fill(root, free, rules, policy)
-    return PathIdx(root, tuple(indices))
+    root.every = tuple(indices)
+    return root
+
+
+def _always(glob: str) -> bool:
+    """A glob that matches every path whose walk reaches the node of its literal segments."""
+    return glob == "/**" or (glob.endswith("/**") and "*" not in glob[:-3])
+
+
+def attach_entries(root: Trie, rules: Sequence[Rule],
+                   tests: Sequence[tuple[GlobTest, ...] | None],
+                   decisions: Sequence[Decision]) -> None:
+    """Fill ``entries`` and ``hit``. Reaching a node means the path's leading segments equal
+    the node's, so a ``/p/**`` glob anchored at the node or above needs no test there."""
+    root.every_entries = tuple((tests[i], decisions[i]) for i in root.every)
+    stack: list[tuple[Trie, tuple[str, ...], frozenset[int]]] = [(root, (), frozenset())]
+    while stack:
+        node, segments, inherited = stack.pop()
+        anchored = set(inherited)
+        for i in node.here:
+            if any(_always(g) and glob_literal_segments(g) == segments
+                   for g in rules[i].paths or ()):
+                anchored.add(i)
+        if node.cands is None:
+            node.entries, node.hit = None, None
+        else:
+            node.entries = tuple((None if i in anchored else tests[i], decisions[i])
+                                 for i in node.cands)
+            first = node.entries[0] if node.entries else None
+            node.hit = first[1] if first is not None and first[0] is None else None
+        frozen = frozenset(anchored)
+        stack.extend((child, (*segments, seg), frozen) for seg, child in node.children.items())
 
 
 def build_host(indices: list[int], rules: Sequence[Rule], policy: Sequence[int]) -> HostIdx:

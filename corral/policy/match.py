@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from corral.policy.hosts import normalize_host
-from corral.policy.index import HostIdx, PathIdx, build_host, first_per_policy
+from corral.policy.index import HostIdx, PathIdx, attach_entries, build_host, first_per_policy
 from corral.policy.paths import (
     ANY,
     CHILD,
@@ -69,6 +69,19 @@ class Matcher:
                 self.exact[pattern] = index
         # One policy and exact names only: a request needs one index walk and no merging.
         self.simple = len(set(policy)) <= 1 and not self.wild and self.star is None
+        # (host, port, method) -> path index in one dict: fewer objects touched per decision,
+        # which is what keeps the cost flat when many rules no longer fit the CPU caches.
+        self.flat: dict[str, PathIdx] = {
+            f"{port} {method} {host}": root for host, index in self.exact.items()
+            for port, methods in index.req.items() for method, root in methods.items()
+        } if self.simple else {}
+        seen: set[int] = set()
+        for index in [*self.exact.values(), *self.wild.values(), *filter(None, [self.star])]:
+            for methods in index.req.values():
+                for root in methods.values():
+                    if id(root) not in seen:
+                        seen.add(id(root))
+                        attach_entries(root, self.rules, self.globs, self.request_decision)
 
     def _hosts(self, exact: HostIdx | None, host: str) -> list[HostIdx]:
         found = [] if exact is None else [exact]
@@ -104,58 +117,75 @@ class Matcher:
         except Exception as err:  # fail closed: a decision bug must never open egress
             return Decision("deny", None, f"internal error while deciding (fail closed): {err!r}")
 
-    def request(self, host: str, port: int, method: str, target: str) -> Decision:
+    def request(self, host: str, port: int, method: str, path: str) -> Decision:
+        target = path  # the request target as sent: path and maybe a query
         try:
             if type(port) is not int:
                 return _bad_input(host, port)
             name = host.lower() if host.isascii() else ""
             if name[-1:] == ".":
                 name = name[:-1]
-            exact = self.exact.get(name)
-            if exact is None:
-                checked = normalize_host(host)
-                if checked is None:
-                    return _bad_input(host, port)
-                name = checked
-                exact = self.exact.get(name)
             path = target.partition("?")[0]
             ambiguous = False
             if "%" in path or "/." in path or "//" in path or "\\" in path or path[:1] != "/":
                 path, ambiguous = canonical_path(target)  # the rare slow path
             if self.simple and not ambiguous:
                 # Hot path, inlined (a call costs ~0.1 us here): walk, then first glob hit.
-                methods = None if exact is None else exact.req.get(port)
-                if methods is None:
-                    return self._default(name, port, method, path)
-                pidx = methods.get(method) or methods.get(method.upper()) or methods[""]
-                node = pidx.root
-                if node.children:
-                    for segment in path.split("/")[1:]:
-                        child = node.children.get(segment)
-                        if child is None:
-                            break
+                flat = self.flat
+                root = flat.get(f"{port} {method} {name}")
+                if root is None:
+                    if not method.isupper():
+                        method = method.upper()
+                        root = flat.get(f"{port} {method} {name}")
+                    if root is None:
+                        root = flat.get(f"{port}  {name}")  # rules for any method
+                    if root is None:  # unknown here, or not in normal form: normalise, retry
+                        checked = normalize_host(host)
+                        if checked is None:
+                            return _bad_input(host, port)
+                        name = checked
+                        root = flat.get(f"{port} {method} {name}") or flat.get(f"{port}  {name}")
+                        if root is None:
+                            return self._default(name, port, method, path)
+                node = root
+                if node.children:  # first segment by find (most tries are one level deep)
+                    end = path.find("/", 1)
+                    child = node.children.get(path[1:] if end < 0 else path[1:end])
+                    if child is not None:
                         node = child
-                cands = pidx.every if node.cands is None else node.cands
-                globs = self.globs
-                for i in cands:
-                    tests = globs[i]
+                        if end > 0 and node.children:
+                            for segment in path[end + 1 :].split("/"):
+                                child = node.children.get(segment)
+                                if child is None:
+                                    break
+                                node = child
+                if node.hit is not None:
+                    return node.hit
+                entries = root.every_entries if node.entries is None else node.entries
+                for tests, decision in entries:
                     if tests is None:
-                        return self.request_decision[i]
+                        return decision
                     for kind, a, b, rx in tests:
                         if kind == SUBTREE:
                             if path == a or path.startswith(b):
-                                return self.request_decision[i]
+                                return decision
                         elif kind == LITERAL:
                             if path == a:
-                                return self.request_decision[i]
+                                return decision
                         elif kind == ANY:
-                            return self.request_decision[i]
+                            return decision
                         elif kind == CHILD:
                             if path.startswith(a) and "/" not in path[len(a) :]:
-                                return self.request_decision[i]
+                                return decision
                         elif rx is not None and rx.fullmatch(path) is not None:
-                            return self.request_decision[i]
+                            return decision
                 return self._default(name, port, method, path)
+            if name not in self.exact:
+                checked = normalize_host(host)
+                if checked is None:
+                    return _bad_input(host, port)
+                name = checked
+            exact = self.exact.get(name)
             method = method.upper()
             lists: list[Sequence[int]] = []
             for idx in self._hosts(exact, name):
@@ -175,7 +205,7 @@ class Matcher:
     @staticmethod
     def _walk(pidx: PathIdx, path: str) -> Sequence[int]:
         """The candidates at the deepest trie node the path's leading segments reach."""
-        node = pidx.root
+        node = pidx
         if node.children:
             for segment in path.split("/")[1:]:
                 child = node.children.get(segment)

@@ -60,6 +60,9 @@ class ResolvedPolicy:
         self.exec = exec
         self.provenance = provenance
         self._matcher = Matcher(rules, policy_of, names)
+        # The proxy calls these per request: bind straight to the matcher (saves a call).
+        self.decide_connect = self._matcher.connect  # type: ignore[method-assign]
+        self.decide_request = self._matcher.request  # type: ignore[method-assign]
         self.digest = hashlib.sha256(
             json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
