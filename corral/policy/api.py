@@ -57,8 +57,9 @@ def _code_stamp() -> bytes:
     return ";".join(stamp).encode()
 
 
-def _key(inputs: list[tuple[str, Path, bytes]]) -> str:
+def _key(inputs: list[tuple[str, Path, bytes]], workspace: Path | None = None) -> str:
     digest = hashlib.sha256(_FORMAT + __version__.encode() + _code_stamp())
+    digest.update(f"workspace\0{workspace}\0".encode())
     config = os.path.realpath(paths.config_dir())
     digest.update(config.encode() + b"\0")
     for spec, path, data in inputs:
@@ -110,14 +111,17 @@ def _cache_store(key: str, value: ResolvedPolicy) -> None:
         return
 
 
-def resolve(specs: list[str] | tuple[str, ...], *, use_cache: bool = True) -> ResolvedPolicy:
+def resolve(specs: list[str] | tuple[str, ...], *, workspace: str | Path | None = None,
+            use_cache: bool = True) -> ResolvedPolicy:
     """Load, validate and compose ``-p`` arguments (paths or ``builtin:NAME``) in order.
 
     Raises ``PolicyError`` (exit 2) naming file:line of each problem or of both conflicting
-    rules. ``resolve([])`` is the empty policy: default deny, default limits.
+    rules. ``resolve([])`` is the empty policy: default deny, default limits. ``workspace``
+    (``--workspace``) overrides the policies' ``files.workspace``; it is made absolute.
     """
     inputs = _read_inputs(list(specs))
-    key = _key(inputs) if use_cache else ""
+    override = None if workspace is None else Path(os.path.abspath(workspace))
+    key = _key(inputs, override) if use_cache else ""
     if use_cache:
         cached = _cache_load(key)
         if cached is not None:
@@ -136,7 +140,7 @@ def resolve(specs: list[str] | tuple[str, ...], *, use_cache: bool = True) -> Re
             problems += err.problems
     if problems:
         raise PolicyError(problems)
-    result = compose(loaded)
+    result = compose(loaded, workspace=override)
     if use_cache:
         _cache_store(key, result)
     return result

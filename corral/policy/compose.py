@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from corral.policy.errors import PolicyError
@@ -99,7 +100,10 @@ def _strictest(key: str, items: list[tuple[Any, Origin]]) -> tuple[Any, Origin]:
     return min(limited, key=lambda item: item[0]) if limited else items[0]
 
 
-def compose(policies: Sequence[LoadedPolicy]) -> ResolvedPolicy:
+def compose(policies: Sequence[LoadedPolicy], *,
+            workspace: Path | None = None) -> ResolvedPolicy:
+    """``workspace`` is ``--workspace`` from the command line: it overrides every policy's
+    ``files.workspace`` (so their disagreement is no conflict) and is recorded as its origin."""
     problems: list[str] = []
     seen: dict[str, str] = {}
     unique: list[LoadedPolicy] = []
@@ -130,6 +134,8 @@ def compose(policies: Sequence[LoadedPolicy]) -> ResolvedPolicy:
     for key in ("limits.memory", "limits.pids", "limits.cpu", "limits.wall", "limits.idle",
                 "exec.mode", "files.approval", "files.workspace", "files.home"):
         items = [pol.settings[key] for pol in unique if key in pol.settings]
+        if key == "files.workspace" and workspace is not None:
+            items = [(workspace, Origin("--workspace", 0))]
         if not items:
             continue
         if key in ("files.workspace", "files.home"):

@@ -160,3 +160,11 @@ def test_digest_is_stable_and_content_based(tmp_path: Path, corral_env: dict[str
     assert one.digest == two.digest and len(one.digest) == 64
     three = resolve([_write(tmp_path, "b", text.replace("direct", "inspect"))], use_cache=False)
     assert three.digest != one.digest
+
+
+def test_command_line_workspace_overrides(tmp_path: Path, corral_env: dict[str, str]) -> None:
+    a = _write(tmp_path, "a", "name: a\nfiles: {workspace: /srv/one}\n")
+    b = _write(tmp_path, "b", "name: b\nfiles: {workspace: /srv/two}\n")
+    rp = resolve([a, b], workspace=tmp_path / "ws")
+    assert rp.files.workspace == tmp_path / "ws"
+    assert str(rp.provenance["files.workspace"][0]) == "--workspace:0"
