@@ -24,6 +24,7 @@ import glob as globmod
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -153,31 +154,40 @@ def op_exec(req: Req) -> Res:
 def op_read(req: Req) -> Res:
     path = resolve(req["path"], write=False, outside_ok=bool(req.get("outside_ok")))
     offset = max(int(req.get("offset") or 1), 1)
-    limit = int(req.get("limit") or 2000)
+    limit = max(int(req.get("limit") or 2000), 1)
     max_bytes = int(req.get("max_bytes") or 262144)
-    if os.path.isdir(path):
-        raise ToolError(f"{req['path']}: is a directory")
+    # O_NONBLOCK: opening a FIFO must not hang; only regular files are read.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ToolError(f"{req['path']}: not a regular file")
     lines: list[str] = []
     size = 0
-    total = 0
+    number = 0
     truncated = False
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            total = number
-            if number < offset or len(lines) >= limit:
-                if len(lines) >= limit:
-                    truncated = True
+    at_start = True
+    with os.fdopen(fd, "rb") as handle:
+        while True:
+            raw = handle.readline(max_bytes + 1)  # bounded: one huge line cannot exhaust memory
+            if not raw:
+                break
+            if at_start:
+                number += 1
+            at_start = raw.endswith(b"\n")
+            if number < offset:
                 continue
-            size += len(raw)
-            if size > max_bytes:
+            if number >= offset + limit or size + len(raw) > max_bytes:
+                if number < offset + limit:  # show what fits of the line that does not
+                    lines.append(raw[: max_bytes - size].decode("utf-8", "replace"))
                 truncated = True
-                continue
+                break
+            size += len(raw)
             lines.append(raw.decode("utf-8", "replace"))
     content = "".join(lines)
     if truncated:
-        shown = f"lines {offset}-{offset + len(lines) - 1} of {total}"
+        shown = f"lines {offset}-{number - 1 if number >= offset + limit else number}"
         content += f"\n[... truncated by corral: {shown} shown; use offset/limit ...]\n"
-    return {"content": content, "total_lines": total, "truncated": truncated, "path": path}
+    return {"content": content, "truncated": truncated, "path": path}
 
 
 def op_write(req: Req) -> Res:
@@ -215,14 +225,16 @@ def op_glob(req: Req) -> Res:
     pattern = req["pattern"]
     if pattern.startswith("/") or ".." in pattern.split("/"):
         raise ToolError("glob pattern must be relative to the search directory, without '..'")
-    base = resolve(req.get("path") or ".", write=False)
+    base = resolve(req.get("path") or ".", write=False, outside_ok=bool(req.get("outside_ok")))
+    fence = ROOT if inside(base) else base  # results never leave the searched tree
     limit = int(req.get("limit") or 1000)
     found: list[str] = []
     for rel in globmod.iglob(pattern, root_dir=base, recursive=True):
         full = os.path.join(base, rel)
-        if not inside(os.path.realpath(full)):
+        real = os.path.realpath(full)
+        if not (real == fence or real.startswith(fence.rstrip("/") + "/")):
             continue
-        found.append(os.path.relpath(full, ROOT))
+        found.append(os.path.relpath(full, ROOT) if fence == ROOT else full)
         if len(found) > limit:
             break
     truncated = len(found) > limit
@@ -230,7 +242,7 @@ def op_glob(req: Req) -> Res:
 
 
 def op_grep(req: Req) -> Res:
-    base = resolve(req.get("path") or ".", write=False)
+    base = resolve(req.get("path") or ".", write=False, outside_ok=bool(req.get("outside_ok")))
     argv = ["rg", "--line-number", "--no-heading", "--color=never", "--with-filename"]
     if req.get("ignore_case"):
         argv.append("-i")
@@ -242,7 +254,7 @@ def op_grep(req: Req) -> Res:
         argv += ["-g", g]
     if req.get("context"):
         argv += ["-C", str(int(req["context"]))]
-    argv += ["-e", req["pattern"], "--", os.path.relpath(base, ROOT)]
+    argv += ["-e", req["pattern"], "--", os.path.relpath(base, ROOT) if inside(base) else base]
     limit = int(req.get("max_output") or 65536)
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, stdin=subprocess.DEVNULL,
                           timeout=float(req.get("timeout") or 60))

@@ -6,8 +6,8 @@ root-only, like the rest of the state dir). ``corral mcp`` writes pending reques
 
 Invariants:
 - An approval binds the exact call: (tool, sha256 of the canonical JSON of its arguments,
-  policy digest). A grant for one call never lets a call with other arguments or under another
-  policy through.
+  policy digest) and the principal that asked. A grant for one call never lets a call with
+  other arguments, under another policy, or from another principal through.
 - A grant is single-use: ``consume`` marks it used in the same transaction that finds it.
   Only "always" widens it, to (tool, scope, workspace, policy digest) where the scope is the
   command for exec (so the same command under other cwd/timeout) and the arguments otherwise.
@@ -191,15 +191,18 @@ class ApprovalStore:
             ).fetchone()
         return row is not None
 
-    def consume(self, tool: str, args: Mapping[str, Any], policy_digest: str) -> Approval | None:
-        """Use up a grant for exactly this call, if there is a live one."""
+    def consume(
+        self, tool: str, args: Mapping[str, Any], policy_digest: str, principal: str = "local"
+    ) -> Approval | None:
+        """Use up a grant for exactly this call by this principal, if there is a live one."""
         digest = args_digest(args)
         now = time.time()
         with self._tx() as db:
             row = db.execute(
                 "SELECT * FROM approvals WHERE tool = ? AND args_digest = ? AND policy_digest = ? "
-                "AND status = 'approved' AND decided_at > ? ORDER BY decided_at LIMIT 1",
-                (tool, digest, policy_digest, now - self.ttl),
+                "AND principal = ? AND status = 'approved' AND decided_at > ? "
+                "ORDER BY decided_at LIMIT 1",
+                (tool, digest, policy_digest, principal, now - self.ttl),
             ).fetchone()
             if row is None:
                 return None

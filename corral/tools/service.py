@@ -164,7 +164,7 @@ class Tools:
             tool, _canon(args), self.workspace, self.policy.digest
         ):
             return True
-        return self.store.consume(tool, args, self.policy.digest) is not None
+        return self.store.consume(tool, args, self.policy.digest, self.principal) is not None
 
     def denial(self, tool: str, args: Mapping[str, Any]) -> Approval | None:
         """A recent human denial of exactly this call (it is not asked again meanwhile)."""

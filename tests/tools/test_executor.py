@@ -72,7 +72,7 @@ def test_file_ops(session: ShellSession, provider: LocalProvider) -> None:
     session.call("write", {"path": "sub/a.txt", "content": "one\ntwo\nthree\n"})
     assert (provider.root / "sub/a.txt").read_text() == "one\ntwo\nthree\n"
     res = session.call("read", {"path": "sub/a.txt", "offset": 2, "limit": 1})
-    assert res["content"].startswith("two\n") and res["truncated"] and res["total_lines"] == 3
+    assert res["content"].startswith("two\n") and res["truncated"]
     session.call("edit", {"path": "sub/a.txt", "old_string": "two", "new_string": "2"})
     assert (provider.root / "sub/a.txt").read_text() == "one\n2\nthree\n"
     session.call("write", {"path": "b.txt", "content": "x x"})
@@ -148,3 +148,13 @@ def test_closed_session_refuses(provider: LocalProvider) -> None:
     sess.close()
     with pytest.raises(ExecutorGone):
         sess.call("exec", {"command": "true"})
+
+
+def test_read_refuses_special_files_and_bounds_lines(session: ShellSession,
+                                                     provider: LocalProvider) -> None:
+    os.mkfifo(provider.root / "fifo")
+    with pytest.raises(ToolFailure, match="not a regular file"):
+        session.call("read", {"path": "fifo"}, timeout=10)
+    (provider.root / "long").write_bytes(b"x" * 300_000)
+    res = session.call("read", {"path": "long", "max_bytes": 1000})
+    assert res["truncated"] and len(res["content"]) < 2000
