@@ -98,7 +98,7 @@ def serve(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, stop)
-    rp = resolve(policies)
+    rp = resolve(policies, workspace=workspace.resolve() if workspace is not None else None)
     tool_policy = ToolPolicy.from_resolved(rp)
     trail = None
     if audit is None:
@@ -109,7 +109,7 @@ def serve(
         trail = audit_store.trail(f"mcp-{secrets.token_hex(4)}", actor=Actor.current())
         trail.emit("policy.resolved", digest=rp.digest, sources=list(rp.sources))
         audit = TrailAudit(trail)
-    ws = workspace.resolve() if workspace is not None else rp.files.workspace
+    ws = rp.files.workspace
     store = ApprovalStore(ttl=approval_ttl, audit=audit)
 
     def factory(principal: str) -> Tools:
