@@ -204,3 +204,21 @@ def test_upstream_corporate_proxy_carries_all_egress(make_proxy) -> None:  # typ
     assert proxy.sink.of("proxy.inspect", host="api.corral.test", status=200)
     # The corporate proxy saw a tunnel (TLS to the real server stays end to end from corral).
     assert corporate.sink.of("proxy.allow", host="api.corral.test", mode="direct")
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["127.0.0.1:443", "[::1]:443", "[::ffff:127.0.0.1]:443", "[::ffff:OUTSIDE_IP]:443",
+     "OUTSIDE_IP:443", "loop.corral.test:443"],
+)
+def test_catch_all_rule_never_reaches_private_addresses(
+    make_proxy, outside: Outside, target: str  # type: ignore[no-untyped-def]
+) -> None:
+    proxy = make_proxy("name: all\negress:\n  - {host: '*', action: direct}\n",
+                       overrides={"loop.corral.test": ["127.0.0.1", "::1"]})
+    sock, head = _connect(proxy, target.replace("OUTSIDE_IP", outside.ip))
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 403"), head
+    (event,) = proxy.sink.of("proxy.deny", method="CONNECT")
+    assert "private" in event["reason"] and "allow_private" in event["reason"]
+    assert not proxy.sink.of("proxy.allow")
