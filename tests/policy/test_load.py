@@ -122,3 +122,15 @@ def test_missing_file_and_relative_resolution(tmp_path: Path, corral_env: dict[s
     assert rp.files.read == (tmp_path / "sub" / "data",)
     assert rp.files.hide == (Path("~/.ssh"),)
     assert rp.provenance["files.workspace"][0].line == 3
+
+
+def test_alias_bomb_and_recursion_are_errors(tmp_path: Path, corral_env: dict[str, str]) -> None:
+    bomb = "name: t\na: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    for n, prev in zip("bcdefgh", "abcdefg", strict=True):
+        bomb += f"{n}: &{n} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+    for text in (bomb, "name: t\nx: &x [*x]\n"):
+        path = tmp_path / "p.yaml"
+        path.write_text(text)
+        with pytest.raises(PolicyError) as info:
+            load_policy(str(path))
+        assert info.value.problems[0].startswith(f"{path}:"), info.value.problems
