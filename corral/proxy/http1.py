@@ -128,7 +128,8 @@ class Session:
                 if isinstance(event, h11.Request):
                     self._head = b""
                 return event
-            data = await self.client.read(READ_SIZE)
+            async with asyncio.timeout(self.ctx.idle_timeout):  # idle agents don't pin sockets
+                data = await self.client.read(READ_SIZE)
             if self.conn.their_state in (h11.IDLE, h11.DONE):
                 # h11 unfolds obs-fold lines; a proxy must reject them (RFC 9112 §5.2).
                 # h11 bounds only incomplete heads; bound complete ones too.
