@@ -137,3 +137,38 @@ def test_proxy_exits_when_launcher_dies(tmp_path: Path, corral_env: dict[str, st
 
     assert wait_for(gone, timeout=5)
     time.sleep(0)
+
+
+def test_real_audit_trail_as_sink(tmp_path: Path, outside, corral_env) -> None:  # type: ignore[no-untyped-def]
+    """The launcher hands the proxy a ``corral.audit`` trail: events land, chained, in SQLite."""
+    import socket
+
+    from corral.audit import AuditStore
+    from corral.audit.query import iter_events, open_read
+    from corral.proxy import ProxyService
+
+    store = AuditStore.open(tmp_path / "audit.db")
+    trail = store.trail("proxy-test")
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY.replace("OUTSIDE_CA", str(outside.ca)))
+    svc = ProxyService(policy=resolve([str(path)], use_cache=False), audit=trail,
+                       resolve_overrides={"api.corral.test": [outside.ip]})
+    listener = socket.create_server(("127.0.0.1", 0))
+    handle = svc.start([listener], run_as=(65534, 65534))
+    try:
+        bundle = tmp_path / "bundle.pem"
+        bundle.write_bytes(svc.trust_bundle())
+        proxy = RunningProxy(listener.getsockname()[1], svc, None,  # type: ignore[arg-type]
+                             bundle, svc.agent_env(listener.getsockname()[1],
+                                                   bundle_path=str(bundle)), handle)
+        assert curl(proxy, "https://api.corral.test/echo").returncode == 0
+        assert "403" in curl(proxy, "-i", "https://evil.corral.test/").stdout
+    finally:
+        handle.stop()
+        listener.close()
+    trail.close()
+    store.close()
+    con = open_read(tmp_path / "audit.db")
+    kinds = [(e.type, e.data.get("host")) for e in iter_events(con, sandbox="proxy-test")]
+    assert ("proxy.inspect", "api.corral.test") in kinds
+    assert ("proxy.deny", "evil.corral.test") in kinds
