@@ -260,14 +260,15 @@ class AuditStore:
     # -- the writer ----------------------------------------------------------------------------
 
     def _submit(self, pending: Ticket) -> Ticket:
+        if self._pid != os.getpid():
+            # The writer thread did not survive fork() (and the lock may have been copied held):
+            # open a new store, or use a relay.
+            raise AuditUnavailable("audit store inherited across fork; open it again")
         with self._lock:
             if self._broken is not None:
                 raise AuditUnavailable(self._broken)
             if self._closed:
                 raise AuditUnavailable("audit store is closed")
-            if self._pid != os.getpid():
-                # the writer thread did not survive fork(): open a new store (or use a relay)
-                raise AuditUnavailable("audit store inherited across fork; open it again")
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="corral-audit-writer", daemon=True

@@ -54,8 +54,8 @@ def test_sigkill_mid_stream_loses_no_confirmed_event(tmp_path: Path) -> None:
     proc = _spawn(db, "sb-kill", 10_000_000, 4)
     assert proc.stdout is not None
     confirmed: list[int] = []
-    deadline = time.monotonic() + 20
-    while len(confirmed) < 3000 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    while len(confirmed) < 2000 and time.monotonic() < deadline:
         line = proc.stdout.readline()
         confirmed.append(int(line.split()[1]))
     os.kill(proc.pid, signal.SIGKILL)
@@ -63,7 +63,7 @@ def test_sigkill_mid_stream_loses_no_confirmed_event(tmp_path: Path) -> None:
     confirmed += [int(line.split()[1]) for line in proc.stdout.read().splitlines()]
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert len(confirmed) >= 3000
+    assert len(confirmed) >= 2000
     con = connect(db)
     stored = {s for (s,) in con.execute("SELECT seq FROM events WHERE sandbox='sb-kill'")}
     missing = set(confirmed) - stored
