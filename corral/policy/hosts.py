@@ -108,6 +108,8 @@ def normalize_pattern(raw: str) -> str:
         )
     body = _to_ascii(body)
     _check_labels(body)
+    if body.rsplit(".", 1)[-1].isdigit():  # a numeric "TLD": a malformed IP, not a name
+        raise _HostError("not a valid IP address, and a name cannot end in a number")
     if wildcard:
         if "." not in body or body in PUBLIC_SUFFIXES:
             raise _HostError(

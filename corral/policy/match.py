@@ -127,7 +127,8 @@ class Matcher:
                 name = name[:-1]
             path = target.partition("?")[0]
             ambiguous = False
-            if "%" in path or "/." in path or "//" in path or "\\" in path or path[:1] != "/":
+            if ("%" in path or "/." in path or "//" in path or "\\" in path or "#" in path
+                    or path[:1] != "/"):
                 path, ambiguous = canonical_path(target)  # the rare slow path
             if self.simple and not ambiguous:
                 # Hot path, inlined (a call costs ~0.1 us here): walk, then first glob hit.

@@ -9,8 +9,8 @@ Invariants:
   removing dot segments (RFC 3986 5.2.4), because the upstream server will do the same:
   ``/repos/../admin`` is ``/admin`` for every rule.
 - A path that stays ambiguous after that (an encoded ``/`` or ``\\``, an empty segment, a
-  relative or non-path target) is *ambiguous*: path-restricted allow rules never match it and
-  path-restricted deny rules always do. Fail closed in both directions.
+  fragment, a relative or non-path target) is *ambiguous*: path-restricted allow rules never
+  match it and path-restricted deny rules always do. Fail closed in both directions.
 - ``globs_overlap`` is the one conservative overlap test: two globs overlap unless their
   literal prefixes (up to the first ``*``) diverge; a glob without ``*`` overlaps another glob
   only if that glob matches it.
@@ -88,13 +88,14 @@ def canonical_path(target: str) -> tuple[str, bool]:
     """Return ``(path, ambiguous)`` for a request target (origin-form, query allowed)."""
     cut = target.find("?")
     path = target if cut < 0 else target[:cut]
-    if "#" in path:
+    ambiguous = False
+    if "#" in path:  # never valid in a request target: servers differ on what it means
         path = path[: path.find("#")]
+        ambiguous = True
     if path[:1] != "/":
         return "/", True
     if "%" not in path and "/." not in path and "//" not in path and "\\" not in path:
-        return path, False
-    ambiguous = False
+        return path, ambiguous
     if "%" in path:
         lowered = path.lower()
         if "%2f" in lowered or "%5c" in lowered or "%25" in lowered:
