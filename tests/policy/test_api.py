@@ -94,3 +94,14 @@ def test_builtins_resolve_together(corral_env: dict[str, str]) -> None:
     assert rp.decide_request("pypi.org", 443, "POST", "/").action == "deny"
     with pytest.raises(PolicyError, match="no such built-in"):
         resolve(["builtin:nope"])
+
+
+def test_ambiguous_paths_fail_closed_both_ways(tmp_path: Path, corral_env: dict[str, str]) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\negress:\n  - host: x.example.test\n    action: deny\n"
+                    "    paths: ['/admin/**']\n  - host: x.example.test\n    action: inspect\n")
+    rp = resolve([str(path)])
+    assert rp.decide_request("x.example.test", 443, "GET", "/public/a").action == "inspect"
+    for sneaky in ("/x%2F..%2Fadmin", "/public//admin", "/admin#x", "/a\\..\\admin"):
+        denied = rp.decide_request("x.example.test", 443, "GET", sneaky)
+        assert denied.action == "deny" and f"{path}:3" in denied.message, sneaky
