@@ -84,6 +84,7 @@ def serve(
     from corral.policy import resolve
     from corral.sandbox import SandboxSpec
     from corral.tools.approvals import ApprovalStore
+    from corral.tools.egress import proxied_opener
     from corral.tools.provision import SandboxProvider
     from corral.tools.service import ToolPolicy, Tools
     from corral.tools.session import ShellSession
@@ -115,7 +116,8 @@ def serve(
     def factory(principal: str) -> Tools:
         spec = SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
                            workspace=ws)
-        session = ShellSession(SandboxProvider(spec), idle=rp.limits.idle)
+        opener = proxied_opener(rp, audit=trail)
+        session = ShellSession(SandboxProvider(spec, opener=opener), idle=rp.limits.idle)
         ident = str(ws) if ws is not None else f"ephemeral:{principal}:{os.getpid()}"
         return Tools(tool_policy, session, store, workspace=ident, audit=audit,
                      principal=principal)

@@ -45,12 +45,16 @@ def env(corral_env: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **corral_env}
 
 
-def _policy(tmp_path: Path, *, mode: str = "allowlist", approval: str = "none") -> Path:
+def _policy(tmp_path: Path, *, mode: str = "allowlist", approval: str = "none",
+            allow_port: int | None = None) -> Path:
     path = tmp_path / "mcp.yaml"
     allow = ["echo *", "true", "id -u", "sleep *", "cat *", "ls *", "curl *", "printf *",
              "git status", "git diff *"]
-    path.write_text(f"name: mcp-test\nexec:\n  mode: {mode}\n  allow: {json.dumps(allow)}\n"
-                    f"files:\n  approval: {approval}\n")
+    text = (f"name: mcp-test\nexec:\n  mode: {mode}\n  allow: {json.dumps(allow)}\n"
+            f"files:\n  approval: {approval}\n")
+    if allow_port is not None:  # the host's loopback as an IP-literal rule (private allowed)
+        text += f"egress:\n  - host: 127.0.0.1\n    ports: [{allow_port}]\n    action: inspect\n"
+    path.write_text(text)
     return path
 
 
@@ -106,7 +110,7 @@ def outside_server() -> Iterator[str]:
         def do_GET(self) -> None:
             self.send_response(200)
             self.end_headers()
-            self.wfile.write(b"host-secret")
+            self.wfile.write(b"outside-body")
 
         def log_message(self, *args: Any) -> None:
             return None
@@ -129,7 +133,8 @@ async def test_tools_over_stdio(env: dict[str, str], tmp_path: Path, workspace: 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append(value)
 
-    policy = _policy(tmp_path)
+    port = int(outside_server.rsplit(":", 1)[1].strip("/"))
+    policy = _policy(tmp_path, allow_port=port)
     async with Client(_stdio(env, policy, workspace), mode="legacy") as client:
         res = _data(await client.call_tool("exec", {"command": "echo hi; id -u"}))
         assert res["stdout"].split() == ["hi", "2000000000"] or (
@@ -160,12 +165,20 @@ async def test_tools_over_stdio(env: dict[str, str], tmp_path: Path, workspace: 
         hidden = await client.call_tool("exec", {"command": f"cat {tmp_path}/outside.txt"})
         assert "outside" not in _data(hidden)["stdout"]  # not even visible in the sandbox
 
-        # No egress except through the proxy: the host's loopback is out of reach.
+        # No egress except through the proxy: the host's loopback is out of reach directly...
         fetched = await client.call_tool("fetch", {"url": outside_server, "timeout": 5})
-        assert fetched.is_error or _data(fetched)["status"] != 200
-        assert "host-secret" not in _text(fetched)
+        assert fetched.is_error and "outside-body" not in _text(fetched)
         res = _data(await client.call_tool("exec", {"command": f"curl -sS -m 5 {outside_server}"}))
-        assert res["exit_code"] != 0 and "host-secret" not in res["stdout"]
+        assert res["exit_code"] != 0 and "outside-body" not in res["stdout"]
+        # ...through the proxy, the policy decides: an allowed rule passes, the rest is denied.
+        res = _data(await client.call_tool("exec", {
+            "command": f"curl -sS -m 10 --noproxy '' {outside_server}"}))
+        assert res["stdout"] == "outside-body", res
+        res = _data(await client.call_tool("exec", {
+            "command": "curl -sS -m 10 http://denied.example/x"}))
+        assert "default deny" in res["stdout"]
+        res = _data(await client.call_tool("fetch", {"url": "http://denied.example/x"}))
+        assert res["status"] == 403 and "default deny" in res["body"]
     _no_sandboxes_left(env)
 
 

@@ -1,0 +1,101 @@
+"""Egress through the MCP tools: the real sandbox and the real proxy, the SDK's in-process client.
+
+``corral mcp`` (tests/mcp/test_e2e.py) cannot be told to resolve a test name to the host's
+loopback; here the same server, sandbox and proxy are assembled in-process with the proxy's
+``resolve_overrides``, so ``fetch`` of an allowed *name* can reach a server the test owns.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+from conftest import require_root
+from mcp.client import Client
+
+from corral.mcp import Principals, build_server
+from corral.policy import resolve
+from corral.sandbox import SandboxSpec
+from corral.tools.approvals import ApprovalStore
+from corral.tools.egress import proxied_opener
+from corral.tools.provision import SandboxProvider
+from corral.tools.service import ToolPolicy, Tools
+from corral.tools.session import ShellSession
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def upstream() -> Iterator[int]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"upstream says hi " + self.headers.get("Host", "").encode())
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def principals(upstream: int, tmp_path: Path, corral_env: dict[str, str]) -> Iterator[Principals]:
+    require_root()
+    policy = tmp_path / "egress.yaml"
+    policy.write_text(
+        "name: egress-test\nexec:\n  mode: allow\negress:\n"
+        f"  - host: allowed.test\n    ports: [{upstream}]\n    action: inspect\n"
+        "    allow_private: true\n"
+        f"  - host: blocked.test\n    action: deny\n    reason: not for agents\n")
+    rp = resolve([str(policy)], use_cache=False)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    overrides = {name: ["127.0.0.1"] for name in ("allowed.test", "other.test", "blocked.test")}
+
+    def factory(principal: str) -> Tools:
+        spec = SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
+                           workspace=ws)
+        provider = SandboxProvider(spec, opener=proxied_opener(rp, resolve_overrides=overrides))
+        return Tools(ToolPolicy.from_resolved(rp), ShellSession(provider, idle=None),
+                     ApprovalStore(), workspace=str(ws), principal=principal)
+
+    p = Principals(factory)
+    yield p
+    p.close()
+
+
+def _data(result: types.CallToolResult) -> dict[str, Any]:
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return dict(result.structured_content)
+
+
+async def test_fetch_and_curl_follow_the_egress_policy(principals: Principals,
+                                                       upstream: int) -> None:
+    async with Client(build_server(principals)) as client:
+        ok = _data(await client.call_tool("fetch", {"url": f"http://allowed.test:{upstream}/"}))
+        assert ok["status"] == 200 and ok["body"].startswith("upstream says hi allowed.test")
+        denied = _data(await client.call_tool("fetch", {"url": f"http://other.test:{upstream}/"}))
+        assert denied["status"] == 403 and "default deny" in denied["body"]
+        blocked = _data(await client.call_tool("fetch", {"url": "http://blocked.test/"}))
+        assert blocked["status"] == 403 and "not for agents" in blocked["body"]
+        res = _data(await client.call_tool("exec", {
+            "command": f"curl -sS -m 10 http://allowed.test:{upstream}/; echo; "
+                       f"curl -sS -m 10 http://other.test:{upstream}/"}))
+        assert res["stdout"].startswith("upstream says hi allowed.test")
+        assert "default deny" in res["stdout"]
