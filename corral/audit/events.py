@@ -197,22 +197,36 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     return True
 
 
+# Exact scalar types per field and the required names, precomputed: validation runs on every
+# emit, on the caller's thread, so the common case is a dict lookup and a set membership test.
+_SCALAR = {str, int, float, bool}
+_FAST: dict[str, tuple[dict[str, frozenset[type]], tuple[str, ...]]] = {
+    t: (
+        {k: frozenset(x for x in types if x in _SCALAR) for k, (types, _) in spec.items()},
+        tuple(k for k, (_, req) in spec.items() if req),
+    )
+    for t, spec in SCHEMAS.items()
+}
+
+
 def validate(type_: str, data: Mapping[str, Any]) -> None:
     """Refuse an event that does not match the registry."""
-    spec = SCHEMAS.get(type_)
-    if spec is None:
+    fast = _FAST.get(type_)
+    if fast is None:
         raise EventError(f"unknown audit event type {type_!r}")
+    fields, required = fast
+    spec = SCHEMAS[type_]
     for key, value in data.items():
-        entry = spec.get(key)
-        if entry is None:
+        exact = fields.get(key)
+        if exact is None:
             raise EventError(f"{type_}: unknown field {key!r} (allowed: {', '.join(spec)})")
-        if value is None:
+        if type(value) in exact or value is None:
             continue
-        if not _type_ok(value, entry[0]):
-            want = "/".join(t.__name__ for t in entry[0])
+        if not _type_ok(value, spec[key][0]):
+            want = "/".join(t.__name__ for t in spec[key][0])
             raise EventError(f"{type_}: field {key!r} must be {want}, got {type(value).__name__}")
-    for key, (_, required) in spec.items():
-        if required and data.get(key) is None:
+    for key in required:
+        if data.get(key) is None:
             raise EventError(f"{type_}: missing required field {key!r}")
 
 
