@@ -35,6 +35,7 @@ from corral.proxy.resolve import Refused
 from corral.proxy.streams import READ_SIZE, Stream
 from corral.proxy.tunnel import pipe
 from corral.proxy.upstream import UpstreamError, dial
+from corral.proxy.upstream_http import FastUpstream
 
 __all__ = ["BadRequest", "Pinned", "Session", "normalise_host"]
 
@@ -111,6 +112,7 @@ class Session:
         self.pinned = pinned
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.upstreams: dict[tuple[str, int, bool], _Upstream] = {}
+        self.fast_upstreams: dict[tuple[str, int, bool], FastUpstream] = {}
         self._head = b""
         self._host_ok: set[bytes] = set()
 
@@ -197,7 +199,10 @@ class Session:
         finally:
             for up in self.upstreams.values():
                 up.stream.close()
+            for fast in self.fast_upstreams.values():
+                fast.stream.close()
             self.upstreams.clear()
+            self.fast_upstreams.clear()
 
     async def _bad_request(self, err: BaseException) -> None:
         await self.ctx.audit.emit(
@@ -357,6 +362,14 @@ class Session:
             )
         if self.conn.client_is_waiting_for_100_continue:
             self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        if (
+            req.method not in (b"HEAD", b"CONNECT")
+            and not upgrade
+            and (plan is None or plan.binding.kind == "header")
+            and not any(n == b"expect" for n, _ in headers)
+        ):
+            return await self._forward_fast(req, decision, host, port, tls, origin, headers,
+                                            fields, started)
         up, _reused = await self._upstream(host, port, tls, decision)
         try:
             # Headers h11 already parsed (plus Host and an injected header, both checked) skip
@@ -387,6 +400,88 @@ class Session:
                     raise BadRequest("request body ended early")
         await up.stream.drain()
         return await self._respond(up, decision, fields, started, upgrade)
+
+    async def _fast_upstream(
+        self, host: str, port: int, tls: bool, decision: Decision
+    ) -> FastUpstream:
+        key = (host, port, tls)
+        up = self.fast_upstreams.get(key)
+        if up is not None and up.idle:
+            return up
+        if up is not None:
+            up.stream.close()
+            del self.fast_upstreams[key]
+        rule = decision.rule
+        address = await self.ctx.resolver.choose(host, port, rule)
+        context = self.ctx.upstream_tls.get(rule.tls_ca if rule else None) if tls else None
+        stream = await dial(address, host, port, tls=context, proxy=self.ctx.upstream_proxy)
+        up = FastUpstream(stream)
+        self.fast_upstreams[key] = up
+        return up
+
+    async def _forward_fast(
+        self,
+        req: h11.Request,
+        decision: Decision,
+        host: str,
+        port: int,
+        tls: bool,
+        origin: str,
+        headers: list[tuple[bytes, bytes]],
+        fields: dict[str, Any],
+        started: float,
+    ) -> bool:
+        """An ordinary exchange: request re-framed by hand, response parsed by llhttp."""
+        up = await self._fast_upstream(host, port, tls, decision)
+        up.start(req.method, origin.encode(), headers)
+        while True:
+            event = await self._client_event()
+            if isinstance(event, h11.Data):
+                up.body(bytes(event.data))
+                await up.stream.drain()
+            elif isinstance(event, h11.EndOfMessage):
+                up.end()
+                break
+            else:
+                raise BadRequest("request body ended early")
+        await up.stream.drain()
+        kind = "proxy.inspect" if decision.action == "inspect" else "proxy.allow"
+        while True:
+            item = await up.next_event(self.ctx.idle_timeout, self.client)
+            if item[0] == "head":
+                status = item[1]
+                if status < 200:
+                    continue  # interim responses (no Expect on this path): nothing to relay
+                response_headers = _forward_headers(item[2], False)
+                if any(n == b"transfer-encoding" for n, _ in response_headers):
+                    response_headers = [
+                        (n, v) for n, v in response_headers if n != b"content-length"
+                    ]
+                length = next((v for n, v in response_headers if n == b"content-length"), None)
+                await self.ctx.audit.emit(
+                    kind,
+                    rule=decision.origin,
+                    status=status,
+                    bytes_in=int(length) if length is not None and length.isdigit() else None,
+                    duration_ms=round((time.monotonic() - started) * 1000, 3),
+                    **fields,
+                )
+                try:
+                    response = h11.Response(
+                        status_code=status, headers=response_headers, reason=item[3]
+                    )
+                except h11.LocalProtocolError as err:  # llhttp let through what h11 refuses
+                    raise UpstreamError(502, f"upstream sent an invalid response: {err}") from None
+                self._send(response)
+            elif item[0] == "data":
+                self._send(h11.Data(data=item[1]))
+            else:
+                self._send(h11.EndOfMessage())
+                await self.client.drain()
+                if not up.reusable():
+                    up.stream.close()
+                    self.fast_upstreams.pop((host, port, tls), None)
+                return True
 
     async def _read_body(self, limit: int) -> list[bytes]:
         chunks, size = [], 0
