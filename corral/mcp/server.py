@@ -68,7 +68,7 @@ def build_server(
     elicitation: bool = True,
 ) -> MCPServer:
     """An ``MCPServer`` with the seven tools, serving ``principals``."""
-    server: MCPServer = MCPServer(name="corral", instructions=INSTRUCTIONS)
+    server: MCPServer = MCPServer(name="corral", instructions=INSTRUCTIONS, log_level="WARNING")
 
     def principal_of(ctx: Context) -> str:
         headers = ctx.headers

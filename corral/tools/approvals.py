@@ -6,8 +6,9 @@ root-only, like the rest of the state dir). ``corral mcp`` writes pending reques
 
 Invariants:
 - An approval binds the exact call: (tool, sha256 of the canonical JSON of its arguments,
-  policy digest) and the principal that asked. A grant for one call never lets a call with
-  other arguments, under another policy, or from another principal through.
+  policy digest), the principal that asked and its workspace. A grant for one call never lets a
+  call with other arguments, under another policy, from another principal or in another
+  workspace (another server's ephemeral one included) through.
 - A grant is single-use: ``consume`` marks it used in the same transaction that finds it.
   Only "always" widens it, to (tool, scope, workspace, policy digest) where the scope is the
   command for exec (so the same command under other cwd/timeout) and the arguments otherwise.
@@ -192,7 +193,12 @@ class ApprovalStore:
         return row is not None
 
     def consume(
-        self, tool: str, args: Mapping[str, Any], policy_digest: str, principal: str = "local"
+        self,
+        tool: str,
+        args: Mapping[str, Any],
+        policy_digest: str,
+        principal: str = "local",
+        workspace: str | None = None,
     ) -> Approval | None:
         """Use up a grant for exactly this call by this principal, if there is a live one."""
         digest = args_digest(args)
@@ -201,8 +207,8 @@ class ApprovalStore:
             row = db.execute(
                 "SELECT * FROM approvals WHERE tool = ? AND args_digest = ? AND policy_digest = ? "
                 "AND principal = ? AND status = 'approved' AND decided_at > ? "
-                "ORDER BY decided_at LIMIT 1",
-                (tool, digest, policy_digest, principal, now - self.ttl),
+                "AND (? IS NULL OR workspace = ?) ORDER BY decided_at LIMIT 1",
+                (tool, digest, policy_digest, principal, now - self.ttl, workspace, workspace),
             ).fetchone()
             if row is None:
                 return None

@@ -164,7 +164,9 @@ class Tools:
             tool, _canon(args), self.workspace, self.policy.digest
         ):
             return True
-        return self.store.consume(tool, args, self.policy.digest, self.principal) is not None
+        grant = self.store.consume(tool, args, self.policy.digest, self.principal,
+                                   workspace=self.workspace)
+        return grant is not None
 
     def denial(self, tool: str, args: Mapping[str, Any]) -> Approval | None:
         """A recent human denial of exactly this call (it is not asked again meanwhile)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,27 @@ async def test_fetch_and_curl_follow_the_egress_policy(principals: Principals,
                        f"curl -sS -m 10 http://other.test:{upstream}/"}))
         assert res["stdout"].startswith("upstream says hi allowed.test")
         assert "default deny" in res["stdout"]
+
+
+def test_idle_recycle_with_the_real_sandbox(tmp_path: Path, corral_env: dict[str, str]) -> None:
+    """After ``idle`` without calls the sandbox (and proxy) go; the next call builds a fresh
+    one; a host-dir workspace survives, the sandbox's /tmp does not."""
+    require_root()
+    rp = resolve([], use_cache=False)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    spec = SandboxSpec(limits=rp.limits, files=rp.files, workspace=ws)
+    session = ShellSession(SandboxProvider(spec, opener=proxied_opener(rp)), idle=0.5)
+    registry = Path(corral_env["CORRAL_HOME"]) / "sandboxes"
+    try:
+        session.call("exec", {"command": "echo kept > kept.txt; echo gone > /tmp/gone"})
+        assert list(registry.glob("*.json"))
+        deadline = time.monotonic() + 10
+        while list(registry.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not list(registry.glob("*.json")), "the idle sandbox was not torn down"
+        res = session.call("exec", {"command": "cat kept.txt; cat /tmp/gone || echo none"})
+        assert res["stdout"] == "kept\nnone\n" and session.starts == 2
+    finally:
+        session.close()
+    assert not list(registry.glob("*.json"))

@@ -41,6 +41,7 @@ def test_grant_is_single_use_and_bound_to_args(corral_env: dict[str, str]) -> No
     assert store.consume("exec", {"command": "curl y", "timeout": 10}, "p1") is None
     assert store.consume("exec", args, "p2") is None  # other policy
     assert store.consume("exec", args, "p1", principal="bob") is None  # other principal
+    assert store.consume("exec", args, "p1", workspace="/elsewhere") is None  # other workspace
     used = store.consume("exec", args, "p1")
     assert used is not None and used.id == pending.id
     assert store.consume("exec", args, "p1") is None  # single use
