@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from corral.policy.paths import GlobTest, glob_literal_segments
+from corral.policy.paths import ANY, CHILD, COUNT, SUBTREE, GlobTest, glob_literal_segments
 from corral.policy.types import Decision, Rule
 
 Entry = tuple[tuple[GlobTest, ...] | None, Decision]
@@ -105,34 +105,50 @@ def build_paths(indices: list[int], rules: Sequence[Rule], policy: Sequence[int]
     return root
 
 
-def _always(glob: str) -> bool:
-    """A glob that matches every path whose walk reaches the node of its literal segments."""
-    return glob == "/**" or (glob.endswith("/**") and "*" not in glob[:-3])
+def _at_node(glob: str, test: GlobTest, segments: tuple[str, ...]) -> GlobTest | bool:
+    """The test a glob needs at a trie node whose walk has matched ``segments``: ``True`` when
+    it always matches there, ``False`` when it never can, else a (cheaper) test."""
+    anchor = glob_literal_segments(glob)
+    if segments[: len(anchor)] != anchor:
+        return test  # anchored elsewhere (a rule's other glob brought it here): test in full
+    kind = test[0]
+    if kind in (ANY, SUBTREE):
+        return True  # "/p/**" and the path starts with /p's segments
+    if kind == CHILD:  # "/p/*": exactly one segment more than /p
+        if len(segments) > len(anchor) + 1:
+            return False
+        return (COUNT, "/" * (len(anchor) + 1), "", None)
+    return test
 
 
 def attach_entries(root: Trie, rules: Sequence[Rule],
                    tests: Sequence[tuple[GlobTest, ...] | None],
                    decisions: Sequence[Decision]) -> None:
     """Fill ``entries`` and ``hit``. Reaching a node means the path's leading segments equal
-    the node's, so a ``/p/**`` glob anchored at the node or above needs no test there."""
+    the node's, so a ``/p/**`` glob anchored at the node or above needs no test there, and
+    ``/p/*`` only a count of segments."""
     root.every_entries = tuple((tests[i], decisions[i]) for i in root.every)
-    stack: list[tuple[Trie, tuple[str, ...], frozenset[int]]] = [(root, (), frozenset())]
+    stack: list[tuple[Trie, tuple[str, ...]]] = [(root, ())]
     while stack:
-        node, segments, inherited = stack.pop()
-        anchored = set(inherited)
-        for i in node.here:
-            if any(_always(g) and glob_literal_segments(g) == segments
-                   for g in rules[i].paths or ()):
-                anchored.add(i)
+        node, segments = stack.pop()
         if node.cands is None:
             node.entries, node.hit = None, None
         else:
-            node.entries = tuple((None if i in anchored else tests[i], decisions[i])
-                                 for i in node.cands)
+            entries: list[Entry] = []
+            for i in node.cands:
+                globs, own = rules[i].paths, tests[i]
+                if globs is None or own is None:
+                    entries.append((None, decisions[i]))
+                    continue
+                local = [_at_node(g, t, segments) for g, t in zip(globs, own, strict=True)]
+                if any(x is True for x in local):
+                    entries.append((None, decisions[i]))
+                elif kept := tuple(x for x in local if isinstance(x, tuple)):
+                    entries.append((kept, decisions[i]))
+            node.entries = tuple(entries)
             first = node.entries[0] if node.entries else None
             node.hit = first[1] if first is not None and first[0] is None else None
-        frozen = frozenset(anchored)
-        stack.extend((child, (*segments, seg), frozen) for seg, child in node.children.items())
+        stack.extend((child, (*segments, seg)) for seg, child in node.children.items())
 
 
 def build_host(indices: list[int], rules: Sequence[Rule], policy: Sequence[int]) -> HostIdx:

@@ -26,6 +26,7 @@ from corral.policy.index import HostIdx, PathIdx, attach_entries, build_host, fi
 from corral.policy.paths import (
     ANY,
     CHILD,
+    COUNT,
     LITERAL,
     SUBTREE,
     GlobTest,
@@ -175,6 +176,9 @@ class Matcher:
                                 return decision
                         elif kind == ANY:
                             return decision
+                        elif kind == COUNT:  # "/p/*" where the walk matched /p already
+                            if path.count("/") == len(a):
+                                return decision
                         elif kind == CHILD:
                             if path.startswith(a) and "/" not in path[len(a) :]:
                                 return decision

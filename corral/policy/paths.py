@@ -124,7 +124,7 @@ def canonical_path(target: str) -> tuple[str, bool]:
 
 # Fast tests for the common glob shapes; a regex only for the rest. A decision checks a glob in
 # a few string operations instead of a regex call (the hot path's largest cost otherwise).
-ANY, SUBTREE, LITERAL, CHILD, REGEX = range(5)
+ANY, SUBTREE, LITERAL, CHILD, REGEX, COUNT = range(6)
 GlobTest = tuple[int, str, str, "re.Pattern[str] | None"]
 
 
@@ -152,6 +152,9 @@ def glob_hit(tests: tuple[GlobTest, ...], path: str) -> bool:
             return True
         elif kind == CHILD:
             if path.startswith(a) and "/" not in path[len(a):]:
+                return True
+        elif kind == COUNT:  # only where the trie walk has already checked the prefix
+            if path.count("/") == len(a):
                 return True
         elif rx is not None and rx.fullmatch(path) is not None:
             return True
