@@ -17,6 +17,7 @@ import hashlib
 import os
 import pickle
 import stat
+import sys
 from pathlib import Path
 
 from corral import __version__, paths
@@ -58,7 +59,7 @@ def _code_stamp() -> bytes:
 
 
 def _key(inputs: list[tuple[str, Path, bytes]], workspace: Path | None = None) -> str:
-    digest = hashlib.sha256(_FORMAT + __version__.encode() + _code_stamp())
+    digest = hashlib.sha256(_FORMAT + __version__.encode() + sys.version.encode() + _code_stamp())
     digest.update(f"workspace\0{workspace}\0".encode())
     config = os.path.realpath(paths.config_dir())
     digest.update(config.encode() + b"\0")
