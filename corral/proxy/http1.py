@@ -51,6 +51,7 @@ _HOP = {
     b"upgrade",
 }
 _FOLD = re.compile(rb"\r?\n[ \t]")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 
 
@@ -466,9 +467,19 @@ class Session:
                     duration_ms=round((time.monotonic() - started) * 1000, 3),
                     **fields,
                 )
+                # llhttp validated names; values are checked for control bytes here so h11 can
+                # skip its own (slower) pass.
+                if any(_CONTROL.search(v) for _, v in response_headers) or _CONTROL.search(
+                    item[3]
+                ):
+                    raise UpstreamError(502, "upstream sent control bytes in a header")
                 try:
                     response = h11.Response(
-                        status_code=status, headers=response_headers, reason=item[3]
+                        status_code=status,
+                        headers=response_headers,
+                        reason=item[3],
+                        http_version=b"1.1",
+                        _parsed=True,
                     )
                 except h11.LocalProtocolError as err:  # llhttp let through what h11 refuses
                     raise UpstreamError(502, f"upstream sent an invalid response: {err}") from None

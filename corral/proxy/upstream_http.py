@@ -124,9 +124,11 @@ class FastUpstream:
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserError as err:
-                raise UpstreamError(502, f"upstream sent an invalid response: {err}") from None
-            if self._ended and len(self.events) and self.events[-1] != ("end",):
-                raise UpstreamError(502, "upstream sent bytes after the response")
+                if not self._ended:
+                    raise UpstreamError(502, f"upstream sent an invalid response: {err}") from None
+                self._keep_alive = False  # junk after a complete response: never reuse
+            if self._ended and self.events and self.events[-1] != ("end",):
+                self._keep_alive = False  # bytes after the response: never reuse
         return self.events.popleft()
 
     def reusable(self) -> bool:

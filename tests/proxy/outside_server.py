@@ -29,6 +29,14 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                out += self.rfile.read(size)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return out
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 

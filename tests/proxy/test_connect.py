@@ -222,3 +222,20 @@ def test_catch_all_rule_never_reaches_private_addresses(
     (event,) = proxy.sink.of("proxy.deny", method="CONNECT")
     assert "private" in event["reason"] and "allow_private" in event["reason"]
     assert not proxy.sink.of("proxy.allow")
+
+
+def test_chunked_upload_head_and_keepalive_inside_tls(proxy: RunningProxy) -> None:
+    ctx = ssl.create_default_context(cafile=str(proxy.bundle))
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(5):
+            yield b"y" * 10_000
+
+    with httpx.Client(proxy=proxy.url, verify=ctx, timeout=10) as client:
+        up = client.post("https://api.corral.test/echo", content=chunks())
+        assert up.json()["body_len"] == 50_000
+        head = client.head("https://api.corral.test/echo")
+        assert head.status_code == 200 and head.content == b""
+        again = client.get("https://api.corral.test/echo")
+        assert again.json()["method"] == "GET"
+    assert len(proxy.sink.of("proxy.inspect", host="api.corral.test")) == 3
