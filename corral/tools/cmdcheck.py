@@ -200,6 +200,11 @@ class CommandChecker:
             self._redirect(node, found, unmatched)
             return
         if kind in ("command_substitution", "process_substitution"):
+            text = _text(node)
+            if text.startswith("`") and "\\" in text:
+                # bash re-parses a backquoted body after removing backslashes, so \` and \$(
+                # inside it start new substitutions that tree-sitter reads as plain text.
+                raise _Hold("backslashes inside `...` are re-parsed by bash; use $(...) instead")
             for child in node.named_children:
                 self._walk(child, found, unmatched)
             return

