@@ -20,7 +20,6 @@ import contextlib
 import functools
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -116,7 +115,10 @@ class Sandbox:
     def _build(self) -> None:
         spec = self.spec
         # the netns (two tool runs) builds on its own thread while the rest is set up here
-        self._pending_netns = NetNamespace.start(self.uid, spec.proxy_port, spec.dns_port)
+        tools = check()
+        self._pending_netns = NetNamespace.start(
+            self.uid, spec.proxy_port, spec.dns_port, ip=tools["ip"], nft=tools["nft"]
+        )
         empty_file, empty_dir = self.dir / "hidden-file", self.dir / "hidden-dir"
         os.close(os.open(empty_file, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0))
         empty_dir.mkdir(mode=0)
@@ -220,7 +222,7 @@ class Sandbox:
         self, argv: Sequence[str], *, tty: bool, cwd: str
     ) -> tuple[list[str], list[int]]:
         """The full command line for ``argv`` and the fds bwrap must inherit."""
-        plan = BwrapPlan()
+        plan = BwrapPlan(args=[check()["bwrap"]])
         plan.base(self.id, self.spec.tmp_size, new_session=not tty)
         ws_src = self._stage_for(self.workspace)
         home_src = self._stage_for(self.home)
@@ -385,9 +387,14 @@ class Sandbox:
             self._netns = None
         if self._cgroup is not None:
             step("cgroup", self._cgroup.destroy)
-        step("directories", lambda: shutil.rmtree(self.dir))
+        step("directories", self._remove_dir)
         step("registry", lambda: registry.release(self._entry))
         self._audit("sandbox.close", errors=errors)
+
+    def _remove_dir(self) -> None:
+        import shutil  # only here: its import is a few ms of every launch otherwise
+
+        shutil.rmtree(self.dir)
 
     def _stop_processes(self) -> None:
         if any(p.poll() is None for p in self._procs):

@@ -77,18 +77,24 @@ class NetNamespace:
         self.fd = fd
 
     @classmethod
-    def create(cls, uid: int, proxy_port: int | None, dns_port: int | None) -> NetNamespace:
-        return cls.start(uid, proxy_port, dns_port).result()
+    def create(
+        cls, uid: int, proxy_port: int | None, dns_port: int | None, *, ip: str = "ip",
+        nft: str = "nft"
+    ) -> NetNamespace:
+        return cls.start(uid, proxy_port, dns_port, ip=ip, nft=nft).result()
 
     @classmethod
-    def start(cls, uid: int, proxy_port: int | None, dns_port: int | None) -> Pending[NetNamespace]:
+    def start(
+        cls, uid: int, proxy_port: int | None, dns_port: int | None, *, ip: str = "ip",
+        nft: str = "nft"
+    ) -> Pending[NetNamespace]:
         """Build the namespace in the background (the launcher does other setup meanwhile)."""
         def build() -> int:
             _libc.unshare(_libc.CLONE_NEWNET)
             fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                _run(["ip", "-batch", "-"], _IP_BATCH, "network setup (ip)")
-                _run(["nft", "-f", "-"], ruleset(uid, proxy_port, dns_port).encode(), "nft")
+                _run([ip, "-batch", "-"], _IP_BATCH, "network setup (ip)")
+                _run([nft, "-f", "-"], ruleset(uid, proxy_port, dns_port).encode(), "nft")
             except BaseException:
                 os.close(fd)
                 raise

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 
 from corral.errors import CorralError
 
@@ -18,11 +17,9 @@ EXIT_CORRAL = 125
 
 
 def find_tool(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in ("/usr/sbin", "/sbin", "/usr/bin"):
-        if os.access(f"{d}/{name}", os.X_OK):
+    path = os.environ.get("PATH") or os.defpath
+    for d in [*path.split(os.pathsep), "/usr/sbin", "/sbin", "/usr/bin"]:
+        if d and os.access(f"{d}/{name}", os.X_OK):
             return f"{d}/{name}"
     return None
 

@@ -13,7 +13,6 @@ Invariants:
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 from pathlib import Path
@@ -48,6 +47,14 @@ def _real(path: Path | str) -> Path:
     return Path(os.path.realpath(path))
 
 
+def _ssh_host_keys() -> list[str]:
+    try:
+        names = os.listdir("/etc/ssh")
+    except OSError:
+        return []
+    return [f"/etc/ssh/{n}" for n in names if n.startswith("ssh_host_")]
+
+
 def hidden_paths(spec: SandboxSpec) -> list[Path]:
     """Every host path the sandbox must not see, resolved, existing or not."""
     raw: list[Path | str] = [
@@ -59,7 +66,7 @@ def hidden_paths(spec: SandboxSpec) -> list[Path]:
         "/etc/gshadow-",
         "/run",
         "/var/run",
-        *glob.glob("/etc/ssh/ssh_host_*"),
+        *_ssh_host_keys(),
         *(expand_user(p) for p in spec.files.hide),
     ]
     return sorted({_real(p) for p in raw})

@@ -1,0 +1,65 @@
+"""The sandbox registry: unique uids under concurrency, across state dirs, and dead launchers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+from conftest import require_root
+
+from corral.sandbox import registry
+
+pytestmark = pytest.mark.root
+
+
+def _reserve_in(state: str, out: multiprocessing.Queue, done: object) -> None:  # type: ignore[type-arg]
+    os.environ["CORRAL_HOME"] = state
+    entry = registry.reserve(["p"])
+    out.put(entry.uid)
+    done.wait(30)  # type: ignore[attr-defined]  # hold the lease until the parent has all uids
+
+
+def test_concurrent_reservations_across_state_dirs_never_share_a_uid(tmp_path: Path) -> None:
+    require_root()
+    ctx = multiprocessing.get_context("fork")
+    q: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
+    done = ctx.Event()
+    procs = [ctx.Process(target=_reserve_in, args=(str(tmp_path / f"s{i % 3}"), q, done))
+             for i in range(12)]
+    for p in procs:
+        p.start()
+    uids = [q.get(timeout=30) for _ in procs]
+    done.set()
+    for p in procs:
+        p.join(timeout=30)
+    assert len(set(uids)) == 12  # three registries, one machine-wide lease per uid
+    assert all(registry.UID_BASE <= u < registry.UID_BASE + registry.UID_RANGE for u in uids)
+
+
+def test_uid_never_collides_with_passwd_and_is_reused_after_release(corral_env) -> None:
+    require_root()
+    first = registry.reserve([])
+    assert first.uid not in registry._host_ids("/etc/passwd")
+    assert registry.launcher_alive(first)
+    registry.release(first)
+    again = registry.reserve([])
+    assert again.uid == first.uid
+    registry.release(again)
+
+
+def test_dead_launcher_keeps_uid_until_gc(corral_env) -> None:
+    require_root()
+    entry = registry.reserve([])
+    entry.pid, entry.pid_start = 999_999_999, 1  # a launcher that no longer exists
+    registry.update(entry)
+    assert not registry.launcher_alive(entry)
+    registry._leases.pop(entry.id)  # as if the launcher had died: its lease fd is gone
+    other = registry.reserve([])
+    assert other.uid != entry.uid  # the leftover entry still holds its uid
+    from corral.sandbox.gc import collect
+
+    assert entry.id in collect().removed
+    assert [e.id for e in registry.entries()] == [other.id]
+    registry.release(other)
