@@ -15,7 +15,8 @@ Invariants (each one fails towards "needs approval", never towards "allowed"):
   ``.``, ``alias``, ``trap``, ``export``, ``let``, shells without a literal ``-c`` script, ...)
   always need approval, whatever the patterns say.
 - Wrappers (``env``, ``command``, ``exec``, ``nice``, ``nohup``, ``time``, ``timeout``,
-  ``stdbuf``, ``setsid``) must match a pattern themselves AND their inner command must too;
+  ``stdbuf``, ``setsid``) must match a pattern themselves AND their inner command must too
+  (with ``env``'s assignments in front, as for prefix assignments);
   ``sh -c 'LITERAL'`` is checked recursively. Prefix assignments (``X=1 cmd``) are part of the
   text a pattern must match.
 - A redirection target must be a literal path inside the workspace (or ``/dev/null`` and the
@@ -288,9 +289,13 @@ class CommandChecker:
         if base in _SHELLS:
             self._shell(argv, found, unmatched)
         elif base in _WRAPPERS:
-            inner = self._unwrap(base, argv[1:])
+            assigned: list[str] = []
+            inner = self._unwrap(base, argv[1:], assigned)
             if inner:
-                canon_inner = " ".join(_quote_value(a) for a in inner)
+                # `env X=1 cmd` is `X=1 cmd`: a pattern must name the assignments too (they can
+                # inject code: LD_PRELOAD, BASH_ENV, PATH, GIT_SSH_COMMAND, ...).
+                canon_inner = " ".join([*(_quote_value(a) for a in assigned),
+                                        *(_quote_value(a) for a in inner)])
                 self._simple(inner, canon_inner, found, unmatched)
             elif base == "exec" and len(argv) == 1:
                 raise _Hold("bare 'exec' changes the shell's file descriptors")
@@ -309,7 +314,9 @@ class CommandChecker:
         raise _Hold("a shell without a literal -c script runs code the checker cannot see")
 
     @staticmethod
-    def _unwrap(base: str, args: Sequence[str | None]) -> list[str | None]:
+    def _unwrap(
+        base: str, args: Sequence[str | None], assigned: list[str]
+    ) -> list[str | None]:
         """The inner argv of a wrapper, skipping its options; raises if it cannot tell."""
         rest = list(args)
         with_value = {
@@ -330,7 +337,7 @@ class CommandChecker:
             if base == "env" and (arg.startswith(("-S", "--split-string")) or arg == "-"):
                 raise _Hold("env -S splits a string into a command the checker cannot see")
             if base == "env" and "=" in arg and not arg.startswith("-"):
-                rest.pop(0)
+                assigned.append(rest.pop(0))  # type: ignore[arg-type]
                 continue
             if arg.startswith("-") and arg != "-":
                 rest.pop(0)

@@ -33,7 +33,6 @@ ALLOWED = [
     "g\"it\" status",
     "'git' status",
     "echo \"$HOME\"",
-    "env X=1 git status",
     "env -i git status",
     "timeout 5 pytest -q",
     "nice -n 5 git status",
@@ -64,6 +63,9 @@ HELD = [
     ("(curl x)", "not in exec.allow"),
     ("{ curl x; }", "not in exec.allow"),
     ("env X=1 curl x", "not in exec.allow"),
+    ("env X=1 git status", "not in exec.allow"),
+    ("env BASH_ENV=./x.sh bash -c 'git status'", "not in exec.allow"),
+    ("env LD_PRELOAD=./x.so git status", "not in exec.allow"),
     ("env -u A curl x", "not in exec.allow"),
     ("env -S 'curl x'", "env -S"),
     ("X=1 git status", "not in exec.allow"),
@@ -164,3 +166,9 @@ def test_curl_never_passes(command: str) -> None:
     verdict = check_command(command, ["git status", "echo *", "ls"])
     if verdict.allowed:
         assert all(c.split(" ")[0] in ("git", "echo", "ls") for c in verdict.commands), verdict
+
+
+def test_env_assignments_must_be_named_by_a_pattern() -> None:
+    allow = ["env *", "LANG=C git status"]
+    assert check_command("env LANG=C git status", allow).allowed
+    assert not check_command("env LD_PRELOAD=/x.so git status", allow).allowed
