@@ -69,6 +69,26 @@ def list_(
                   + (f": {item.reason}" if item.reason else ""))
 
 
+@app.command("show")
+def show(ident: str = typer.Argument(..., metavar="ID")) -> None:
+    """Show one request in full: the exact arguments that would run (e.g. a write's content)."""
+    from corral.tools.approvals import ApprovalStore
+
+    item = ApprovalStore().get(ident)
+    print(f"approval {item.id}: {item.status}")
+    print(f"tool:      {item.tool}")
+    print(f"why:       {item.why}")
+    print(f"from:      {item.principal}")
+    print(f"workspace: {item.workspace}")
+    print(f"policy:    {item.policy_digest}")
+    print(f"requested: {_when(item.created)}; expires {_when(item.expires)}")
+    if item.decided_by:
+        print(f"decided:   by {item.decided_by} at {_when(item.decided_at)}"
+              + (f": {item.reason}" if item.reason else ""))
+    print("arguments:")
+    print(json.dumps(item.args, indent=2, ensure_ascii=False))
+
+
 @app.command("approve")
 def approve(
     ident: str = typer.Argument(..., metavar="ID"),

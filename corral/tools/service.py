@@ -96,7 +96,8 @@ def pending_message(approval: Approval, tool: str) -> str:
     return (
         f"corral: this {tool} call needs human approval ({approval.why}). It is pending as "
         f"approval {approval.id}, expiring in {max(0, int(approval.expires - time.time()))}s. "
-        f"A human can run `corral approvals approve {approval.id}` (add --always to always "
+        f"A human can inspect it with `corral approvals show {approval.id}`, then run "
+        f"`corral approvals approve {approval.id}` (add --always to always "
         f"allow this command here) or `corral approvals deny {approval.id} --reason ...`. "
         f"Then retry exactly the same call with the same arguments; other arguments need "
         f"their own approval."

@@ -100,6 +100,9 @@ def test_cli_decides_from_another_process(corral_env: dict[str, str], tmp_path: 
     out = subprocess.run([*cli, "approvals", "list"], env=env, capture_output=True, text=True,
                          check=True).stdout
     assert pending.id in out and "curl x" in out
+    out = subprocess.run([*cli, "approvals", "show", pending.id], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert '"command": "curl x"' in out and "not in exec.allow" in out
     out = subprocess.run([*cli, "approvals", "approve", pending.id, "--reason", "looks fine"],
                          env=env, capture_output=True, text=True, check=True).stdout
     assert "approved" in out
