@@ -9,10 +9,10 @@ turn into a call of something else.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -49,12 +49,14 @@ KNOWN = [  # bypasses of tree-sitter readings that bash does not share
        st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=10))
 @example("", KNOWN[0])
 @example("", KNOWN[1])
-def test_allowed_commands_never_run_curl_in_bash(head: str, parts: list[str]) -> None:
+def test_allowed_commands_never_run_curl_in_bash(
+    tmp_path_factory: pytest.TempPathFactory, head: str, parts: list[str]
+) -> None:
     command = head + "".join(parts)
     verdict = check_command(command, ALLOW)
     if not verdict.allowed:
         return
-    root = Path(os.environ.get("CORRAL_TEST_TMP", "/tmp")) / f"cmdcheck-{os.getpid()}"
+    root = tmp_path_factory.getbasetemp() / "cmdcheck-bash"
     root.mkdir(exist_ok=True)
     bin_dir = _stubs(root)
     marker = root / "CURL-RAN"
