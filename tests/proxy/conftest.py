@@ -102,7 +102,7 @@ class Outside:
 @pytest.fixture(scope="session")
 def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
     require_root()
-    require_tools("ip", "git")
+    require_tools("ip", "git", "curl", "setpriv")
     tmp = tmp_path_factory.mktemp("outside")
     tmp.chmod(0o755)
     tag = pysecrets.token_hex(3)

@@ -94,7 +94,7 @@ class Captured:
 def captured(outside: Outside, tmp_path: Path, corral_env: dict[str, str]) -> Iterator[Captured]:
     from conftest import require_tools
 
-    require_tools("nft", "ip")
+    require_tools("nft", "ip", "node", "curl")
     ns = f"corral-t-c{pysecrets.token_hex(3)}"
     netns_etc = Path("/etc/netns") / ns
     policy_file = tmp_path / "cap.yaml"
