@@ -74,7 +74,7 @@ def build_spec(ns: argparse.Namespace) -> object:
     if ns.policy:
         from corral.policy import resolve
 
-        rp = resolve(list(ns.policy))
+        rp = resolve(list(ns.policy), workspace=ns.workspace)  # --workspace overrides policies
         kwargs.update(policies=tuple(rp.names), limits=rp.limits, files=rp.files)
         policy_ws, policy_home = rp.files.workspace, rp.files.home
     workspace = Path(ns.workspace).absolute() if ns.workspace else policy_ws
