@@ -88,7 +88,7 @@ def op_ping(req: Req) -> Res:
 
 def op_exec(req: Req) -> Res:
     command = req["command"]
-    timeout = float(req.get("timeout") or 120)
+    timeout = min(max(float(req.get("timeout") or 120), 0.1), 86400.0)
     limit = int(req.get("max_output") or 65536)
     cwd = resolve(req.get("cwd") or ".", write=False)
     if not os.path.isdir(cwd):

@@ -197,7 +197,7 @@ class Tools:
         request = dict(args)
         if gate is not None and gate.outside:
             request["outside_ok"] = True
-        timeout = float(args.get("timeout") or 120) + 30
+        timeout = min(max(float(args.get("timeout") or 120), 0.1), 86400.0) + 30
         started = time.monotonic()
         ok = False
         detail = ""

@@ -292,17 +292,17 @@ async def test_elicitation_stdio(env: dict[str, str], tmp_path: Path, workspace:
 
 
 @asynccontextmanager
-async def _http_client(url: str, token: str) -> AsyncIterator[Client]:
+async def _http_client(url: str, token: str, **kwargs: Any) -> AsyncIterator[Client]:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
                               timeout=httpx2.Timeout(60.0))
-    async with http, Client(streamable_http_client(url, http_client=http)) as client:
+    async with http, Client(streamable_http_client(url, http_client=http), **kwargs) as client:
         yield client
 
 
 @pytest.fixture
 def http_server(env: dict[str, str], tmp_path: Path, workspace: Path) -> Iterator[str]:
     require_root()
-    policy = _policy(tmp_path, mode="allow")
+    policy = _policy(tmp_path, mode="allow", approval="writes")
     proc = subprocess.Popen(
         [CORRAL, "mcp", "-p", str(policy), "--workspace", str(workspace), "--http",
          "127.0.0.1:0", "--token", f"alice={TOKEN_A}", "--token", f"bob={TOKEN_B}"],
@@ -352,3 +352,21 @@ async def test_http_auth_origin_and_principals(http_server: str, env: dict[str, 
     with pytest.raises((httpx2.HTTPStatusError, MCPError, ExceptionGroup)):  # 401 on connect
         async with _http_client(http_server, "wrong-token-0123456789") as nobody:
             await nobody.call_tool("exec", {"command": "true"})
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_http_approvals(http_server: str, workspace: Path, mode: str) -> None:
+    """Over HTTP: a client with elicitation is asked; one without gets a pending approval."""
+    asked: list[str] = []
+
+    async def elicit(ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"approve": True})
+
+    async with _http_client(http_server, TOKEN_A, mode=mode, elicitation_callback=elicit) as a:
+        res = await a.call_tool("write", {"path": f"h-{mode}.txt", "content": "via http"})
+        assert not res.is_error, _text(res)
+    assert asked and (workspace / f"h-{mode}.txt").read_text() == "via http"
+    async with _http_client(http_server, TOKEN_B, mode=mode) as b:
+        _approval_id(await b.call_tool("write", {"path": f"b-{mode}.txt", "content": "x"}))
+    assert not (workspace / f"b-{mode}.txt").exists()
