@@ -16,6 +16,7 @@ match by construction); only globs remain to be checked. Nodes whose list would 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from corral.policy.paths import ANY, CHILD, COUNT, SUBTREE, GlobTest, glob_literal_segments
@@ -97,7 +98,8 @@ def build_paths(indices: list[int], rules: Sequence[Rule], policy: Sequence[int]
         for glob in rules[i].paths or ():
             node = root
             for segment in glob_literal_segments(glob):
-                node = node.children.setdefault(segment, Trie())
+                # Interned: equal segments across thousands of nodes share one (hot) object.
+                node = node.children.setdefault(sys.intern(segment), Trie())
             if not node.here or node.here[-1] != i:
                 node.here.append(i)
     _fill(root, free, rules, policy)
@@ -117,7 +119,7 @@ def _at_node(glob: str, test: GlobTest, segments: tuple[str, ...]) -> GlobTest |
     if kind == CHILD:  # "/p/*": exactly one segment more than /p
         if len(segments) > len(anchor) + 1:
             return False
-        return (COUNT, "/" * (len(anchor) + 1), "", None)
+        return (COUNT, sys.intern("/" * (len(anchor) + 1)), "", None)
     return test
 
 

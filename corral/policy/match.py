@@ -70,12 +70,14 @@ class Matcher:
                 self.exact[pattern] = index
         # One policy and exact names only: a request needs one index walk and no merging.
         self.simple = len(set(policy)) <= 1 and not self.wild and self.star is None
-        # (host, port, method) -> path index in one dict: fewer objects touched per decision,
-        # which is what keeps the cost flat when many rules no longer fit the CPU caches.
-        self.flat: dict[str, PathIdx] = {
-            f"{port} {method} {host}": root for host, index in self.exact.items()
-            for port, methods in index.req.items() for method, root in methods.items()
-        } if self.simple else {}
+        # port -> method -> host -> path index: two small, hot dicts then one large one, so
+        # few cache lines are touched per decision even with 10,000 hosts.
+        self.flat: dict[int, dict[str, dict[str, PathIdx]]] = {}
+        if self.simple:
+            for host, index in self.exact.items():
+                for port, methods in index.req.items():
+                    for method, root in methods.items():
+                        self.flat.setdefault(port, {}).setdefault(method, {})[host] = root
         seen: set[int] = set()
         for index in [*self.exact.values(), *self.wild.values(), *filter(None, [self.star])]:
             for methods in index.req.values():
@@ -123,9 +125,9 @@ class Matcher:
         try:
             if type(port) is not int:
                 return _bad_input(host, port)
+            # Trailing dots, IP literals and Unicode miss the fast lookups below and are
+            # normalised (and validated) on that slower path.
             name = host.lower() if host.isascii() else ""
-            if name[-1:] == ".":
-                name = name[:-1]
             path = target.partition("?")[0]
             ambiguous = False
             if ("%" in path or "/." in path or "//" in path or "\\" in path or "#" in path
@@ -133,23 +135,15 @@ class Matcher:
                 path, ambiguous = canonical_path(target)  # the rare slow path
             if self.simple and not ambiguous:
                 # Hot path, inlined (a call costs ~0.1 us here): walk, then first glob hit.
-                flat = self.flat
-                root = flat.get(f"{port} {method} {name}")
-                if root is None:
-                    if not method.isupper():
-                        method = method.upper()
-                        root = flat.get(f"{port} {method} {name}")
-                    if root is None:
-                        root = flat.get(f"{port}  {name}")  # rules for any method
-                    if root is None:  # unknown here, or not in normal form: normalise, retry
-                        checked = normalize_host(host)
-                        if checked is None:
-                            return _bad_input(host, port)
-                        name = checked
-                        root = flat.get(f"{port} {method} {name}") or flat.get(f"{port}  {name}")
-                        if root is None:
-                            return self._default(name, port, method, path)
-                node = root
+                by_method = self.flat.get(port)
+                hosts = None if by_method is None else by_method.get(method)
+                found = None if hosts is None else hosts.get(name)
+                if found is None:
+                    slow = self._slow_root(by_method, host, port, method, path)
+                    if isinstance(slow, Decision):
+                        return slow  # a deny: bad host, or no rule for this host and port
+                    found = slow
+                root = node = found
                 if node.children:  # first segment by find (most tries are one level deep)
                     end = path.find("/", 1)
                     child = node.children.get(path[1:] if end < 0 else path[1:end])
@@ -197,15 +191,29 @@ class Matcher:
                 methods = idx.req.get(port)
                 if methods is not None:
                     pidx = methods.get(method) or methods[""]
-                    found = pidx.every if ambiguous else self._walk(pidx, path)
-                    if found:
-                        lists.append(found)
+                    cands = pidx.every if ambiguous else self._walk(pidx, path)
+                    if cands:
+                        lists.append(cands)
             if not lists:
                 return self._default(name, port, method, path)
             merged = lists[0] if len(lists) == 1 else sorted({i for lst in lists for i in lst})
             return self._choose(merged, path, ambiguous, name, port, method)
         except Exception as err:  # fail closed
             return Decision("deny", None, f"internal error while deciding (fail closed): {err!r}")
+
+    def _slow_root(self, by_method: dict[str, dict[str, PathIdx]] | None, host: str, port: int,
+                   method: str, path: str) -> PathIdx | Decision:
+        """The fast lookup missed: normalise host and method, then try again."""
+        checked = normalize_host(host)
+        if checked is None:
+            return _bad_input(host, port)
+        method = method.upper()
+        for key in (method, ""):
+            hosts = None if by_method is None else by_method.get(key)
+            root = None if hosts is None else hosts.get(checked)
+            if root is not None:
+                return root
+        return self._default(checked, port, method, path)
 
     @staticmethod
     def _walk(pidx: PathIdx, path: str) -> Sequence[int]:
