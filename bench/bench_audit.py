@@ -41,6 +41,46 @@ EVENT: dict[str, Any] = {
 }
 
 
+def bare_per_event(base: Path, n: int) -> float:
+    """Bare baseline: the same chained row written by the calling thread, one transaction per
+    event, no writer thread (what a straightforward implementation would do)."""
+    from corral.audit.db import SCHEMA, connect, insert_events
+    from corral.audit.events import GENESIS, Actor, canonical_json, event_body, event_hash
+
+    con = connect(base / "bare.db")
+    con.executescript(SCHEMA)
+    actor = Actor.current().to_json()
+    con.execute(
+        "INSERT INTO chains(sandbox, actor, opened_us, last_seq, last_hash) "
+        "VALUES('bare', ?, 0, 0, ?)",
+        (actor, GENESIS),
+    )
+    prev, t0 = GENESIS, time.perf_counter()
+    for seq in range(1, n + 1):
+        data = canonical_json(EVENT)
+        ts = time.time_ns() // 1000
+        h = event_hash(
+            event_body(
+                actor=actor,
+                data=data,
+                prev=prev,
+                sandbox="bare",
+                seq=seq,
+                ts=ts,
+                type_="proxy.inspect",
+                v=1,
+            )
+        )
+        con.execute("BEGIN IMMEDIATE")
+        insert_events(con, [("bare", seq, ts, "proxy.inspect", actor, data, prev, h, 1)])
+        con.execute("UPDATE chains SET last_seq=?, last_hash=? WHERE sandbox='bare'", (seq, h))
+        con.execute("COMMIT")
+        prev = h
+    rate = n / (time.perf_counter() - t0)
+    con.close()
+    return rate
+
+
 def one_commit_per_event(base: Path, n: int, synchronous: str = "NORMAL") -> float:
     """Baseline: a single caller emits and waits for each event, so every event is its own
     transaction (same chain, same schema, no grouping)."""
@@ -115,34 +155,47 @@ def verify_big(base: Path, n: int) -> tuple[float, float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=int, default=100_000, help="events per append run")
-    ap.add_argument("--baseline-events", type=int, default=20_000)
+    ap.add_argument("--events", type=int, default=60_000, help="events per append run")
+    ap.add_argument("--baseline-events", type=int, default=10_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the best is kept")
     ap.add_argument("--verify-events", type=int, default=1_000_000)
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="corral-bench-audit-", dir="/var/tmp"))
+
+    def best(fn: Any, *fargs: Any) -> float:
+        # Best of N: the machine is shared, and interference only ever slows a run down.
+        rates = []
+        for i in range(args.repeat):
+            sub = base / f"r{len(list(base.iterdir()))}-{i}"
+            sub.mkdir()
+            rates.append(fn(sub, *fargs))
+        return max(rates)
+
     try:
-        baseline = one_commit_per_event(base, args.baseline_events)
-        baseline_full = one_commit_per_event(base, args.baseline_events // 4, "FULL")
-        pipe = pipelined(base, args.events)
-        pipe_full = pipelined(base, args.events, "FULL")
-        threads32 = concurrent_blocking(base, args.events, 32)
-        threads128 = concurrent_blocking(base, args.events, 128)
+        bare = best(bare_per_event, args.baseline_events)
+        baseline = best(one_commit_per_event, args.baseline_events)
+        baseline_full = best(one_commit_per_event, args.baseline_events // 4, "FULL")
+        pipe = best(pipelined, args.events)
+        pipe_full = best(pipelined, args.events, "FULL")
+        threads32 = best(concurrent_blocking, args.events, 32)
+        threads128 = best(concurrent_blocking, args.events, 128)
         verify_s, fill_s, verified = verify_big(base, args.verify_events)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
     rows = [
-        ("one commit per event (baseline), NORMAL", baseline, 1.0),
-        ("group commit, pipelined emit_nowait, NORMAL", pipe, pipe / baseline),
-        ("group commit, 32 threads blocking emit, NORMAL", threads32, threads32 / baseline),
-        ("group commit, 128 threads blocking emit, NORMAL", threads128, threads128 / baseline),
-        ("one commit per event (baseline), FULL", baseline_full, 1.0),
+        ("bare: one commit per event, caller's thread, NORMAL", bare, 1.0),
+        ("store: one commit per event (blocking emit), NORMAL", baseline, baseline / bare),
+        ("group commit, pipelined emit_nowait, NORMAL", pipe, pipe / bare),
+        ("group commit, 32 threads blocking emit, NORMAL", threads32, threads32 / bare),
+        ("group commit, 128 threads blocking emit, NORMAL", threads128, threads128 / bare),
+        ("store: one commit per event (blocking emit), FULL", baseline_full, 1.0),
         ("group commit, pipelined emit_nowait, FULL", pipe_full, pipe_full / baseline_full),
     ]
-    print(f"{'audit append (chain + hash, proxy event)':<52} {'events/s':>10} {'vs base':>8}")
+    print(f"{'audit append (chain + hash, proxy event)':<56} {'events/s':>10} {'vs base':>8}")
     for name, rate, ratio in rows:
-        print(f"{name:<52} {rate:>10,.0f} {ratio:>7.1f}x")
+        print(f"{name:<56} {rate:>10,.0f} {ratio:>7.1f}x")
     print(
         f"verify {verified:,} events: {verify_s:.2f} s ({verified / verify_s:,.0f} events/s); "
         f"filling them took {fill_s:.1f} s"
@@ -156,9 +209,10 @@ def main() -> None:
             "fs": "/var/tmp",
         },
         "append_events_per_s": {name: round(rate) for name, rate, _ in rows},
-        "ratio_group_vs_per_event": round(pipe / baseline, 2),
-        "ratio_32_threads_vs_per_event": round(threads32 / baseline, 2),
+        "ratio_group_vs_bare_per_event": round(pipe / bare, 2),
+        "ratio_32_threads_vs_bare_per_event": round(threads32 / bare, 2),
         "target_events_per_s": 20_000,
+        "repeat": args.repeat,
         "verify": {"events": verified, "seconds": round(verify_s, 3), "target_seconds": 10},
         "command": "make bench  # or: .venv/bin/python bench/bench_audit.py",
     }

@@ -11,6 +11,7 @@ Pruning removes whole *closed* chains whose close is older than the cutoff and k
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import time
@@ -70,10 +71,15 @@ class ReadStats:
 def open_read(path: str | Path | None = None) -> sqlite3.Connection:
     """Open the store for reading; ``CorralError`` if there is none."""
     p = Path(path) if path is not None else default_path()
+    denied = p.parent.is_dir() and not os.access(p.parent, os.X_OK)
+    if denied or (p.exists() and not os.access(p, os.R_OK)):
+        raise CorralError(f"the audit store {p} is readable by root only (try sudo)")
     if not p.exists():
         raise CorralError(f"no audit store at {p} (nothing has been audited yet; CORRAL_HOME?)")
     try:
-        return connect(p, readonly=True)
+        con = connect(p, readonly=True)
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return con
     except sqlite3.Error as err:
         raise CorralError(f"cannot open the audit store {p}: {err}") from None
 
@@ -240,7 +246,10 @@ def prune(path: str | Path | None, before_us: int) -> tuple[int, int]:
     p = Path(path) if path is not None else default_path()
     if not p.exists():
         raise CorralError(f"no audit store at {p}")
-    con = connect(p)
+    try:
+        con = connect(p)
+    except sqlite3.Error as err:
+        raise CorralError(f"cannot open the audit store {p} for writing: {err}") from None
     try:
         con.execute("BEGIN IMMEDIATE")
         chains = [

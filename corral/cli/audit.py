@@ -6,12 +6,15 @@ they skipped); ``verify`` is the command that judges integrity and exits 1 on an
 
 from __future__ import annotations
 
+import functools
 import json
+import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -31,9 +34,27 @@ from corral.errors import CorralError, UserInputError
 
 __all__ = ["app"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 DbOpt = Annotated[Path | None, typer.Option("--db", help="Audit database (default: state dir)")]
+
+
+def _db_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """A damaged or foreign database file: one line, not a traceback."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.DatabaseError as err:
+            raise CorralError(
+                f"audit store: {err} (is it damaged? `corral audit verify` says where)"
+            ) from None
+
+    return run
 
 
 def _console() -> Console:
@@ -79,6 +100,7 @@ def _skipped(stats: ReadStats) -> None:
 
 
 @app.command("list")
+@_db_errors
 def list_(
     sandbox: Annotated[
         str | None, typer.Option("--sandbox", "-s", help="Only this sandbox")
@@ -108,6 +130,7 @@ def list_(
 
 
 @app.command()
+@_db_errors
 def tail(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events")
@@ -152,6 +175,7 @@ def _emit_lines(events: list[Event], as_json: bool) -> None:
 
 
 @app.command()
+@_db_errors
 def show(
     ident: Annotated[str, typer.Argument(metavar="ID", help="A sandbox id (or an event id)")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -199,6 +223,7 @@ def show(
 
 
 @app.command()
+@_db_errors
 def verify(
     head_: Annotated[
         str | None,
@@ -223,6 +248,7 @@ def verify(
 
 
 @app.command("head")
+@_db_errors
 def head_cmd(db: DbOpt = None) -> None:
     """Print the ledger head (record it elsewhere; `verify --head` checks against it)."""
     seq, h = head(open_read(db))
@@ -231,6 +257,7 @@ def head_cmd(db: DbOpt = None) -> None:
 
 
 @app.command("prune")
+@_db_errors
 def prune_cmd(
     before: Annotated[
         str,
@@ -246,6 +273,7 @@ def prune_cmd(
 
 
 @app.command()
+@_db_errors
 def export(
     format_: Annotated[str, typer.Option("--format", help="jsonl or otlp")] = "jsonl",
     endpoint: Annotated[

@@ -231,3 +231,12 @@ def test_summary_stays_one_screen(corral_env: dict[str, str]) -> None:
     assert len(lines) < 24
     assert lines[2].startswith("blocked.example")  # denied hosts first
     assert any("29 more hosts" in x for x in lines)
+
+
+def test_foreign_file_is_one_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite at all\n" * 100)
+    for cmd in (["list"], ["verify"], ["show", "x"], ["head"]):
+        out = corral(*cmd, "--db", str(junk), check=1)
+        assert out.stderr.startswith("corral: cannot open the audit store"), out.stderr
+        assert "Traceback" not in out.stderr
