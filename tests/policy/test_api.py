@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from corral.errors import UserInputError
-from corral.policy import PolicyError, ResolvedPolicy, resolve
+from corral.policy import Decision, PolicyError, ResolvedPolicy, resolve
 
 POLICY = """\
 name: team
@@ -105,3 +107,14 @@ def test_ambiguous_paths_fail_closed_both_ways(tmp_path: Path, corral_env: dict[
     for sneaky in ("/x%2F..%2Fadmin", "/public//admin", "/admin#x", "/a\\..\\admin"):
         denied = rp.decide_request("x.example.test", 443, "GET", sneaky)
         assert denied.action == "deny" and f"{path}:3" in denied.message, sneaky
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(host=st.text(max_size=30), port=st.integers(-5, 70000), method=st.text(max_size=8),
+       path=st.text(max_size=30))
+def test_decisions_never_raise_on_any_text(team: ResolvedPolicy, host: str, port: int,
+                                          method: str, path: str) -> None:
+    for decision in (team.decide_connect(host, port),
+                     team.decide_request(host, port, method, path)):
+        assert isinstance(decision, Decision) and isinstance(decision.message, str)
