@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -144,9 +143,9 @@ def reserve(policies: list[str]) -> Entry:
                     break
         if uid is None:
             raise OSError("no free sandbox uid left; run `corral sandbox gc`")
-        sid = secrets.token_hex(4)
+        sid = os.urandom(4).hex()
         while (reg / sid).exists():
-            sid = secrets.token_hex(4)
+            sid = os.urandom(4).hex()
         _leases[sid] = lease
         pid = os.getpid()
         entry = Entry(sid, uid, uid, pid, _start_time(pid), time.time(), list(policies))
