@@ -1,5 +1,68 @@
-"""Sandboxed tools for Mode 1 (exec, read, write, edit, glob, grep, fetch) and approvals."""
+"""Sandboxed tools for Mode 1 (exec, read, write, edit, glob, grep, fetch) and approvals.
+
+Public API::
+
+    verdict = check_command("git status && pytest -q", allow=["git status", "pytest *"])
+    store = ApprovalStore(audit=sink)                 # state_dir()/approvals, root-only
+    provider = SandboxProvider(spec, opener=proxied_opener(resolved_policy, audit=trail))
+    session = ShellSession(provider, idle=resolved_policy.limits.idle)
+    tools = Tools(ToolPolicy.from_resolved(resolved_policy), session, store,
+                  workspace=str(host_workspace), audit=sink, principal="stdio")
+    gate = tools.gate("exec", args)                   # needs approval? why?
+    if tools.authorize("exec", args, gate):           # always-rule or a live grant
+        result = tools.run("exec", args, gate=gate, on_progress=print)
+    else:
+        pending = tools.hold("exec", args, gate)      # decided by `corral approvals`
+
+Submodules load lazily, so ``corral approvals`` does not import tree-sitter.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.tools.approvals import Approval, ApprovalStore, AuditSink, NullAudit
+    from corral.tools.cmdcheck import CommandChecker, Verdict, check_command
+    from corral.tools.egress import proxied_opener
+    from corral.tools.executor import Executor, ExecutorGone, ToolFailure, executor_argv
+    from corral.tools.provision import SandboxProvider
+    from corral.tools.service import Gate, ToolPolicy, Tools
+    from corral.tools.session import ShellSession
+
+__all__ = [
+    "Approval",
+    "ApprovalStore",
+    "AuditSink",
+    "CommandChecker",
+    "Executor",
+    "ExecutorGone",
+    "Gate",
+    "NullAudit",
+    "SandboxProvider",
+    "ShellSession",
+    "ToolFailure",
+    "ToolPolicy",
+    "Tools",
+    "Verdict",
+    "check_command",
+    "executor_argv",
+    "proxied_opener",
+]
+
+_HOME = {
+    "Approval": "approvals", "ApprovalStore": "approvals", "AuditSink": "approvals",
+    "NullAudit": "approvals", "CommandChecker": "cmdcheck", "Verdict": "cmdcheck",
+    "check_command": "cmdcheck", "proxied_opener": "egress", "Executor": "executor",
+    "ExecutorGone": "executor", "ToolFailure": "executor", "executor_argv": "executor",
+    "SandboxProvider": "provision", "Gate": "service", "ToolPolicy": "service",
+    "Tools": "service", "ShellSession": "session",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        import importlib
+
+        return getattr(importlib.import_module(f"corral.tools.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'corral.tools' has no attribute {name!r}")
