@@ -109,8 +109,11 @@ def shim_source() -> str:
 def _payload() -> tuple[str, str, str]:
     import marshal
     import sys
+    from importlib.machinery import SourceFileLoader
 
-    code = compile(shim_source(), "corral-shim", "exec", dont_inherit=True)
+    # get_code() reuses (and writes) the __pycache__ bytecode: no compile on every launch
+    path = str(Path(__file__).with_name("shim_main.py"))
+    code = SourceFileLoader("corral_shim", path).get_code("corral_shim")
     return str(sys.implementation.cache_tag), marshal.dumps(code).hex(), shim_source()
 
 
