@@ -140,16 +140,21 @@ class ApprovalStore:
         self.root = root if root is not None else paths.state_dir() / "approvals"
         self.ttl = ttl
         self.audit: AuditSink = audit or NullAudit()
-        if root is None:
-            paths.ensure_state_dir()
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.root.chmod(0o700)
         self.path = self.root / "approvals.db"
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
-        self.path.chmod(0o600)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        try:
+            if root is None:
+                paths.ensure_state_dir()
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.root.chmod(0o700)
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+            os.close(fd)
+            self.path.chmod(0o600)
+            with self._db() as db:
+                db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as err:
+            raise CorralError(f"cannot open the approvals store {self.path}: "
+                              f"{getattr(err, 'strerror', None) or err} (it is root-only: "
+                              "run corral as root, e.g. with sudo)") from None
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
