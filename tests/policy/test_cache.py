@@ -32,11 +32,13 @@ def test_second_resolve_skips_pydantic(policy_file: str, corral_env: dict[str, s
     code = ("import sys; from corral.policy import resolve; "
             f"rp = resolve([{policy_file!r}, 'builtin:pypi']); "
             "print('pydantic' in sys.modules, 'yaml' in sys.modules, "
+            "'typer' in sys.modules or 'rich' in sys.modules, "
             "rp.decide_connect('x.example.test', 443).action)")
-    assert _run(code, corral_env) == "True True direct"  # first: full load, writes the cache
-    assert _run(code, corral_env) == "False False direct"  # then: the compiled form only
+    first = _run(code, corral_env)
+    assert first == "True True False direct"  # first: full load, writes the cache
+    assert _run(code, corral_env) == "False False False direct"  # then: compiled form only
     Path(policy_file).write_text(POLICY.replace("direct", "inspect"))
-    assert _run(code, corral_env) == "True True inspect"  # edited file: new key
+    assert _run(code, corral_env) == "True True False inspect"  # edited file: new key
 
 
 def test_corrupt_cache_falls_back(policy_file: str) -> None:
