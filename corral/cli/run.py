@@ -92,7 +92,7 @@ def run_main(argv: list[str]) -> int:
         from corral.sandbox.run import run_command
 
         return run_command(spec, cmd)  # type: ignore[arg-type]
-    except CorralError as err:
+    except (CorralError, OSError) as err:
         print(f"corral: {err}", file=sys.stderr)
         return EXIT_CORRAL_FAILURE
     except KeyboardInterrupt:

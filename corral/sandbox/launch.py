@@ -98,12 +98,19 @@ class Sandbox:
         """Build the sandbox (caller must ``close()``); ``create`` is the context-manager form."""
         check()
         hidden = validate(spec)
-        entry = registry.reserve(list(spec.policies))
+        try:
+            entry = registry.reserve(list(spec.policies))
+        except OSError as err:
+            msg = f"cannot reserve a sandbox uid: {err}"
+            raise CorralError(msg, exit_code=EXIT_CORRAL) from None
         sb = cls(spec, entry, audit or NullSink())
         sb._hidden = hidden
         try:
             sb._audit("sandbox.create", uid=sb.uid, gid=sb.gid, policies=list(spec.policies))
             sb._build()
+        except OSError as err:  # a layer the kernel or a tool refused: fail closed, say which
+            sb.close()
+            raise CorralError(f"cannot set up the sandbox: {err}", exit_code=EXIT_CORRAL) from None
         except BaseException:
             sb.close()
             raise
