@@ -116,6 +116,8 @@ class Session:
         self.fast_upstreams: dict[tuple[str, int, bool], FastUpstream] = {}
         self._head = b""
         self._host_ok: set[bytes] = set()
+        self._waiting_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- client side helpers -------------------------------------------------------------
 
@@ -131,8 +133,11 @@ class Session:
                 if isinstance(event, h11.Request):
                     self._head = b""
                 return event
-            async with asyncio.timeout(self.ctx.idle_timeout):  # idle agents don't pin sockets
+            self._waiting_since = time.monotonic()
+            try:
                 data = await self.client.read(READ_SIZE)
+            finally:
+                self._waiting_since = None
             if self.conn.their_state in (h11.IDLE, h11.DONE):
                 # h11 unfolds obs-fold lines; a proxy must reject them (RFC 9112 §5.2).
                 # h11 bounds only incomplete heads; bound complete ones too.
@@ -178,7 +183,20 @@ class Session:
 
     # -- main loop -----------------------------------------------------------------------
 
+    def _watchdog(self) -> None:
+        """Close an agent connection idle past the limit (one timer per period, not per read)."""
+        since, limit = self._waiting_since, self.ctx.idle_timeout
+        now = time.monotonic()
+        if since is not None and now - since >= limit:
+            self.client.close()
+            return
+        delay = limit - (now - since) if since is not None else limit
+        self._timer = asyncio.get_running_loop().call_later(delay, self._watchdog)
+
     async def run(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(
+            self.ctx.idle_timeout, self._watchdog
+        )
         try:
             while True:
                 try:
@@ -198,6 +216,8 @@ class Session:
                 else:
                     return
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             for up in self.upstreams.values():
                 up.stream.close()
             for fast in self.fast_upstreams.values():

@@ -123,6 +123,7 @@ class ProxyService:
         audit: AuditSink | None = None,
         upstream_proxy: str | None = None,
         resolve_overrides: Mapping[str, list[str]] | None = None,
+        idle_timeout: float = 300.0,
     ) -> None:
         self.policy = policy
         self.secrets = _normalise_secrets(secrets or {})
@@ -132,6 +133,7 @@ class ProxyService:
         except ValueError as err:
             raise CorralError(f"--upstream-proxy: {err}") from None
         self.resolve_overrides = dict(resolve_overrides or {})
+        self.idle_timeout = idle_timeout
         self.ca = CertificateAuthority(inspected_hosts(policy))
 
     # -- what the sandbox gets ----------------------------------------------------------
@@ -194,6 +196,7 @@ class ProxyService:
             resolver=Resolver(self.resolve_overrides),
             upstream_tls=upstream_tls,
             upstream_proxy=self.upstream_proxy,
+            idle_timeout=self.idle_timeout,
         )
 
     async def serve(

@@ -172,3 +172,22 @@ def test_real_audit_trail_as_sink(tmp_path: Path, outside, corral_env) -> None: 
     kinds = [(e.type, e.data.get("host")) for e in iter_events(con, sandbox="proxy-test")]
     assert ("proxy.inspect", "api.corral.test") in kinds
     assert ("proxy.deny", "evil.corral.test") in kinds
+
+
+def test_idle_agent_connection_is_closed(corral_env: dict[str, str]) -> None:
+    import socket
+
+    from corral.proxy import ProxyService
+
+    svc = ProxyService(policy=resolve([], use_cache=False), idle_timeout=0.5)
+    listener = socket.create_server(("127.0.0.1", 0))
+    handle = svc.start([listener], run_as=(65534, 65534))
+    try:
+        with socket.create_connection(listener.getsockname(), timeout=5) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET http://a.example/ HTTP/1.1\r\n")  # a head that never ends
+            assert sock.recv(100) == b""  # closed by the proxy, not by our timeout
+            assert 0.4 < time.monotonic() - started < 3
+    finally:
+        handle.stop()
+        listener.close()
