@@ -176,9 +176,7 @@ class Sandbox:
                 f"the cgroup limits layer is missing from this corral install ({err})",
                 exit_code=EXIT_CORRAL,
             ) from None
-        cg = Cgroup.create(f"corral-{self.id}", self.spec.limits)
-        self._entry.cgroup = f"corral-{self.id}"
-        registry.update(self._entry)
+        cg = Cgroup.create(self._entry.cgroup or f"corral-{self.id}", self.spec.limits)
         lim = self.spec.limits
         self._audit("sandbox.limits", memory=lim.memory, pids=lim.pids, cpu=lim.cpu)
         return cg
@@ -326,8 +324,6 @@ class Sandbox:
                     os.close(fd)
         self._procs.append(proc)
         self._info[proc.pid] = info_r
-        self._entry.child_pid = proc.pid
-        registry.update(self._entry)
         self._audit("sandbox.spawn", argv=list(argv), pid=proc.pid, tty=tty)
         return proc
 

@@ -148,7 +148,9 @@ def reserve(policies: list[str]) -> Entry:
             sid = os.urandom(4).hex()
         _leases[sid] = lease
         pid = os.getpid()
-        entry = Entry(sid, uid, uid, pid, _start_time(pid), time.time(), list(policies))
+        # the cgroup is named before it exists, so gc finds it even if we die creating it
+        entry = Entry(sid, uid, uid, pid, _start_time(pid), time.time(), list(policies),
+                      cgroup=f"corral-{sid}")
         (reg / sid).mkdir(mode=0o700)
         _write(entry)
         return entry
