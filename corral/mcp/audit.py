@@ -23,8 +23,8 @@ class TrailAudit:
     def emit(self, event_type: str, **fields: Any) -> None:
         from corral.audit import SCHEMAS
 
-        if event_type == "approval.use":  # a grant consumed: recorded as a decision outcome
-            event_type = "approval.decide"
+        if event_type == "approval.use" and event_type not in SCHEMAS:
+            event_type = "approval.decide"  # an older schema: record the use as an outcome
             fields = {**fields, "decision": "used"}
         spec = SCHEMAS.get(event_type)
         if spec is None:

@@ -251,8 +251,10 @@ async def test_approval_lifecycle_stdio(env: dict[str, str], tmp_path: Path,
                    "--limit", "0").stdout.splitlines()]
     kinds = {(e["type"], (e.get("data") or {}).get("decision")) for e in events}
     assert {("approval.request", None), ("approval.decide", "approved"),
-            ("approval.decide", "denied"),
-            ("approval.decide", "used"), ("tool.call", None)} <= kinds, kinds
+            ("approval.decide", "denied"), ("approval.use", None),
+            ("tool.call", None)} <= kinds, kinds
+    reasons = {(e.get("data") or {}).get("reason") for e in events}
+    assert {"fine", "no evil"} <= reasons  # why the human decided is in the audit trail
     assert _cli(env, "audit", "verify").returncode == 0
 
 
