@@ -4,7 +4,9 @@ Measured side by side in one run, interleaved round by round so load changes hit
 variant alike: plain ``true`` (process spawn), bare ``bwrap ... true`` (the same namespaces and
 read-only system binds, no corral), ``corral run -- true`` with no policy, and with a policy
 file (egress rules and limits; resolved through the compiled-policy cache). 50 rounds after 3
-warm-up rounds; median and p95 in milliseconds, and the ratio of each median to bare bwrap.
+warm-up rounds; median and p95 in milliseconds, the ratio of each median to bare bwrap, and
+the median CPU time (user+sys of the process tree), which load from other work on the machine
+inflates far less than wall time.
 Prints a table and writes bench/results/run.json. Needs root. Usage:
 ``.venv/bin/python bench/bench_run.py [--rounds N]``.
 """
@@ -16,6 +18,7 @@ import compileall
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,14 +46,19 @@ limits: {memory: 2GiB, pids: 512, idle: 10m}
 """
 
 
-def time_once(argv: list[str], env: dict[str, str]) -> float:
+def time_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall ms start to exit, and CPU ms (user+sys of the whole process tree, which other load
+    on the machine does not inflate the way it inflates wall time)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, check=False)
     elapsed = (time.perf_counter() - t0) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
     if done.returncode != 0:
         raise SystemExit(f"{argv[0]} failed: {done.stderr.decode(errors='replace').strip()}")
-    return elapsed
+    return elapsed, cpu
 
 
 def p95(values: list[float]) -> float:
@@ -79,19 +87,23 @@ def main() -> int:
             "corral run -p bench.yaml -- true": [CORRAL, "run", "-p", str(policy), "--", "true"],
         }
         samples: dict[str, list[float]] = {name: [] for name in variants}
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
         for i in range(args.rounds + 3):
             for name, argv in variants.items():
-                ms = time_once(argv, env)
+                ms, cpu_ms = time_once(argv, env)
                 if i >= 3:
                     samples[name].append(ms)
+                    cpu[name].append(cpu_ms)
     base = statistics.median(samples["bwrap ... true (bare)"])
     rows = []
-    print(f"{'variant':<36} {'median ms':>10} {'p95 ms':>9} {'vs bwrap':>9}")
+    print(f"{'variant':<36} {'median ms':>10} {'p95 ms':>9} {'vs bwrap':>9} {'CPU ms':>7}")
     for name, values in samples.items():
         med = statistics.median(values)
+        cpu_med = statistics.median(cpu[name])
         rows.append({"variant": name, "median_ms": round(med, 2), "p95_ms": round(p95(values), 2),
-                     "ratio_to_bwrap": round(med / base, 2)})
-        print(f"{name:<36} {med:>10.1f} {p95(values):>9.1f} {med / base:>8.1f}x")
+                     "ratio_to_bwrap": round(med / base, 2), "cpu_median_ms": round(cpu_med, 2)})
+        print(f"{name:<36} {med:>10.1f} {p95(values):>9.1f} {med / base:>8.1f}x {cpu_med:>7.1f}")
+    print(f"1-minute load average at the end: {os.getloadavg()[0]:.1f}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "run",
