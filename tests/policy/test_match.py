@@ -63,7 +63,7 @@ def test_request_matches_reference(policies: tuple[list[Rule], ...], port: int) 
                 assert got.rule is rule, (host, method, path, got, rule)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policies=policy_sets)
 def test_connect_matches_reference(policies: tuple[list[Rule], ...]) -> None:
     matcher = compile_(policies)
@@ -78,7 +78,7 @@ def test_connect_matches_reference(policies: tuple[list[Rule], ...]) -> None:
 EXACT = ("a.com", "b.a.com", "x.org", "10.0.0.1", "xn--bcher-kva.example")
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rules_=st.lists(rules("p0", EXACT), max_size=12), port=st.sampled_from(PORTS))
 def test_single_policy_fast_path_matches_reference(rules_: list[Rule], port: int) -> None:
     matcher = compile_((rules_,))
