@@ -39,6 +39,8 @@ async def _client(
             await Session(ctx, stream).run()
     except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
         pass
+    except asyncio.CancelledError:
+        return  # the proxy is stopping: the connection just ends
     except Exception as err:  # fail closed: drop the connection, keep serving others
         with contextlib.suppress(Exception):
             await ctx.audit.emit(
