@@ -128,18 +128,21 @@ class Trail:
         self.store, self.sandbox_id, self.actor = store, sandbox_id, actor
         self._actor_json = actor.to_json()
 
-    def emit_nowait(self, type_: str | EventType, /, **data: Any) -> Ticket:
+    def emit_nowait(self, type_: str | EventType, /, _lead: bool = False, **data: Any) -> Ticket:
         """Queue an event (validated now) and return a ticket to wait on."""
         type_ = str(type_)
         if type_ == EventType.TRAIL_CLOSE:
             raise EventError("trail.close is written by Trail.close(), not emitted")
         validate(type_, data)
         body = canonical_json({k: v for k, v in data.items() if v is not None})
-        return self.store._submit(Ticket("event", self.sandbox_id, type_, body, self._actor_json))
+        ticket = Ticket("event", self.sandbox_id, type_, body, self._actor_json)
+        return self.store._submit(ticket, lead=_lead)
 
     def emit(self, type_: str | EventType, /, **data: Any) -> int:
         """Record an event and return its sequence number once it is durable."""
-        return self.emit_nowait(type_, **data).wait()
+        ticket = self.emit_nowait(type_, _lead=True, **data)
+        self.store._lead()
+        return ticket.wait()
 
     def close(self, status: str = "ok") -> str:
         """Append ``trail.close`` and the chain's closing hash to the ledger; returns that hash."""
@@ -150,7 +153,9 @@ class Trail:
             canonical_json({"status": status}),
             self._actor_json,
         )
-        self.store._submit(pending).wait()
+        self.store._submit(pending, lead=True)
+        self.store._lead()
+        pending.wait()
         return pending.result
 
 
@@ -164,6 +169,7 @@ class AuditStore:
         self._wake = threading.Condition(self._lock)  # wakes the writer
         self._group = _Group()
         self._want = 0  # group size at which to wake a lingering writer
+        self._committing = False  # one commit at a time: the writer thread or a leading emitter
         self._pid = os.getpid()
         self._broken: str | None = None
         self._closed = False
@@ -233,7 +239,9 @@ class AuditStore:
         check_sandbox_id(sandbox_id)
         actor = actor or Actor.current()
         t = Trail(self, sandbox_id, actor)
-        self._submit(Ticket("open", sandbox_id, "", "", t._actor_json)).wait()
+        ticket = self._submit(Ticket("open", sandbox_id, "", "", t._actor_json), lead=True)
+        self._lead()
+        ticket.wait()
         return t
 
     def close(self) -> None:
@@ -259,7 +267,7 @@ class AuditStore:
 
     # -- the writer ----------------------------------------------------------------------------
 
-    def _submit(self, pending: Ticket) -> Ticket:
+    def _submit(self, pending: Ticket, *, lead: bool = False) -> Ticket:
         if self._pid != os.getpid():
             # The writer thread did not survive fork() (and the lock may have been copied held):
             # open a new store, or use a relay.
@@ -280,29 +288,54 @@ class AuditStore:
             pending.group = self._group
             n = len(self._group.items) + 1
             self._group.items.append(pending)
-            if n == 1 or n == self._want:
+            if lead and not self._committing:
+                pass  # the caller commits this group itself (see _lead)
+            elif n == 1 or n == self._want:
                 self._wake.notify()
         return pending
 
+    def _lead(self) -> None:
+        """Commit the pending group on the caller's thread if no commit is under way.
+
+        A blocking emitter that finds the store idle does not hand its event to the writer
+        thread and wait to be woken (two thread switches per event); it commits the group
+        itself. Emitters that arrive during a commit form the next group, which the writer
+        thread takes when this commit ends. At most one commit runs at a time."""
+        with self._lock:
+            if self._committing or not self._group.items:
+                return
+            group = self._group
+            self._group = _Group()
+            self._committing = True
+            broken = self._broken
+        self._finish(group, broken or self._commit_group(group.items))
+
     def _group_full(self) -> bool:
         return len(self._group.items) >= self._want
+
+    def _writer_may_go(self) -> bool:
+        return not self._committing and (bool(self._group.items) or self._closed)
 
     def _run(self) -> None:
         last = 0  # size of the previous group: how many emitters are active
         while True:
             with self._lock:
-                self._wake.wait_for(lambda: self._group.items or self._closed)
+                self._wake.wait_for(self._writer_may_go)
+                if not self._group.items:
+                    return  # closed and drained
+                self._committing = True  # from here on, this group is the writer's
                 if 1 < len(self._group.items) < last and not self._closed:
                     # Several emitters are active and not all are back yet: give them a moment
                     # so one commit serves them all (a lone emitter never waits here).
                     self._wake.wait_for(self._group_full, _LINGER)
                 group = self._group
                 last = self._want = len(group.items)
-                if not group.items:
-                    return
                 self._group = _Group()
                 broken = self._broken
-            error = broken or self._commit_group(group.items)
+            self._finish(group, broken or self._commit_group(group.items))
+
+    def _finish(self, group: _Group, error: str | None) -> None:
+        try:
             if error is not None:
                 with self._lock:
                     if self._broken is None:
@@ -312,6 +345,11 @@ class AuditStore:
             for t in group.items:
                 t.done = True
             group.committed.set()
+        finally:
+            with self._lock:
+                self._committing = False
+                if self._group.items or self._closed:
+                    self._wake.notify()  # the next group (or the close) is the writer's
 
     def _commit_group(self, group: list[Ticket]) -> str | None:
         for attempt in range(_BUSY_RETRIES):

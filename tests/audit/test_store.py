@@ -149,3 +149,36 @@ def test_unwaited_events_are_written_at_normal_exit(tmp_path: Path) -> None:
     con = connect(tmp_path / "audit.db")
     assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 3000
     assert verify(con).ok
+
+
+def test_blocking_and_queued_emitters_mixed(store: AuditStore) -> None:
+    """Leading emitters (commit on their own thread) and the writer thread never overlap,
+    lose or duplicate an event, whatever the interleaving."""
+    trails = [store.trail(f"sb-mix{i}") for i in range(3)]
+    seqs: dict[str, list[int]] = {t.sandbox_id: [] for t in trails}
+    lock = threading.Lock()
+
+    def blocking(k: int) -> None:
+        trail = trails[k % 3]
+        for _ in range(300):
+            s = trail.emit("dns.query", name="b", rcode="NOERROR")
+            with lock:
+                seqs[trail.sandbox_id].append(s)
+
+    def queued(k: int) -> None:
+        trail = trails[k % 3]
+        tickets = [trail.emit_nowait("dns.query", name="q", rcode="NOERROR") for _ in range(300)]
+        got = [t.wait(timeout=60) for t in tickets]
+        with lock:
+            seqs[trail.sandbox_id].extend(got)
+
+    workers = [threading.Thread(target=blocking if k % 2 else queued, args=(k,)) for k in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers)
+    for got in seqs.values():
+        assert sorted(got) == list(range(1, len(got) + 1))
+    assert sum(len(v) for v in seqs.values()) == 8 * 300
+    assert verify(store.reader()).ok
