@@ -10,7 +10,7 @@ Public API::
         proc.wait()
     # torn down: processes, netns + nft table, cgroup, directories, uid reservation
 
-    code = run_command(spec, ["claude"])                 # what ``corral run`` does
+    code = run_command(spec, ["claude"], audit=sink, hooks=proxy_hooks)   # ``corral run``
 
 Submodules are imported lazily so that ``corral.sandbox.seccomp`` and friends can be used
 without loading the launcher.
@@ -23,16 +23,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from corral.sandbox.audit import AuditSink, NullSink
     from corral.sandbox.launch import Sandbox
-    from corral.sandbox.run import run_command
+    from corral.sandbox.run import RunHooks, run_command
     from corral.sandbox.spec import SandboxSpec
 
-__all__ = ["AuditSink", "NullSink", "Sandbox", "SandboxSpec", "run_command"]
+__all__ = ["AuditSink", "NullSink", "RunHooks", "Sandbox", "SandboxSpec", "run_command"]
 
 _HOME = {
     "AuditSink": "corral.sandbox.audit",
     "NullSink": "corral.sandbox.audit",
     "Sandbox": "corral.sandbox.launch",
     "SandboxSpec": "corral.sandbox.spec",
+    "RunHooks": "corral.sandbox.run",
     "run_command": "corral.sandbox.run",
 }
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from corral.sandbox.audit import AuditSink
 from corral.sandbox.launch import Sandbox
@@ -19,7 +20,22 @@ from corral.sandbox.pty import Pty
 from corral.sandbox.spec import SandboxSpec
 from corral.sandbox.supervise import supervise
 
-__all__ = ["EXIT_OOM", "run_command"]
+__all__ = ["EXIT_OOM", "RunHooks", "run_command"]
+
+
+class RunHooks(Protocol):
+    """Where the launcher plugs in the proxy (and anything else living beside a run).
+
+    ``started`` runs once every layer exists and before the command starts: create listeners
+    with ``sb.run_in_netns`` on ``spec.proxy_port``/``spec.dns_port``, start serving, and
+    return extra environment for the agent (proxy and CA variables, placeholders). Raising
+    aborts the run (exit 125) with full teardown. ``finished`` runs after the command ended,
+    before teardown, also when it failed.
+    """
+
+    def started(self, sb: Sandbox) -> Mapping[str, str]: ...
+
+    def finished(self, sb: Sandbox) -> None: ...
 
 EXIT_OOM = 137
 
@@ -39,16 +55,24 @@ def _human_time(s: float) -> str:
 
 
 def run_command(
-    spec: SandboxSpec, argv: Sequence[str], *, audit: AuditSink | None = None
+    spec: SandboxSpec,
+    argv: Sequence[str],
+    *,
+    audit: AuditSink | None = None,
+    hooks: RunHooks | None = None,
 ) -> int:
     """Run ``argv`` in a fresh sandbox built from ``spec``; return corral's exit status."""
     tty = os.isatty(0)  # the agent never gets the user's terminal itself
     with Sandbox.create(spec, audit) as sb:
         pty: Pty | None = None
+        env: dict[str, str] = {}
         try:
+            if hooks is not None:
+                env.update(hooks.started(sb))
             if tty:
                 pty = Pty(0)
-                proc = sb.spawn(argv, stdin=pty.slave, stdout=pty.slave, stderr=pty.slave, tty=True)
+                proc = sb.spawn(argv, stdin=pty.slave, stdout=pty.slave, stderr=pty.slave,
+                                tty=True, env=env)
                 pty.close_slave()
                 pty.raw()
                 pumps = [(0, pty.master, False), (pty.master, 1, True)]
@@ -56,7 +80,7 @@ def run_command(
                 out_r, out_w = os.pipe()
                 err_r, err_w = os.pipe()
                 try:
-                    proc = sb.spawn(argv, stdin=0, stdout=out_w, stderr=err_w)
+                    proc = sb.spawn(argv, stdin=0, stdout=out_w, stderr=err_w, env=env)
                 finally:
                     os.close(out_w)
                     os.close(err_w)
@@ -77,6 +101,8 @@ def run_command(
         finally:
             if pty is not None:
                 pty.close()
+            if hooks is not None:
+                hooks.finished(sb)
         code = outcome.returncode
         if outcome.timeout == "wall" and lim.wall is not None:
             _say(f"wall-time limit of {_human_time(lim.wall)} reached; the sandbox was stopped "
