@@ -96,5 +96,12 @@ def run_main(argv: list[str]) -> int:
         print(f"corral: {err}", file=sys.stderr)
         return EXIT_CORRAL_FAILURE
     except KeyboardInterrupt:
-        print("corral: interrupted", file=sys.stderr)
+        print("corral: interrupted; the sandbox was torn down", file=sys.stderr)
         return 130
+    except Exception as err:
+        from corral.sandbox.run import Terminated
+
+        if not isinstance(err, Terminated):
+            raise
+        print(f"corral: {err}; the sandbox was torn down", file=sys.stderr)
+        return 128 + err.signum

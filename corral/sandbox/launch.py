@@ -20,6 +20,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ BASE_ENV = {
     "LANG": "C.UTF-8",
     "TMPDIR": "/tmp",
 }
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 _PASSED_ENV = ("TERM", "COLORTERM", "NO_COLOR", "COLUMNS", "LINES")
 
 
@@ -371,6 +373,14 @@ class Sandbox:
         if self._closed:
             return
         self._closed = True
+        # teardown must not be cut short by ^C or SIGTERM: hold them until it is done
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+        try:
+            self._teardown()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def _teardown(self) -> None:
         errors: list[str] = []
 
         def step(what: str, fn: Callable[[], object]) -> None:

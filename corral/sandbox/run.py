@@ -9,9 +9,13 @@ run ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from types import FrameType
 from typing import Protocol
 
 from corral.sandbox.audit import AuditSink
@@ -20,7 +24,7 @@ from corral.sandbox.pty import Pty
 from corral.sandbox.spec import SandboxSpec
 from corral.sandbox.supervise import supervise
 
-__all__ = ["EXIT_OOM", "RunHooks", "run_command"]
+__all__ = ["EXIT_OOM", "RunHooks", "Terminated", "run_command"]
 
 
 class RunHooks(Protocol):
@@ -62,6 +66,39 @@ def run_command(
     hooks: RunHooks | None = None,
 ) -> int:
     """Run ``argv`` in a fresh sandbox built from ``spec``; return corral's exit status."""
+    with _terminating_signals_interrupt():
+        return _run(spec, argv, audit, hooks)
+
+
+class Terminated(Exception):
+    """SIGTERM/SIGHUP arrived while no command was running to forward it to."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum} before the command finished")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminating_signals_interrupt() -> Iterator[None]:
+    """Until supervision forwards signals, SIGTERM/SIGHUP unwind (and so tear down) like ^C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        raise Terminated(signum)
+
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _run(
+    spec: SandboxSpec, argv: Sequence[str], audit: AuditSink | None, hooks: RunHooks | None
+) -> int:
     tty = os.isatty(0)  # the agent never gets the user's terminal itself
     with Sandbox.create(spec, audit) as sb:
         pty: Pty | None = None

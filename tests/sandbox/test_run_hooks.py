@@ -80,3 +80,28 @@ def test_failing_hook_aborts_before_the_command(corral_env) -> None:
         run_command(SandboxSpec(), ["true"], hooks=Failing(), audit=Sink())
     assert "sandbox.spawn" not in kinds  # the command never started
     assert kinds[-1] == "sandbox.close"
+
+
+class SelfTerminating:
+    def started(self, sb: Any) -> Mapping[str, str]:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)  # as if the user's `kill` came in during setup
+        return {}
+
+    def finished(self, sb: Any) -> None:
+        return None
+
+
+def test_sigterm_before_the_command_tears_down(corral_env) -> None:
+    require_root()
+    require_tools("bwrap", "nft", "ip")
+    from pathlib import Path
+
+    from corral.sandbox.run import Terminated
+
+    with pytest.raises(Terminated):
+        run_command(SandboxSpec(), ["true"], hooks=SelfTerminating())
+    reg = Path(corral_env["CORRAL_HOME"]) / "sandboxes"
+    assert [p.name for p in reg.iterdir()] == [".lock"]
