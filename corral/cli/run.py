@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from corral.errors import CorralError
+
+if TYPE_CHECKING:
+    from corral.policy.resolved import ResolvedPolicy
+    from corral.sandbox.spec import SandboxSpec
 
 __all__ = ["EXIT_CORRAL_FAILURE", "build_spec", "parse", "run_main"]
 
@@ -56,7 +60,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return ns, cmd
 
 
-def build_spec(ns: argparse.Namespace) -> object:
+def build_spec(ns: argparse.Namespace) -> tuple[SandboxSpec, ResolvedPolicy | None]:
+    """The sandbox spec and the resolved policy (``None`` without ``-p``)."""
     from corral.sandbox.spec import SandboxSpec
 
     env: dict[str, str] = {}
@@ -69,6 +74,7 @@ def build_spec(ns: argparse.Namespace) -> object:
                               exit_code=EXIT_CORRAL_FAILURE)
         env[key] = value
     kwargs: dict[str, object] = {"env": env}
+    rp = None
     policy_ws: Path | None = None
     policy_home: Path | None = None
     if ns.policy:
@@ -82,16 +88,22 @@ def build_spec(ns: argparse.Namespace) -> object:
     if ns.workspace and ns.home and Path(ns.workspace).resolve() == Path(ns.home).resolve():
         raise CorralError("--workspace and --home must be different directories",
                           exit_code=EXIT_CORRAL_FAILURE)
-    return SandboxSpec(workspace=workspace, home=home, **kwargs)  # type: ignore[arg-type]
+    return SandboxSpec(workspace=workspace, home=home, **kwargs), rp  # type: ignore[arg-type]
 
 
 def run_main(argv: list[str]) -> int:
     try:
         ns, cmd = parse(argv)
-        spec = build_spec(ns)
+        spec, policy = build_spec(ns)
+        hooks = None
+        if policy is not None and policy.rules:
+            from corral.cli.egress import EgressHooks
+
+            hooks = EgressHooks(policy)  # egress rules: the proxy and DNS stub come along
+            spec = hooks.prepare(spec)
         from corral.sandbox.run import run_command
 
-        return run_command(spec, cmd)  # type: ignore[arg-type]
+        return run_command(spec, cmd, hooks=hooks)
     except (CorralError, OSError) as err:
         print(f"corral: {err}", file=sys.stderr)
         return EXIT_CORRAL_FAILURE

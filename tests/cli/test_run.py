@@ -193,3 +193,29 @@ def test_thirty_sandboxes_at_once(env, tmp_path: Path) -> None:
     assert not hostnames & names  # every sandbox's cgroup is gone
     host_tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
     assert "corral" not in host_tables.stdout
+
+
+def test_policy_with_egress_rules_brings_the_proxy(env, tmp_path: Path) -> None:
+    """Allowed requests leave through the proxy; others get its 403; bypassing it reaches
+    nothing. The "outside" server listens on host loopback 127.0.0.2 (not the agent's)."""
+    require_tools("curl")
+    (tmp_path / "index.html").write_text("hello-from-host\n")
+    server = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.2"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline().split(" port ")[1].split()[0])
+        policy = tmp_path / "egress.yaml"
+        policy.write_text(f"name: egress\negress:\n  - host: 127.0.0.2\n    ports: [{port}]\n"
+                          "    action: direct\n    allow_private: true\n")
+        script = (f"curl -s -m 5 http://127.0.0.2:{port}/index.html; "
+                  f"curl -s -m 5 -o /dev/null -w '%{{http_code}}\\n' http://127.0.0.2:{port + 1}/; "
+                  f"curl -s -m 5 --noproxy '*' http://127.0.0.2:{port}/ || echo bypass-failed")
+        done = corral(env, "run", "-p", str(policy), "--", "sh", "-c", script)
+        assert done.returncode == 0, done
+        assert done.stdout.splitlines() == ["hello-from-host", "403", "bypass-failed"], done
+    finally:
+        server.kill()
+        server.wait()
+    assert _registry(env) == []
