@@ -129,6 +129,47 @@ def concurrent_blocking(base: Path, n: int, threads: int) -> float:
     return rate
 
 
+def relay_from_child(base: Path, n: int, threads: int) -> float:
+    """The proxy's path: a separate process with ``threads`` concurrent requests, each waiting
+    for its event's commit ack through AuditRelay (launcher) / RemoteTrail (proxy)."""
+    import multiprocessing
+    import socket
+
+    from corral.audit import AuditRelay, RemoteTrail
+
+    store = AuditStore.open(base / "relay.db")
+    trail = store.trail("bench-relay")
+    a, b = socket.socketpair()
+    relay = AuditRelay(trail, a)
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+
+    def child() -> None:
+        remote = RemoteTrail(b)
+        per = n // threads
+
+        def work() -> None:
+            for _ in range(per):
+                remote.emit("proxy.inspect", **EVENT)
+
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        child_end.send((per * threads, time.perf_counter() - t0))
+        remote.close()
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    done, took = parent_end.recv()
+    proc.join()
+    relay.close()
+    store.close()
+    return float(done) / float(took)
+
+
 def verify_big(base: Path, n: int) -> tuple[float, float, int]:
     store = AuditStore.open(base / "verify.db")
     sandboxes = 100
@@ -180,6 +221,7 @@ def main() -> None:
         pipe_full = best(pipelined, args.events, "FULL")
         threads32 = best(concurrent_blocking, args.events, 32)
         threads128 = best(concurrent_blocking, args.events, 128)
+        relay32 = best(relay_from_child, args.events, 32)
         verify_s, fill_s, verified = verify_big(base, args.verify_events)
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -190,6 +232,7 @@ def main() -> None:
         ("group commit, pipelined emit_nowait, NORMAL", pipe, pipe / bare),
         ("group commit, 32 threads blocking emit, NORMAL", threads32, threads32 / bare),
         ("group commit, 128 threads blocking emit, NORMAL", threads128, threads128 / bare),
+        ("relay: proxy process, 32 threads waiting for acks, NORMAL", relay32, relay32 / bare),
         ("store: one commit per event (blocking emit), FULL", baseline_full, 1.0),
         ("group commit, pipelined emit_nowait, FULL", pipe_full, pipe_full / baseline_full),
     ]

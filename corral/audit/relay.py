@@ -24,7 +24,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 from corral.audit.events import EventError, EventType
 from corral.audit.store import AuditUnavailable, Ticket, Trail
@@ -47,34 +47,28 @@ PROXY_EVENTS = frozenset(
 
 
 def _send(sock: socket.socket, obj: dict[str, Any]) -> None:
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    sock.sendall(_LEN.pack(len(data)) + data)
+    sock.sendall(_frame(obj))
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-def _recv(sock: socket.socket) -> dict[str, Any] | None:
-    head = _recv_exact(sock, 4)
-    if head is None:
+def _recv(rfile: BinaryIO) -> dict[str, Any] | None:
+    head = rfile.read(4)
+    if len(head) < 4:
         return None
     (n,) = _LEN.unpack(head)
     if n > MAX_FRAME:
         raise ValueError(f"audit relay frame of {n} bytes exceeds {MAX_FRAME}")
-    body = _recv_exact(sock, n)
-    if body is None:
+    body = rfile.read(n)
+    if len(body) < n:
         return None
     obj = json.loads(body)
     if not isinstance(obj, dict):
         raise ValueError("audit relay frame is not an object")
     return obj
+
+
+def _frame(obj: dict[str, Any]) -> bytes:
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    return _LEN.pack(len(data)) + data
 
 
 class AuditRelay:
@@ -85,6 +79,7 @@ class AuditRelay:
     ) -> None:
         self.trail, self.sock = trail, sock
         self.allowed = frozenset(str(t) for t in allowed)
+        self._rfile = sock.makefile("rb")  # buffered: one recv per burst, not two per frame
         self._acks: queue.Queue[tuple[Any, Ticket | None, str | None] | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, name="corral-audit-relay", daemon=True)
         self._acker = threading.Thread(target=self._ack, name="corral-audit-ack", daemon=True)
@@ -94,7 +89,7 @@ class AuditRelay:
     def _read(self) -> None:
         try:
             while True:
-                msg = _recv(self.sock)
+                msg = _recv(self._rfile)
                 if msg is None:
                     break
                 rid, type_, data = msg.get("id"), msg.get("type"), msg.get("data")
@@ -118,22 +113,41 @@ class AuditRelay:
     def _ack(self) -> None:
         try:
             while (item := self._acks.get()) is not None:
-                rid, ticket, error = item
-                if ticket is not None:
+                out = [self._ack_frame(item)]
+                # Acks of events already committed (the rest of this group) go in one write.
+                while True:
                     try:
-                        _send(self.sock, {"id": rid, "seq": ticket.wait()})
-                        continue
-                    except AuditUnavailable as err:
-                        error = f"unavailable: {err}"
-                _send(self.sock, {"id": rid, "error": error})
+                        nxt = self._acks.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self.sock.sendall(b"".join(out))
+                        return
+                    if nxt[1] is not None and not nxt[1].done:
+                        self.sock.sendall(b"".join(out))  # do not hold these back
+                        out = []
+                    out.append(self._ack_frame(nxt))
+                self.sock.sendall(b"".join(out))
         except OSError:
             pass
         finally:
             self._close_sock()
 
+    @staticmethod
+    def _ack_frame(item: tuple[Any, Ticket | None, str | None]) -> bytes:
+        rid, ticket, error = item
+        if ticket is not None:
+            try:
+                return _frame({"id": rid, "seq": ticket.wait()})
+            except AuditUnavailable as err:
+                error = f"unavailable: {err}"
+        return _frame({"id": rid, "error": error})
+
     def _close_sock(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError, ValueError):
+            self._rfile.close()
         self.sock.close()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -190,12 +204,13 @@ class RemoteTrail:
     def _read(self) -> None:
         reason = "relay gone"
         try:
-            while (msg := _recv(self.sock)) is not None:
-                with self._lock:
-                    slot = self._waiting.pop(msg.get("id"), None)  # type: ignore[arg-type]
-                if slot is not None:
-                    slot[1], slot[2] = msg.get("seq"), msg.get("error")
-                    slot[0].set()
+            with self.sock.makefile("rb") as rfile:
+                while (msg := _recv(rfile)) is not None:
+                    with self._lock:
+                        slot = self._waiting.pop(msg.get("id"), None)  # type: ignore[arg-type]
+                    if slot is not None:
+                        slot[1], slot[2] = msg.get("seq"), msg.get("error")
+                        slot[0].set()
         except (OSError, ValueError):
             pass
         with self._lock:

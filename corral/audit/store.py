@@ -128,21 +128,23 @@ class Trail:
         self.store, self.sandbox_id, self.actor = store, sandbox_id, actor
         self._actor_json = actor.to_json()
 
-    def emit_nowait(self, type_: str | EventType, /, _lead: bool = False, **data: Any) -> Ticket:
+    def emit_nowait(self, type_: str | EventType, /, **data: Any) -> Ticket:
         """Queue an event (validated now) and return a ticket to wait on."""
-        type_ = str(type_)
+        return self._queue(str(type_), data, lead=False)
+
+    def emit(self, type_: str | EventType, /, **data: Any) -> int:
+        """Record an event and return its sequence number once it is durable."""
+        ticket = self._queue(str(type_), data, lead=True)
+        self.store._lead()
+        return ticket.wait()
+
+    def _queue(self, type_: str, data: dict[str, Any], *, lead: bool) -> Ticket:
         if type_ == EventType.TRAIL_CLOSE:
             raise EventError("trail.close is written by Trail.close(), not emitted")
         validate(type_, data)
         body = canonical_json({k: v for k, v in data.items() if v is not None})
         ticket = Ticket("event", self.sandbox_id, type_, body, self._actor_json)
-        return self.store._submit(ticket, lead=_lead)
-
-    def emit(self, type_: str | EventType, /, **data: Any) -> int:
-        """Record an event and return its sequence number once it is durable."""
-        ticket = self.emit_nowait(type_, _lead=True, **data)
-        self.store._lead()
-        return ticket.wait()
+        return self.store._submit(ticket, lead=lead)
 
     def close(self, status: str = "ok") -> str:
         """Append ``trail.close`` and the chain's closing hash to the ledger; returns that hash."""
