@@ -79,6 +79,8 @@ def test_round_trip_in_process(store: AuditStore) -> None:
     assert sorted(seqs) == list(range(1, 401))
     with pytest.raises(EventError, match="unknown field"):
         remote.emit("credential.inject", binding="gh", host="x", secret="s3cr3t")
+    with pytest.raises(EventError, match="unknown field '_lead'"):
+        remote.emit("dns.query", name="x", rcode="NOERROR", _lead=True)
     with pytest.raises(EventError, match="unknown field 'type_'"):
         remote.emit("dns.query", name="x", rcode="NOERROR", type_="sandbox.exit")
     with pytest.raises(EventError, match="not allowed"):
