@@ -7,21 +7,35 @@ Invariants:
   resolving symlinks, so a workspace reached through a symlink cannot sneak into a hidden dir.
 - A workspace, home or read path that lies inside a hidden path is refused (exit 125) before
   anything is created. A hidden path that lies inside a visible tree is masked (``mounts``).
+- A workspace or home is mounted writable and ID-mapped to the sandbox user, so it may not be
+  ``/``, a system tree (``/etc``, ``/usr``, ``/var/lib`` ...) or anything inside one, nor contain
+  a hidden path: a policy from a repository must not hand the agent write access to the host.
+  A ``files.read`` path may not be ``/`` or one of the sandbox's own mount points.
 - Host home directories (``/root``, ``/home/*``) are never mounted at their host paths at all;
   a workspace inside one is visible only at ``/workspace``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import stat
 from pathlib import Path
 
 from corral.errors import CorralError
 from corral.paths import config_dir, state_dir
 from corral.sandbox.spec import SandboxSpec
 
-__all__ = ["EXIT_CORRAL", "expand_user", "hidden_paths", "invoking_user", "validate"]
+__all__ = [
+    "EXIT_CORRAL",
+    "SYSTEM_TREES",
+    "always_hidden",
+    "expand_user",
+    "hidden_paths",
+    "invoking_user",
+    "validate",
+]
 
 EXIT_CORRAL = 125
 
@@ -57,6 +71,12 @@ def _ssh_host_keys() -> list[str]:
 
 def hidden_paths(spec: SandboxSpec) -> list[Path]:
     """Every host path the sandbox must not see, resolved, existing or not."""
+    extra = {_real(expand_user(p)) for p in spec.files.hide}
+    return sorted(set(always_hidden()) | extra)
+
+
+def always_hidden() -> list[Path]:
+    """DESIGN's "always hidden" set, resolved: no policy can make these visible."""
     raw: list[Path | str] = [
         state_dir(),
         config_dir(),
@@ -67,13 +87,40 @@ def hidden_paths(spec: SandboxSpec) -> list[Path]:
         "/run",
         "/var/run",
         *_ssh_host_keys(),
-        *(expand_user(p) for p in spec.files.hide),
     ]
     return sorted({_real(p) for p in raw})
 
 
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
+
+
+SYSTEM_TREES = tuple(Path(p) for p in (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/proc",
+    "/run", "/sbin", "/snap", "/srv", "/sys", "/usr", "/var/cache", "/var/lib", "/var/log",
+    "/var/mail", "/var/spool",
+))
+_SANDBOX_MOUNTS = tuple(Path(p) for p in (
+    "/", "/dev", "/home", "/home/corral", "/proc", "/run", "/tmp", "/var", "/workspace",
+))
+
+
+def _check_writable_root(what: str, path: Path) -> None:
+    real_trees = {Path(os.path.realpath(t)) for t in SYSTEM_TREES}
+    if path == Path("/") or any(_inside(path, t) for t in real_trees):
+        raise CorralError(f"{what} {path} is a system directory; the agent may not write there",
+                          exit_code=EXIT_CORRAL)
+    for h in always_hidden():  # files.hide paths inside it are masked instead
+        if path in h.parents:
+            raise CorralError(f"{what} {path} contains the hidden path {h}; choose a directory "
+                              "inside it that does not", exit_code=EXIT_CORRAL)
+    if path == Path("/home"):
+        raise CorralError(f"{what} {path} holds every user's home; choose one directory in it",
+                          exit_code=EXIT_CORRAL)
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_mode & (stat.S_ISVTX | stat.S_IWOTH):
+            raise CorralError(f"{what} {path} is a shared directory (world-writable or sticky); "
+                              "use a directory of your own inside it", exit_code=EXIT_CORRAL)
 
 
 def _check_visible(what: str, path: Path, hidden: list[Path]) -> None:
@@ -96,16 +143,21 @@ def validate(spec: SandboxSpec) -> list[Path]:
                 exit_code=EXIT_CORRAL,
             )
         _check_visible("workspace", ws, hidden)
+        _check_writable_root("workspace", ws)
     if spec.home is not None:
         home = _real(spec.home)
         if home.exists() and not home.is_dir():
             raise CorralError(f"home {spec.home} is not a directory", exit_code=EXIT_CORRAL)
         _check_visible("home", home, hidden)
+        _check_writable_root("home", home)
     for extra in spec.files.read:
         path = _real(expand_user(extra))
         if not path.exists():
             raise CorralError(f"files.read path {extra} does not exist", exit_code=EXIT_CORRAL)
         _check_visible("files.read path", path, hidden)
+        if path in _SANDBOX_MOUNTS:
+            raise CorralError(f"files.read path {extra} would cover the sandbox's own {path}",
+                              exit_code=EXIT_CORRAL)
     for inside in spec.extra_files:
         if not inside.startswith("/") or ".." in inside.split("/"):
             raise CorralError(f"extra file path {inside!r} must be absolute", exit_code=EXIT_CORRAL)

@@ -51,6 +51,15 @@ BAD = {
     "reserved-env": ["--env", "PATH=/evil", "--", "true"],
     "unknown-flag": ["--frobnicate", "--", "true"],
     "same-workspace-and-home": ["--workspace", "{tmp}", "--home", "{tmp}", "--", "true"],
+    # the agent would get write access to host files: system trees, shared dirs, all homes
+    "workspace-root": ["--workspace", "/", "--", "true"],
+    "workspace-etc": ["--workspace", "/etc", "--", "true"],
+    "workspace-usr-subdir": ["--workspace", "/usr/share", "--", "true"],
+    "workspace-contains-state": ["--workspace", "{state_parent}", "--", "true"],
+    "workspace-shared-tmp": ["--workspace", "/tmp", "--", "true"],
+    "workspace-all-homes": ["--workspace", "/home", "--", "true"],
+    "home-system-dir": ["--home", "/var/lib", "--", "true"],
+    "read-covers-root": ["-p", "{read_root_policy}", "--", "true"],
 }
 
 
@@ -61,7 +70,11 @@ def test_bad_input_is_one_line_125_and_creates_nothing(env, tmp_path: Path, case
     Path(env["CORRAL_HOME"]).mkdir(parents=True, exist_ok=True)
     state = Path(env["CORRAL_HOME"]) / "ws"
     state.mkdir()
-    args = [a.format(state=state, bad_policy=bad_policy, tmp=tmp_path) for a in BAD[case]]
+    read_root = tmp_path / "read-root.yaml"
+    read_root.write_text("name: read-root\nfiles: {read: [/]}\n")
+    args = [a.format(state=state, bad_policy=bad_policy, tmp=tmp_path,
+                     state_parent=Path(env["CORRAL_HOME"]).parent, read_root_policy=read_root)
+            for a in BAD[case]]
     done = corral(env, "run", *args)
     assert done.returncode == 125, done
     lines = done.stderr.strip().splitlines()
