@@ -118,7 +118,11 @@ def _check_writable_root(what: str, path: Path) -> None:
         raise CorralError(f"{what} {path} holds every user's home; choose one directory in it",
                           exit_code=EXIT_CORRAL)
     with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_mode & (stat.S_ISVTX | stat.S_IWOTH):
+        st = path.stat()
+        if st.st_uid == 0 and invoking_user()[0] != 0:
+            raise CorralError(f"{what} {path} belongs to root, not to you; corral maps its owner "
+                              "to the agent, so use a directory you own", exit_code=EXIT_CORRAL)
+        if st.st_mode & (stat.S_ISVTX | stat.S_IWOTH):
             raise CorralError(f"{what} {path} is a shared directory (world-writable or sticky); "
                               "use a directory of your own inside it", exit_code=EXIT_CORRAL)
 

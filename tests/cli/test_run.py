@@ -232,3 +232,16 @@ def test_policy_with_egress_rules_brings_the_proxy(env, tmp_path: Path) -> None:
         server.kill()
         server.wait()
     assert _registry(env) == []
+
+
+def test_root_owned_workspace_refused_under_sudo(env, tmp_path: Path) -> None:
+    ws = tmp_path / "root-owned"
+    ws.mkdir()  # owned by root; the invoking user (SUDO_UID) is someone else
+    done = corral({**env, "SUDO_UID": "1000", "SUDO_GID": "1000"}, "run", "--workspace",
+                  str(ws), "--", "true")
+    assert done.returncode == 125
+    assert "belongs to root, not to you" in done.stderr
+    os.chown(ws, 1000, 1000)  # control: the user's own directory is fine
+    ok = corral({**env, "SUDO_UID": "1000", "SUDO_GID": "1000"}, "run", "--workspace",
+                str(ws), "--", "true")
+    assert ok.returncode == 0, ok
