@@ -29,8 +29,9 @@ from typing import IO, Any, TypeVar
 from corral.errors import CorralError
 from corral.sandbox import _libc, registry
 from corral.sandbox.audit import AuditSink, NullSink
+from corral.sandbox.command import BASE_ENV, Layout, build, environment
 from corral.sandbox.idmap import clone_tree, idmapped_tree
-from corral.sandbox.mounts import HOME, SANDBOX_USER, WORKSPACE, BwrapPlan, passwd_overlay
+from corral.sandbox.mounts import WORKSPACE
 from corral.sandbox.netns import NetNamespace, Pending
 from corral.sandbox.preflight import EXIT_CORRAL, check
 from corral.sandbox.spec import SandboxSpec
@@ -40,17 +41,7 @@ __all__ = ["BASE_ENV", "Sandbox"]
 
 T = TypeVar("T")
 
-BASE_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME": HOME,
-    "USER": SANDBOX_USER,
-    "LOGNAME": SANDBOX_USER,
-    "SHELL": "/bin/bash",
-    "LANG": "C.UTF-8",
-    "TMPDIR": "/tmp",
-}
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-_PASSED_ENV = ("TERM", "COLORTERM", "NO_COLOR", "COLUMNS", "LINES")
 
 
 class _Mapped:
@@ -199,58 +190,21 @@ class Sandbox:
 
     # -- running commands ------------------------------------------------------------------
 
-    def _shim_argv(self) -> list[str]:
-        writable = (WORKSPACE, HOME, "/tmp")
-        try:
-            from corral.sandbox.shim import ShimConfig, shim_argv
-        except ImportError as err:
-            raise CorralError(
-                f"the privilege-drop layer is missing from this corral install ({err})",
-                exit_code=EXIT_CORRAL,
-            ) from None
-        return list(shim_argv(ShimConfig(uid=self.uid, gid=self.gid, writable=writable)))
-
-    def _seccomp_fd(self) -> int:
-        from corral.sandbox.seccomp import build_filter
-
-        fd = os.memfd_create("corral-seccomp", 0)
-        os.write(fd, build_filter())
-        os.lseek(fd, 0, os.SEEK_SET)
-        return fd
-
     def environment(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
-        out = dict(BASE_ENV)
-        out.update({k: os.environ[k] for k in _PASSED_ENV if k in os.environ})
-        out.update(self.spec.env)
-        out.update(env or {})
-        return out
+        return environment(self.spec, env)
 
     def bwrap_argv(
         self, argv: Sequence[str], *, tty: bool, cwd: str
     ) -> tuple[list[str], list[int]]:
         """The full command line for ``argv`` and the fds bwrap must inherit."""
-        plan = BwrapPlan(args=[check()["bwrap"]])
-        plan.base(self.id, self.spec.tmp_size, new_session=not tty)
-        ws_src = self._stage_for(self.workspace)
-        home_src = self._stage_for(self.home)
-        plan.bind(ws_src, WORKSPACE, writable=True, mapped_from=self.workspace)
-        plan.bind(home_src, HOME, writable=True, mapped_from=self.home)
-        for extra in self.spec.files.read:
-            real = Path(os.path.realpath(expand_user(extra)))
-            plan.bind(real, str(real), writable=False)
-        passwd, group = passwd_overlay(self.uid, self.gid)
-        plan.data_file(passwd, "/etc/passwd")
-        plan.data_file(group, "/etc/group")
-        for inside, content in sorted(self.spec.extra_files.items()):
-            plan.data_file(content, inside)
-        plan.mask(self._hidden, self.dir / "hidden-file", self.dir / "hidden-dir")
-        info_r, info_w = os.pipe()
-        os.set_blocking(info_r, False)
-        plan.finish(info_w, self._seccomp_fd(), cwd)
-        self._pending_info = info_r
-        inner = ["/usr/bin/setsid", "--ctty", "--"] if tty else []
-        plan.args += ["--", *inner, *self._shim_argv(), *argv]
-        return plan.args, plan.fds
+        lay = Layout(
+            self.id, self.uid, self.gid, self.spec, self.workspace,
+            self._stage_for(self.workspace), self.home, self._stage_for(self.home),
+            tuple(self._hidden), self.dir / "hidden-file", self.dir / "hidden-dir",
+        )
+        cmd = build(lay, argv, tty=tty, cwd=cwd)
+        self._pending_info = cmd.info_fd
+        return cmd.args, cmd.fds
 
     def _stage_for(self, path: Path) -> Path:
         for m in self._mapped:
