@@ -28,9 +28,14 @@ def env(corral_env: dict[str, str]) -> dict[str, str]:
 
 def corral(env: dict[str, str], *args: str, input: bytes | None = None,
            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "corral", *args], env=env, timeout=timeout,
-                          capture_output=True, text=True, check=False,
-                          input=input.decode() if input is not None else None)
+    try:
+        return subprocess.run([sys.executable, "-m", "corral", *args], env=env, timeout=timeout,
+                              capture_output=True, text=True, check=False,
+                              input=input.decode() if input is not None else None)
+    except subprocess.TimeoutExpired:  # the launcher was SIGKILLed: collect its leftovers
+        subprocess.run([sys.executable, "-m", "corral", "sandbox", "gc"], env=env,
+                       capture_output=True, check=False)
+        raise
 
 
 def _registry(env: dict[str, str]) -> list[str]:

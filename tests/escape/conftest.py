@@ -107,8 +107,14 @@ def corral(privileged: dict[str, str]) -> Callable[..., Result]:
     def run(*args: str, input: bytes | None = None, timeout: float = 60,
             env: dict[str, str] | None = None) -> Result:
         full_env = {**os.environ, **privileged, **(env or {})}
-        done = subprocess.run([sys.executable, "-m", "corral", "run", *args], input=input,
-                              capture_output=True, timeout=timeout, env=full_env, check=False)
+        try:
+            done = subprocess.run([sys.executable, "-m", "corral", "run", *args], input=input,
+                                  capture_output=True, timeout=timeout, env=full_env,
+                                  check=False)
+        except subprocess.TimeoutExpired:  # the launcher was SIGKILLed: collect its leftovers
+            subprocess.run([sys.executable, "-m", "corral", "sandbox", "gc"], env=full_env,
+                           capture_output=True, check=False)
+            raise
         return Result(done.returncode, done.stdout.decode(errors="replace"),
                       done.stderr.decode(errors="replace"))
 
