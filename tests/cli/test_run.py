@@ -187,12 +187,14 @@ def test_thirty_sandboxes_at_once(env, tmp_path: Path) -> None:
 
     with ThreadPoolExecutor(max_workers=30) as pool:
         futures = [pool.submit(one, i) for i in range(30)]
-        deadline = time.monotonic() + 90
-        while len(_registry(env)) < 60 and time.monotonic() < deadline:  # 30 x (dir + json)
-            time.sleep(0.1)
-        assert len(_registry(env)) == 60
-        assert corral(env, "sandbox", "list").stdout.count("running") == 30
-        (gate / "go").touch()
+        try:
+            deadline = time.monotonic() + 90
+            while len(_registry(env)) < 60 and time.monotonic() < deadline:  # 30 x (dir, json)
+                time.sleep(0.1)
+            assert len(_registry(env)) == 60
+            assert corral(env, "sandbox", "list").stdout.count("running") == 30
+        finally:
+            (gate / "go").touch()  # let them finish (and tear down) whatever happened above
         results = [f.result() for f in futures]
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
     uids = {r.stdout.split()[-1] for r in results}
