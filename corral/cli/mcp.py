@@ -82,9 +82,9 @@ def serve(
     from corral.mcp.principals import Principals, TokenTable
     from corral.mcp.server import build_server
     from corral.policy import resolve
+    from corral.runtime.egress import proxied_opener
     from corral.sandbox import SandboxSpec
     from corral.tools.approvals import ApprovalStore
-    from corral.tools.egress import proxied_opener
     from corral.tools.provision import SandboxProvider
     from corral.tools.service import ToolPolicy, Tools
     from corral.tools.session import ShellSession
@@ -116,7 +116,7 @@ def serve(
     def factory(principal: str) -> Tools:
         spec = SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
                            workspace=ws)
-        opener = proxied_opener(rp, audit=trail)
+        opener = proxied_opener(rp, proxy_audit=(lambda _sid: trail) if trail else None)
         session = ShellSession(SandboxProvider(spec, opener=opener), idle=rp.limits.idle)
         ident = str(ws) if ws is not None else f"ephemeral:{principal}:{os.getpid()}"
         return Tools(tool_policy, session, store, workspace=ident, audit=audit,

@@ -97,7 +97,7 @@ def run_main(argv: list[str]) -> int:
         spec, policy = build_spec(ns)
         hooks = None
         if policy is not None and policy.rules:
-            from corral.cli.egress import EgressHooks
+            from corral.runtime.egress import EgressHooks
 
             hooks = EgressHooks(policy)  # egress rules: the proxy and DNS stub come along
             spec = hooks.prepare(spec)

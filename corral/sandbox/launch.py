@@ -109,6 +109,13 @@ class Sandbox:
             raise
         return sb
 
+    def reserve_helper_uid(self) -> int:
+        """A further unprivileged uid/gid (equal) for a helper of this sandbox (its proxy).
+
+        Reserved in the registry like the sandbox's own, freed at teardown or by ``gc``.
+        """
+        return registry.reserve_helper(self._entry)
+
     def _audit(self, kind: str, **fields: Any) -> None:
         self._sink.emit(self.id, kind, fields)
 

@@ -13,6 +13,10 @@ Invariants:
   lists (cgroup, directories) — the uid stays reserved until then.
 - Each sandbox owns ``sandboxes/<id>/`` (ephemeral workspace/home, mount staging points); it is
   deleted with the entry.
+- A sandbox may hold helper uids (``reserve_helper``: the egress proxy runs as its own
+  unprivileged uid, never ``nobody``, never the agent's). They come from the same range under
+  the same lock and lease, are listed in the entry (``helper_uids``) so no other sandbox gets
+  them, and are freed with the entry by ``release`` (teardown) or ``gc``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "registry_dir",
     "release",
     "reserve",
+    "reserve_helper",
     "update",
 ]
 
@@ -44,6 +49,7 @@ UID_BASE = 2_000_000_000
 UID_RANGE = 1_000_000
 LEASE_DIR = Path("/run/corral")
 _leases: dict[str, int] = {}  # sandbox id -> fd holding its uid lease
+_helper_leases: dict[str, list[int]] = {}  # sandbox id -> fds holding its helper uid leases
 
 
 @dataclass
@@ -57,6 +63,7 @@ class Entry:
     policies: list[str] = field(default_factory=list)
     cgroup: str | None = None
     child_pid: int | None = None
+    helper_uids: list[int] = field(default_factory=list)
 
     @property
     def dir(self) -> Path:
@@ -131,18 +138,7 @@ def _write(entry: Entry) -> None:
 def reserve(policies: list[str]) -> Entry:
     """Reserve a fresh id and uid/gid and create the sandbox's private directory."""
     with _locked() as reg:
-        used = {e.uid for e in entries()} | {e.gid for e in entries()}
-        used |= _host_ids("/etc/passwd") | _host_ids("/etc/group")
-        LEASE_DIR.mkdir(mode=0o700, exist_ok=True)
-        uid, lease = None, -1
-        for candidate in range(UID_BASE, UID_BASE + UID_RANGE):
-            if candidate not in used:
-                lease = _lease(candidate)
-                if lease >= 0:
-                    uid = candidate
-                    break
-        if uid is None:
-            raise OSError("no free sandbox uid left; run `corral sandbox gc`")
+        uid, lease = _free_uid()
         sid = os.urandom(4).hex()
         while (reg / sid).exists():
             sid = os.urandom(4).hex()
@@ -154,6 +150,31 @@ def reserve(policies: list[str]) -> Entry:
         (reg / sid).mkdir(mode=0o700)
         _write(entry)
         return entry
+
+
+def _free_uid() -> tuple[int, int]:
+    """The lowest free uid in the range and the fd of its lease; call holding the lock."""
+    known = entries()
+    used = {e.uid for e in known} | {e.gid for e in known}
+    used |= {u for e in known for u in e.helper_uids}
+    used |= _host_ids("/etc/passwd") | _host_ids("/etc/group")
+    LEASE_DIR.mkdir(mode=0o700, exist_ok=True)
+    for candidate in range(UID_BASE, UID_BASE + UID_RANGE):
+        if candidate not in used:
+            lease = _lease(candidate)
+            if lease >= 0:
+                return candidate, lease
+    raise OSError("no free sandbox uid left; run `corral sandbox gc`")
+
+
+def reserve_helper(entry: Entry) -> int:
+    """Reserve one more uid (gid = uid) for a helper of this sandbox (its egress proxy)."""
+    with _locked():
+        uid, lease = _free_uid()
+        _helper_leases.setdefault(entry.id, []).append(lease)
+        entry.helper_uids.append(uid)
+        _write(entry)
+        return uid
 
 
 def _lease(uid: int) -> int:
@@ -179,6 +200,8 @@ def release(entry: Entry) -> None:
             os.unlink(reg / f"{entry.id}.json")
         with contextlib.suppress(OSError):
             os.rmdir(reg / entry.id)
+        for helper in _helper_leases.pop(entry.id, []):
+            os.close(helper)
         lease = _leases.pop(entry.id, -1)
         if lease >= 0:
             os.close(lease)  # the lock file stays: unlinking it would race with a new lessee

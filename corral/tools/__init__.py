@@ -4,7 +4,7 @@ Public API::
 
     verdict = check_command("git status && pytest -q", allow=["git status", "pytest *"])
     store = ApprovalStore(audit=sink)                 # state_dir()/approvals, root-only
-    provider = SandboxProvider(spec, opener=proxied_opener(resolved_policy, audit=trail))
+    provider = SandboxProvider(spec, opener=opener)  # corral.runtime.proxied_opener for egress
     session = ShellSession(provider, idle=resolved_policy.limits.idle)
     tools = Tools(ToolPolicy.from_resolved(resolved_policy), session, store,
                   workspace=str(host_workspace), audit=sink, principal="stdio")
@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from corral.tools.approvals import Approval, ApprovalStore, AuditSink, NullAudit
     from corral.tools.cmdcheck import CommandChecker, Verdict, check_command
-    from corral.tools.egress import proxied_opener
     from corral.tools.executor import Executor, ExecutorGone, ToolFailure, executor_argv
     from corral.tools.provision import SandboxProvider
     from corral.tools.service import Gate, ToolPolicy, Tools
@@ -47,13 +46,12 @@ __all__ = [
     "Verdict",
     "check_command",
     "executor_argv",
-    "proxied_opener",
 ]
 
 _HOME = {
     "Approval": "approvals", "ApprovalStore": "approvals", "AuditSink": "approvals",
     "NullAudit": "approvals", "CommandChecker": "cmdcheck", "Verdict": "cmdcheck",
-    "check_command": "cmdcheck", "proxied_opener": "egress", "Executor": "executor",
+    "check_command": "cmdcheck", "Executor": "executor",
     "ExecutorGone": "executor", "ToolFailure": "executor", "executor_argv": "executor",
     "SandboxProvider": "provision", "Gate": "service", "ToolPolicy": "service",
     "Tools": "service", "ShellSession": "session",

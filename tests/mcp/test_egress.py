@@ -21,9 +21,9 @@ from mcp.client import Client
 
 from corral.mcp import Principals, build_server
 from corral.policy import resolve
+from corral.runtime.egress import proxied_opener
 from corral.sandbox import SandboxSpec
 from corral.tools.approvals import ApprovalStore
-from corral.tools.egress import proxied_opener
 from corral.tools.provision import SandboxProvider
 from corral.tools.service import ToolPolicy, Tools
 from corral.tools.session import ShellSession

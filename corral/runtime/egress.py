@@ -1,0 +1,152 @@
+"""One egress launcher for both modes: the proxy and DNS stub beside a sandbox (DESIGN steps 2, 4).
+
+``Egress`` resolves the policy's secrets on the host and builds the proxy (ephemeral CA) before
+the sandbox exists; ``prepare`` puts the proxy/DNS ports, the agent's proxy and CA variables and
+the trust bundle into the spec; once every layer exists ``attach`` creates the listeners inside
+the sandbox netns and starts the proxy child as the sandbox's own helper uid; ``detach`` stops
+it. ``EgressHooks`` is the ``RunHooks`` form for ``corral run``; ``proxied_opener`` the opener
+form for ``corral mcp``'s tools sandboxes.
+
+Invariants:
+- The proxy serves before the command starts and before ``open`` returns: no window without
+  egress control. A proxy that fails to start aborts the run (the sandbox is torn down).
+- The proxy child drops to a uid of its own, reserved from the sandbox uid range in the
+  registry (not ``nobody``, which other daemons share, and not the agent's uid, which would let
+  the agent signal or ptrace it), before it parses anything; the uid is freed with the sandbox
+  at teardown or by ``corral sandbox gc``.
+- The secrets never enter the sandbox, only placeholders do; the CA key stays in the proxy.
+- A dead proxy means no egress: the netns rules redirect web traffic to its port, reject the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.sandbox.launch import Sandbox
+    from corral.sandbox.spec import SandboxSpec
+    from corral.tools.provision import Opened
+
+__all__ = ["BUNDLE", "DNS_PORT", "PROXY_PORT", "Egress", "EgressHooks", "listeners",
+           "proxied_opener"]
+
+PROXY_PORT = 15001  # inside the sandbox's private netns: no clash with the host or other sandboxes
+DNS_PORT = 15053
+BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+ProxyAudit = Callable[[str], Any]  # sandbox id -> the sink its proxy events go to (or None)
+
+
+def listeners() -> list[socket.socket]:
+    """Proxy (dual-stack TCP) and DNS stub (UDP, v4 and v6) sockets; call inside the netns."""
+    tcp = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # 127.0.0.1 and ::1 alike
+    tcp.bind(("::", PROXY_PORT))
+    tcp.listen(128)
+    udp4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp4.bind(("127.0.0.1", DNS_PORT))
+    udp6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    udp6.bind(("::1", DNS_PORT))
+    return [tcp, udp4, udp6]
+
+
+class Egress:
+    """The proxy of one sandbox: build, ``prepare`` the spec, ``attach``, ``detach``."""
+
+    def __init__(
+        self,
+        policy: Any,
+        *,
+        proxy_audit: ProxyAudit | None = None,
+        upstream_proxy: str | None = None,
+        resolve_overrides: Mapping[str, list[str]] | None = None,
+    ) -> None:
+        from corral.credentials.resolve import resolve_secrets
+        from corral.proxy.service import ProxyService
+
+        self.service = ProxyService(policy, secrets=resolve_secrets(policy),
+                                    upstream_proxy=upstream_proxy,
+                                    resolve_overrides=dict(resolve_overrides or {}))
+        self.proxy_audit = proxy_audit
+        self.proxy_uid: int | None = None
+        self._handle: Any = None
+
+    def prepare(self, spec: SandboxSpec) -> SandboxSpec:
+        return dataclasses.replace(
+            spec,
+            proxy_port=PROXY_PORT,
+            dns_port=DNS_PORT,
+            env={**self.service.agent_env(PROXY_PORT, bundle_path=BUNDLE), **spec.env},
+            extra_files={**spec.extra_files, BUNDLE: self.service.trust_bundle()},
+        )
+
+    def attach(self, sb: Sandbox) -> None:
+        """Start the proxy for ``sb``; returns once it serves (or raises)."""
+        uid = sb.reserve_helper_uid()
+        self.proxy_uid = uid
+        self.service.audit = self.proxy_audit(sb.id) if self.proxy_audit is not None else None
+        socks: list[socket.socket] = []
+        try:
+            socks = sb.run_in_netns(listeners)
+            self._handle = self.service.start(
+                listen_socks=socks[:1], dns_socks=socks[1:], run_as=(uid, uid)
+            )
+        finally:
+            for sock in socks:  # the proxy child holds its own copies
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def detach(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.stop()
+
+
+class EgressHooks(Egress):
+    """``Egress`` as ``corral.sandbox.RunHooks`` for ``run_command``."""
+
+    def started(self, sb: Sandbox) -> Mapping[str, str]:
+        self.attach(sb)
+        return {}
+
+    def finished(self, sb: Sandbox) -> None:
+        self.detach()
+
+
+def proxied_opener(
+    policy: Any,
+    *,
+    proxy_audit: ProxyAudit | None = None,
+    sandbox_audit: Any = None,
+    resolve_overrides: Mapping[str, list[str]] | None = None,
+    upstream_proxy: str | None = None,
+) -> Callable[[Any], Opened]:
+    """An opener for ``corral.tools.SandboxProvider``: each call builds sandbox + proxy."""
+
+    def open_(spec: Any) -> Opened:
+        from corral.sandbox import Sandbox
+        from corral.tools.provision import Opened
+
+        egress = Egress(policy, proxy_audit=proxy_audit, upstream_proxy=upstream_proxy,
+                        resolve_overrides=resolve_overrides)
+        sb = Sandbox.open(egress.prepare(spec), sandbox_audit)
+        try:
+            egress.attach(sb)
+        except BaseException:
+            sb.close()
+            raise
+
+        def close() -> None:
+            try:
+                egress.detach()
+            finally:
+                sb.close()
+
+        return Opened(sb, close)
+
+    return open_

@@ -1,0 +1,77 @@
+"""The shared egress launcher: the proxy runs as its own uid from the sandbox range.
+
+A real ``corral run`` with an egress policy; while it runs, the registry entry names the
+proxy's helper uid and the proxy process runs as that uid (not root, not ``nobody``, not the
+agent's uid); after the run the entry (and with it the uid) is gone, as is the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import require_root, require_tools
+
+from corral.sandbox.registry import UID_BASE, UID_RANGE
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
+
+
+def _uids_of_processes() -> dict[int, int]:
+    out: dict[int, int] = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError):
+                out[int(pid)] = os.stat(f"/proc/{pid}").st_uid
+    return out
+
+
+def test_proxy_runs_as_its_own_helper_uid(corral_env: dict[str, str], tmp_path: Path) -> None:
+    require_root()
+    require_tools("bwrap", "nft", "ip", "setpriv")
+    env = {**os.environ, **corral_env}
+    policy = tmp_path / "p.yaml"
+    policy.write_text("name: p\negress:\n  - host: example.test\n    action: deny\n")
+    proc = subprocess.Popen([sys.executable, "-m", "corral", "run", "-p", str(policy), "--",
+                             "sh", "-c", "echo up; sleep 5"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        reg = Path(corral_env["CORRAL_HOME"]) / "sandboxes"
+        (entry_file,) = list(reg.glob("*.json"))
+        entry = json.loads(entry_file.read_text())
+        (helper,) = entry["helper_uids"]
+        assert UID_BASE <= helper < UID_BASE + UID_RANGE
+        assert helper not in (entry["uid"], 65534)
+        owners = _uids_of_processes()
+        proxies = [pid for pid, uid in owners.items() if uid == helper]
+        assert proxies, "no process runs as the proxy's helper uid"
+        for pid in proxies:  # the proxy dropped gid and groups too
+            status = Path(f"/proc/{pid}/status").read_text()
+            assert f"Gid:\t{helper}\t{helper}\t{helper}" in status
+            groups = [ln for ln in status.splitlines() if ln.startswith("Groups:")]
+            assert groups and groups[0].split(":", 1)[1].strip() == ""
+            assert _parent(pid) == proc.pid  # the launcher's proxy child
+        assert not [pid for pid, uid in owners.items() if uid == 65534 and _parent(pid) == proc.pid]
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    assert list(reg.glob("*.json")) == []
+    deadline = time.monotonic() + 5
+    while helper in _uids_of_processes().values() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert helper not in _uids_of_processes().values()
+
+
+def _parent(pid: int) -> int:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return -1
+    return int(data.rsplit(b")", 1)[1].split()[1])
