@@ -93,25 +93,31 @@ def test_inserted_event_is_named(store: AuditStore) -> None:
     assert "inserted" in msg and "seq 4" in msg
 
 
-def test_inserted_duplicate_is_named(store: AuditStore) -> None:
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        pytest.param(
+            "INSERT INTO events(sandbox, seq, ts_us, type, actor, data, prev, hash, v) "
+            "SELECT sandbox, seq, ts_us, type, actor, data, prev, hash, v FROM events "
+            "WHERE sandbox='sb-t' AND seq=2",
+            ("inserted", "seq 2"),
+            id="inserted-duplicate",
+        ),
+        pytest.param(
+            "UPDATE events SET seq = CASE seq WHEN 3 THEN 6 ELSE 3 END "
+            "WHERE sandbox='sb-t' AND seq IN (3, 6)",
+            ("reordered", "written as seq 6"),
+            id="reordered",
+        ),
+    ],
+)
+def test_tampering_is_named(store: AuditStore, tamper: str, expected: tuple[str, str]) -> None:
+    """A duplicated row and two swapped sequence numbers are each named for what they are."""
     con = _populate(store)
-    con.execute(
-        "INSERT INTO events(sandbox, seq, ts_us, type, actor, data, prev, hash, v) "
-        "SELECT sandbox, seq, ts_us, type, actor, data, prev, hash, v FROM events "
-        "WHERE sandbox='sb-t' AND seq=2"
-    )
+    con.execute(tamper)
     msg = _problem(con)
-    assert "inserted" in msg and "seq 2" in msg
-
-
-def test_reordered_events_are_named(store: AuditStore) -> None:
-    con = _populate(store)
-    con.execute(
-        "UPDATE events SET seq = CASE seq WHEN 3 THEN 6 ELSE 3 END "
-        "WHERE sandbox='sb-t' AND seq IN (3, 6)"
-    )
-    msg = _problem(con)
-    assert "reordered" in msg and "written as seq 6" in msg
+    for part in expected:
+        assert part in msg
 
 
 def test_rows_swapped_in_storage_are_reordered(store: AuditStore) -> None:

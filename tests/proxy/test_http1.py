@@ -7,8 +7,18 @@ import socket
 import time
 import urllib.request
 
+import h11
 import httpx
 import pytest
+
+from corral.proxy.headers import forward_headers
+from corral.proxy.request_head import (
+    BadRequest,
+    HeadGuard,
+    HostMismatch,
+    Pinned,
+    request_target,
+)
 
 from .conftest import RunningProxy, curl
 
@@ -155,3 +165,47 @@ def test_secret_with_line_break_is_never_sent(make_proxy) -> None:  # type: igno
     assert "HTTP/1.1 403" in done.stdout and "line break" in done.stdout
     assert "X-Smuggled" not in done.stdout and "x-smuggled" not in done.stdout
     assert not proxy.sink.of("proxy.inspect")
+
+
+def _req(target: bytes, host: bytes, method: bytes = b"GET") -> h11.Request:
+    return h11.Request(method=method, target=target, headers=[(b"host", host)])
+
+
+def test_request_target_explicit_and_pinned() -> None:
+    target = request_target(_req(b"http://API.corral.test./a?b=1", b"api.corral.test"), None, set())
+    assert target == ("api.corral.test", 80, False, "/a?b=1") and target.path == "/a"
+    pinned, known = Pinned("api.corral.test", 8443, tls=True), set[bytes]()
+    target = request_target(_req(b"/x", b"api.corral.test:8443"), pinned, known)
+    assert target.authority == "api.corral.test:8443" and known == {b"api.corral.test:8443"}
+    with pytest.raises(HostMismatch):  # absolute-form authority counts as the Host
+        request_target(_req(b"http://evil.test/x", b"api.corral.test:8443"), pinned, set())
+    with pytest.raises(HostMismatch):
+        request_target(_req(b"/x", b"api.corral.test:9999"), pinned, set())
+    with pytest.raises(BadRequest):  # encoded dot-segments too
+        request_target(_req(b"/a/%2e%2e/x", b"api.corral.test:8443"), pinned, set())
+    with pytest.raises(BadRequest):  # the explicit proxy needs absolute form
+        request_target(_req(b"/x", b"api.corral.test"), None, set())
+
+
+def test_head_guard_checks_heads_split_across_reads() -> None:
+    guard = HeadGuard()
+    guard.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # a complete head resets the guard
+    guard.feed(b"GET / HTTP/1.1\r\nX-A: a\r")
+    with pytest.raises(BadRequest, match="folding"):
+        guard.feed(b"\n b\r\n\r\n")
+    with pytest.raises(BadRequest, match="bytes"):
+        HeadGuard().feed(b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n")
+
+
+def test_forward_headers_drops_hop_by_hop_but_never_framing() -> None:
+    headers = [
+        (b"connection", b"X-Secret, content-length, upgrade"),
+        (b"x-secret", b"1"),
+        (b"content-length", b"3"),
+        (b"upgrade", b"websocket"),
+        (b"proxy-authorization", b"Basic x"),
+        (b"accept", b"*/*"),
+    ]
+    assert forward_headers(headers, False) == [(b"content-length", b"3"), (b"accept", b"*/*")]
+    kept = forward_headers(headers, True)
+    assert (b"upgrade", b"websocket") in kept and (b"x-secret", b"1") not in kept

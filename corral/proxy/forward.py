@@ -1,0 +1,114 @@
+"""Sending an allowed request upstream: headers rebuilt, credential injected, body streamed.
+
+Invariants:
+- Only requests the policy already allowed in full (host, port, method, path) come here.
+- The headers sent are the agent's minus hop-by-hop, with Host rebuilt from the decided target
+  (first), and a credential only as ``inject.plan`` allows it (audited as
+  ``credential.inject`` before the request leaves).
+- An AWS request is re-signed for the decided target; its body is buffered (bounded by
+  ``sigv4.MAX_BUFFERED_BODY``) only when the signature needs the body's hash.
+- Ordinary exchanges go to an llhttp upstream (``upstream_http``); HEAD, Upgrade, Expect and
+  re-signed AWS requests go to an h11 upstream, which validates re-signed headers in full.
+- Bodies stream chunk by chunk, re-framed by the upstream writer, never copied raw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+
+from corral.policy.types import Decision
+from corral.proxy import decide, inject, sigv4
+from corral.proxy.agent import AgentConnection
+from corral.proxy.headers import forward_headers
+from corral.proxy.request_head import BadRequest, Target
+from corral.proxy.respond import relay_fast_response, relay_response
+from corral.proxy.upstream_pool import Upstreams
+
+__all__ = ["forward", "read_body"]
+
+
+async def read_body(agent: AgentConnection, limit: int) -> list[bytes]:
+    """The whole request body, for a signature over its hash; over ``limit`` is refused."""
+    chunks: list[bytes] = []
+    size = 0
+    while (chunk := await agent.next_body_chunk()) is not None:
+        size += len(chunk)
+        if size > limit:
+            raise sigv4.SigV4Error(
+                f"body over {limit} bytes needs x-amz-content-sha256 from the client"
+            )
+        chunks.append(chunk)
+    return chunks
+
+
+async def forward(
+    agent: AgentConnection,
+    upstreams: Upstreams,
+    req: h11.Request,
+    decision: Decision,
+    target: Target,
+    fields: dict[str, Any],
+    started: float,
+) -> bool:
+    """Carry an allowed request and its response; True if the agent connection may go on."""
+    ctx = agent.ctx
+    method = fields["method"]
+    host, port, tls, origin = target
+    upgrade = any(n == b"upgrade" for n, _ in req.headers)
+    headers = forward_headers(req.headers, upgrade)
+    headers = [(n, v) for n, v in headers if n != b"host"]
+    headers.insert(0, (b"host", target.authority.encode()))
+    binding = decide.binding_for(ctx.policy, decision) if decision.credential else None
+    plan = inject.plan(decision, binding, ctx.secrets, method=method, tls=tls)
+    buffered: list[bytes] | None = None
+    if plan is not None and plan.binding.kind == "aws":
+        body = None
+        if sigv4.needs_body(headers):
+            buffered = await read_body(agent, sigv4.MAX_BUFFERED_BODY)
+            body = b"".join(buffered)
+        url = f"{'https' if tls else 'http'}://{target.authority}{origin}"
+        headers = sigv4.resign(method, url, headers, plan.secret, body)
+    elif plan is not None:
+        headers = inject.set_header(headers, plan)
+    if plan is not None:
+        await ctx.audit.emit(
+            "credential.inject",
+            binding=plan.binding.name,
+            host=host,
+            header=plan.binding.header if plan.binding.kind == "header" else "Authorization",
+            rule=decision.origin,
+        )
+    if agent.conn.client_is_waiting_for_100_continue:
+        agent.send(h11.InformationalResponse(status_code=100, headers=[]))
+    if (
+        req.method not in (b"HEAD", b"CONNECT")
+        and not upgrade
+        and (plan is None or plan.binding.kind == "header")
+        and not any(n == b"expect" for n, _ in headers)
+    ):
+        # An ordinary exchange: request re-framed by hand, response parsed by llhttp.
+        fast = await upstreams.fast.get(host, port, tls, decision)
+        fast.start(req.method, origin.encode(), headers)
+        await agent.relay_body(fast)
+        await fast.stream.drain()
+        return await relay_fast_response(agent, upstreams, fast, decision, fields, started)
+    up = await upstreams.h11.get(host, port, tls, decision)
+    try:
+        # Headers h11 already parsed (plus Host and an injected header, both checked) skip
+        # h11's second validation pass; re-signed AWS headers are validated in full.
+        trusted = plan is None or plan.binding.kind == "header"
+        up.send(
+            h11.Request(method=req.method, target=origin.encode(), headers=headers, _parsed=trusted)
+        )
+    except h11.LocalProtocolError as err:
+        raise BadRequest(str(err)) from None
+    if buffered is not None:  # the AWS body read for its hash, replayed
+        for chunk in buffered:
+            up.body(chunk)
+        up.end()
+    else:
+        await agent.relay_body(up)
+    await up.stream.drain()
+    return await relay_response(agent, upstreams, up, decision, fields, started, upgrade)

@@ -1,0 +1,193 @@
+"""The response path: from an upstream back to the agent, for both upstream parsers.
+
+Invariants:
+- An allowed exchange is audited (``proxy.allow`` or ``proxy.inspect``: status, declared
+  length, time to the head) before the agent sees a byte of the response.
+- The response is rebuilt by h11 from events (status, headers without hop-by-hop, body data),
+  never copied raw; headers llhttp parsed are checked for control bytes before h11 is told to
+  skip its own validation. Anything either parser refuses is an upstream error (502).
+- Interim responses: 100 is never relayed (the proxy answered Expect itself); others are
+  relayed on the h11 path and dropped on the llhttp path (it never sends Expect).
+- A 101 is relayed only when the agent asked to upgrade; the connection then becomes a byte
+  pipe (audited first) and leaves the pool for good.
+- An upstream connection goes back to its pool only after a complete exchange its parser says
+  may be reused; otherwise it is closed and forgotten.
+- A response body streams to the agent as it arrives (drained before every upstream read).
+  A later LLM usage meter hooks in here, on the events this module already sees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import h11
+
+from corral.policy.types import Decision
+from corral.proxy.agent import AgentConnection
+from corral.proxy.headers import forward_headers, has_control_bytes
+from corral.proxy.tunnel import pipe
+from corral.proxy.upstream import UpstreamError
+from corral.proxy.upstream_h11 import H11Upstream
+from corral.proxy.upstream_http import FastUpstream
+from corral.proxy.upstream_pool import Pooled, UpstreamPool, Upstreams
+
+__all__ = ["allow_kind", "relay_fast_response", "relay_response"]
+
+U = TypeVar("U", bound=Pooled)
+
+
+def allow_kind(decision: Decision) -> str:
+    """The audit event type of an exchange the policy let through."""
+    return "proxy.inspect" if decision.action == "inspect" else "proxy.allow"
+
+
+async def _audit_head(
+    agent: AgentConnection,
+    decision: Decision,
+    status: int,
+    headers: Sequence[tuple[bytes, bytes]],
+    started: float,
+    fields: dict[str, Any],
+) -> None:
+    length = next((v for n, v in headers if n == b"content-length"), None)
+    await agent.ctx.audit.emit(
+        allow_kind(decision),
+        rule=decision.origin,
+        status=status,
+        bytes_in=int(length) if length is not None and length.isdigit() else None,
+        duration_ms=round((time.monotonic() - started) * 1000, 3),
+        **fields,
+    )
+
+
+async def _end(
+    agent: AgentConnection, pool: UpstreamPool[U], up: U, reusable: Callable[[], bool]
+) -> bool:
+    """Finish the response to the agent; ``up`` stays pooled only if ``reusable()`` says so."""
+    agent.send(h11.EndOfMessage())
+    await agent.client.drain()
+    if not reusable():
+        up.stream.close()
+        pool.forget(up)
+    return True
+
+
+async def relay_fast_response(
+    agent: AgentConnection,
+    upstreams: Upstreams,
+    up: FastUpstream,
+    decision: Decision,
+    fields: dict[str, Any],
+    started: float,
+) -> bool:
+    """Relay a response llhttp parses; True (the agent connection may go on)."""
+    while True:
+        item = await up.next_event(agent.ctx.idle_timeout, agent.client)
+        if item[0] == "head":
+            status = item[1]
+            if status < 200:
+                continue  # interim responses (no Expect on this path): nothing to relay
+            headers = forward_headers(item[2], False)
+            if any(n == b"transfer-encoding" for n, _ in headers):
+                headers = [(n, v) for n, v in headers if n != b"content-length"]
+            await _audit_head(agent, decision, status, headers, started, fields)
+            # llhttp validated names; values are checked for control bytes here so h11 can
+            # skip its own (slower) pass.
+            if any(has_control_bytes(v) for _, v in headers) or has_control_bytes(item[3]):
+                raise UpstreamError(502, "upstream sent control bytes in a header")
+            try:
+                response = h11.Response(
+                    status_code=status,
+                    headers=headers,
+                    reason=item[3],
+                    http_version=b"1.1",
+                    _parsed=True,
+                )
+            except h11.LocalProtocolError as err:  # llhttp let through what h11 refuses
+                raise UpstreamError(502, f"upstream sent an invalid response: {err}") from None
+            agent.send(response)
+        elif item[0] == "data":
+            agent.send(h11.Data(data=item[1]))
+        else:
+            return await _end(agent, upstreams.fast, up, up.reusable)
+
+
+async def relay_response(
+    agent: AgentConnection,
+    upstreams: Upstreams,
+    up: H11Upstream,
+    decision: Decision,
+    fields: dict[str, Any],
+    started: float,
+    upgrade: bool,
+) -> bool:
+    """Relay a response h11 parses; True if the agent connection may carry another request."""
+    status = 0
+    while True:
+        try:
+            event = await up.next_event(agent.ctx.idle_timeout, agent.client)
+        except h11.RemoteProtocolError as err:
+            raise UpstreamError(502, f"upstream sent an invalid response: {err}") from None
+        if isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101 and upgrade:
+                return await _switch(agent, upstreams, up, event, decision, fields)
+            if event.status_code != 100:
+                agent.send(
+                    h11.InformationalResponse(
+                        status_code=event.status_code,
+                        headers=forward_headers(event.headers, False),
+                    )
+                )
+            continue
+        if isinstance(event, h11.Response):
+            status = event.status_code
+            await _audit_head(agent, decision, status, event.headers, started, fields)
+            agent.send(
+                h11.Response(
+                    status_code=status,
+                    headers=forward_headers(event.headers, False),
+                    reason=event.reason,
+                    http_version=b"1.1",
+                    _parsed=True,  # parsed by h11 from the upstream, hop-by-hop removed
+                )
+            )
+        elif isinstance(event, h11.Data):
+            agent.send(h11.Data(data=event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            return await _end(agent, upstreams.h11, up, up.recycle)
+        elif isinstance(event, h11.ConnectionClosed):
+            if status == 0:
+                raise UpstreamError(502, "upstream closed the connection without answering")
+            return False
+
+
+async def _switch(
+    agent: AgentConnection,
+    upstreams: Upstreams,
+    up: H11Upstream,
+    event: h11.InformationalResponse,
+    decision: Decision,
+    fields: dict[str, Any],
+) -> bool:
+    """Hand the agent a 101 and pipe bytes both ways until either side ends."""
+    await agent.ctx.audit.emit(
+        allow_kind(decision), rule=decision.origin, status=101, reason="protocol upgrade", **fields
+    )
+    hop = (b"keep-alive", b"proxy-connection")
+    headers = [(n, v) for n, v in event.headers if n not in hop]
+    agent.send(h11.InformationalResponse(status_code=101, headers=headers))
+    await agent.client.drain()
+    client_rest = bytes(agent.conn.trailing_data[0])
+    upstream_rest = bytes(up.conn.trailing_data[0])
+    upstreams.h11.forget(up)
+    if client_rest:
+        up.stream.write(client_rest)
+    if upstream_rest:
+        agent.client.write(upstream_rest)
+    await up.stream.drain()
+    await agent.client.drain()
+    await pipe(agent.client, up.stream)
+    up.stream.close()
+    return False
