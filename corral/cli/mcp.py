@@ -101,22 +101,22 @@ def serve(
     signal.signal(signal.SIGHUP, stop)
     rp = resolve(policies, workspace=workspace.resolve() if workspace is not None else None)
     tool_policy = ToolPolicy.from_resolved(rp)
-    trail = None
+    launch = None
     if audit is None:
-        from corral.audit import Actor, AuditStore
-        from corral.mcp.audit import TrailAudit
+        from corral.runtime.audit import open_audit
 
-        audit_store = AuditStore.open()
-        trail = audit_store.trail(f"mcp-{secrets.token_hex(4)}", actor=Actor.current())
-        trail.emit("policy.resolved", digest=rp.digest, sources=list(rp.sources))
-        audit = TrailAudit(trail)
+        # the same adapter as `corral run`: one trail per tools sandbox (lifecycle, exec, proxy)
+        # and this server's trail for tool calls and approvals
+        launch = open_audit(rp, mode="mcp")
+        audit = launch.tool_audit(f"mcp-{secrets.token_hex(4)}")
     ws = rp.files.workspace
     store = ApprovalStore(ttl=approval_ttl, audit=audit)
 
     def factory(principal: str) -> Tools:
         spec = SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
                            workspace=ws)
-        opener = proxied_opener(rp, proxy_audit=(lambda _sid: trail) if trail else None)
+        opener = proxied_opener(rp, sandbox_audit=launch,
+                                proxy_audit=launch.proxy_audit if launch is not None else None)
         session = ShellSession(SandboxProvider(spec, opener=opener), idle=rp.limits.idle)
         ident = str(ws) if ws is not None else f"ephemeral:{principal}:{os.getpid()}"
         return Tools(tool_policy, session, store, workspace=ident, audit=audit,
@@ -151,6 +151,5 @@ def serve(
         pass
     finally:
         principals.close()
-        if trail is not None:
-            trail.close(status="stopped")
-            audit_store.close()
+        if launch is not None:
+            launch.close(status="stopped")

@@ -9,6 +9,7 @@ conflicting flags) prints one ``corral: ...`` line and exits 125 before anything
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -17,6 +18,7 @@ from corral.errors import CorralError
 
 if TYPE_CHECKING:
     from corral.policy.resolved import ResolvedPolicy
+    from corral.runtime.audit import LaunchAudit
     from corral.sandbox.spec import SandboxSpec
 
 __all__ = ["EXIT_CORRAL_FAILURE", "build_spec", "parse", "run_main"]
@@ -95,15 +97,24 @@ def run_main(argv: list[str]) -> int:
     try:
         ns, cmd = parse(argv)
         spec, policy = build_spec(ns)
-        hooks = None
-        if policy is not None and policy.rules:
-            from corral.runtime.egress import EgressHooks
+        from corral.runtime.audit import open_audit
+        from corral.sandbox.preflight import check
 
-            hooks = EgressHooks(policy)  # egress rules: the proxy and DNS stub come along
-            spec = hooks.prepare(spec)
-        from corral.sandbox.run import run_command
+        check()  # root, tools, kernel: say what is missing before touching the audit store
+        audit = open_audit(policy, mode="run", command=list(cmd))  # before anything is created
+        try:
+            hooks = None
+            if policy is not None and policy.rules:
+                from corral.runtime.egress import EgressHooks
 
-        return run_command(spec, cmd, hooks=hooks)
+                # egress rules: the proxy and DNS stub come along, auditing into this run's trail
+                hooks = EgressHooks(policy, proxy_audit=audit.proxy_audit)
+                spec = hooks.prepare(spec)
+            from corral.sandbox.run import run_command
+
+            return run_command(spec, cmd, audit=audit, hooks=hooks)
+        finally:
+            _after_run(audit)
     except (CorralError, OSError) as err:
         print(f"corral: {err}", file=sys.stderr)
         return EXIT_CORRAL_FAILURE
@@ -117,3 +128,24 @@ def run_main(argv: list[str]) -> int:
             raise
         print(f"corral: {err}; the sandbox was torn down", file=sys.stderr)
         return 128 + err.signum
+
+
+def _after_run(audit: LaunchAudit) -> None:
+    """Close the trails and the store, say whether auditing failed, print the summary."""
+    broken = getattr(audit.store, "_broken", None)
+    sandboxes = list(audit.seen)
+    try:
+        audit.close()
+    except Exception as err:  # the store failed: the run's egress was already stopped
+        broken = broken or str(err)
+    if broken:
+        print(f"corral: the audit store failed during the run ({broken}); the sandbox's egress "
+              "was stopped", file=sys.stderr)
+    for sid in sandboxes:
+        try:
+            from corral.audit import summary
+
+            sys.stderr.write(summary(sid, audit.store.path, color=os.isatty(2)))
+            sys.stderr.flush()
+        except Exception as err:
+            print(f"corral: no audit summary for sandbox {sid}: {err}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """The proxy's audit side: the sink protocol and its relay across the privilege boundary.
 
 The proxy runs as its own unprivileged uid in a child process; the audit store is root-only in
-the launcher. Events travel over a socketpair as JSON lines; the launcher's relay thread hands
-each to the real sink and acknowledges only after ``sink.emit`` returned (the event is durable).
+the launcher. Events travel over a socketpair to ``corral.audit.AuditRelay`` (the one relay of
+corral), bound in the launcher to this sandbox's trail and to the proxy's event types only; it
+acknowledges an event only once its group committed (the event is durable).
 
 Invariants:
 - ``await emit(...)`` in the proxy returns only after the launcher acknowledged the event, so
@@ -14,14 +15,15 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import struct
 from typing import Any, Protocol
 
-__all__ = ["AsyncAudit", "AuditSink", "DirectAudit", "NullAudit", "RelayAudit", "start_relay"]
+__all__ = ["AsyncAudit", "AuditSink", "DirectAudit", "NullAudit", "RelayAudit", "SinkTrail",
+           "start_relay"]
+
+_LEN = struct.Struct(">I")  # corral.audit.relay's frame header
 
 
 class AuditSink(Protocol):
@@ -51,7 +53,12 @@ class DirectAudit(AsyncAudit):
 
 
 class RelayAudit(AsyncAudit):
-    """The proxy child's end of the relay."""
+    """The proxy child's end of ``corral.audit.AuditRelay`` (the launcher holds the trail).
+
+    Speaks the relay's frames (4-byte big-endian length + JSON; acks in request order) on the
+    child's event loop, so an event costs no thread hop. ``emit`` returns once the relay acked
+    the event's commit; an error ack or a closed relay raises ``ConnectionError``.
+    """
 
     enabled = True
 
@@ -68,15 +75,19 @@ class RelayAudit(AsyncAudit):
 
     async def _acks(self, reader: asyncio.StreamReader) -> None:
         try:
-            while line := await reader.readline():
-                seq = int(line)
-                waiter = self.waiters.pop(abs(seq), None)
+            while True:
+                head = await reader.readexactly(4)
+                (n,) = _LEN.unpack(head)
+                msg = json.loads(await reader.readexactly(n))
+                waiter = self.waiters.pop(int(msg.get("id", 0)), None)
                 if waiter is None or waiter.done():
                     continue
-                if seq < 0:
-                    waiter.set_exception(ConnectionError("the audit sink failed"))
+                if msg.get("error") is not None:
+                    waiter.set_exception(ConnectionError(f"audit: {msg['error']}"))
                 else:
                     waiter.set_result(None)
+        except (asyncio.IncompleteReadError, OSError, ValueError):
+            pass
         finally:
             for waiter in self.waiters.values():
                 if not waiter.done():
@@ -90,42 +101,50 @@ class RelayAudit(AsyncAudit):
         seq = self.seq
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiters[seq] = waiter
-        line = json.dumps({"seq": seq, "type": event_type, "fields": fields}, default=str)
-        self.writer.write(line.encode() + b"\n")
+        data = {k: v for k, v in fields.items() if v is not None}
+        body = json.dumps({"id": seq, "type": event_type, "data": data},
+                          separators=(",", ":"), default=str).encode()
+        self.writer.write(_LEN.pack(len(body)) + body)
         await waiter
 
 
-def start_relay(sock: socket.socket, sink: AuditSink) -> threading.Thread:
-    """Launcher side: emit each event into ``sink``, ack it once emit returned."""
-    lock = threading.Lock()
-    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="corral-audit-relay")
+class _Done:
+    """A ticket already settled (the sink emitted synchronously)."""
 
-    def handle(record: dict[str, Any]) -> None:
-        seq = int(record["seq"])
+    done = True
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.seq
+
+
+class SinkTrail:
+    """Lets ``AuditRelay`` serve a plain ``AuditSink`` (tests, embedded use) like a trail."""
+
+    def __init__(self, sink: AuditSink) -> None:
+        self.sink = sink
+        self.count = 0
+
+    def emit_nowait(self, event_type: str, /, **fields: Any) -> _Done:
+        from corral.audit import AuditUnavailable, EventError
+
         try:
-            sink.emit(record["type"], **record["fields"])
-        except Exception:
-            seq = -seq  # the proxy fails the action closed
-        with lock, contextlib.suppress(OSError):
-            sock.sendall(b"%d\n" % seq)
+            self.sink.emit(event_type, **fields)
+        except (EventError, TypeError):
+            raise
+        except Exception as err:
+            raise AuditUnavailable(f"audit sink failed: {err}") from None
+        self.count += 1
+        return _Done(self.count)
 
-    def run() -> None:
-        buf = b""
-        try:
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                buf += data
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if line:
-                        pool.submit(handle, json.loads(line))
-        except OSError:
-            pass
-        finally:
-            pool.shutdown(wait=True)
 
-    thread = threading.Thread(target=run, name="corral-audit-relay", daemon=True)
-    thread.start()
-    return thread
+def start_relay(sock: socket.socket, sink: Any) -> Any:
+    """Launcher side: ``corral.audit.AuditRelay`` for ``sink`` (a trail, or a plain sink),
+    accepting only the proxy's event types."""
+    from corral.audit import AuditRelay
+    from corral.audit.relay import PROXY_EVENTS
+
+    trail: Any = sink if hasattr(sink, "emit_nowait") else SinkTrail(sink)
+    return AuditRelay(trail, sock, allowed=PROXY_EVENTS)

@@ -81,9 +81,10 @@ def _normalise_secrets(
 
 
 class ProxyHandle:
-    def __init__(self, pid: int, lifeline: socket.socket) -> None:
+    def __init__(self, pid: int, lifeline: socket.socket, relay: Any = None) -> None:
         self.pid = pid
         self._lifeline = lifeline
+        self._relay = relay
         self._stopped = False
 
     def alive(self) -> bool:
@@ -112,6 +113,8 @@ class ProxyHandle:
                 os.kill(self.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
+        if self._relay is not None:
+            self._relay.close()  # the child is gone: the relay's threads end
         self._lifeline.close()
 
 
@@ -256,9 +259,8 @@ class ProxyService:
                 os._exit(status)
         theirs.close()
         os.close(ready_w)
-        if self.audit is not None:
-            start_relay(ours, self.audit)
-        handle = ProxyHandle(pid, ours)
+        relay = start_relay(ours, self.audit) if self.audit is not None else None
+        handle = ProxyHandle(pid, ours, relay)
         readable, _, _ = select.select([ready_r], [], [], ready_timeout)
         ok = bool(readable) and os.read(ready_r, 1) == b"1"
         os.close(ready_r)

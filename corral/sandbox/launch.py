@@ -235,6 +235,8 @@ class Sandbox:
             raise RuntimeError("sandbox is closed")
         if not argv:
             raise CorralError("no command given", exit_code=EXIT_CORRAL)
+        # exec.start is durable before the command can start (audit before action)
+        self._audit("sandbox.spawn", argv=list(argv), tty=tty, cwd=cwd)
         args, fds = self.bwrap_argv(argv, tty=tty, cwd=cwd)
         info_r = self._pending_info
         netns_fd = self._netns.fd
@@ -287,7 +289,6 @@ class Sandbox:
                     os.close(fd)
         self._procs.append(proc)
         self._info[proc.pid] = info_r
-        self._audit("sandbox.spawn", argv=list(argv), pid=proc.pid, tty=tty)
         return proc
 
     def agent_pid(self, proc: subprocess.Popen[bytes]) -> int | None:

@@ -255,6 +255,13 @@ async def test_approval_lifecycle_stdio(env: dict[str, str], tmp_path: Path,
             ("tool.call", None)} <= kinds, kinds
     reasons = {(e.get("data") or {}).get("reason") for e in events}
     assert {"fine", "no evil"} <= reasons  # why the human decided is in the audit trail
+    lifecycle = [json.loads(line) for line in
+                 _cli(env, "audit", "list", "--json", "-t", "sandbox.*", "-t", "exec.start",
+                      "--limit", "0").stdout.splitlines()]
+    # the tools sandbox's own trail, written by the shared launcher's audit adapter
+    assert {"sandbox.create", "sandbox.layer", "exec.start", "sandbox.teardown"} <= {
+        e["type"] for e in lifecycle}
+    assert any((e.get("data") or {}).get("via") == "mcp" for e in lifecycle)
     assert _cli(env, "audit", "verify").returncode == 0
 
 
