@@ -56,14 +56,20 @@ def mcp(
                                   "pending for `corral approvals`; cli: always pending."),
     approval_ttl: float = typer.Option(600.0, "--approval-ttl", help="Seconds before a pending "
                                        "approval expires (denied)."),
+    upstream_proxy: str | None = typer.Option(None, "--upstream-proxy", metavar="URL",
+                                              help="Send all egress through this HTTP proxy "
+                                              "(default: upstream_proxy in config.yaml)."),
 ) -> None:
     """Serve the exec/read/write/edit/glob/grep/fetch tools from a corral sandbox."""
     if approvals not in ("auto", "cli"):
         raise UserInputError("--approvals must be auto or cli")
     if workspace is not None and not workspace.is_dir():
         raise UserInputError(f"--workspace {workspace}: not a directory")
+    from corral.runtime.config import upstream_proxy as configured_upstream
+
     serve(policy, workspace=workspace, http=http, tokens=token, origins=allow_origin,
-          elicitation=approvals == "auto", approval_ttl=approval_ttl)
+          elicitation=approvals == "auto", approval_ttl=approval_ttl,
+          upstream_proxy=configured_upstream(upstream_proxy))
 
 
 def serve(
@@ -76,6 +82,7 @@ def serve(
     elicitation: bool,
     approval_ttl: float,
     audit: Any = None,
+    upstream_proxy: str | None = None,
 ) -> None:
     import anyio
 
@@ -115,7 +122,7 @@ def serve(
     def factory(principal: str) -> Tools:
         spec = SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
                            workspace=ws)
-        opener = proxied_opener(rp, sandbox_audit=launch,
+        opener = proxied_opener(rp, sandbox_audit=launch, upstream_proxy=upstream_proxy,
                                 proxy_audit=launch.proxy_audit if launch is not None else None)
         session = ShellSession(SandboxProvider(spec, opener=opener), idle=rp.limits.idle)
         ident = str(ws) if ws is not None else f"ephemeral:{principal}:{os.getpid()}"

@@ -1,6 +1,7 @@
 """``corral run``: the lean launch path (no typer, no rich, no pydantic unless a policy needs it).
 
-``corral run [-p POLICY]... [--workspace DIR] [--home DIR] [--env K=V]... -- CMD [ARGS...]``
+``corral run [-p POLICY]... [--workspace DIR] [--home DIR] [--env K=V]... [--upstream-proxy URL]
+-- CMD [ARGS...]`` (the upstream proxy also comes from ``upstream_proxy`` in the config file)
 
 Bad input of any kind (a missing command, a bad policy, a missing or hidden workspace,
 conflicting flags) prints one ``corral: ...`` line and exits 125 before anything is created.
@@ -39,6 +40,7 @@ def _parser() -> _Parser:
     p.add_argument("--workspace")
     p.add_argument("--home")
     p.add_argument("--env", action="append", default=[])
+    p.add_argument("--upstream-proxy")
     p.add_argument("cmd", nargs="*")
     return p
 
@@ -101,6 +103,11 @@ def run_main(argv: list[str]) -> int:
         from corral.sandbox.preflight import check
 
         check()  # root, tools, kernel: say what is missing before touching the audit store
+        upstream = None
+        if policy is not None and policy.rules:  # flag, else config.yaml; bad -> one line
+            from corral.runtime.config import upstream_proxy
+
+            upstream = upstream_proxy(ns.upstream_proxy, exit_code=EXIT_CORRAL_FAILURE)
         audit = open_audit(policy, mode="run", command=list(cmd))  # before anything is created
         try:
             hooks = None
@@ -108,7 +115,7 @@ def run_main(argv: list[str]) -> int:
                 from corral.runtime.egress import EgressHooks
 
                 # egress rules: the proxy and DNS stub come along, auditing into this run's trail
-                hooks = EgressHooks(policy, proxy_audit=audit.proxy_audit)
+                hooks = EgressHooks(policy, proxy_audit=audit.proxy_audit, upstream_proxy=upstream)
                 spec = hooks.prepare(spec)
             from corral.sandbox.run import run_command
 

@@ -1,0 +1,92 @@
+"""corral's own settings: ``config.yaml`` in ``corral.paths.config_dir()`` (root-owned).
+
+Keys (all optional)::
+
+    upstream_proxy: http://proxy.corp.example:3128   # all egress leaves through this proxy
+
+A command-line flag overrides the file. A bad file is one line naming ``file:line`` and the fix;
+an absent file is no settings. The file is only read when it exists, so a run without one pays
+no YAML import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import CorralError
+from corral.paths import config_dir
+
+__all__ = ["Config", "config_path", "load_config", "upstream_proxy"]
+
+KEYS = ("upstream_proxy",)
+
+
+@dataclass(frozen=True)
+class Config:
+    upstream_proxy: str | None = None
+
+
+def config_path() -> Path:
+    return config_dir() / "config.yaml"
+
+
+def _check_upstream(value: str) -> str:
+    """Raise ``ValueError`` unless ``value`` is an ``http://HOST:PORT`` proxy URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value if "://" in value else f"http://{value}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"must be http://HOST:PORT, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"bad port in {value!r}") from None
+    return value
+
+
+def load_config(path: Path | None = None, *, exit_code: int = 2) -> Config:
+    path = path or config_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return Config()
+    except OSError as err:
+        raise CorralError(f"{path}: cannot read: {err.strerror}", exit_code=exit_code) from None
+    from corral.policy.yamlsrc import parse_yaml
+
+    try:
+        data, lines = parse_yaml(text)
+    except ValueError as err:
+        line, _where, message = str(err).split("|", 2)
+        raise CorralError(f"{path}:{line}: {message}", exit_code=exit_code) from None
+    if data is None:
+        return Config()
+    if not isinstance(data, dict):
+        raise CorralError(f"{path}:1: expected a mapping of settings ({', '.join(KEYS)})",
+                          exit_code=exit_code)
+    for key in data:
+        if key not in KEYS:
+            raise CorralError(f"{path}:{lines.get((key,), 1)}: unknown setting {key!r} "
+                              f"(known: {', '.join(KEYS)})", exit_code=exit_code)
+    upstream = data.get("upstream_proxy")
+    if upstream is not None:
+        where = f"{path}:{lines.get(('upstream_proxy',), 1)}"
+        if not isinstance(upstream, str):
+            raise CorralError(f"{where}: upstream_proxy must be a URL like "
+                              "http://proxy.example:3128", exit_code=exit_code)
+        try:
+            _check_upstream(upstream)
+        except ValueError as err:
+            raise CorralError(f"{where}: upstream_proxy {err}", exit_code=exit_code) from None
+    return Config(upstream_proxy=upstream)
+
+
+def upstream_proxy(flag: str | None, *, exit_code: int = 2) -> str | None:
+    """The upstream proxy: the flag if given (validated), else the config file's."""
+    if flag is not None:
+        try:
+            return _check_upstream(flag)
+        except ValueError as err:
+            raise CorralError(f"--upstream-proxy {err}", exit_code=exit_code) from None
+    return load_config(exit_code=exit_code).upstream_proxy
