@@ -58,10 +58,30 @@ Queries: ``corral.audit.query``; verification: ``corral.audit.verify``; CLI: ``c
 
 from __future__ import annotations
 
-from corral.audit.events import SCHEMAS, Actor, EventError, EventType
-from corral.audit.relay import AuditRelay, RemoteTrail
-from corral.audit.store import AuditStore, AuditUnavailable, Ticket, Trail
-from corral.audit.summary import summary
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.audit.events import SCHEMAS, Actor, EventError, EventType
+    from corral.audit.relay import AuditRelay, RemoteTrail
+    from corral.audit.store import AuditStore, AuditUnavailable, Ticket, Trail
+    from corral.audit.summary import summary
+
+# Submodules load on first use: ``corral run`` needs the store, not the relay or the summary,
+# before its command starts.
+_HOME = {
+    "SCHEMAS": "events", "Actor": "events", "EventError": "events", "EventType": "events",
+    "AuditRelay": "relay", "RemoteTrail": "relay", "AuditStore": "store",
+    "AuditUnavailable": "store", "Ticket": "store", "Trail": "store", "summary": "summary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        import importlib
+
+        return getattr(importlib.import_module(f"corral.audit.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'corral.audit' has no attribute {name!r}")
+
 
 __all__ = [
     "SCHEMAS",

@@ -19,9 +19,6 @@ def summary(
 ) -> str:
     """Render allowed/denied/inspected counts by host, credentials used, exit status, and the
     command that shows the full trail, as text (rich, no colour unless asked)."""
-    from rich.console import Console
-    from rich.table import Table
-
     con: sqlite3.Connection = open_read(path)
     try:
         counts: Counter[tuple[str, str]] = Counter()
@@ -45,37 +42,48 @@ def summary(
     finally:
         con.close()
 
-    out = io.StringIO()
-    console = Console(file=out, width=width, force_terminal=color, no_color=not color)
-    console.print(
-        f"[bold]corral[/] sandbox {sandbox_id}: {events} audit events, exit status {exit_status}"
-    )
     totals: Counter[str] = Counter()
     for (h, _), n in counts.items():
         totals[h] += n
     # One screen: the busiest hosts, denied ones first (they are what a user needs to act on).
     hosts = sorted(totals, key=lambda h: (-counts[(h, "deny")], -totals[h], h))
-    if hosts:
-        table = Table("host", "allowed", "inspected", "denied", box=None, pad_edge=False)
-        for h in hosts[:MAX_HOSTS]:
-            table.add_row(
-                h,
-                str(counts[(h, "allow")]),
-                str(counts[(h, "inspect")]),
-                str(counts[(h, "deny")]),
-            )
-        console.print(table)
-        if len(hosts) > MAX_HOSTS:
-            console.print(f"… and {len(hosts) - MAX_HOSTS} more hosts")
-    else:
-        console.print("no network requests")
+    rows = [(h, str(counts[(h, "allow")]), str(counts[(h, "inspect")]),
+             str(counts[(h, "deny")])) for h in hosts[:MAX_HOSTS]]
+    head = f"corral sandbox {sandbox_id}: {events} audit events, exit status {exit_status}"
+    tail: list[str] = []
+    if len(hosts) > MAX_HOSTS:
+        tail.append(f"… and {len(hosts) - MAX_HOSTS} more hosts")
+    if not hosts:
+        tail.append("no network requests")
     if dns_denied:
-        console.print(f"DNS names refused: {dns_denied}")
+        tail.append(f"DNS names refused: {dns_denied}")
     if creds:
-        console.print(
-            "credentials used: " + ", ".join(f"{b} ×{n}" for b, n in sorted(creds.items()))
-        )
+        tail.append("credentials used: " + ", ".join(f"{b} ×{n}" for b, n in sorted(creds.items())))
     else:
-        console.print("credentials used: none")
-    console.print(f"full trail: corral audit show {sandbox_id}")
+        tail.append("credentials used: none")
+    tail.append(f"full trail: corral audit show {sandbox_id}")
+    if not color:  # plain text: no rich import after every run (it costs ~40 ms of startup)
+        lines = [head]
+        if rows:
+            table = [("host", "allowed", "inspected", "denied"), *rows]
+            widths = [max(len(r[i]) for r in table) for i in range(4)]
+            lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+                      for r in table]
+        return "\n".join([*lines, *tail]) + "\n"
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=color, no_color=not color)
+    console.print(f"[bold]corral[/] {escape(head.removeprefix('corral '))}")
+    if rows:
+        grid = Table("host", "allowed", "inspected", "denied", box=None, pad_edge=False)
+        for row in rows:
+            grid.add_row(*row)
+        console.print(grid)
+    for line in tail:
+        console.print(escape(line))
     return out.getvalue()

@@ -150,7 +150,7 @@ def _after_run(audit: LaunchAudit) -> None:
               "was stopped", file=sys.stderr)
     for sid in sandboxes:
         try:
-            from corral.audit import summary
+            from corral.audit.summary import summary
 
             sys.stderr.write(summary(sid, audit.store.path, color=os.isatty(2)))
             sys.stderr.flush()

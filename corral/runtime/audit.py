@@ -25,7 +25,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from corral.audit import AuditStore, Trail
+    from corral.audit.store import AuditStore, Trail
 
 __all__ = ["KINDS", "LaunchAudit", "ToolAudit", "open_audit"]
 
@@ -46,7 +46,7 @@ KINDS: dict[str, tuple[str, str | None]] = {
 def open_audit(policy: Any = None, *, mode: str = "run", command: list[str] | None = None,
                path: Any = None) -> LaunchAudit:
     """Open the store (``CorralError`` with one clear line if it cannot be written)."""
-    from corral.audit import AuditStore
+    from corral.audit.store import AuditStore  # not corral.audit: relay/summary load later
 
     return LaunchAudit(AuditStore.open(path), policy=policy, mode=mode, command=command)
 
@@ -54,7 +54,7 @@ def open_audit(policy: Any = None, *, mode: str = "run", command: list[str] | No
 class LaunchAudit:
     def __init__(self, store: AuditStore, *, policy: Any = None, mode: str = "run",
                  command: list[str] | None = None) -> None:
-        from corral.audit import Actor
+        from corral.audit.events import Actor
 
         self.store = store
         self.actor = Actor.current()
