@@ -64,14 +64,17 @@ if TYPE_CHECKING:
     from corral.audit.events import SCHEMAS, Actor, EventError, EventType
     from corral.audit.relay import AuditRelay, RemoteTrail
     from corral.audit.store import AuditStore, AuditUnavailable, Ticket, Trail
-    from corral.audit.summary import summary
 
-# Submodules load on first use: ``corral run`` needs the store, not the relay or the summary,
+# ``summary`` is bound eagerly: it shares its name with its submodule, which importing would
+# otherwise leave in its place. (It is light: sqlite3 and the query helpers.)
+from corral.audit.summary import summary
+
+# Other submodules load on first use: ``corral run`` needs the store, not the relay or the summary,
 # before its command starts.
 _HOME = {
     "SCHEMAS": "events", "Actor": "events", "EventError": "events", "EventType": "events",
     "AuditRelay": "relay", "RemoteTrail": "relay", "AuditStore": "store",
-    "AuditUnavailable": "store", "Ticket": "store", "Trail": "store", "summary": "summary",
+    "AuditUnavailable": "store", "Ticket": "store", "Trail": "store",
 }
 
 
