@@ -121,6 +121,8 @@ def run_main(argv: list[str]) -> int:
 
             return run_command(spec, cmd, audit=audit, hooks=hooks)
         finally:
+            if hooks is not None:
+                hooks.detach()  # a no-op after the run; stops an unattached proxy child
             _after_run(audit)
     except (CorralError, OSError) as err:
         print(f"corral: {err}", file=sys.stderr)

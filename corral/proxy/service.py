@@ -21,14 +21,13 @@ import os
 import select
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from corral.errors import CorralError
+from corral.proxy.agentenv import SYSTEM_BUNDLE, agent_env, trust_bundle
 from corral.proxy.context import ProxyContext
 from corral.proxy.dns import serve_dns
 from corral.proxy.events import AsyncAudit, AuditSink, DirectAudit, RelayAudit, start_relay
@@ -39,7 +38,6 @@ from corral.proxy.upstream import UpstreamProxy
 
 __all__ = ["ProxyHandle", "ProxyService", "drop_privileges", "inspected_hosts"]
 
-SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
@@ -127,6 +125,7 @@ class ProxyService:
         upstream_proxy: str | None = None,
         resolve_overrides: Mapping[str, list[str]] | None = None,
         idle_timeout: float = 300.0,
+        ca: CertificateAuthority | None = None,
     ) -> None:
         self.policy = policy
         self.secrets = _normalise_secrets(secrets or {})
@@ -137,7 +136,7 @@ class ProxyService:
             raise CorralError(f"--upstream-proxy: {err}") from None
         self.resolve_overrides = dict(resolve_overrides or {})
         self.idle_timeout = idle_timeout
-        self.ca = CertificateAuthority(inspected_hosts(policy))
+        self.ca = ca if ca is not None else CertificateAuthority(inspected_hosts(policy))
 
     # -- what the sandbox gets ----------------------------------------------------------
 
@@ -147,43 +146,10 @@ class ProxyService:
         proxy_host: str = "127.0.0.1",
         bundle_path: str = SYSTEM_BUNDLE,
     ) -> dict[str, str]:
-        host = f"[{proxy_host}]" if ":" in proxy_host else proxy_host
-        url = f"http://{host}:{proxy_port}"
-        env = {
-            "HTTP_PROXY": url,
-            "HTTPS_PROXY": url,
-            "http_proxy": url,
-            "https_proxy": url,
-            "NO_PROXY": "localhost,127.0.0.1,::1",
-            "no_proxy": "localhost,127.0.0.1,::1",
-        }
-        for var in (
-            "SSL_CERT_FILE",
-            "REQUESTS_CA_BUNDLE",
-            "NODE_EXTRA_CA_CERTS",
-            "CURL_CA_BUNDLE",
-            "GIT_SSL_CAINFO",
-            "PIP_CERT",
-            "AWS_CA_BUNDLE",
-        ):
-            env[var] = bundle_path
-        bindings = getattr(self.policy, "credentials", {}) or {}
-        for name, binding in bindings.items():
-            if binding.kind == "aws":
-                env["AWS_ACCESS_KEY_ID"] = "AKIACORRALPLACEHOLDR"
-                env["AWS_SECRET_ACCESS_KEY"] = f"corral-placeholder-{name}"
-                if binding.aws_session_token:
-                    env["AWS_SESSION_TOKEN"] = f"corral-placeholder-{name}"
-            if binding.env:
-                env[binding.env] = f"corral-placeholder-{name}"
-        return env
+        return agent_env(self.policy, proxy_port, proxy_host, bundle_path)
 
     def trust_bundle(self) -> bytes:
-        path = ssl.get_default_verify_paths().cafile or SYSTEM_BUNDLE
-        system = Path(path).read_bytes() if Path(path).exists() else b""
-        if system and not system.endswith(b"\n"):
-            system += b"\n"
-        return system + self.ca.cert_pem
+        return trust_bundle(self.ca.cert_pem)
 
     # -- serving ------------------------------------------------------------------------
 
@@ -268,6 +234,20 @@ class ProxyService:
             handle.stop()
             raise CorralError("the egress proxy failed to start")
         return handle
+
+    def serve_child(
+        self,
+        listen: list[socket.socket],
+        dns_socks: list[socket.socket],
+        lifeline: socket.socket,
+        ready_w: int,
+        run_as: tuple[int, int] | None,
+    ) -> None:
+        """Run the proxy child's body in this (already forked) process: relay or lifeline on
+        ``lifeline``, drop to ``run_as`` before serving, write ``b"1"`` to ``ready_w`` once it
+        serves, return when stopped (SIGTERM) or when the launcher is gone."""
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(self._child(listen, dns_socks, lifeline, ready_w, run_as))
 
     async def _child(
         self,

@@ -17,10 +17,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from botocore.auth import S3SigV4Auth, SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
+if TYPE_CHECKING:
+    from botocore.awsrequest import AWSRequest
 
 __all__ = ["MAX_BUFFERED_BODY", "SigV4Error", "needs_body", "resign"]
 
@@ -73,6 +73,11 @@ def resign(
     if declared is None:
         declared = hashlib.sha256(body or b"").hexdigest()
     payload_hash = declared
+    # botocore loads on the first re-signing only: it is ~50 ms of every proxy's startup else
+    from botocore.auth import S3SigV4Auth, SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
     kept = [(n, v) for n, v in headers if n.decode("latin-1").lower() not in _STRIP]
     request = AWSRequest(
         method=method,
@@ -82,9 +87,9 @@ def resign(
     creds = Credentials(
         keys["access_key_id"], keys["secret_access_key"], keys.get("session_token") or None
     )
-    base = S3SigV4Auth if service == "s3" else SigV4Auth
+    base: Any = S3SigV4Auth if service == "s3" else SigV4Auth
 
-    class _Signer(base):  # type: ignore[valid-type,misc]
+    class _Signer(base):  # type: ignore[misc]
         def payload(self, request: AWSRequest) -> str:
             return payload_hash
 

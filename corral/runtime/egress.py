@@ -3,9 +3,10 @@
 ``Egress`` resolves the policy's secrets on the host and builds the proxy (ephemeral CA) before
 the sandbox exists; ``prepare`` puts the proxy/DNS ports, the agent's proxy and CA variables and
 the trust bundle into the spec; once every layer exists ``attach`` creates the listeners inside
-the sandbox netns and starts the proxy child as the sandbox's own helper uid; ``detach`` stops
-it. ``EgressHooks`` is the ``RunHooks`` form for ``corral run``; ``proxied_opener`` the opener
-form for ``corral mcp``'s tools sandboxes.
+the sandbox netns and hands them to the proxy child, which serves as the sandbox's own helper
+uid; ``detach`` stops it. The child is forked first thing and makes its CA (the key never
+leaves it) while the launcher builds the sandbox. ``EgressHooks`` is the ``RunHooks`` form for
+``corral run``; ``proxied_opener`` the opener form for ``corral mcp``'s tools sandboxes.
 
 Invariants:
 - The proxy serves before the command starts and before ``open`` returns: no window without
@@ -56,7 +57,11 @@ def listeners() -> list[socket.socket]:
 
 
 class Egress:
-    """The proxy of one sandbox: build, ``prepare`` the spec, ``attach``, ``detach``."""
+    """The proxy of one sandbox: build, ``prepare`` the spec, ``attach``, ``detach``.
+
+    The proxy child is forked here, before the sandbox exists: it imports the proxy and makes
+    the CA while the launcher builds the sandbox (``corral.runtime.proxyproc``).
+    """
 
     def __init__(
         self,
@@ -67,44 +72,42 @@ class Egress:
         resolve_overrides: Mapping[str, list[str]] | None = None,
     ) -> None:
         from corral.credentials.resolve import resolve_secrets
-        from corral.proxy.service import ProxyService
+        from corral.runtime.proxyproc import ProxyProcess
 
-        self.service = ProxyService(policy, secrets=resolve_secrets(policy),
-                                    upstream_proxy=upstream_proxy,
-                                    resolve_overrides=dict(resolve_overrides or {}))
+        self.policy = policy
+        self.proc = ProxyProcess(policy, resolve_secrets(policy), upstream_proxy=upstream_proxy,
+                                 resolve_overrides=resolve_overrides)
         self.proxy_audit = proxy_audit
         self.proxy_uid: int | None = None
-        self._handle: Any = None
 
     def prepare(self, spec: SandboxSpec) -> SandboxSpec:
+        from corral.proxy.agentenv import agent_env, trust_bundle
+
         return dataclasses.replace(
             spec,
             proxy_port=PROXY_PORT,
             dns_port=DNS_PORT,
-            env={**self.service.agent_env(PROXY_PORT, bundle_path=BUNDLE), **spec.env},
-            extra_files={**spec.extra_files, BUNDLE: self.service.trust_bundle()},
+            env={**agent_env(self.policy, PROXY_PORT, bundle_path=BUNDLE), **spec.env},
+            extra_files={**spec.extra_files, BUNDLE: trust_bundle(self.proc.ca_pem())},
         )
 
     def attach(self, sb: Sandbox) -> None:
         """Start the proxy for ``sb``; returns once it serves (or raises)."""
         uid = sb.reserve_helper_uid()
         self.proxy_uid = uid
-        self.service.audit = self.proxy_audit(sb.id) if self.proxy_audit is not None else None
+        audit = self.proxy_audit(sb.id) if self.proxy_audit is not None else None
         socks: list[socket.socket] = []
         try:
             socks = sb.run_in_netns(listeners)
-            self._handle = self.service.start(
-                listen_socks=socks[:1], dns_socks=socks[1:], run_as=(uid, uid)
-            )
+            self.proc.start(socks[:1], socks[1:], run_as=(uid, uid), audit=audit)
         finally:
             for sock in socks:  # the proxy child holds its own copies
                 with contextlib.suppress(OSError):
                     sock.close()
 
     def detach(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            handle.stop()
+        """Stop the proxy (also when it was never attached); idempotent."""
+        self.proc.stop()
 
 
 class EgressHooks(Egress):
@@ -134,11 +137,18 @@ def proxied_opener(
 
         egress = Egress(policy, proxy_audit=proxy_audit, upstream_proxy=upstream_proxy,
                         resolve_overrides=resolve_overrides)
-        sb = Sandbox.open(egress.prepare(spec), sandbox_audit)
+        try:
+            sb = Sandbox.open(egress.prepare(spec), sandbox_audit)
+        except BaseException:
+            egress.detach()
+            raise
         try:
             egress.attach(sb)
         except BaseException:
-            sb.close()
+            try:
+                egress.detach()
+            finally:
+                sb.close()
             raise
 
         def close() -> None:

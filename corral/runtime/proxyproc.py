@@ -1,0 +1,219 @@
+"""The proxy child, forked early: it imports the proxy and makes the CA while the launcher
+builds the sandbox (DESIGN "Performance notes": the launch path imports only what it needs).
+
+Sequence::
+
+    proc = ProxyProcess(policy, secrets, upstream_proxy=..., resolve_overrides=...)  # fork
+    pem = proc.ca_pem()        # the child's CA certificate (never its key)
+    ... build the sandbox, create the listeners inside its netns ...
+    handle = proc.start(listen, dns, run_as=(uid, uid), audit=trail)   # returns once serving
+    handle.stop()
+
+Invariants:
+- The CA private key is generated in the child and never leaves it; the launcher receives only
+  the certificate (PEM) over the control socket.
+- Until ``start`` the child reads only the launcher's control messages (trusted). Before it
+  parses anything from the sandbox it drops to ``run_as`` (groups cleared, no_new_privs, not
+  dumpable) — ``ProxyService.serve_child``. The listeners are created by the launcher inside
+  the sandbox netns and passed to the child (SCM_RIGHTS).
+- The child exits when the launcher goes away (its control or lifeline socket reaches EOF),
+  so a proxy never outlives its launcher; a dead proxy means no egress.
+- The child keeps no other inherited descriptor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+from corral.errors import CorralError
+
+__all__ = ["ProxyProcess"]
+
+_LEN = struct.Struct(">I")
+_MAX_FDS = 8
+
+
+def _inspected_hosts(policy: Any) -> list[str]:
+    rules = getattr(policy, "rules", None) or []
+    return [r.host for r in rules if r.action == "inspect"] or ["invalid.corral"]
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError("proxy control socket closed")
+        data += chunk
+    return data
+
+
+class ProxyProcess:
+    def __init__(
+        self,
+        policy: Any,
+        secrets: Mapping[str, Any],
+        *,
+        upstream_proxy: str | None = None,
+        resolve_overrides: Mapping[str, list[str]] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.timeout = timeout
+        self._ctl, ctl_child = socket.socketpair()
+        self._life, life_child = socket.socketpair()
+        self._pem: bytes | None = None
+        self._handle: Any = None
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            status = 70
+            try:
+                self._ctl.close()
+                self._life.close()
+                _child(ctl_child, life_child, policy, dict(secrets), upstream_proxy,
+                       dict(resolve_overrides or {}))
+                status = 0
+            except BaseException:
+                status = 70
+            finally:
+                os._exit(status)
+        self.pid = pid
+        ctl_child.close()
+        life_child.close()
+
+    def _read_frame(self) -> bytes:
+        ready, _, _ = select.select([self._ctl], [], [], self.timeout)
+        if not ready:
+            raise CorralError("the egress proxy did not start in time")
+        (n,) = _LEN.unpack(_recv_exact(self._ctl, 4))
+        return _recv_exact(self._ctl, n)
+
+    def ca_pem(self) -> bytes:
+        """The sandbox CA's certificate, once the child made it (an error line if it failed)."""
+        if self._pem is None:
+            try:
+                frame = self._read_frame()
+            except (EOFError, OSError):
+                self.kill()
+                raise CorralError("the egress proxy failed to start (no CA)") from None
+            if not frame.startswith(b"-----BEGIN CERTIFICATE-----"):
+                self.kill()
+                raise CorralError(f"the egress proxy failed to start: {frame.decode()[:200]}")
+            self._pem = frame
+        return self._pem
+
+    def start(self, listen: list[socket.socket], dns: list[socket.socket],
+              run_as: tuple[int, int], audit: Any = None) -> Any:
+        """Hand the listeners to the child; returns a ``ProxyHandle`` once the proxy serves."""
+        from corral.proxy.events import start_relay
+        from corral.proxy.service import ProxyHandle
+
+        socks = [*listen, *dns]
+        if len(socks) > _MAX_FDS:
+            raise ValueError("too many listeners")
+        msg = json.dumps({"uid": run_as[0], "gid": run_as[1], "listen": len(listen),
+                          "audit": audit is not None}).encode()
+        try:
+            socket.send_fds(self._ctl, [_LEN.pack(len(msg)) + msg], [s.fileno() for s in socks])
+        except OSError as err:
+            self.kill()
+            raise CorralError(f"the egress proxy failed to start: {err}") from None
+        relay = start_relay(self._life, audit) if audit is not None else None
+        self._handle = ProxyHandle(self.pid, self._life, relay)
+        ready, _, _ = select.select([self._ctl], [], [], self.timeout)
+        try:
+            ok = bool(ready) and self._ctl.recv(1) == b"1"
+        except OSError:
+            ok = False
+        if not ok:
+            self.stop()
+            raise CorralError("the egress proxy failed to start")
+        return self._handle
+
+    def stop(self) -> None:
+        """Stop the child (idempotent)."""
+        if self._handle is not None:
+            self._handle.stop()
+            with contextlib.suppress(OSError):
+                self._ctl.close()
+        else:
+            self.kill()
+
+    def kill(self) -> None:
+        if self._ctl.fileno() < 0:
+            return  # already stopped
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        for sock in (self._ctl, self._life):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _send_frame(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def _child(ctl: socket.socket, life: socket.socket, policy: Any, secrets: dict[str, Any],
+           upstream_proxy: str | None, overrides: dict[str, list[str]]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when the proxy stops
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    keep = sorted({0, 1, 2, ctl.fileno(), life.fileno()})
+    low = 0
+    for fd in keep:
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
+    try:
+        from corral.proxy.tls import CertificateAuthority
+
+        ca = CertificateAuthority(_inspected_hosts(policy))
+        _send_frame(ctl, ca.cert_pem)  # first, so the launcher can build the sandbox meanwhile
+        from corral.proxy.service import ProxyService
+
+        service = ProxyService(policy, secrets=secrets, upstream_proxy=upstream_proxy,
+                               resolve_overrides=overrides, ca=ca)
+    except Exception as err:
+        with contextlib.suppress(OSError):
+            _send_frame(ctl, f"{type(err).__name__}: {err}".encode())
+        raise
+    head, received = b"", []
+    while len(head) < 4:  # the launcher's go: listeners, uid, audit on/off
+        data, fds, _flags, _addr = socket.recv_fds(ctl, 4096, _MAX_FDS)
+        if not data:
+            return  # the launcher is gone before starting us
+        head += data
+        received += fds
+    (n,) = _LEN.unpack(head[:4])
+    body = head[4:]
+    while len(body) < n:
+        more = ctl.recv(n - len(body))
+        if not more:
+            return
+        body += more
+    cfg = json.loads(body)
+    socks = [socket.socket(fileno=fd) for fd in received]
+    listen, dns = socks[: cfg["listen"]], socks[cfg["listen"]:]
+    if cfg["audit"]:
+        service.audit = _RelayMarker()  # events go through the relay on ``life``
+    # serve_child writes b"1" on ``ready_w`` once serving: here, straight to the launcher
+    service.serve_child(listen, dns, life, os.dup(ctl.fileno()),
+                        (int(cfg["uid"]), int(cfg["gid"])))
+
+
+class _RelayMarker:
+    """Tells ``ProxyService`` its events go to the launcher's relay (the sink lives there)."""
+
+    def emit(self, event_type: str, /, **fields: Any) -> None:
+        raise RuntimeError("the proxy child emits through the relay only")
