@@ -119,7 +119,8 @@ def run_main(argv: list[str]) -> int:
                 spec = hooks.prepare(spec)
             from corral.sandbox.run import run_command
 
-            return run_command(spec, cmd, audit=audit, hooks=hooks)
+            code = run_command(spec, cmd, audit=audit, hooks=hooks)
+            return EXIT_CORRAL_FAILURE if hooks is not None and hooks.failed else code
         finally:
             if hooks is not None:
                 hooks.detach()  # a no-op after the run; stops an unattached proxy child

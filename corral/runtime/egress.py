@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
+import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +81,8 @@ class Egress:
                                  resolve_overrides=resolve_overrides)
         self.proxy_audit = proxy_audit
         self.proxy_uid: int | None = None
+        self.failed = False  # the proxy did not come up after ``attach(wait=False)``
+        self._detached = False
 
     def prepare(self, spec: SandboxSpec) -> SandboxSpec:
         from corral.proxy.agentenv import agent_env, trust_bundle
@@ -91,22 +95,38 @@ class Egress:
             extra_files={**spec.extra_files, BUNDLE: trust_bundle(self.proc.ca_pem())},
         )
 
-    def attach(self, sb: Sandbox) -> None:
-        """Start the proxy for ``sb``; returns once it serves (or raises)."""
+    def attach(self, sb: Sandbox, *, wait: bool = True) -> None:
+        """Start the proxy for ``sb``; returns once it serves (or raises).
+
+        ``wait=False`` returns as soon as the child holds the listeners: they are bound and
+        listening inside the netns already, so the agent's first connections wait in their
+        backlog until the proxy (privileges dropped) accepts them — egress is never open. A
+        watcher stops the sandbox if the proxy then fails to start (``failed``).
+        """
         uid = sb.reserve_helper_uid()
         self.proxy_uid = uid
         audit = self.proxy_audit(sb.id) if self.proxy_audit is not None else None
         socks: list[socket.socket] = []
         try:
             socks = sb.run_in_netns(listeners)
-            self.proc.start(socks[:1], socks[1:], run_as=(uid, uid), audit=audit)
+            self.proc.start(socks[:1], socks[1:], run_as=(uid, uid), audit=audit, wait=wait)
+            if not wait:
+                threading.Thread(target=self._watch, args=(sb,), daemon=True,
+                                 name="corral-proxy-watch").start()
         finally:
             for sock in socks:  # the proxy child holds its own copies
                 with contextlib.suppress(OSError):
                     sock.close()
 
+    def _watch(self, sb: Sandbox) -> None:
+        if not self.proc.wait_ready() and not self._detached:
+            self.failed = True
+            sys.stderr.write("corral: the egress proxy failed to start; stopping the sandbox\n")
+            sb.kill_all()
+
     def detach(self) -> None:
         """Stop the proxy (also when it was never attached); idempotent."""
+        self._detached = True
         self.proc.stop()
 
 
@@ -114,7 +134,7 @@ class EgressHooks(Egress):
     """``Egress`` as ``corral.sandbox.RunHooks`` for ``run_command``."""
 
     def started(self, sb: Sandbox) -> Mapping[str, str]:
-        self.attach(sb)
+        self.attach(sb, wait=False)  # the command starts while the proxy finishes its setup
         return {}
 
     def finished(self, sb: Sandbox) -> None:

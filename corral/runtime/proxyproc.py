@@ -30,6 +30,7 @@ import select
 import signal
 import socket
 import struct
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,7 +71,8 @@ class ProxyProcess:
         self._ctl, ctl_child = socket.socketpair()
         self._life, life_child = socket.socketpair()
         self._pem: bytes | None = None
-        self._handle: Any = None
+        self._relay: Any = None
+        self._started = self._stopped = False
         pid = os.fork()
         if pid == 0:  # child: never returns
             status = 70
@@ -110,10 +112,10 @@ class ProxyProcess:
         return self._pem
 
     def start(self, listen: list[socket.socket], dns: list[socket.socket],
-              run_as: tuple[int, int], audit: Any = None) -> Any:
-        """Hand the listeners to the child; returns a ``ProxyHandle`` once the proxy serves."""
-        from corral.proxy.events import start_relay
-        from corral.proxy.service import ProxyHandle
+              run_as: tuple[int, int], audit: Any = None, *, wait: bool = True) -> Any:
+        """Hand the listeners to the child; returns (``self``) once the proxy serves
+        (``wait=False``: at once; call ``wait_ready`` later)."""
+        from corral.audit.relay import PROXY_EVENTS, AuditRelay  # not the proxy: ~100 ms
 
         socks = [*listen, *dns]
         if len(socks) > _MAX_FDS:
@@ -125,37 +127,52 @@ class ProxyProcess:
         except OSError as err:
             self.kill()
             raise CorralError(f"the egress proxy failed to start: {err}") from None
-        relay = start_relay(self._life, audit) if audit is not None else None
-        self._handle = ProxyHandle(self.pid, self._life, relay)
-        ready, _, _ = select.select([self._ctl], [], [], self.timeout)
-        try:
-            ok = bool(ready) and self._ctl.recv(1) == b"1"
-        except OSError:
-            ok = False
-        if not ok:
+        # the one relay: bound to this sandbox's trail and to the proxy's event types
+        self._relay = AuditRelay(audit, self._life, allowed=PROXY_EVENTS) if audit else None
+        self._started = True
+        if wait and not self.wait_ready():
             self.stop()
             raise CorralError("the egress proxy failed to start")
-        return self._handle
+        return self
 
-    def stop(self) -> None:
-        """Stop the child (idempotent)."""
-        if self._handle is not None:
-            self._handle.stop()
-            with contextlib.suppress(OSError):
-                self._ctl.close()
-        else:
-            self.kill()
+    def wait_ready(self) -> bool:
+        """Whether the child reported that it serves (False: it failed, or was stopped)."""
+        try:
+            ready, _, _ = select.select([self._ctl], [], [], self.timeout)
+            return bool(ready) and self._ctl.recv(1) == b"1"
+        except (OSError, ValueError):
+            return False
 
-    def kill(self) -> None:
-        if self._ctl.fileno() < 0:
-            return  # already stopped
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the child: SIGTERM (it closes its listeners), SIGKILL after ``timeout``;
+        idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(self.pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break
+                time.sleep(0.005)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
+        if self._relay is not None:
+            self._relay.close()  # the child is gone: the relay's threads end
         for sock in (self._ctl, self._life):
             with contextlib.suppress(OSError):
                 sock.close()
+
+    def kill(self) -> None:
+        self._started = False
+        self.stop()
 
 
 def _send_frame(sock: socket.socket, data: bytes) -> None:

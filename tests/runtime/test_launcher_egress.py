@@ -75,3 +75,24 @@ def _parent(pid: int) -> int:
     except OSError:
         return -1
     return int(data.rsplit(b")", 1)[1].split()[1])
+
+
+def test_a_proxy_that_fails_to_start_stops_the_run(corral_env: dict[str, str],
+                                                   tmp_path: Path) -> None:
+    """The command may start while the proxy finishes its setup (its listeners already exist
+    in the netns); if the proxy then fails, the sandbox is stopped and the run exits 125."""
+    require_root()
+    require_tools("bwrap", "nft", "ip", "setpriv")
+    bad_ca = tmp_path / "not-a-ca.pem"
+    bad_ca.write_text("garbage\n")  # the proxy child fails loading it (after the fork)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"name: p\negress:\n  - host: a.test\n    action: inspect\n"
+                      f"    tls_ca: {bad_ca}\n")
+    done = subprocess.run([sys.executable, "-m", "corral", "run", "-p", str(policy), "--",
+                           "sh", "-c", "sleep 10; echo survived"],
+                          env={**os.environ, **corral_env}, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 125
+    assert "survived" not in done.stdout
+    assert "egress proxy failed to start" in done.stderr
+    assert list((Path(corral_env["CORRAL_HOME"]) / "sandboxes").glob("*.json")) == []
