@@ -103,19 +103,25 @@ def run_main(argv: list[str]) -> int:
         from corral.sandbox.preflight import check
 
         check()  # root, tools, kernel: say what is missing before touching the audit store
-        upstream = None
-        if policy is not None and policy.rules:  # flag, else config.yaml; bad -> one line
+        hooks = None
+        if policy is not None and policy.rules:
             from corral.runtime.config import upstream_proxy
+            from corral.runtime.egress import EgressHooks
 
             upstream = upstream_proxy(ns.upstream_proxy, exit_code=EXIT_CORRAL_FAILURE)
-        audit = open_audit(policy, mode="run", command=list(cmd))  # before anything is created
+            # egress rules: the proxy and DNS stub come along. The proxy child is forked now
+            # (it imports and makes its CA meanwhile) but gets secrets only once audit is open.
+            hooks = EgressHooks(policy, upstream_proxy=upstream, configure=False)
         try:
-            hooks = None
-            if policy is not None and policy.rules:
-                from corral.runtime.egress import EgressHooks
-
-                # egress rules: the proxy and DNS stub come along, auditing into this run's trail
-                hooks = EgressHooks(policy, proxy_audit=audit.proxy_audit, upstream_proxy=upstream)
+            audit = open_audit(policy, mode="run", command=list(cmd))  # before anything else
+        except BaseException:
+            if hooks is not None:
+                hooks.detach()
+            raise
+        try:
+            if hooks is not None:
+                hooks.proxy_audit = audit.proxy_audit  # this run's trail
+                hooks.configure()
                 spec = hooks.prepare(spec)
             from corral.sandbox.run import run_command
 

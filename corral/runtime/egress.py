@@ -72,27 +72,45 @@ class Egress:
         proxy_audit: ProxyAudit | None = None,
         upstream_proxy: str | None = None,
         resolve_overrides: Mapping[str, list[str]] | None = None,
+        configure: bool = True,
     ) -> None:
-        from corral.credentials.resolve import resolve_secrets
+        """Fork the proxy child; ``configure=False`` defers resolving the secrets (``corral
+        run`` forks before it opens the audit store, and resolves secrets only after)."""
         from corral.runtime.proxyproc import ProxyProcess
 
         self.policy = policy
-        self.proc = ProxyProcess(policy, resolve_secrets(policy), upstream_proxy=upstream_proxy,
-                                 resolve_overrides=resolve_overrides)
+        self.proc = ProxyProcess(policy)  # forked first: its imports overlap ours and the build
+        self._settings = (upstream_proxy, resolve_overrides)
+        if configure:
+            self.configure()
         self.proxy_audit = proxy_audit
         self.proxy_uid: int | None = None
         self.failed = False  # the proxy did not come up after ``attach(wait=False)``
         self._detached = False
 
+    def configure(self) -> None:
+        """Resolve the policy's secrets on the host and hand them to the proxy child."""
+        from corral.credentials.resolve import resolve_secrets
+
+        upstream_proxy, resolve_overrides = self._settings
+        try:
+            self.proc.configure(resolve_secrets(self.policy), upstream_proxy=upstream_proxy,
+                                resolve_overrides=resolve_overrides)
+        except BaseException:
+            self.proc.kill()
+            raise
+
     def prepare(self, spec: SandboxSpec) -> SandboxSpec:
-        from corral.proxy.agentenv import agent_env, trust_bundle
+        from corral.proxy.agentenv import agent_env
 
         return dataclasses.replace(
             spec,
             proxy_port=PROXY_PORT,
             dns_port=DNS_PORT,
             env={**agent_env(self.policy, PROXY_PORT, bundle_path=BUNDLE), **spec.env},
-            extra_files={**spec.extra_files, BUNDLE: trust_bundle(self.proc.ca_pem())},
+            # the bundle's content is set by ``attach`` (before any spawn), once the child's CA
+            # is there: the sandbox is built meanwhile
+            extra_files={**spec.extra_files, BUNDLE: b""},
         )
 
     def attach(self, sb: Sandbox, *, wait: bool = True) -> None:
@@ -103,6 +121,10 @@ class Egress:
         backlog until the proxy (privileges dropped) accepts them — egress is never open. A
         watcher stops the sandbox if the proxy then fails to start (``failed``).
         """
+        from corral.proxy.agentenv import trust_bundle
+
+        sb.spec = dataclasses.replace(
+            sb.spec, extra_files={**sb.spec.extra_files, BUNDLE: trust_bundle(self.proc.ca_pem())})
         uid = sb.reserve_helper_uid()
         self.proxy_uid = uid
         audit = self.proxy_audit(sb.id) if self.proxy_audit is not None else None

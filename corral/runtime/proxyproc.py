@@ -58,15 +58,8 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 class ProxyProcess:
-    def __init__(
-        self,
-        policy: Any,
-        secrets: Mapping[str, Any],
-        *,
-        upstream_proxy: str | None = None,
-        resolve_overrides: Mapping[str, list[str]] | None = None,
-        timeout: float = 10.0,
-    ) -> None:
+    def __init__(self, policy: Any, *, timeout: float = 10.0) -> None:
+        """Fork the child now; it makes the CA, then waits for ``configure`` and ``start``."""
         self.timeout = timeout
         self._ctl, ctl_child = socket.socketpair()
         self._life, life_child = socket.socketpair()
@@ -79,8 +72,7 @@ class ProxyProcess:
             try:
                 self._ctl.close()
                 self._life.close()
-                _child(ctl_child, life_child, policy, dict(secrets), upstream_proxy,
-                       dict(resolve_overrides or {}))
+                _child(ctl_child, life_child, policy)
                 status = 0
             except BaseException:
                 status = 70
@@ -89,6 +81,17 @@ class ProxyProcess:
         self.pid = pid
         ctl_child.close()
         life_child.close()
+
+    def configure(self, secrets: Mapping[str, Any], *, upstream_proxy: str | None = None,
+                  resolve_overrides: Mapping[str, list[str]] | None = None) -> None:
+        """Send the resolved secrets and settings (JSON over the private control socket)."""
+        msg = json.dumps({"secrets": dict(secrets), "upstream_proxy": upstream_proxy,
+                          "overrides": dict(resolve_overrides or {})}).encode()
+        try:
+            _send_frame(self._ctl, msg)
+        except OSError as err:
+            self.kill()
+            raise CorralError(f"the egress proxy failed to start: {err}") from None
 
     def _read_frame(self) -> bytes:
         ready, _, _ = select.select([self._ctl], [], [], self.timeout)
@@ -179,8 +182,12 @@ def _send_frame(sock: socket.socket, data: bytes) -> None:
     sock.sendall(_LEN.pack(len(data)) + data)
 
 
-def _child(ctl: socket.socket, life: socket.socket, policy: Any, secrets: dict[str, Any],
-           upstream_proxy: str | None, overrides: dict[str, list[str]]) -> None:
+def _recv_frame(sock: socket.socket) -> bytes:
+    (n,) = _LEN.unpack(_recv_exact(sock, 4))
+    return _recv_exact(sock, n)
+
+
+def _child(ctl: socket.socket, life: socket.socket, policy: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when the proxy stops
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -198,13 +205,16 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any, secrets: dict[s
         ca = CertificateAuthority(_inspected_hosts(policy))
         _send_frame(ctl, ca.cert_pem)  # first, so the launcher can build the sandbox meanwhile
         from corral.proxy.service import ProxyService
-
-        service = ProxyService(policy, secrets=secrets, upstream_proxy=upstream_proxy,
-                               resolve_overrides=overrides, ca=ca)
     except Exception as err:
         with contextlib.suppress(OSError):
             _send_frame(ctl, f"{type(err).__name__}: {err}".encode())
         raise
+    try:
+        conf = json.loads(_recv_frame(ctl))  # secrets and settings, from the launcher
+    except EOFError:
+        return  # the launcher is gone before configuring us
+    service = ProxyService(policy, secrets=conf["secrets"], upstream_proxy=conf["upstream_proxy"],
+                           resolve_overrides=conf["overrides"], ca=ca)
     head, received = b"", []
     while len(head) < 4:  # the launcher's go: listeners, uid, audit on/off
         data, fds, _flags, _addr = socket.recv_fds(ctl, 4096, _MAX_FDS)

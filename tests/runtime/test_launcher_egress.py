@@ -39,7 +39,7 @@ def test_proxy_runs_as_its_own_helper_uid(corral_env: dict[str, str], tmp_path: 
     policy = tmp_path / "p.yaml"
     policy.write_text("name: p\negress:\n  - host: example.test\n    action: deny\n")
     proc = subprocess.Popen([sys.executable, "-m", "corral", "run", "-p", str(policy), "--",
-                             "sh", "-c", "echo up; sleep 5"], env=env, stdout=subprocess.PIPE,
+                             "sh", "-c", "echo up; sleep 8"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "up\n"
@@ -49,8 +49,14 @@ def test_proxy_runs_as_its_own_helper_uid(corral_env: dict[str, str], tmp_path: 
         (helper,) = entry["helper_uids"]
         assert UID_BASE <= helper < UID_BASE + UID_RANGE
         assert helper not in (entry["uid"], 65534)
-        owners = _uids_of_processes()
-        proxies = [pid for pid, uid in owners.items() if uid == helper]
+        # the command may start before the proxy finished its setup: wait for it to serve
+        deadline = time.monotonic() + 5
+        while True:
+            owners = _uids_of_processes()
+            proxies = [pid for pid, uid in owners.items() if uid == helper]
+            if proxies or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         assert proxies, "no process runs as the proxy's helper uid"
         for pid in proxies:  # the proxy dropped gid and groups too
             status = Path(f"/proc/{pid}/status").read_text()
