@@ -108,6 +108,10 @@ async def establish(
         hello, sni, is_tls = await read_client_hello(client)
     except TimeoutError:
         return
+    if not hello and decision.action == "inspect":
+        # Closed before sending a byte (HTTP clients drop spare dials): the session would only
+        # read that end, so skip building it.
+        return
     client.pushback = hello + client.pushback
     if is_tls:
         if sni is None and not is_ip(host):

@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import h11
@@ -21,7 +22,7 @@ import h11
 from corral.policy.types import Decision
 from corral.proxy import decide, inject, sigv4
 from corral.proxy.agent import AgentConnection
-from corral.proxy.headers import forward_headers
+from corral.proxy.headers import request_headers
 from corral.proxy.request_head import BadRequest, Target
 from corral.proxy.respond import relay_fast_response, relay_response
 from corral.proxy.upstream_pool import Upstreams
@@ -51,15 +52,17 @@ async def forward(
     target: Target,
     fields: dict[str, Any],
     started: float,
+    agent_headers: Sequence[tuple[bytes, bytes]] | None = None,
 ) -> bool:
-    """Carry an allowed request and its response; True if the agent connection may go on."""
+    """Carry an allowed request and its response; True if the agent connection may go on.
+
+    ``agent_headers``: ``req.headers`` as a list, if the caller already made one."""
     ctx = agent.ctx
     method = fields["method"]
     host, port, tls, origin = target
-    upgrade = any(n == b"upgrade" for n, _ in req.headers)
-    headers = forward_headers(req.headers, upgrade)
-    headers = [(n, v) for n, v in headers if n != b"host"]
-    headers.insert(0, (b"host", target.authority.encode()))
+    headers, upgrade, expect = request_headers(
+        req.headers if agent_headers is None else agent_headers, target.authority.encode()
+    )
     binding = decide.binding_for(ctx.policy, decision) if decision.credential else None
     plan = inject.plan(decision, binding, ctx.secrets, method=method, tls=tls)
     buffered: list[bytes] | None = None
@@ -86,7 +89,7 @@ async def forward(
         req.method not in (b"HEAD", b"CONNECT")
         and not upgrade
         and (plan is None or plan.binding.kind == "header")
-        and not any(n == b"expect" for n, _ in headers)
+        and not (expect if plan is None else any(n == b"expect" for n, _ in headers))
     ):
         # An ordinary exchange: request re-framed by hand, response parsed by llhttp.
         fast = await upstreams.fast.get(host, port, tls, decision)

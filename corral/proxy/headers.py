@@ -15,7 +15,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["HOP_BY_HOP", "forward_headers", "has_control_bytes"]
+__all__ = [
+    "HOP_BY_HOP",
+    "any_control_bytes",
+    "forward_headers",
+    "has_control_bytes",
+    "request_headers",
+]
 
 HOP_BY_HOP = frozenset(
     {
@@ -53,6 +59,42 @@ def forward_headers(
     return out
 
 
+def request_headers(
+    headers: Sequence[tuple[bytes, bytes]], host: bytes
+) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
+    """A request's headers as ``forward_headers`` keeps them, any Host replaced by ``host``
+    (first); plus whether the agent asked to upgrade and whether it sent Expect. One pass over
+    the agent's headers when Connection is absent (the usual case)."""
+    upgrade = expect = False
+    named: set[bytes] | None = None
+    for name, value in headers:
+        if name == b"connection":
+            if named is None:
+                named = set()
+            named |= {t.strip().lower() for t in value.split(b",")}
+        elif name == b"upgrade":
+            upgrade = True
+        elif name == b"expect":
+            expect = True
+    if named is not None or upgrade:
+        kept = forward_headers(headers, upgrade)
+        out = [(b"host", host)]
+        out += [(n, v) for n, v in kept if n != b"host"]
+        return out, upgrade, expect
+    # No Connection header: only the fixed hop-by-hop set (and Host) goes.
+    out = [(b"host", host)]
+    out += [(n, v) for n, v in headers if n not in HOP_BY_HOP and n != b"host"]
+    return out, upgrade, expect
+
+
 def has_control_bytes(value: bytes) -> bool:
     """True if ``value`` holds a control byte other than tab (CR, LF and NUL included)."""
     return _CONTROL.search(value) is not None
+
+
+def any_control_bytes(headers: Sequence[tuple[bytes, bytes]], reason: bytes) -> bool:
+    """``has_control_bytes`` over every header value and ``reason`` in one regex pass (joined
+    by tab, the one control byte allowed, so a hit is always inside one of them)."""
+    values = [v for _, v in headers]
+    values.append(reason)
+    return _CONTROL.search(b"\t".join(values)) is not None

@@ -95,8 +95,9 @@ class Session(AgentConnection):
             await handle_connect(self.ctx, self, req)
             return False
         try:
-            check_framing(req)
-            target = request_target(req, self.pinned, self._host_ok)
+            headers = list(req.headers)  # h11's Headers view iterates slowly: list it once
+            check_framing(req, headers)
+            target = request_target(req, self.pinned, self._host_ok, headers)
         except BadRequest as err:
             await self.bad_request(err)
             return False
@@ -115,7 +116,9 @@ class Session(AgentConnection):
             await self.deny(decision, f"{method} {target.authority}{path}", fields)
             return False
         try:
-            return await forward(self, self.upstreams, req, decision, target, fields, started)
+            return await forward(
+                self, self.upstreams, req, decision, target, fields, started, headers
+            )
         except (Refused, sigv4.SigV4Error, inject.InjectionError) as err:
             await self.deny(deny.refusal(decision, str(err)), f"{method} {host}", fields)
             return False

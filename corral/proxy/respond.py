@@ -26,7 +26,7 @@ import h11
 
 from corral.policy.types import Decision
 from corral.proxy.agent import AgentConnection
-from corral.proxy.headers import forward_headers, has_control_bytes
+from corral.proxy.headers import any_control_bytes, forward_headers
 from corral.proxy.tunnel import pipe
 from corral.proxy.upstream import UpstreamError
 from corral.proxy.upstream_h11 import H11Upstream
@@ -95,7 +95,7 @@ async def relay_fast_response(
             await _audit_head(agent, decision, status, headers, started, fields)
             # llhttp validated names; values are checked for control bytes here so h11 can
             # skip its own (slower) pass.
-            if any(has_control_bytes(v) for _, v in headers) or has_control_bytes(item[3]):
+            if any_control_bytes(headers, item[3]):
                 raise UpstreamError(502, "upstream sent control bytes in a header")
             try:
                 response = h11.Response(

@@ -10,6 +10,9 @@ Invariants:
 - ``write`` only buffers; ``drain()`` sends everything buffered (one syscall, one TLS record
   where possible) and waits for back-pressure. Every write is followed by a drain before the
   writer waits for input, so coalescing never holds bytes back from a waiting peer.
+- A ``drain()`` with nothing new to send, an empty transport buffer and an open transport
+  returns at once (there is no back-pressure to wait for); otherwise it waits as asyncio's
+  does, so a lost connection still raises there.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ class Stream:
     def close(self) -> None:
         raise NotImplementedError
 
+    def abort(self) -> None:
+        """Drop the connection now (no flush, no TLS shutdown): a pending read sees EOF."""
+        self.close()
+
 
 class RawStream(Stream):
     def __init__(
@@ -69,7 +76,14 @@ class RawStream(Stream):
             self.writer.write(out)
 
     async def drain(self) -> None:
-        self.flush()
+        if self._out:
+            self.flush()
+        else:
+            # Nothing new since the last drain (which waited out any back-pressure): skip the
+            # coroutine unless bytes are still queued or the connection is going away.
+            transport = self.writer.transport
+            if not transport.is_closing() and not transport.get_write_buffer_size():
+                return
         await self.writer.drain()
 
     def write_eof(self) -> None:
@@ -81,6 +95,10 @@ class RawStream(Stream):
         self.flush()
         self.writer.close()
 
+    def abort(self) -> None:
+        self._out.clear()
+        self.writer.transport.abort()
+
 
 class TLSStream(Stream):
     """Server-side TLS over a ``RawStream`` (any bytes it already buffered are the handshake)."""
@@ -91,6 +109,7 @@ class TLSStream(Stream):
         self._out = ssl.MemoryBIO()
         self.ssl = context.wrap_bio(self._in, self._out, server_side=True)
         self._plain: list[bytes] = []
+        self._ended = False  # read() has returned b"": later reads take the checked path
 
     def _flush(self) -> None:
         pending = self._out.read()
@@ -121,17 +140,30 @@ class TLSStream(Stream):
     async def read(self, n: int = READ_SIZE) -> bytes:
         # SSL_read yields at most one record (16 KiB): a larger n only costs a big allocation.
         n = min(n, TLS_RECORD)
+        # Nothing buffered on either side of the TLS object: SSL_read could only fail with
+        # "want read" (an exception costs more than the check), so fetch first.
+        empty = not self._ended and not self._in.pending and not self.ssl.pending()
+        if empty and not await self._fill():
+            return self._last_read(n)
         while True:
             try:
                 return self.ssl.read(n)
             except ssl.SSLWantReadError:
                 if not await self._fill():
-                    try:
-                        return self.ssl.read(n)
-                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ssl.SSLWantReadError):
-                        return b""
+                    return self._last_read(n)
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self._ended = True
                 return b""
+
+    def _last_read(self, n: int) -> bytes:
+        """What is left once the raw stream has ended: buffered plaintext, then b""."""
+        try:
+            data = self.ssl.read(n)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ssl.SSLWantReadError):
+            data = b""
+        if not data:
+            self._ended = True
+        return data
 
     def write(self, data: bytes) -> None:
         if data:
@@ -159,3 +191,7 @@ class TLSStream(Stream):
         with contextlib.suppress(ssl.SSLError):
             self._encrypt()
         self.raw.close()
+
+    def abort(self) -> None:
+        self._plain.clear()
+        self.raw.abort()

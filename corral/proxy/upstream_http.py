@@ -16,11 +16,14 @@ Invariants:
   h11 and validates the headers again. Anything llhttp rejects is an upstream error (502).
 - A connection is reused only after a complete response that llhttp says may keep alive and
   with no bytes left over.
+- A read that waits ``timeout`` seconds for the upstream is a 504 and the connection is dropped;
+  one timer per connection, re-armed per period rather than per read (as the agent's watchdog).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Any
 
@@ -51,6 +54,10 @@ class FastUpstream:
         self._ended = False
         self._head_seen = False
         self._keep_alive = False
+        self._timeout = 0.0
+        self._waiting_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_out = False
 
     # -- httptools callbacks -----------------------------------------------------------
 
@@ -109,11 +116,7 @@ class FastUpstream:
         while not self.events:
             if before_read is not None:
                 await before_read.drain()
-            try:
-                async with asyncio.timeout(timeout):
-                    data = await self.stream.read(READ_SIZE)
-            except TimeoutError:
-                raise UpstreamError(504, "upstream did not answer in time") from None
+            data = await self._read(timeout)
             if not data:
                 if self._head_seen and not self._ended and not self.parser.should_keep_alive():
                     # A close-delimited body ends with the connection.
@@ -130,6 +133,38 @@ class FastUpstream:
             if self._ended and self.events and self.events[-1] != ("end",):
                 self._keep_alive = False  # bytes after the response: never reuse
         return self.events.popleft()
+
+    async def _read(self, timeout: float) -> bytes:
+        """One read from the upstream; 504 if it waits ``timeout`` seconds."""
+        self._timeout = timeout
+        self._waiting_since = time.monotonic()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._watchdog)
+        try:
+            data = await self.stream.read(READ_SIZE)
+        except Exception:
+            if self._timed_out:
+                raise UpstreamError(504, "upstream did not answer in time") from None
+            raise
+        finally:
+            self._waiting_since = None
+        if self._timed_out:
+            raise UpstreamError(504, "upstream did not answer in time")
+        return data
+
+    def _watchdog(self) -> None:
+        """Drop the connection if the current read has waited too long, else re-arm (or stop
+        while no read waits: the next read arms a new timer)."""
+        self._timer = None
+        since = self._waiting_since
+        if since is None:
+            return
+        left = self._timeout - (time.monotonic() - since)
+        if left > 0:
+            self._timer = asyncio.get_running_loop().call_later(left, self._watchdog)
+            return
+        self._timed_out = True
+        self.stream.abort()  # the pending read ends (EOF) and raises the 504 above
 
     def reusable(self) -> bool:
         ok = self._ended and not self.events and self._keep_alive
