@@ -8,6 +8,11 @@ that can match a path whose walk ends there (its own and its ancestors' rules pl
 without paths), in rule order and pruned after each policy's first path-less rule (that rule
 always matches, so nothing after it in that policy can be first). A request therefore walks
 to one node and checks a short, ordered list: the cost does not grow with the rule count.
+Once built (``attach_entries``), a node also holds what the hot path reads instead of a
+list or dict: ``hit``/``count_hit`` for a first entry that needs no test or only a segment
+count, ``only_segment``/``only_child`` for a lone child, the shared empty ``_LEAF`` as a
+leaf's children, and (root) ``depth``, the deepest literal segment, so a path is split no
+further. Each saves a cache miss per decision when there are thousands of tries.
 
 Invariant: ``cands`` is a superset of the rules that match (host, port and method already
 match by construction); only globs remain to be checked. Nodes whose list would exceed
@@ -27,6 +32,7 @@ Entry = tuple[tuple[GlobTest, ...] | None, Decision]
 __all__ = ["HostIdx", "PathIdx", "Trie", "attach_entries", "build_host", "first_per_policy"]
 
 _CAP = 256
+_LEAF: dict[str, Trie] = {}  # never mutated: set only after a trie is built
 
 
 # Plain slotted classes, not dataclasses: class creation is on the launch path (~1 ms each).
@@ -37,16 +43,25 @@ class Trie:
     matcher, so the one-policy hot path reads one tuple instead of two large ones.
     """
 
-    __slots__ = ("cands", "children", "entries", "every", "every_entries", "here", "hit")
+    # Hot fields first: they share the object's first cache line.
+    __slots__ = ("children", "hit", "count_hit", "count", "entries",  # noqa: RUF023
+                 "depth", "only_segment", "only_child", "cands", "every", "every_entries",
+                 "here")
 
     def __init__(self) -> None:
         self.children: dict[str, Trie] = {}
         self.here: list[int] = []
         self.cands: tuple[int, ...] | None = ()
         self.entries: tuple[Entry, ...] | None = ()
+        self.depth = 0  # root only: the trie's depth (a path is split no further)
+        self.only_segment: str | None = None  # the key and node of a lone child
+        self.only_child: Trie | None = None
         self.every: tuple[int, ...] = ()  # root only: all rules, for ambiguous/oversized
         self.every_entries: tuple[Entry, ...] = ()
         self.hit: Decision | None = None  # the decision when the first entry always matches
+        # The decision when the first entry only needs the path's "/" count to equal ``count``.
+        self.count_hit: Decision | None = None
+        self.count = 0
 
 
 PathIdx = Trie  # an index is its root node
@@ -97,7 +112,9 @@ def build_paths(indices: list[int], rules: Sequence[Rule], policy: Sequence[int]
     for i in indices:
         for glob in rules[i].paths or ():
             node = root
-            for segment in glob_literal_segments(glob):
+            segments = glob_literal_segments(glob)
+            root.depth = max(root.depth, len(segments))
+            for segment in segments:
                 # Interned: equal segments across thousands of nodes share one (hot) object.
                 node = node.children.setdefault(sys.intern(segment), Trie())
             if not node.here or node.here[-1] != i:
@@ -133,6 +150,7 @@ def attach_entries(root: Trie, rules: Sequence[Rule],
     stack: list[tuple[Trie, tuple[str, ...]]] = [(root, ())]
     while stack:
         node, segments = stack.pop()
+        node.count_hit = None
         if node.cands is None:
             node.entries, node.hit = None, None
         else:
@@ -150,7 +168,15 @@ def attach_entries(root: Trie, rules: Sequence[Rule],
             node.entries = tuple(entries)
             first = node.entries[0] if node.entries else None
             node.hit = first[1] if first is not None and first[0] is None else None
+            if first is not None and first[0] is not None and len(first[0]) == 1:
+                kind, a, _, _ = first[0][0]
+                if kind == COUNT:
+                    node.count_hit, node.count = first[1], len(a)
         stack.extend((child, (*segments, seg)) for seg, child in node.children.items())
+        if len(node.children) == 1:
+            [(node.only_segment, node.only_child)] = node.children.items()
+        if not node.children:
+            node.children = _LEAF  # one shared empty dict: a leaf's check reads one hot object
 
 
 def build_host(indices: list[int], rules: Sequence[Rule], policy: Sequence[int]) -> HostIdx:

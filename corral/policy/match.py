@@ -75,6 +75,8 @@ class Matcher:
         self.flat: dict[int, dict[str, dict[str, PathIdx]]] = {}
         if self.simple:
             for host, index in self.exact.items():
+                if not (host.isascii() and host == host.lower()):
+                    continue  # never equal to a normalised request host (looked up raw)
                 for port, methods in index.req.items():
                     for method, root in methods.items():
                         self.flat.setdefault(port, {}).setdefault(method, {})[host] = root
@@ -125,38 +127,47 @@ class Matcher:
         try:
             if type(port) is not int:
                 return _bad_input(host, port)
-            # Trailing dots, IP literals and Unicode miss the fast lookups below and are
-            # normalised (and validated) on that slower path.
-            name = host.lower() if host.isascii() else ""
-            path = target.partition("?")[0]
+            path = target.partition("?")[0] if "?" in target else target
             ambiguous = False
             if ("%" in path or "/." in path or "//" in path or "\\" in path or "#" in path
                     or path[:1] != "/"):
                 path, ambiguous = canonical_path(target)  # the rare slow path
             if self.simple and not ambiguous:
                 # Hot path, inlined (a call costs ~0.1 us here): walk, then first glob hit.
+                # The host is looked up as sent: every key is a normalised (lowercase ASCII)
+                # name, so a hit needs no normalisation; anything else (upper case, a trailing
+                # dot, Unicode, an IP in another form) misses and is normalised on the slow path.
                 by_method = self.flat.get(port)
                 hosts = None if by_method is None else by_method.get(method)
-                found = None if hosts is None else hosts.get(name)
+                found = None if hosts is None else hosts.get(host)
+                name = host
                 if found is None:
                     slow = self._slow_root(by_method, host, port, method, path)
                     if isinstance(slow, Decision):
                         return slow  # a deny: bad host, or no rule for this host and port
                     found = slow
+                    name = host.lower() if host.isascii() else ""  # for the deny message
                 root = node = found
-                if node.children:  # first segment by find (most tries are one level deep)
-                    end = path.find("/", 1)
-                    child = node.children.get(path[1:] if end < 0 else path[1:end])
-                    if child is not None:
-                        node = child
-                        if end > 0 and node.children:
-                            for segment in path[end + 1 :].split("/"):
-                                child = node.children.get(segment)
-                                if child is None:
-                                    break
-                                node = child
+                if node.children:  # a leaf's children is one shared empty dict
+                    if node.depth == 1:  # one level (common): find the first segment only
+                        end = path.find("/", 1)
+                        segment = path[1:] if end < 0 else path[1:end]
+                        # A lone child is compared directly: no dict to read (a cache miss).
+                        child = (node.only_child if segment == node.only_segment
+                                 else node.children.get(segment))
+                        if child is not None:
+                            node = child
+                    else:  # split no deeper than the trie: the remainder matches no key
+                        for segment in path[1:].split("/", node.depth):
+                            child = (node.only_child if segment == node.only_segment
+                                     else node.children.get(segment))
+                            if child is None:
+                                break
+                            node = child
                 if node.hit is not None:
                     return node.hit
+                if node.count_hit is not None and path.count("/") == node.count:
+                    return node.count_hit  # a first "/p/*" entry: a count of segments
                 entries = root.every_entries if node.entries is None else node.entries
                 for tests, decision in entries:
                     if tests is None:
@@ -179,6 +190,7 @@ class Matcher:
                         elif rx is not None and rx.fullmatch(path) is not None:
                             return decision
                 return self._default(name, port, method, path)
+            name = host.lower() if host.isascii() else ""
             if name not in self.exact:
                 checked = normalize_host(host)
                 if checked is None:
