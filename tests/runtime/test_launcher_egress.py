@@ -102,3 +102,36 @@ def test_a_proxy_that_fails_to_start_stops_the_run(corral_env: dict[str, str],
     assert "survived" not in done.stdout
     assert "egress proxy failed to start" in done.stderr
     assert list((Path(corral_env["CORRAL_HOME"]) / "sandboxes").glob("*.json")) == []
+
+
+def test_killed_launcher_proxy_exits_and_gc_frees_its_uid(corral_env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    require_root()
+    require_tools("bwrap", "nft", "ip", "setpriv")
+    env = {**os.environ, **corral_env}
+    policy = tmp_path / "p.yaml"
+    policy.write_text("name: p\negress:\n  - host: example.test\n    action: deny\n")
+    proc = subprocess.Popen([sys.executable, "-m", "corral", "run", "-p", str(policy), "--",
+                             "sh", "-c", "echo up; sleep 30"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    reg = Path(corral_env["CORRAL_HOME"]) / "sandboxes"
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        (entry_file,) = list(reg.glob("*.json"))
+        (helper,) = json.loads(entry_file.read_text())["helper_uids"]
+        deadline = time.monotonic() + 5
+        while helper not in _uids_of_processes().values() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert helper in _uids_of_processes().values()
+    finally:
+        proc.kill()  # SIGKILL: no teardown
+        proc.wait()
+    deadline = time.monotonic() + 5  # the proxy notices its launcher is gone and exits
+    while helper in _uids_of_processes().values() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert helper not in _uids_of_processes().values()
+    assert list(reg.glob("*.json")), "the entry (and the helper uid) stays reserved until gc"
+    gc = subprocess.run([sys.executable, "-m", "corral", "sandbox", "gc"], env=env,
+                        capture_output=True, text=True, timeout=60, check=False)
+    assert gc.returncode == 0, gc.stderr
+    assert list(reg.glob("*.json")) == []
