@@ -59,13 +59,10 @@ set -e
 echo "   agent exit status: $status"
 
 bold "5. The audit trail of that run (tamper-evident: corral audit verify)"
-SANDBOX=$($CORRAL audit list --type sandbox.create --json 2>/dev/null | .venv/bin/python -c '
+SANDBOX=$($CORRAL audit list --type sandbox.create --limit 1 --json 2>/dev/null | .venv/bin/python -c '
 import json, sys
-try:
-    rows = json.load(sys.stdin)
-except ValueError:
-    rows = []
-print(rows[-1].get("sandbox", "") if rows else "")' || true)
+lines = [line for line in sys.stdin if line.strip()]
+print(json.loads(lines[-1]).get("sandbox", "") if lines else "")' || true)
 if [ -n "$SANDBOX" ]; then
   $CORRAL audit list --sandbox "$SANDBOX"
   $CORRAL audit verify
