@@ -10,6 +10,7 @@ conflicting flags) prints one ``corral: ...`` line and exits 125 before anything
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -96,6 +97,21 @@ def build_spec(ns: argparse.Namespace) -> tuple[SandboxSpec, ResolvedPolicy | No
 
 
 def run_main(argv: list[str]) -> int:
+    # No garbage collections while the sandbox is set up (a few ms of scanning short-lived
+    # launch objects); ``run_command`` turns them back on once the command runs, so a long run
+    # still collects. At the end everything is frozen: the interpreter's exit then skips its
+    # final full collection (~10 ms), the process being about to end anyway.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run_main(argv)
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+def _run_main(argv: list[str]) -> int:
     try:
         ns, cmd = parse(argv)
         spec, policy = build_spec(ns)

@@ -24,13 +24,13 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
 import signal
 import socket
 import struct
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -155,14 +155,7 @@ class ProxyProcess:
         if self._started:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                try:
-                    if os.waitpid(self.pid, os.WNOHANG)[0]:
-                        break
-                except ChildProcessError:
-                    break
-                time.sleep(0.005)
+            _wait_exit(self.pid, timeout)  # woken by its exit, not by a polling interval
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
@@ -178,6 +171,18 @@ class ProxyProcess:
         self.stop()
 
 
+def _wait_exit(pid: int, timeout: float) -> None:
+    """Wait up to ``timeout`` for child ``pid`` to exit (it stays a zombie until reaped)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # already reaped
+        return
+    try:
+        select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+
+
 def _send_frame(sock: socket.socket, data: bytes) -> None:
     sock.sendall(_LEN.pack(len(data)) + data)
 
@@ -189,6 +194,10 @@ def _recv_frame(sock: socket.socket) -> bytes:
 
 def _child(ctl: socket.socket, life: socket.socket, policy: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when the proxy stops
+    # No collections while it imports (its CPU competes with the launcher's on small machines);
+    # what the launcher left is frozen, never scanned again. Re-enabled before it serves.
+    gc.disable()
+    gc.freeze()
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
@@ -215,6 +224,8 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any) -> None:
         return  # the launcher is gone before configuring us
     service = ProxyService(policy, secrets=conf["secrets"], upstream_proxy=conf["upstream_proxy"],
                            resolve_overrides=conf["overrides"], ca=ca)
+    gc.freeze()  # the imported modules: long-lived, not worth scanning
+    gc.enable()
     head, received = b"", []
     while len(head) < 4:  # the launcher's go: listeners, uid, audit on/off
         data, fds, _flags, _addr = socket.recv_fds(ctl, 4096, _MAX_FDS)

@@ -10,6 +10,7 @@ run ends.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -124,6 +125,9 @@ def _run(
                 os.set_blocking(out_r, False)
                 os.set_blocking(err_r, False)
                 pumps = [(out_r, 1, True), (err_r, 2, True)]
+            if not gc.isenabled():  # ``corral run`` held collections off during setup
+                gc.freeze()  # the launch's long-lived objects: never scanned again
+                gc.enable()
             lim = spec.limits
             outcome = supervise(
                 proc,
