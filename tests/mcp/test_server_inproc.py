@@ -14,8 +14,8 @@ from typing import Any
 
 import mcp_types as types
 import pytest
+from local_provider import LocalProvider, local_provider
 from mcp.client import Client
-from mcp_local import LocalProvider, local_provider
 
 from corral.mcp import Principals, build_server
 from corral.policy.types import ExecConfig, FilesConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tools_local import LocalProvider, local_provider
+from local_provider import LocalProvider, local_provider
 
 from corral.tools.executor import ExecutorGone, ToolFailure
 from corral.tools.session import ShellSession

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tools_local import LocalProvider, local_provider
+from local_provider import LocalProvider, local_provider
 
 from corral.policy.types import ExecConfig, FilesConfig
 from corral.tools.approvals import ApprovalStore
