@@ -156,6 +156,8 @@ class EgressHooks(Egress):
     """``Egress`` as ``corral.sandbox.RunHooks`` for ``run_command``."""
 
     def started(self, sb: Sandbox) -> Mapping[str, str]:
+        self.proc.ca_pem()  # the child's CA: the command's trust bundle needs it
+        sb.warm_cgroup_attach()  # ~10 ms before the spawn: see ``Sandbox.warm_cgroup_attach``
         self.attach(sb, wait=False)  # the command starts while the proxy finishes its setup
         return {}
 

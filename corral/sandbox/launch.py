@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -42,6 +43,29 @@ __all__ = ["BASE_ENV", "Sandbox"]
 T = TypeVar("T")
 
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def _noop_migration() -> None:
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+        procs = None
+        for line in lines:  # "id:controllers:path"; v1 pids first, else the v2 hierarchy
+            _id, ctrls, path = line.split(":", 2)
+            if "pids" in ctrls.split(","):
+                procs = f"/sys/fs/cgroup/pids{path.rstrip('/')}/cgroup.procs"
+                break
+            if _id == "0" and not ctrls:
+                procs = f"/sys/fs/cgroup{path.rstrip('/')}/cgroup.procs"
+        if procs is None:
+            return
+        fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        pass
 
 
 class _Mapped:
@@ -133,11 +157,27 @@ class Sandbox:
         home = spec.home or spec.files.home
         self.home = self._directory("home", expand_user(home) if home else None, create=True)
         self._cgroup = self._make_cgroup()
+        # after the cgroup exists: the warm-up holds the kernel's cgroup_mutex, which the
+        # cgroup's mkdirs need too
+        self.warm_cgroup_attach()
         pending, self._pending_netns = self._pending_netns, None
         self._netns = pending.result()
         self._audit(
             "sandbox.network", proxy_port=spec.proxy_port, dns_port=spec.dns_port
         )
+
+    @staticmethod
+    def warm_cgroup_attach() -> None:
+        """Pay the kernel's cgroup-migration wait on a helper thread, off the critical path.
+
+        The first cgroup migration after a quiet spell waits for an RCU grace period (5-15 ms
+        measured here, cgroups v1) while the kernel's threadgroup lock switches to its writer
+        side; migrations shortly after are fast (<0.5 ms). Writing our own pid into the cgroup
+        we are already in is a no-op migration that takes that lock, so the command's own join
+        (``Cgroup.attach_self`` before bwrap) finds it warm. Call it ~10 ms before ``spawn``.
+        Best effort: an error only leaves the wait where it was.
+        """
+        threading.Thread(target=_noop_migration, daemon=True, name="corral-cgroup-warm").start()
 
     def _directory(self, name: str, host: Path | None, *, create: bool) -> Path:
         """Ephemeral dir owned by the sandbox uid, or a host dir mapped to it."""
