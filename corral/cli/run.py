@@ -21,6 +21,7 @@ from corral.errors import CorralError
 if TYPE_CHECKING:
     from corral.policy.resolved import ResolvedPolicy
     from corral.runtime.audit import LaunchAudit
+    from corral.runtime.proxyproc import ProxyProcess
     from corral.sandbox.spec import SandboxSpec
 
 __all__ = ["EXIT_CORRAL_FAILURE", "build_spec", "parse", "run_main"]
@@ -112,8 +113,16 @@ def run_main(argv: list[str]) -> int:
 
 
 def _run_main(argv: list[str]) -> int:
+    early: ProxyProcess | None = None
     try:
         ns, cmd = parse(argv)
+        if ns.policy:
+            from corral.runtime.proxyproc import ProxyProcess
+
+            # a policy may have egress rules: fork the proxy child before resolving it, so its
+            # imports (~70 ms, the CA's critical path) overlap ours; it waits for the policy
+            # and is killed if no proxy is needed. It holds nothing but its control sockets.
+            early = ProxyProcess()
         spec, policy = build_spec(ns)
         from corral.runtime.audit import open_audit
         from corral.sandbox.preflight import check
@@ -125,9 +134,13 @@ def _run_main(argv: list[str]) -> int:
             from corral.runtime.egress import EgressHooks
 
             upstream = upstream_proxy(ns.upstream_proxy, exit_code=EXIT_CORRAL_FAILURE)
-            # egress rules: the proxy and DNS stub come along. The proxy child is forked now
-            # (it imports and makes its CA meanwhile) but gets secrets only once audit is open.
-            hooks = EgressHooks(policy, upstream_proxy=upstream, configure=False)
+            # egress rules: the proxy and DNS stub come along. The proxy child (forked above:
+            # it imports and makes its CA meanwhile) gets secrets only once audit is open.
+            proc, early = early, None
+            hooks = EgressHooks(policy, upstream_proxy=upstream, configure=False, proc=proc)
+        if early is not None:
+            early.kill()  # no egress rules: no proxy
+            early = None
         try:
             audit = open_audit(policy, mode="run", command=list(cmd))  # before anything else
         except BaseException:
@@ -160,6 +173,9 @@ def _run_main(argv: list[str]) -> int:
             raise
         print(f"corral: {err}; the sandbox was torn down", file=sys.stderr)
         return 128 + err.signum
+    finally:
+        if early is not None:  # bad input or a failed check before the proxy was needed
+            early.kill()
 
 
 def _after_run(audit: LaunchAudit) -> None:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from corral.runtime.proxyproc import ProxyProcess
     from corral.sandbox.launch import Sandbox
     from corral.sandbox.spec import SandboxSpec
     from corral.tools.provision import Opened
@@ -73,13 +74,20 @@ class Egress:
         upstream_proxy: str | None = None,
         resolve_overrides: Mapping[str, list[str]] | None = None,
         configure: bool = True,
+        proc: ProxyProcess | None = None,
     ) -> None:
         """Fork the proxy child; ``configure=False`` defers resolving the secrets (``corral
-        run`` forks before it opens the audit store, and resolves secrets only after)."""
+        run`` forks before it opens the audit store, and resolves secrets only after).
+        ``proc``: a child forked earlier without a policy (``corral run`` forks it before it
+        resolves the policy); it is given ``policy`` now."""
         from corral.runtime.proxyproc import ProxyProcess
 
         self.policy = policy
-        self.proc = ProxyProcess(policy)  # forked first: its imports overlap ours and the build
+        if proc is None:
+            proc = ProxyProcess(policy)  # forked first: its imports overlap ours and the build
+        else:
+            proc.set_policy(policy)
+        self.proc = proc
         self._settings = (upstream_proxy, resolve_overrides)
         if configure:
             self.configure()

@@ -3,7 +3,9 @@ builds the sandbox (DESIGN "Performance notes": the launch path imports only wha
 
 Sequence::
 
-    proc = ProxyProcess(policy, secrets, upstream_proxy=..., resolve_overrides=...)  # fork
+    proc = ProxyProcess(policy)  # fork (or ProxyProcess() before the policy is resolved,
+                                 # then proc.set_policy(policy): its imports start even sooner)
+    proc.configure(secrets, upstream_proxy=..., resolve_overrides=...)
     pem = proc.ca_pem()        # the child's CA certificate (never its key)
     ... build the sandbox, create the listeners inside its netns ...
     handle = proc.start(listen, dns, run_as=(uid, uid), audit=trail)   # returns once serving
@@ -58,8 +60,12 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 class ProxyProcess:
-    def __init__(self, policy: Any, *, timeout: float = 10.0) -> None:
-        """Fork the child now; it makes the CA, then waits for ``configure`` and ``start``."""
+    def __init__(self, policy: Any = None, *, timeout: float = 10.0) -> None:
+        """Fork the child now; it makes the CA, then waits for ``configure`` and ``start``.
+
+        Without ``policy`` the child imports what it needs and then waits for ``set_policy``
+        before it makes the CA; ``kill`` it if no proxy is needed after all.
+        """
         self.timeout = timeout
         self._ctl, ctl_child = socket.socketpair()
         self._life, life_child = socket.socketpair()
@@ -81,6 +87,16 @@ class ProxyProcess:
         self.pid = pid
         ctl_child.close()
         life_child.close()
+
+    def set_policy(self, policy: Any) -> None:
+        """The resolved policy, for a child forked without one (pickled: launcher to child)."""
+        import pickle
+
+        try:
+            _send_frame(self._ctl, pickle.dumps(policy, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as err:
+            self.kill()
+            raise CorralError(f"the egress proxy failed to start: {err}") from None
 
     def configure(self, secrets: Mapping[str, Any], *, upstream_proxy: str | None = None,
                   resolve_overrides: Mapping[str, list[str]] | None = None) -> None:
@@ -211,6 +227,14 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any) -> None:
     try:
         from corral.proxy.tls import CertificateAuthority
 
+        if policy is None:  # forked before the launcher resolved it: now it comes
+            import pickle
+
+            try:
+                # trusted: the launcher's own resolved policy on our private socketpair
+                policy = pickle.loads(_recv_frame(ctl))
+            except EOFError:
+                return  # no proxy needed after all (or the launcher is gone)
         ca = CertificateAuthority(_inspected_hosts(policy))
         _send_frame(ctl, ca.cert_pem)  # first, so the launcher can build the sandbox meanwhile
         from corral.proxy.service import ProxyService
