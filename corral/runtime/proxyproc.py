@@ -214,10 +214,6 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any) -> None:
     # what the launcher left is frozen, never scanned again. Re-enabled before it serves.
     gc.disable()
     gc.freeze()
-    # Its setup (imports, CA, TLS contexts) yields the CPU to the launcher and the sandbox's
-    # start; full priority again before it serves (raising it back needs the root it still is).
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, 10)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
@@ -273,8 +269,6 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any) -> None:
     listen, dns = socks[: cfg["listen"]], socks[cfg["listen"]:]
     if cfg["audit"]:
         service.audit = _RelayMarker()  # events go through the relay on ``life``
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
     # serve_child writes b"1" on ``ready_w`` once serving: here, straight to the launcher
     service.serve_child(listen, dns, life, os.dup(ctl.fileno()),
                         (int(cfg["uid"]), int(cfg["gid"])))
