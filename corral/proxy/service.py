@@ -235,6 +235,17 @@ class ProxyService:
             raise CorralError("the egress proxy failed to start")
         return handle
 
+    def _preload(self) -> None:
+        """Import, while still privileged, what the child may need after the drop: the
+        unprivileged uid may not be able to read the interpreter's files (a Python under a
+        0700 home), so a lazy import after the drop would fail on first use."""
+        import encodings.idna  # noqa: F401  (IDNA host names in requests)
+
+        if any(b.kind == "aws" for b in self.policy.credentials.values()):
+            from corral.proxy.sigv4 import preload
+
+            preload()
+
     def serve_child(
         self,
         listen: list[socket.socket],
@@ -279,6 +290,7 @@ class ProxyService:
         loop.add_signal_handler(signal.SIGINT, stop.set)
         ctx = self._context(audit)  # loads tls_ca files while still privileged
         if run_as is not None:
+            self._preload()
             drop_privileges(*run_as)
         servers = await serve(ctx, listen)
         transports = await serve_dns(ctx, dns_socks)

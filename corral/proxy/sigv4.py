@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from botocore.awsrequest import AWSRequest
 
-__all__ = ["MAX_BUFFERED_BODY", "SigV4Error", "needs_body", "resign"]
+__all__ = ["MAX_BUFFERED_BODY", "SigV4Error", "needs_body", "preload", "resign"]
 
 MAX_BUFFERED_BODY = 16 * 1024 * 1024
 _SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
@@ -39,6 +39,15 @@ def _declared(headers: list[tuple[bytes, bytes]]) -> str | None:
         if name.lower() == b"x-amz-content-sha256":
             return value.decode("latin-1").strip()
     return None
+
+
+def preload() -> None:
+    """Import botocore's signer now. The proxy child calls this before it drops privileges:
+    afterwards the interpreter's own files may be unreadable (a Python under a 0700 home), and
+    a lazy import on the first re-signing would fail."""
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials  # noqa: F401
 
 
 def needs_body(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
+import sys
 
 import httpx
 import pytest
 from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from conftest import require_root
 
 from .conftest import RunningProxy
 
@@ -85,3 +88,45 @@ def test_streaming_payload_refused_clearly(proxy: RunningProxy) -> None:
                           "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
     assert resp.status_code == 403
     assert "streaming-chunked SigV4 payloads" in resp.text
+
+
+_FRESH_CHILD = """
+import json, os, sys
+from corral.proxy.service import drop_privileges
+if sys.argv[1] == "preload":
+    from corral.proxy.sigv4 import preload
+    preload()
+drop_privileges(65534, 65534)
+stdlib_readable = os.access(os.path.dirname(os.__file__), os.R_OK)
+try:
+    from corral.proxy.sigv4 import resign
+    req = json.loads(sys.argv[2])
+    headers = [(k.encode(), v.encode()) for k, v in req["headers"]]
+    keys = {"access_key_id": "AKIAREAL", "secret_access_key": "s"}
+    out = resign("GET", req["url"], headers, keys, b"")
+    ok = any(k.lower() == b"authorization" and b"AKIAREAL" in v for k, v in out)
+    print(json.dumps({"ok": ok, "readable": stdlib_readable}))
+except ImportError as err:
+    print(json.dumps({"ok": False, "error": str(err), "readable": stdlib_readable}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["preload", "lazy"])
+def test_resigning_works_after_the_privilege_drop_in_a_fresh_interpreter(mode: str) -> None:
+    """The proxy child forks from the lean launcher, which has not imported botocore's
+    dependencies; after it drops to an unprivileged uid the interpreter's own files may be
+    unreadable (a Python under a 0700 home). The child preloads the signer before the drop."""
+    require_root()
+    url = "https://api.corral.test/x"
+    req = AWSRequest(method="GET", url=url, data=b"", headers={})
+    SigV4Auth(Credentials("placeholder", "placeholder"), "sts", "eu-west-1").add_auth(req)
+    arg = json.dumps({"url": url, "headers": list(req.headers.items())})
+    done = subprocess.run([sys.executable, "-c", _FRESH_CHILD, mode, arg],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    if mode == "preload":
+        assert result["ok"], result
+    elif not result["readable"]:
+        # The control: without the preload the lazy import fails on such an install.
+        assert not result["ok"], result
