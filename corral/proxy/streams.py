@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from abc import ABC, abstractmethod
 
 __all__ = ["READ_SIZE", "RawStream", "Stream", "TLSStream"]
 
@@ -27,23 +28,23 @@ READ_SIZE = 256 * 1024
 TLS_RECORD = 16 * 1024
 
 
-class Stream:
+class Stream(ABC):
     """The interface both stream kinds implement."""
 
-    async def read(self, n: int = READ_SIZE) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    async def read(self, n: int = READ_SIZE) -> bytes: ...
 
-    def write(self, data: bytes) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
 
-    async def drain(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def drain(self) -> None: ...
 
-    def write_eof(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def write_eof(self) -> None: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
 
     def abort(self) -> None:
         """Drop the connection now (no flush, no TLS shutdown): a pending read sees EOF."""
