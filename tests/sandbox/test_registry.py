@@ -63,3 +63,32 @@ def test_dead_launcher_keeps_uid_until_gc(corral_env) -> None:
     assert entry.id in collect().removed
     assert [e.id for e in registry.entries()] == [other.id]
     registry.release(other)
+
+
+def test_gc_removes_empty_cgroups_no_registry_knows(corral_env) -> None:
+    """A launcher killed under another CORRAL_HOME leaves a cgroup this registry never saw:
+    gc removes it once it is empty and old, and never touches a group with processes."""
+    require_root()
+    import subprocess
+    import uuid
+
+    from corral.policy.types import Limits
+    from corral.sandbox.cgroups import Cgroup, list_corral_cgroups
+    from corral.sandbox.gc import collect
+
+    orphan = Cgroup.create(f"corral-t{uuid.uuid4().hex[:8]}", Limits())
+    busy = Cgroup.create(f"corral-t{uuid.uuid4().hex[:8]}", Limits())
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        busy.attach(sleeper.pid)
+        assert collect().removed == []  # both are younger than the default minimum age
+        removed = collect(min_age=0).removed
+        assert f"cgroup {orphan.name}" in removed
+        assert f"cgroup {busy.name}" not in removed
+        names = list_corral_cgroups()
+        assert orphan.name not in names and busy.name in names
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        busy.destroy()
+        orphan.destroy()
