@@ -58,7 +58,9 @@ Queries: ``corral.audit.query``; verification: ``corral.audit.verify``; CLI: ``c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.audit.events import SCHEMAS, Actor, EventError, EventType
@@ -71,19 +73,11 @@ from corral.audit.summary import summary
 
 # Other submodules load on first use: ``corral run`` needs the store, not the relay or the summary,
 # before its command starts.
-_HOME = {
+__getattr__ = lazy_exports("corral.audit", {
     "SCHEMAS": "events", "Actor": "events", "EventError": "events", "EventType": "events",
     "AuditRelay": "relay", "RemoteTrail": "relay", "AuditStore": "store",
     "AuditUnavailable": "store", "Ticket": "store", "Trail": "store",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        import importlib
-
-        return getattr(importlib.import_module(f"corral.audit.{_HOME[name]}"), name)
-    raise AttributeError(f"module 'corral.audit' has no attribute {name!r}")
+})
 
 
 __all__ = [

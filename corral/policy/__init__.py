@@ -12,7 +12,9 @@ be parsed (the compiled form is cached), so ``corral run`` starts fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.policy.api import resolve
@@ -48,20 +50,14 @@ __all__ = [
 
 # Exports load on first use (PEP 562): ``corral run`` imports ``corral.policy.types`` on every
 # launch, and importing the matcher and resolver with it cost ~20-40 ms there.
-_HOME = {
-    "resolve": "corral.policy.api",
-    "builtin_names": "corral.policy.builtin",
-    "describe_builtins": "corral.policy.builtin",
-    "PolicyError": "corral.policy.errors",
-    "ResolvedPolicy": "corral.policy.resolved",
-}
-
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    if name in _HOME:
-        return getattr(importlib.import_module(_HOME[name]), name)
-    if name in __all__:
-        return getattr(importlib.import_module("corral.policy.types"), name)
-    raise AttributeError(f"module 'corral.policy' has no attribute {name!r}")
+__getattr__ = lazy_exports("corral.policy", {
+    "resolve": "api",
+    "builtin_names": "builtin",
+    "describe_builtins": "builtin",
+    "PolicyError": "errors",
+    "ResolvedPolicy": "resolved",
+    **{name: "types" for name in (
+        "Action", "CredentialBinding", "Decision", "ExecConfig", "FilesConfig", "Limits",
+        "Origin", "Rule",
+    )},
+})

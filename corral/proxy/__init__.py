@@ -11,7 +11,9 @@ importing asyncio, dnspython or cryptography.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.proxy.events import AuditSink
@@ -19,12 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AuditSink", "ProxyHandle", "ProxyService"]
 
-_HOME = {"AuditSink": "events", "ProxyHandle": "service", "ProxyService": "service"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        import importlib
-
-        return getattr(importlib.import_module(f"corral.proxy.{_HOME[name]}"), name)
-    raise AttributeError(f"module 'corral.proxy' has no attribute {name!r}")
+__getattr__ = lazy_exports(
+    "corral.proxy", {"AuditSink": "events", "ProxyHandle": "service", "ProxyService": "service"}
+)

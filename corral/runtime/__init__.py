@@ -18,19 +18,15 @@ Submodules load lazily: ``corral run`` without a policy imports none of the prox
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.runtime.egress import Egress, EgressHooks, proxied_opener
 
 __all__ = ["Egress", "EgressHooks", "proxied_opener"]
 
-_HOME = {"Egress": "egress", "EgressHooks": "egress", "proxied_opener": "egress"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        import importlib
-
-        return getattr(importlib.import_module(f"corral.runtime.{_HOME[name]}"), name)
-    raise AttributeError(f"module 'corral.runtime' has no attribute {name!r}")
+__getattr__ = lazy_exports(
+    "corral.runtime", {"Egress": "egress", "EgressHooks": "egress", "proxied_opener": "egress"}
+)

@@ -18,7 +18,9 @@ without loading the launcher.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.sandbox.audit import AuditSink, NullSink
@@ -28,19 +30,11 @@ if TYPE_CHECKING:
 
 __all__ = ["AuditSink", "NullSink", "RunHooks", "Sandbox", "SandboxSpec", "run_command"]
 
-_HOME = {
-    "AuditSink": "corral.sandbox.audit",
-    "NullSink": "corral.sandbox.audit",
-    "Sandbox": "corral.sandbox.launch",
-    "SandboxSpec": "corral.sandbox.spec",
-    "RunHooks": "corral.sandbox.run",
-    "run_command": "corral.sandbox.run",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        import importlib
-
-        return getattr(importlib.import_module(_HOME[name]), name)
-    raise AttributeError(f"module 'corral.sandbox' has no attribute {name!r}")
+__getattr__ = lazy_exports("corral.sandbox", {
+    "AuditSink": "audit",
+    "NullSink": "audit",
+    "Sandbox": "launch",
+    "SandboxSpec": "spec",
+    "RunHooks": "run",
+    "run_command": "run",
+})

@@ -19,7 +19,9 @@ Submodules load lazily, so ``corral approvals`` does not import tree-sitter.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.tools.approvals import Approval, ApprovalStore, AuditSink, NullAudit
@@ -48,19 +50,11 @@ __all__ = [
     "executor_argv",
 ]
 
-_HOME = {
+__getattr__ = lazy_exports("corral.tools", {
     "Approval": "approvals", "ApprovalStore": "approvals", "AuditSink": "approvals",
     "NullAudit": "approvals", "CommandChecker": "cmdcheck", "Verdict": "cmdcheck",
     "check_command": "cmdcheck", "Executor": "executor",
     "ExecutorGone": "executor", "ToolFailure": "executor", "executor_argv": "executor",
     "SandboxProvider": "provision", "Gate": "service", "ToolPolicy": "service",
     "Tools": "service", "ShellSession": "session",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        import importlib
-
-        return getattr(importlib.import_module(f"corral.tools.{_HOME[name]}"), name)
-    raise AttributeError(f"module 'corral.tools' has no attribute {name!r}")
+})
