@@ -32,15 +32,21 @@ def _uids_of_processes() -> dict[int, int]:
     return out
 
 
-def test_proxy_runs_as_its_own_helper_uid(corral_env: dict[str, str], tmp_path: Path) -> None:
+def _held_run(corral_env: dict[str, str], tmp_path: Path, seconds: int,
+              stderr: int) -> subprocess.Popen[str]:
+    """A ``corral run`` with egress (so a proxy child) whose command prints "up" and waits."""
     require_root()
     require_tools("bwrap", "nft", "ip", "setpriv")
     env = {**os.environ, **corral_env}
     policy = tmp_path / "p.yaml"
     policy.write_text("name: p\negress:\n  - host: example.test\n    action: deny\n")
-    proc = subprocess.Popen([sys.executable, "-m", "corral", "run", "-p", str(policy), "--",
-                             "sh", "-c", "echo up; sleep 8"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "corral", "run", "-p", str(policy), "--",
+                             "sh", "-c", f"echo up; sleep {seconds}"], env=env,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def test_proxy_runs_as_its_own_helper_uid(corral_env: dict[str, str], tmp_path: Path) -> None:
+    proc = _held_run(corral_env, tmp_path, 8, subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "up\n"
         reg = Path(corral_env["CORRAL_HOME"]) / "sandboxes"
@@ -106,14 +112,7 @@ def test_a_proxy_that_fails_to_start_stops_the_run(corral_env: dict[str, str],
 
 def test_killed_launcher_proxy_exits_and_gc_frees_its_uid(corral_env: dict[str, str],
                                                           tmp_path: Path) -> None:
-    require_root()
-    require_tools("bwrap", "nft", "ip", "setpriv")
-    env = {**os.environ, **corral_env}
-    policy = tmp_path / "p.yaml"
-    policy.write_text("name: p\negress:\n  - host: example.test\n    action: deny\n")
-    proc = subprocess.Popen([sys.executable, "-m", "corral", "run", "-p", str(policy), "--",
-                             "sh", "-c", "echo up; sleep 30"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = _held_run(corral_env, tmp_path, 30, subprocess.DEVNULL)
     reg = Path(corral_env["CORRAL_HOME"]) / "sandboxes"
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "up\n"
@@ -131,7 +130,8 @@ def test_killed_launcher_proxy_exits_and_gc_frees_its_uid(corral_env: dict[str, 
         time.sleep(0.05)
     assert helper not in _uids_of_processes().values()
     assert list(reg.glob("*.json")), "the entry (and the helper uid) stays reserved until gc"
-    gc = subprocess.run([sys.executable, "-m", "corral", "sandbox", "gc"], env=env,
+    gc = subprocess.run([sys.executable, "-m", "corral", "sandbox", "gc"],
+                        env={**os.environ, **corral_env},
                         capture_output=True, text=True, timeout=60, check=False)
     assert gc.returncode == 0, gc.stderr
     assert list(reg.glob("*.json")) == []
