@@ -24,8 +24,7 @@ import os
 import pwd
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "GENESIS",
@@ -260,9 +259,11 @@ def event_hash(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class Actor:
-    """The human behind a sandbox: OS user, the sudo caller, the login uid, later an identity."""
+class Actor(NamedTuple):
+    """The human behind a sandbox: OS user, the sudo caller, the login uid, later an identity.
+
+    A named tuple, not a dataclass: the launcher records it on every ``corral run``, which
+    does not load ``dataclasses`` (~10 ms)."""
 
     user: str
     uid: int
@@ -284,7 +285,7 @@ class Actor:
         return cls(_user_name(uid), uid, sudo_user, sudo_uid, _login_uid(), identity)
 
     def to_json(self) -> str:
-        return canonical_json(asdict(self))
+        return canonical_json(self._asdict())
 
     @classmethod
     def from_json(cls, text: str) -> Actor:

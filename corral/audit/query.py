@@ -16,10 +16,9 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from corral.audit.store import connect, default_path
 from corral.errors import CorralError, UserInputError
@@ -38,8 +37,7 @@ __all__ = [
 _CHUNK = 2000
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     id: int
     sandbox: str
     seq: int
@@ -63,9 +61,11 @@ class Event:
         }
 
 
-@dataclass
 class ReadStats:
-    skipped: int = 0  # rows that could not be read (damaged pages)
+    """What a listing could not read (mutable: the reader counts into it)."""
+
+    def __init__(self, skipped: int = 0) -> None:
+        self.skipped = skipped  # rows that could not be read (damaged pages)
 
 
 def open_read(path: str | Path | None = None) -> sqlite3.Connection:

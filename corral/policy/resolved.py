@@ -31,7 +31,11 @@ __all__ = ["ResolvedPolicy"]
 
 
 def _flat(obj: Any) -> dict[str, Any]:
-    """A dataclass's fields, one level (``dataclasses.asdict`` deep-copies: slow at 10k rules)."""
+    """A record's fields, one level (``dataclasses.asdict`` deep-copies: slow at 10k rules).
+
+    ``Limits`` and ``FilesConfig`` are named tuples, the other types dataclasses."""
+    if isinstance(obj, Limits | FilesConfig):
+        return obj._asdict()
     return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 

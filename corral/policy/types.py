@@ -2,7 +2,9 @@
 
 These types are the contract between ``corral.policy`` (which loads, validates, composes and
 compiles policies) and its users (sandbox, proxy, credentials, tools). They carry no pydantic
-so that the launch path and the proxy's hot path do not pay for schema machinery.
+so that the launch path and the proxy's hot path do not pay for schema machinery. ``Limits``
+and ``FilesConfig`` live in ``corral.policy.settings`` (immutable named tuples, which ``corral
+run`` can import without loading ``dataclasses``) and are re-exported here.
 
 Invariants:
 - Every ``Rule`` and every resolved value knows its ``Origin`` (file and line), so a decision
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from corral.policy.settings import FilesConfig, Limits
+
 __all__ = [
     "Action",
     "CredentialBinding",
@@ -30,7 +34,6 @@ __all__ = [
 
 Action = Literal["direct", "inspect", "deny"]
 ExecMode = Literal["allow", "allowlist", "approve"]
-FileApproval = Literal["none", "writes", "all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,26 +103,6 @@ class CredentialBinding:
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
     trusted_source: bool = False  # the defining policy lives in the config dir
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Resource limits; ``None`` means unlimited. Sizes in bytes, times in seconds."""
-
-    memory: int | None = 4 * 1024**3
-    pids: int | None = 1024
-    cpu: float | None = 2.0
-    wall: float | None = None
-    idle: float | None = 30 * 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class FilesConfig:
-    approval: FileApproval = "writes"
-    workspace: Path | None = None
-    home: Path | None = None
-    read: tuple[Path, ...] = ()
-    hide: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import socket
 import sys
 import threading
@@ -111,8 +110,7 @@ class Egress:
     def prepare(self, spec: SandboxSpec) -> SandboxSpec:
         from corral.proxy.agentenv import agent_env
 
-        return dataclasses.replace(
-            spec,
+        return spec._replace(
             proxy_port=PROXY_PORT,
             dns_port=DNS_PORT,
             env={**agent_env(self.policy, PROXY_PORT, bundle_path=BUNDLE), **spec.env},
@@ -131,8 +129,8 @@ class Egress:
         """
         from corral.proxy.agentenv import trust_bundle
 
-        sb.spec = dataclasses.replace(
-            sb.spec, extra_files={**sb.spec.extra_files, BUNDLE: trust_bundle(self.proc.ca_pem())})
+        sb.spec = sb.spec._replace(
+            extra_files={**sb.spec.extra_files, BUNDLE: trust_bundle(self.proc.ca_pem())})
         uid = sb.reserve_helper_uid()
         self.proxy_uid = uid
         audit = self.proxy_audit(sb.id) if self.proxy_audit is not None else None

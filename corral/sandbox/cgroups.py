@@ -23,11 +23,13 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import NamedTuple
 
 from corral.errors import CorralError
-from corral.policy.types import Limits
+from corral.policy.settings import Limits
 
 __all__ = ["PARENT", "Cgroup", "CgroupLayout", "cgroup_version", "detect_layout",
            "list_corral_cgroups"]
@@ -39,12 +41,11 @@ CFS_PERIOD_US = 100_000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
-@dataclass(frozen=True)
-class CgroupLayout:
+class CgroupLayout(NamedTuple):
     """Where the hierarchies are: ``v1`` maps controller -> mount point; ``v2`` is the root."""
 
     version: int
-    v1: dict[str, Path] = field(default_factory=dict)
+    v1: Mapping[str, Path] = MappingProxyType({})
     v2: Path | None = None
 
 
@@ -99,17 +100,17 @@ def _counter(path: Path, key: str) -> int:
     return 0
 
 
-@dataclass
 class Cgroup:
-    name: str
-    layout: CgroupLayout
-    dirs: dict[str, Path]  # controller (or "unified") -> this group's directory
-    _procs_files: tuple[bytes, ...] = ()
+    """One sandbox's group (``dirs``: controller, or "unified", -> this group's directory)."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str, layout: CgroupLayout, dirs: dict[str, Path]) -> None:
+        self.name, self.layout, self.dirs = name, layout, dirs
         self._procs_files = tuple(
             os.fsencode(d / "cgroup.procs") for d in dict.fromkeys(self.dirs.values())
         )
+
+    def __repr__(self) -> str:
+        return f"Cgroup(name={self.name!r}, layout={self.layout!r}, dirs={self.dirs!r})"
 
     # -- construction -------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """The command line of one spawn: bwrap's arguments, the shim, the seccomp program, the env.
 
+(Records here and in the modules it uses are named tuples or plain classes, not dataclasses:
+``corral run`` imports them on every launch and ``dataclasses`` alone costs it ~10 ms.)
+
 Invariants: the environment inside starts from ``BASE_ENV`` (never the launcher's own, which
 may hold secrets); only terminal description variables pass through. Every command runs behind
 the privilege-drop shim and under the seccomp filter; a missing layer module refuses the run.
@@ -10,8 +13,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from corral.errors import CorralError
 from corral.sandbox.mounts import HOME, SANDBOX_USER, WORKSPACE, BwrapPlan, passwd_overlay
@@ -33,8 +36,7 @@ BASE_ENV = {
 _PASSED_ENV = ("TERM", "COLORTERM", "NO_COLOR", "COLUMNS", "LINES")
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """Where a sandbox's pieces are on the host (built by ``Sandbox``)."""
 
     sandbox_id: str
@@ -50,8 +52,7 @@ class Layout:
     mask_dir: Path
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     args: list[str]
     fds: list[int]  # to pass to bwrap (the caller closes them after the spawn)
     info_fd: int  # read end of bwrap's info pipe (non-blocking)

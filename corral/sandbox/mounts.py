@@ -16,7 +16,6 @@ root on a tmpfs. Invariants:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["HOME", "SANDBOX_USER", "WORKSPACE", "BwrapPlan", "passwd_overlay"]
@@ -50,13 +49,13 @@ def passwd_overlay(uid: int, gid: int) -> tuple[bytes, bytes]:
     return passwd, group
 
 
-@dataclass
 class BwrapPlan:
     """Collects bwrap arguments and the fds they refer to (inherited by bwrap)."""
 
-    args: list[str] = field(default_factory=lambda: ["bwrap"])
-    fds: list[int] = field(default_factory=list)
-    visible: list[tuple[Path, str]] = field(default_factory=list)  # host tree -> inside path
+    def __init__(self, args: list[str] | None = None) -> None:
+        self.args: list[str] = ["bwrap"] if args is None else args
+        self.fds: list[int] = []  # to pass to bwrap
+        self.visible: list[tuple[Path, str]] = []  # host tree -> inside path
 
     def data_file(self, content: bytes, dest: str, perms: str = "0444") -> None:
         fd = os.memfd_create("corral-file", 0)

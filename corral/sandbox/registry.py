@@ -27,8 +27,8 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from corral.paths import ensure_state_dir, state_dir
 
@@ -52,22 +52,45 @@ _leases: dict[str, int] = {}  # sandbox id -> fd holding its uid lease
 _helper_leases: dict[str, list[int]] = {}  # sandbox id -> fds holding its helper uid leases
 
 
-@dataclass
 class Entry:
-    id: str
-    uid: int
-    gid: int
-    pid: int
-    pid_start: int
-    created: float
-    policies: list[str] = field(default_factory=list)
-    cgroup: str | None = None
-    child_pid: int | None = None
-    helper_uids: list[int] = field(default_factory=list)
+    """One registry record (mutable: helper uids are added to a live entry).
+
+    A plain class rather than a dataclass: the registry is on every ``corral run``, which
+    avoids loading ``dataclasses``. ``as_dict`` is the JSON form; ``Entry(**as_dict())``
+    round-trips it, and an unknown key in a file makes the entry unreadable (``TypeError``).
+    """
+
+    __slots__ = ("cgroup", "child_pid", "created", "gid", "helper_uids", "id", "pid",
+                 "pid_start", "policies", "uid")
+
+    def __init__(self, id: str, uid: int, gid: int, pid: int, pid_start: int, created: float,
+                 policies: list[str] | None = None, cgroup: str | None = None,
+                 child_pid: int | None = None, helper_uids: list[int] | None = None) -> None:
+        self.id, self.uid, self.gid = id, uid, gid
+        self.pid, self.pid_start, self.created = pid, pid_start, created
+        self.policies: list[str] = list(policies or ())
+        self.cgroup = cgroup
+        self.child_pid = child_pid
+        self.helper_uids: list[int] = list(helper_uids or ())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    def __repr__(self) -> str:
+        return f"Entry({', '.join(f'{k}={v!r}' for k, v in self.as_dict().items())})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Entry) and self.as_dict() == other.as_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     @property
     def dir(self) -> Path:
         return registry_dir() / self.id
+
+
+_FIELDS = ("id", "uid", "gid", "pid", "pid_start", "created", "policies", "cgroup", "child_pid",
+           "helper_uids")
 
 
 def registry_dir() -> Path:
@@ -131,7 +154,7 @@ def _write(entry: Entry) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(asdict(entry), f)
+        json.dump(entry.as_dict(), f)
     os.replace(tmp, path)
 
 

@@ -17,9 +17,9 @@ one JSON argv element, so no value in it is ever interpreted by a shell.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 __all__ = ["DEFAULT_DEVICES", "DEFAULT_SCRATCH", "PYTHON", "ShimConfig", "shim_argv", "shim_source"]
 
@@ -36,18 +36,7 @@ DEFAULT_DEVICES: tuple[str, ...] = (
 DEFAULT_SCRATCH: tuple[str, ...] = ("/dev/shm",)
 
 
-@dataclass(frozen=True, slots=True)
-class ShimConfig:
-    """What the shim does inside the sandbox.
-
-    ``writable``: paths (inside the sandbox) beneath which writes are allowed; everything else is
-    read-only to Landlock. ``readable_exec``: if set, reads and exec are also limited to these
-    (plus ``writable``); ``None`` leaves reads to the mount namespace. ``devices`` (read/write/
-    ioctl, no creation) and ``scratch`` (like ``writable``) are granted only where they exist.
-    ``require_landlock=False`` lets a run proceed on a kernel without Landlock (or without
-    scoping) — only by explicit choice.
-    """
-
+class _ShimFields(NamedTuple):
     uid: int
     gid: int
     writable: tuple[str, ...] = ()
@@ -59,7 +48,44 @@ class ShimConfig:
     devices: tuple[str, ...] = DEFAULT_DEVICES
     scratch: tuple[str, ...] = DEFAULT_SCRATCH
 
-    def __post_init__(self) -> None:
+
+class ShimConfig(_ShimFields):
+    """What the shim does inside the sandbox (immutable; checked when made and when used).
+
+    ``writable``: paths (inside the sandbox) beneath which writes are allowed; everything else is
+    read-only to Landlock. ``readable_exec``: if set, reads and exec are also limited to these
+    (plus ``writable``); ``None`` leaves reads to the mount namespace. ``devices`` (read/write/
+    ioctl, no creation) and ``scratch`` (like ``writable``) are granted only where they exist.
+    ``require_landlock=False`` lets a run proceed on a kernel without Landlock (or without
+    scoping) — only by explicit choice.
+
+    A named tuple rather than a dataclass: it is built on every ``corral run``, which does not
+    load ``dataclasses``. ``shim_argv`` checks it again, so a copy made with ``_replace`` (which
+    bypasses ``__new__``) cannot carry a root id or a relative path into the sandbox.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        uid: int,
+        gid: int,
+        writable: tuple[str, ...] = (),
+        readable_exec: tuple[str, ...] | None = None,
+        scope_abstract_unix: bool = True,
+        scope_signals: bool = True,
+        no_new_privs: bool = True,
+        require_landlock: bool = True,
+        devices: tuple[str, ...] = DEFAULT_DEVICES,
+        scratch: tuple[str, ...] = DEFAULT_SCRATCH,
+    ) -> ShimConfig:
+        self = super().__new__(cls, uid, gid, writable, readable_exec, scope_abstract_unix,
+                               scope_signals, no_new_privs, require_landlock, devices, scratch)
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """``ValueError`` unless both ids are non-root and every path is absolute."""
         for name in ("uid", "gid"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**32 - 1:
@@ -119,4 +145,5 @@ def _payload() -> tuple[str, str, str]:
 
 def shim_argv(cfg: ShimConfig) -> list[str]:
     """The argv prefix that runs the shim; append CMD and its arguments."""
+    cfg.check()
     return [PYTHON, "-I", "-S", "-c", LOADER, *_payload(), cfg.to_json()]

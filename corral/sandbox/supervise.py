@@ -21,9 +21,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = ["EXIT_TIMEOUT", "Outcome", "supervise"]
 
@@ -31,8 +30,7 @@ EXIT_TIMEOUT = 124
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-@dataclass
-class Outcome:
+class Outcome(NamedTuple):
     returncode: int
     timeout: str | None = None  # "wall" | "idle"
 
