@@ -4,10 +4,13 @@ Measured side by side in one run, interleaved round by round so load changes hit
 variant alike: plain ``true`` (process spawn), bare ``bwrap ... true`` (the same namespaces and
 read-only system binds, no corral), ``corral run -- true`` with no policy, and with a policy
 file with egress rules and limits (resolved through the compiled-policy cache), which brings
-the egress proxy, its ephemeral CA and the DNS stub. 50 rounds after 3
+the egress proxy, its ephemeral CA and the DNS stub: once with the proxy child forked by the
+pre-started helper (``corral.runtime.zygote``, warmed before the rounds) and once forked by the
+launcher itself (``CORRAL_PROXY_ZYGOTE=0``, which imports the proxy per run). 50 rounds after 3
 warm-up rounds; median and p95 in milliseconds, the ratio of each median to bare bwrap, and
 the median CPU time (user+sys of the process tree), which load from other work on the machine
-inflates far less than wall time.
+inflates far less than wall time; then the zygote/local ratios of the two proxy variants.
+Zygotes the benchmark started are stopped at the end.
 Prints a table and writes bench/results/run.json. Needs root. Usage:
 ``.venv/bin/python bench/bench_run.py [--rounds N]``.
 """
@@ -27,8 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from corral.runtime import zygote
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results") / "run.json"
+ZYGOTE = "corral run -p bench.yaml -- true (proxy, zygote)"
+LOCAL = "corral run -p bench.yaml -- true (proxy, CORRAL_PROXY_ZYGOTE=0)"
 CORRAL = str(ROOT / ".venv" / "bin" / "corral")
 
 BWRAP = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
@@ -45,6 +52,17 @@ egress:
     action: direct
 limits: {memory: 2GiB, pids: 512, idle: 10m}
 """
+
+
+def warm_zygote(argv: list[str], env: dict[str, str]) -> None:
+    """One run starts the helper (no zygote yet: that run forks locally); wait till it listens."""
+    time_once(argv, env)
+    path = zygote.socket_path()
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not os.path.exists(path):
+        raise SystemExit("the proxy zygote did not start")
 
 
 def time_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -81,31 +99,45 @@ def main() -> int:
         env["CORRAL_CONFIG"] = f"{tmp}/config"
         policy = Path(tmp) / "bench.yaml"
         policy.write_text(POLICY)
+        with_policy = [CORRAL, "run", "-p", str(policy), "--", "true"]
+        local_env = {**env, "CORRAL_PROXY_ZYGOTE": "0"}
         variants = {
-            "true (plain spawn)": ["true"],
-            "bwrap ... true (bare)": BWRAP,
-            "corral run -- true": [CORRAL, "run", "--", "true"],
-            "corral run -p bench.yaml -- true (proxy)": [
-                CORRAL, "run", "-p", str(policy), "--", "true"
-            ],
+            "true (plain spawn)": (["true"], env),
+            "bwrap ... true (bare)": (BWRAP, env),
+            "corral run -- true": ([CORRAL, "run", "--", "true"], env),
+            ZYGOTE: (with_policy, env),
+            LOCAL: (with_policy, local_env),
         }
         samples: dict[str, list[float]] = {name: [] for name in variants}
         cpu: dict[str, list[float]] = {name: [] for name in variants}
-        for i in range(args.rounds + 3):
-            for name, argv in variants.items():
-                ms, cpu_ms = time_once(argv, env)
-                if i >= 3:
-                    samples[name].append(ms)
-                    cpu[name].append(cpu_ms)
+        before = set(zygote.running())
+        try:
+            warm_zygote(with_policy, env)
+            for i in range(args.rounds + 3):
+                for name, (argv, venv) in variants.items():
+                    ms, cpu_ms = time_once(argv, venv)
+                    if i >= 3:
+                        samples[name].append(ms)
+                        cpu[name].append(cpu_ms)
+        finally:
+            for pid in set(zygote.running()) - before:
+                zygote.stop(pid)
     base = statistics.median(samples["bwrap ... true (bare)"])
     rows = []
-    print(f"{'variant':<36} {'median ms':>10} {'p95 ms':>9} {'vs bwrap':>9} {'CPU ms':>7}")
+    print(f"{'variant':<58} {'median ms':>10} {'p95 ms':>9} {'vs bwrap':>9} {'CPU ms':>7}")
     for name, values in samples.items():
         med = statistics.median(values)
         cpu_med = statistics.median(cpu[name])
         rows.append({"variant": name, "median_ms": round(med, 2), "p95_ms": round(p95(values), 2),
                      "ratio_to_bwrap": round(med / base, 2), "cpu_median_ms": round(cpu_med, 2)})
-        print(f"{name:<36} {med:>10.1f} {p95(values):>9.1f} {med / base:>8.1f}x {cpu_med:>7.1f}")
+        print(f"{name:<58} {med:>10.1f} {p95(values):>9.1f} {med / base:>8.1f}x {cpu_med:>7.1f}")
+    ratios = {
+        "median": statistics.median(samples[ZYGOTE]) / statistics.median(samples[LOCAL]),
+        "p95": p95(samples[ZYGOTE]) / p95(samples[LOCAL]),
+        "cpu_median": statistics.median(cpu[ZYGOTE]) / statistics.median(cpu[LOCAL]),
+    }
+    print("proxy child from the zygote vs forked by the launcher: "
+          + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     print(f"1-minute load average at the end: {os.getloadavg()[0]:.1f}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({
@@ -114,6 +146,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "loadavg_1m": os.getloadavg()[0]},
         "results": rows,
+        "zygote_vs_local": {k: round(v, 3) for k, v in ratios.items()},
     }, indent=2) + "\n")
     return 0
 

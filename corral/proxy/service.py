@@ -126,6 +126,7 @@ class ProxyService:
         resolve_overrides: Mapping[str, list[str]] | None = None,
         idle_timeout: float = 300.0,
         ca: CertificateAuthority | None = None,
+        upstream_tls: UpstreamContexts | None = None,
     ) -> None:
         self.policy = policy
         self.secrets = _normalise_secrets(secrets or {})
@@ -137,6 +138,8 @@ class ProxyService:
         self.resolve_overrides = dict(resolve_overrides or {})
         self.idle_timeout = idle_timeout
         self.ca = ca if ca is not None else CertificateAuthority(inspected_hosts(policy))
+        # prebuilt contexts (the zygote's system trust store), else built per serve
+        self.upstream_tls = upstream_tls
 
     # -- what the sandbox gets ----------------------------------------------------------
 
@@ -154,7 +157,7 @@ class ProxyService:
     # -- serving ------------------------------------------------------------------------
 
     def _context(self, audit: AsyncAudit) -> ProxyContext:
-        upstream_tls = UpstreamContexts()
+        upstream_tls = self.upstream_tls if self.upstream_tls is not None else UpstreamContexts()
         rules = getattr(self.policy, "rules", None) or []
         upstream_tls.preload(getattr(r, "tls_ca", None) for r in rules)
         return ProxyContext(

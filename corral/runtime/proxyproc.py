@@ -11,6 +11,11 @@ Sequence::
     handle = proc.start(listen, dns, run_as=(uid, uid), audit=trail)   # returns once serving
     handle.stop()
 
+The child is forked by the pre-started helper (``corral.runtime.zygote``: its imports are done,
+so the per-run CPU is a fork and the CA) when one answers, else here; the protocol with the
+child is the same. ``CORRAL_PROXY_ZYGOTE=0`` always forks here. A zygote's child is signalled
+and awaited through its pidfd (it is not our child), never by pid.
+
 Invariants:
 - The CA private key is generated in the child and never leaves it; the launcher receives only
   the certificate (PEM) over the control socket.
@@ -33,10 +38,13 @@ import select
 import signal
 import socket
 import struct
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError
+
+if TYPE_CHECKING:
+    from corral.runtime.zygote import Pending
 
 __all__ = ["ProxyProcess"]
 
@@ -60,18 +68,32 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 class ProxyProcess:
-    def __init__(self, policy: Any = None, *, timeout: float = 10.0) -> None:
+    def __init__(self, policy: Any = None, *, timeout: float = 10.0,
+                 zygote: bool | None = None) -> None:
         """Fork the child now; it makes the CA, then waits for ``configure`` and ``start``.
 
         Without ``policy`` the child imports what it needs and then waits for ``set_policy``
-        before it makes the CA; ``kill`` it if no proxy is needed after all.
+        before it makes the CA; ``kill`` it if no proxy is needed after all. ``zygote``: ask
+        the pre-started helper (``corral.runtime.zygote``) for the child; by default when root
+        and ``CORRAL_PROXY_ZYGOTE`` is not ``0``. Without an answer the child is forked here.
         """
         self.timeout = timeout
-        self._ctl, ctl_child = socket.socketpair()
-        self._life, life_child = socket.socketpair()
         self._pem: bytes | None = None
         self._relay: Any = None
         self._started = self._stopped = False
+        self._pidfd: int | None = None  # set when the zygote forked the child
+        self._pending: Pending | None = None  # the zygote's answer, collected by ``_settle``
+        self.pid = 0
+        if zygote is None:
+            zygote = os.environ.get("CORRAL_PROXY_ZYGOTE") != "0" and os.geteuid() == 0
+        if not (zygote and self._ask_zygote()):
+            self._fork(policy)
+        elif policy is not None:
+            self.set_policy(policy)
+
+    def _fork(self, policy: Any) -> None:
+        self._ctl, ctl_child = socket.socketpair()
+        self._life, life_child = socket.socketpair()
         pid = os.fork()
         if pid == 0:  # child: never returns
             status = 70
@@ -88,10 +110,45 @@ class ProxyProcess:
         ctl_child.close()
         life_child.close()
 
+    def _ask_zygote(self) -> bool:
+        """Send the zygote the child ends of our sockets; its answer is read by ``_settle``
+        (the launcher resolves the policy while the zygote forks)."""
+        from corral.runtime.zygote import request
+
+        ctl, ctl_child = socket.socketpair()
+        life, life_child = socket.socketpair()
+        try:
+            pending = request(ctl_child, life_child)
+        finally:
+            ctl_child.close()  # the zygote holds its own copies
+            life_child.close()
+        if pending is None:
+            ctl.close()
+            life.close()
+            return False
+        self._ctl, self._life, self._pending = ctl, life, pending
+        return True
+
+    def _settle(self) -> None:
+        """Collect the zygote's answer (first thing in every other method); without a child
+        from it, fork locally with fresh sockets: a late child of the zygote sees EOF on the
+        old ones and exits."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        forked = pending.result()
+        if forked is not None:
+            self.pid, self._pidfd = forked
+            return
+        self._ctl.close()
+        self._life.close()
+        self._fork(None)  # nothing was sent yet: ``set_policy`` follows
+
     def set_policy(self, policy: Any) -> None:
         """The resolved policy, for a child forked without one (pickled: launcher to child)."""
         import pickle
 
+        self._settle()
         try:
             _send_frame(self._ctl, pickle.dumps(policy, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as err:
@@ -101,6 +158,7 @@ class ProxyProcess:
     def configure(self, secrets: Mapping[str, Any], *, upstream_proxy: str | None = None,
                   resolve_overrides: Mapping[str, list[str]] | None = None) -> None:
         """Send the resolved secrets and settings (JSON over the private control socket)."""
+        self._settle()
         msg = json.dumps({"secrets": dict(secrets), "upstream_proxy": upstream_proxy,
                           "overrides": dict(resolve_overrides or {})}).encode()
         try:
@@ -118,6 +176,7 @@ class ProxyProcess:
 
     def ca_pem(self) -> bytes:
         """The sandbox CA's certificate, once the child made it (an error line if it failed)."""
+        self._settle()
         if self._pem is None:
             try:
                 frame = self._read_frame()
@@ -136,6 +195,7 @@ class ProxyProcess:
         (``wait=False``: at once; call ``wait_ready`` later)."""
         from corral.audit.relay import PROXY_EVENTS, AuditRelay  # not the proxy: ~100 ms
 
+        self._settle()
         socks = [*listen, *dns]
         if len(socks) > _MAX_FDS:
             raise ValueError("too many listeners")
@@ -167,15 +227,27 @@ class ProxyProcess:
         idempotent."""
         if self._stopped:
             return
+        self._settle()
         self._stopped = True
-        if self._started:
+        if self._pidfd is not None:  # the zygote's child: signalled and awaited by pidfd
+            pidfd = self._pidfd
+            if self._started:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+                select.select([pidfd], [], [], timeout)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            _wait_exit(self.pid, timeout)  # woken by its exit, not by a polling interval
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            select.select([pidfd], [], [], timeout)  # readable once it exited (the zygote reaps)
+            os.close(pidfd)
+        elif self.pid > 0:  # never 0: os.kill(0, ...) would signal our process group
+            if self._started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGTERM)
+                _wait_exit(self.pid, timeout)  # woken by its exit, not by a polling interval
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
         if self._relay is not None:
             self._relay.close()  # the child is gone: the relay's threads end
         for sock in (self._ctl, self._life):
@@ -208,7 +280,11 @@ def _recv_frame(sock: socket.socket) -> bytes:
     return _recv_exact(sock, n)
 
 
-def _child(ctl: socket.socket, life: socket.socket, policy: Any) -> None:
+def _child(ctl: socket.socket, life: socket.socket, policy: Any, *,
+           setup: Callable[[], None] | None = None, upstream_tls: Any = None) -> None:
+    """The child's body (forked here or by the zygote). ``setup``: applied first, once only
+    ``ctl`` and ``life`` are open (the zygote's: what the launcher's fork would have given);
+    ``upstream_tls``: prebuilt upstream TLS contexts (the zygote's system trust store)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when the proxy stops
     # No collections while it imports (its CPU competes with the launcher's on small machines);
     # what the launcher left is frozen, never scanned again. Re-enabled before it serves.
@@ -225,6 +301,8 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any) -> None:
         low = fd + 1
     os.closerange(low, 65536)
     try:
+        if setup is not None:
+            setup()
         from corral.proxy.tls import CertificateAuthority
 
         if policy is None:  # forked before the launcher resolved it: now it comes
@@ -247,7 +325,8 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any) -> None:
     except EOFError:
         return  # the launcher is gone before configuring us
     service = ProxyService(policy, secrets=conf["secrets"], upstream_proxy=conf["upstream_proxy"],
-                           resolve_overrides=conf["overrides"], ca=ca)
+                           resolve_overrides=conf["overrides"], ca=ca,
+                           upstream_tls=upstream_tls)
     gc.freeze()  # the imported modules: long-lived, not worth scanning
     gc.enable()
     head, received = b"", []

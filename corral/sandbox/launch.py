@@ -95,6 +95,7 @@ class Sandbox:
         self._cgroup: Any = None
         self._hidden: list[Path] = []
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._killed = False  # kill_all ran: nothing started later may run
         self._info: dict[int, int] = {}  # bwrap pid -> info fd
         self._child_pids: dict[int, int] = {}
         self._closed = False
@@ -329,6 +330,8 @@ class Sandbox:
                     os.close(fd)
         self._procs.append(proc)
         self._info[proc.pid] = info_r
+        if self._killed:  # kill_all (e.g. a failed proxy's watcher) raced with this spawn
+            self.kill_all()
         return proc
 
     def agent_pid(self, proc: subprocess.Popen[bytes]) -> int | None:
@@ -362,6 +365,7 @@ class Sandbox:
         return bool(self._cgroup is not None and self._cgroup.pids_exhausted())
 
     def kill_all(self) -> None:
+        self._killed = True  # set first: a spawn in progress then sees it once it is listed
         if self._cgroup is not None:
             with contextlib.suppress(OSError):
                 self._cgroup.kill_all()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import require_root, require_tools
 
+from corral.runtime import zygote
 from corral.sandbox.registry import UID_BASE, UID_RANGE
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
@@ -69,7 +70,8 @@ def test_proxy_runs_as_its_own_helper_uid(corral_env: dict[str, str], tmp_path: 
             assert f"Gid:\t{helper}\t{helper}\t{helper}" in status
             groups = [ln for ln in status.splitlines() if ln.startswith("Groups:")]
             assert groups and groups[0].split(":", 1)[1].strip() == ""
-            assert _parent(pid) == proc.pid  # the launcher's proxy child
+            # the launcher's proxy child, or the zygote's (corral.runtime.zygote)
+            assert _parent(pid) in (proc.pid, *zygote.running())
         assert not [pid for pid, uid in owners.items() if uid == 65534 and _parent(pid) == proc.pid]
     finally:
         proc.wait(timeout=30)
