@@ -1,16 +1,20 @@
-"""The agent's side of one HTTP/1.1 connection: an h11 server over the client stream.
+"""The agent's side of one HTTP/1.1 connection: requests read by ``agent_parser`` (llhttp for
+heads), responses framed by ``agent_writer``, over the client stream.
 
 Everything the proxy reads from or writes to the agent goes through ``AgentConnection``;
 ``http1.Session`` builds the request loop on top of it.
 
 Invariants:
-- Every byte of a request head passes ``request_head.HeadGuard`` (size bound, no obs-fold)
-  before h11 parses it.
-- Request bodies leave only as h11 ``Data`` events handed to an upstream that re-frames them
+- Every request head passes ``agent_parser`` (size bound, no obs-fold, strict request line,
+  llhttp's token and value checks, Host and Transfer-Encoding rules) before anything uses it;
+  whatever it refuses is a 400 and the connection closes.
+- Request bodies leave only as ``Data`` pieces handed to an upstream that re-frames them
   (``relay_body``), chunk by chunk with a drain after each: never buffered, never raw.
 - Local answers (400, 403, upstream failures) are complete responses with
-  ``Connection: close``; if h11 can no longer send one (a response already started), raw bytes
-  are written instead and the connection is not reused.
+  ``Connection: close``; if a response already started, raw bytes are written instead and the
+  connection is not reused.
+- A connection carries another request only after the request was read to its end and a
+  complete response was written that keeps the connection alive (``reusable``).
 - A 403 is audited (``proxy.deny``, the same text as the body) before it is written.
 - A connection with no request bytes for ``ctx.idle_timeout`` seconds while the proxy waits on
   the agent is closed; one timer per connection, re-armed per period rather than per read.
@@ -22,12 +26,13 @@ import asyncio
 import time
 from typing import Any, Protocol
 
-import h11
-
 from corral.policy.types import Decision
 from corral.proxy import deny as deny_response
+from corral.proxy.agent_parser import Closed, Data, End, Request, RequestReader
+from corral.proxy.agent_writer import ResponseWriter, comma_header
 from corral.proxy.context import ProxyContext
-from corral.proxy.request_head import MAX_HEADER_BYTES, BadRequest, HeadGuard, Pinned
+from corral.proxy.headers import has_control_bytes
+from corral.proxy.request_head import BadRequest, Pinned
 from corral.proxy.streams import READ_SIZE, Stream
 
 __all__ = ["AgentConnection", "BodySink"]
@@ -49,40 +54,45 @@ class AgentConnection:
         self.ctx = ctx
         self.client = client
         self.pinned = pinned
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        self._guard = HeadGuard()
+        self.reader = RequestReader()
+        self.response = ResponseWriter(client.write)
+        self.request: Request | None = None
+        self._body_seen = False
         self._waiting_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    # -- events in and out -------------------------------------------------------------
+    # -- requests in -------------------------------------------------------------------
 
-    def send(self, event: Any) -> None:
-        data = self.conn.send(event)
-        if data:
-            self.client.write(data)
-
-    async def next_event(self) -> Any:
+    async def _event(self) -> Request | Data | End | Closed:
+        reader = self.reader
         while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                if isinstance(event, h11.Request):
-                    self._guard.reset()
+            event = reader.next_event()
+            if event is not None:
                 return event
             self._waiting_since = time.monotonic()
             try:
                 data = await self.client.read(READ_SIZE)
             finally:
                 self._waiting_since = None
-            if self.conn.their_state in (h11.IDLE, h11.DONE):
-                self._guard.feed(data)
-            self.conn.receive_data(data)
+            reader.receive(data)
+
+    async def next_request(self) -> Request | None:
+        """The next request head, None once the agent closed the connection."""
+        event = await self._event()
+        if isinstance(event, Request):
+            self.request = event
+            self._body_seen = False
+            self.response.reset(event)
+            return event
+        return None
 
     async def next_body_chunk(self) -> bytes | None:
         """The next piece of the request body, None at its end."""
-        event = await self.next_event()
-        if isinstance(event, h11.Data):
-            return bytes(event.data)
-        if isinstance(event, h11.EndOfMessage):
+        event = await self._event()
+        self._body_seen = True
+        if isinstance(event, Data):
+            return event.data
+        if isinstance(event, End):
             return None
         raise BadRequest("request body ended early")
 
@@ -93,27 +103,60 @@ class AgentConnection:
             await up.stream.drain()
         up.end()
 
+    @property
+    def waiting_for_100_continue(self) -> bool:
+        """The agent sent ``Expect: 100-continue`` and waits for a go-ahead before its body."""
+        req = self.request
+        return (
+            req is not None
+            and req.http_version == b"1.1"
+            and not self._body_seen
+            and not self.response.started
+            and b"100-continue" in comma_header(req.headers, b"expect")
+        )
+
+    @property
+    def can_respond(self) -> bool:
+        """No response has started on this request yet (a local answer can still be sent)."""
+        return not self.response.started
+
+    @property
+    def reusable(self) -> bool:
+        """The exchange is complete on both sides and the connection may carry another."""
+        return self.reader.done and self.response.finished and self.response.keep_alive
+
+    def start_next_cycle(self) -> None:
+        self.reader.start_next_cycle()
+        self.request = None
+        self.response.reset(None)  # a refused next head is answered as a fresh response
+
     # -- local answers -----------------------------------------------------------------
 
     async def simple(
         self, status: int, text: str, extra: list[tuple[str, str]] | None = None
     ) -> None:
         body = text.encode()
-        headers = extra or [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            ("Connection", "close"),
+        headers = [
+            (n.encode(), v.encode())
+            for n, v in extra
+            or [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Connection", "close"),
+            ]
         ]
-        try:
-            self.send(h11.Response(status_code=status, headers=headers))
-            self.send(h11.Data(data=body))
-            self.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:
-            # Response already started or state broken: raw bytes, then close.
+        if self.response.started or any(has_control_bytes(v) for _, v in headers):
+            # Response already started (or a header value the proxy built is unusable):
+            # raw bytes, then close.
+            self.response.keep_alive = False
             self.client.write(
                 b"HTTP/1.1 %d Error\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
                 % (status, len(body), body)
             )
+        else:
+            self.response.head(status, headers)
+            self.response.data(body)
+            self.response.end()
         await self.client.drain()
 
     async def deny(self, decision: Decision, what: str, fields: dict[str, Any]) -> None:
@@ -133,11 +176,6 @@ class AgentConnection:
             reason=str(err)[:300],
         )
         await self.simple(400, f"corral: malformed request rejected: {err}\n")
-
-    # ``connect.handle_connect`` answers through these names.
-    _send = send
-    _deny = deny
-    _bad_request = bad_request
 
     # -- idle watchdog -----------------------------------------------------------------
 

@@ -19,10 +19,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import h11
-
 from corral.policy.types import Decision
 from corral.proxy import decide, deny
+from corral.proxy.agent_parser import Request
 from corral.proxy.context import ProxyContext
 from corral.proxy.http1 import BadRequest, Pinned, Session, normalise_host
 from corral.proxy.resolve import Refused, is_ip
@@ -55,7 +54,7 @@ async def read_client_hello(stream: RawStream) -> tuple[bytes, str | None, bool]
     return data, None, False
 
 
-async def handle_connect(ctx: ProxyContext, session: Session, req: h11.Request) -> None:
+async def handle_connect(ctx: ProxyContext, session: Session, req: Request) -> None:
     target = req.target.decode("ascii", "replace")
     parts = urlsplit("//" + target)
     try:
@@ -64,23 +63,23 @@ async def handle_connect(ctx: ProxyContext, session: Session, req: h11.Request) 
     except (BadRequest, ValueError):
         port = None
     if not parts.hostname or port is None:
-        await session._bad_request(BadRequest(f"CONNECT target must be host:port, got {target!r}"))
+        await session.bad_request(BadRequest(f"CONNECT target must be host:port, got {target!r}"))
         return
     fields: dict[str, Any] = {"method": "CONNECT", "host": host, "port": port}
     decision = decide.connect(ctx.policy, host, port)
     if decision.action == "deny":
-        await session._deny(decision, f"CONNECT {host}:{port}", fields)
+        await session.deny(decision, f"CONNECT {host}:{port}", fields)
         return
     try:
         address = await ctx.resolver.choose(host, port, decision.rule)
     except Refused as err:
-        await session._deny(deny.refusal(decision, str(err)), f"CONNECT {host}:{port}", fields)
+        await session.deny(deny.refusal(decision, str(err)), f"CONNECT {host}:{port}", fields)
         return
-    session._send(h11.Response(status_code=200, headers=[]))
+    session.response.head(200, [])
     await session.client.drain()
     client = session.client
     assert isinstance(client, RawStream)
-    client.pushback = bytes(session.conn.trailing_data[0]) + client.pushback
+    client.pushback = session.reader.trailing_data + client.pushback
     await establish(ctx, client, host, port, decision, address, via="connect")
 
 

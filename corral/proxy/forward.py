@@ -14,7 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import h11
@@ -22,6 +21,7 @@ import h11
 from corral.policy.types import Decision
 from corral.proxy import decide, inject, sigv4
 from corral.proxy.agent import AgentConnection
+from corral.proxy.agent_parser import Request
 from corral.proxy.headers import request_headers
 from corral.proxy.request_head import BadRequest, Target
 from corral.proxy.respond import relay_fast_response, relay_response
@@ -47,22 +47,17 @@ async def read_body(agent: AgentConnection, limit: int) -> list[bytes]:
 async def forward(
     agent: AgentConnection,
     upstreams: Upstreams,
-    req: h11.Request,
+    req: Request,
     decision: Decision,
     target: Target,
     fields: dict[str, Any],
     started: float,
-    agent_headers: Sequence[tuple[bytes, bytes]] | None = None,
 ) -> bool:
-    """Carry an allowed request and its response; True if the agent connection may go on.
-
-    ``agent_headers``: ``req.headers`` as a list, if the caller already made one."""
+    """Carry an allowed request and its response; True if the agent connection may go on."""
     ctx = agent.ctx
     method = fields["method"]
     host, port, tls, origin = target
-    headers, upgrade, expect = request_headers(
-        req.headers if agent_headers is None else agent_headers, target.authority.encode()
-    )
+    headers, upgrade, expect = request_headers(req.headers, target.authority.encode())
     binding = decide.binding_for(ctx.policy, decision) if decision.credential else None
     plan = inject.plan(decision, binding, ctx.secrets, method=method, tls=tls)
     buffered: list[bytes] | None = None
@@ -83,8 +78,8 @@ async def forward(
             header=plan.binding.header if plan.binding.kind == "header" else "Authorization",
             rule=decision.origin,
         )
-    if agent.conn.client_is_waiting_for_100_continue:
-        agent.send(h11.InformationalResponse(status_code=100, headers=[]))
+    if agent.waiting_for_100_continue:
+        agent.response.informational(100, [])
     if (
         req.method not in (b"HEAD", b"CONNECT")
         and not upgrade
@@ -99,8 +94,8 @@ async def forward(
         return await relay_fast_response(agent, upstreams, fast, decision, fields, started)
     up = await upstreams.h11.get(host, port, tls, decision)
     try:
-        # Headers h11 already parsed (plus Host and an injected header, both checked) skip
-        # h11's second validation pass; re-signed AWS headers are validated in full.
+        # Headers the agent parser validated (plus Host and an injected header, both checked)
+        # skip h11's second validation pass; re-signed AWS headers are validated in full.
         trusted = plan is None or plan.binding.kind == "header"
         up.send(
             h11.Request(method=req.method, target=origin.encode(), headers=headers, _parsed=trusted)

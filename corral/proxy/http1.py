@@ -1,4 +1,4 @@
-"""HTTP/1.1 on the agent's side of the proxy: parse with h11, decide, forward, stream back.
+"""HTTP/1.1 on the agent's side of the proxy: parse, decide, forward, stream back.
 
 One ``Session`` serves one client connection: the explicit proxy (absolute-form requests and
 CONNECT), the inside of an intercepted TLS connection, or a transparently captured plain-HTTP
@@ -6,7 +6,8 @@ connection (the latter two are ``pinned`` to one host and port). This module is 
 loop; the parts live beside it:
 
 - ``request_head``: head size, obs-fold, framing, target and Host checks (400 / 403);
-- ``agent``: the h11 server connection to the agent, local answers, idle watchdog;
+- ``agent``: the connection to the agent (``agent_parser`` reads requests, ``agent_writer``
+  frames responses), local answers, idle watchdog;
 - ``forward``: headers, credential injection, request body towards the upstream;
 - ``respond``: the response back to the agent, protocol upgrades, connection reuse;
 - ``upstream_pool``, ``upstream_h11``, ``upstream_http``: the upstream connections.
@@ -15,9 +16,10 @@ Invariants:
 - Every request is decided in full (host, port, method, path) before anything is sent upstream;
   a deny is audited before the 403 is written, an allowed request before the response head is
   relayed (status and declared length; the body then streams). Any exception in deciding denies.
-- Requests h11 rejects, and smuggling-shaped ones h11 would tolerate (both Content-Length and
-  Transfer-Encoding, obs-fold header lines, dot-segments in the path) get 400 and the
-  connection is closed. Bodies are re-framed on the way out, never copied raw.
+- Requests the agent parser rejects (everything h11 rejected, and the smuggling shapes h11
+  tolerated: both Content-Length and Transfer-Encoding, obs-fold header lines), and
+  dot-segments in the path, get 400 and the connection is closed. Bodies are re-framed on the
+  way out, never copied raw.
 - In a pinned session the Host header must name the pinned host (Host = SNI = CONNECT target).
 - Bodies stream in both directions chunk by chunk; nothing is buffered whole except an AWS
   body whose hash must be computed (bounded).
@@ -31,11 +33,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import h11
-
 from corral.policy.types import Decision
 from corral.proxy import decide, deny, inject, sigv4
 from corral.proxy.agent import AgentConnection
+from corral.proxy.agent_parser import Request
 from corral.proxy.context import ProxyContext
 from corral.proxy.forward import forward
 from corral.proxy.request_head import (
@@ -66,23 +67,22 @@ class Session(AgentConnection):
         try:
             while True:
                 try:
-                    event = await self.next_event()
-                except (h11.RemoteProtocolError, BadRequest) as err:
+                    req = await self.next_request()
+                except BadRequest as err:
                     await self.bad_request(err)
                     return
-                if not isinstance(event, h11.Request):
-                    return  # ConnectionClosed, PAUSED, or anything else: the connection ends
-                if not await self._request(event):
+                if req is None:
+                    return  # the agent closed the connection
+                if not await self._request(req):
                     return
-                if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-                    self.conn.start_next_cycle()
-                else:
+                if not self.reusable:
                     return
+                self.start_next_cycle()
         finally:
             self.stop_watchdog()
             self.upstreams.close()
 
-    async def _request(self, req: h11.Request) -> bool:
+    async def _request(self, req: Request) -> bool:
         """Decide and carry one request; True if the connection may carry another."""
         started = time.monotonic()
         method = req.method.decode("ascii")
@@ -95,7 +95,7 @@ class Session(AgentConnection):
             await handle_connect(self.ctx, self, req)
             return False
         try:
-            headers = list(req.headers)  # h11's Headers view iterates slowly: list it once
+            headers = req.headers
             check_framing(req, headers)
             target = request_target(req, self.pinned, self._host_ok, headers)
         except BadRequest as err:
@@ -116,9 +116,7 @@ class Session(AgentConnection):
             await self.deny(decision, f"{method} {target.authority}{path}", fields)
             return False
         try:
-            return await forward(
-                self, self.upstreams, req, decision, target, fields, started, headers
-            )
+            return await forward(self, self.upstreams, req, decision, target, fields, started)
         except (Refused, sigv4.SigV4Error, inject.InjectionError) as err:
             await self.deny(deny.refusal(decision, str(err)), f"{method} {host}", fields)
             return False
@@ -130,10 +128,10 @@ class Session(AgentConnection):
                 reason=err.reason,
                 **fields,
             )
-            if self.conn.our_state is h11.SEND_RESPONSE:
+            if self.can_respond:
                 await self.simple(err.status, f"corral: upstream failure: {err.reason}\n")
             return False
-        except (h11.RemoteProtocolError, BadRequest) as err:
-            if self.conn.our_state is h11.SEND_RESPONSE:
+        except BadRequest as err:
+            if self.can_respond:
                 await self.bad_request(err)
             return False

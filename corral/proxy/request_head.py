@@ -1,11 +1,10 @@
 """The agent's request head, checked before anything is decided: size, framing, target, Host.
 
-h11 parses the head; this module refuses what h11 tolerates but a proxy must not (RFC 9112
-§5.2 obs-fold, §6.3 conflicting framing) and works out where a request is going.
+``agent_parser`` parses the head (and bounds it by ``MAX_HEADER_BYTES``, refusing obs-fold);
+this module refuses conflicting framing once more (RFC 9112 §6.3) and works out where a request
+is going.
 
 Invariants:
-- A head over ``MAX_HEADER_BYTES`` (complete or not) or one containing obs-fold lines is
-  refused (``BadRequest``) before h11 is handed the bytes that hold it: h11 would unfold them.
 - A request carrying both Content-Length and Transfer-Encoding is refused, never re-framed.
 - A path with dot-segments (after percent-decoding) is refused, so the path the policy matched
   is the path the upstream serves.
@@ -22,17 +21,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 from urllib.parse import unquote, urlsplit
-
-import h11
 
 __all__ = [
     "MAX_HEADER_BYTES",
     "BadRequest",
-    "HeadGuard",
     "HostMismatch",
     "Pinned",
+    "RequestHead",
     "Target",
     "authority",
     "check_framing",
@@ -41,12 +38,24 @@ __all__ = [
 ]
 
 MAX_HEADER_BYTES = 64 * 1024
-_FOLD = re.compile(rb"\r?\n[ \t]")
 _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 
 
 class BadRequest(Exception):
     """A request the proxy answers with 400 and then closes the connection."""
+
+
+class RequestHead(Protocol):
+    """What this module reads of a parsed request (``agent_parser.Request``, ``h11.Request``)."""
+
+    @property
+    def method(self) -> bytes: ...
+
+    @property
+    def target(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[bytes, bytes]]: ...
 
 
 class HostMismatch(Exception):
@@ -95,33 +104,10 @@ def authority(host: str, port: int, tls: bool) -> str:
     return shown if port == (443 if tls else 80) else f"{shown}:{port}"
 
 
-class HeadGuard:
-    """Watches the raw bytes of a request head as they arrive, before h11 parses them."""
-
-    def __init__(self) -> None:
-        self._head = b""
-
-    def reset(self) -> None:
-        self._head = b""
-
-    def feed(self, data: bytes) -> None:
-        # h11 unfolds obs-fold lines; a proxy must reject them (RFC 9112 §5.2).
-        # h11 bounds only incomplete heads; bound complete ones too.
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        head = self._head if end < 0 else self._head[: end + 2]
-        if len(head) > MAX_HEADER_BYTES:
-            raise BadRequest(f"request head over {MAX_HEADER_BYTES} bytes")
-        if _FOLD.search(head):
-            raise BadRequest("obsolete line folding in request headers")
-        if end >= 0:
-            self._head = b""
-
-
-def check_framing(req: h11.Request, headers: Sequence[tuple[bytes, bytes]] | None = None) -> None:
+def check_framing(req: RequestHead, headers: Sequence[tuple[bytes, bytes]] | None = None) -> None:
     """Refuse a request framed two ways (the classic smuggling shape, RFC 9112 §6.3).
 
-    ``headers``: ``req.headers`` already listed by the caller (h11's view is slow to iterate).
+    ``headers``: ``req.headers`` already listed by the caller.
     """
     names = {n for n, _ in (req.headers if headers is None else headers)}
     if b"content-length" in names and b"transfer-encoding" in names:
@@ -129,7 +115,7 @@ def check_framing(req: h11.Request, headers: Sequence[tuple[bytes, bytes]] | Non
 
 
 def request_target(
-    req: h11.Request,
+    req: RequestHead,
     pinned: Pinned | None,
     known_hosts: set[bytes],
     headers: Sequence[tuple[bytes, bytes]] | None = None,

@@ -3,9 +3,10 @@
 Invariants:
 - An allowed exchange is audited (``proxy.allow`` or ``proxy.inspect``: status, declared
   length, time to the head) before the agent sees a byte of the response.
-- The response is rebuilt by h11 from events (status, headers without hop-by-hop, body data),
-  never copied raw; headers llhttp parsed are checked for control bytes before h11 is told to
-  skip its own validation. Anything either parser refuses is an upstream error (502).
+- The response is rebuilt from events by ``agent_writer`` (status, headers without hop-by-hop,
+  body data re-framed), never copied raw. Header names llhttp parsed are tokens (its check);
+  values and reason are checked here for control bytes (h11-parsed ones were checked by h11).
+  Anything either parser refuses is an upstream error (502).
 - Interim responses: 100 is never relayed (the proxy answered Expect itself); others are
   relayed on the h11 path and dropped on the llhttp path (it never sends Expect).
 - A 101 is relayed only when the agent asked to upgrade; the connection then becomes a byte
@@ -66,7 +67,7 @@ async def _end(
     agent: AgentConnection, pool: UpstreamPool[U], up: U, reusable: Callable[[], bool]
 ) -> bool:
     """Finish the response to the agent; ``up`` stays pooled only if ``reusable()`` says so."""
-    agent.send(h11.EndOfMessage())
+    agent.response.end()
     await agent.client.drain()
     if not reusable():
         up.stream.close()
@@ -93,23 +94,13 @@ async def relay_fast_response(
             if any(n == b"transfer-encoding" for n, _ in headers):
                 headers = [(n, v) for n, v in headers if n != b"content-length"]
             await _audit_head(agent, decision, status, headers, started, fields)
-            # llhttp validated names; values are checked for control bytes here so h11 can
-            # skip its own (slower) pass.
+            # llhttp validated names (tokens); values and the reason are checked for control
+            # bytes here (h11's rule: none but tab).
             if any_control_bytes(headers, item[3]):
                 raise UpstreamError(502, "upstream sent control bytes in a header")
-            try:
-                response = h11.Response(
-                    status_code=status,
-                    headers=headers,
-                    reason=item[3],
-                    http_version=b"1.1",
-                    _parsed=True,
-                )
-            except h11.LocalProtocolError as err:  # llhttp let through what h11 refuses
-                raise UpstreamError(502, f"upstream sent an invalid response: {err}") from None
-            agent.send(response)
+            agent.response.head(status, headers, item[3])
         elif item[0] == "data":
-            agent.send(h11.Data(data=item[1]))
+            agent.response.data(item[1])
         else:
             return await _end(agent, upstreams.fast, up, up.reusable)
 
@@ -134,27 +125,17 @@ async def relay_response(
             if event.status_code == 101 and upgrade:
                 return await _switch(agent, upstreams, up, event, decision, fields)
             if event.status_code != 100:
-                agent.send(
-                    h11.InformationalResponse(
-                        status_code=event.status_code,
-                        headers=forward_headers(event.headers, False),
-                    )
+                agent.response.informational(
+                    event.status_code, forward_headers(event.headers, False)
                 )
             continue
         if isinstance(event, h11.Response):
             status = event.status_code
             await _audit_head(agent, decision, status, event.headers, started, fields)
-            agent.send(
-                h11.Response(
-                    status_code=status,
-                    headers=forward_headers(event.headers, False),
-                    reason=event.reason,
-                    http_version=b"1.1",
-                    _parsed=True,  # parsed by h11 from the upstream, hop-by-hop removed
-                )
-            )
+            # Parsed and validated by h11 from the upstream; hop-by-hop removed.
+            agent.response.head(status, forward_headers(event.headers, False), event.reason)
         elif isinstance(event, h11.Data):
-            agent.send(h11.Data(data=event.data))
+            agent.response.data(bytes(event.data))
         elif isinstance(event, h11.EndOfMessage):
             return await _end(agent, upstreams.h11, up, up.recycle)
         elif isinstance(event, h11.ConnectionClosed):
@@ -177,9 +158,9 @@ async def _switch(
     )
     hop = (b"keep-alive", b"proxy-connection")
     headers = [(n, v) for n, v in event.headers if n not in hop]
-    agent.send(h11.InformationalResponse(status_code=101, headers=headers))
+    agent.response.informational(101, headers)
     await agent.client.drain()
-    client_rest = bytes(agent.conn.trailing_data[0])
+    client_rest = agent.reader.trailing_data
     upstream_rest = bytes(up.conn.trailing_data[0])
     upstreams.h11.forget(up)
     if client_rest:

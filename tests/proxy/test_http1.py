@@ -11,10 +11,10 @@ import h11
 import httpx
 import pytest
 
+from corral.proxy.agent_parser import End, Request, RequestReader
 from corral.proxy.headers import forward_headers
 from corral.proxy.request_head import (
     BadRequest,
-    HeadGuard,
     HostMismatch,
     Pinned,
     request_target,
@@ -187,14 +187,21 @@ def test_request_target_explicit_and_pinned() -> None:
         request_target(_req(b"/x", b"api.corral.test"), None, set())
 
 
-def test_head_guard_checks_heads_split_across_reads() -> None:
-    guard = HeadGuard()
-    guard.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # a complete head resets the guard
-    guard.feed(b"GET / HTTP/1.1\r\nX-A: a\r")
+def test_reader_checks_heads_split_across_reads() -> None:
+    reader = RequestReader()
+    reader.receive(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # a complete head, then the next
+    assert isinstance(reader.next_event(), Request)
+    assert isinstance(reader.next_event(), End)
+    reader.start_next_cycle()
+    reader.receive(b"GET / HTTP/1.1\r\nX-A: a\r")
+    assert reader.next_event() is None
+    reader.receive(b"\n b\r\n\r\n")
     with pytest.raises(BadRequest, match="folding"):
-        guard.feed(b"\n b\r\n\r\n")
+        reader.next_event()
+    big = RequestReader()
+    big.receive(b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000)
     with pytest.raises(BadRequest, match="bytes"):
-        HeadGuard().feed(b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n")
+        big.next_event()
 
 
 def test_forward_headers_drops_hop_by_hop_but_never_framing() -> None:
