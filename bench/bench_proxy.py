@@ -9,6 +9,8 @@ here), `hey` as the load generator through each proxy with `-x`:
   (d) corral direct tunnel          1 GiB over TLS with curl, through the tunnel vs without
 Requests/s at a fixed concurrency (C_RPS) and p50/p99 latency at concurrency 1; configs are
 interleaved over ROUNDS rounds and medians reported (the machine is shared); bulk: best of 2.
+Latencies come from hey's per-request CSV (``-o csv``, rounded by hey to 0.1 ms), as grouped
+percentiles interpolated within their 0.1 ms step, the same way for every config.
 Targets: (b) >= 5x (c) requests/s; (b) p50 added latency < 0.5 ms over (a); (d) >= 50% of (a).
 
 Run: .venv/bin/python bench/bench_proxy.py   (needs root for the proxy's uid drop; writes
@@ -134,17 +136,52 @@ def wait_port(host: str, port: int, timeout: float = 10) -> None:
 
 
 def hey(url: str, concurrency: int, proxy: str | None) -> dict[str, float]:
+    """Requests/s from hey's summary (latency figures: ``hey_latency``)."""
     cmd = ["hey", "-z", DURATION, "-c", str(concurrency)]
     if proxy:
         cmd += ["-x", proxy]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    lat = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
     codes = re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)
     bad = [c for c, _ in codes if c != "200"]
     if bad or not codes:
         raise RuntimeError(f"hey saw non-200 responses via {proxy}: {codes}\n{out}")
-    return {"rps": rps, "p50_ms": lat.get("50", 0.0), "p99_ms": lat.get("99", 0.0)}
+    return {"rps": rps}
+
+
+def grouped_percentile(values: list[float], q: float, step: float) -> float:
+    """The q-th percentile of values rounded to ``step``, interpolated within its step.
+
+    hey reports each latency rounded to 0.1 ms; a plain median of such values can only move in
+    0.1 ms jumps. Treating each reported value v as the interval [v - step/2, v + step/2) and
+    interpolating inside the interval that holds the percentile (the grouped-data median)
+    recovers the sub-step position from how the samples split between neighbouring steps.
+    """
+    counts: dict[int, int] = {}
+    for v in values:
+        k = round(v / step)
+        counts[k] = counts.get(k, 0) + 1
+    rank, below = len(values) * q / 100, 0
+    for k in sorted(counts):
+        if below + counts[k] >= rank:
+            return (k - 0.5) * step + (rank - below) / counts[k] * step
+        below += counts[k]
+    return max(values)
+
+
+def hey_latency(url: str, proxy: str | None) -> dict[str, float]:
+    """p50/p99 at concurrency 1 from hey's per-request CSV (``-o csv``), in ms."""
+    cmd = ["hey", "-z", DURATION, "-c", "1", "-o", "csv"]
+    if proxy:
+        cmd += ["-x", proxy]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(",") for line in out.splitlines()[1:] if line[:1].isdigit()]
+    bad = {r[6] for r in rows if r[6] != "200"}
+    if bad or not rows:
+        raise RuntimeError(f"hey saw non-200 responses via {proxy}: {sorted(bad)}")
+    ms = [float(r[0]) * 1000 for r in rows]
+    return {"p50_ms": grouped_percentile(ms, 50, 0.1), "p99_ms": grouped_percentile(ms, 99, 0.1),
+            "requests": len(ms)}
 
 
 def curl_speed(url: str, ca: Path, proxy: str | None) -> float:
@@ -228,7 +265,7 @@ credentials:
                 if name != "a_no_proxy" and proxy is None:
                     continue
                 rps = hey(url, C_RPS, proxy)["rps"]
-                lat = hey(url, 1, proxy)
+                lat = hey_latency(url, proxy)
                 samples[name].append({"rps": rps, "p50_ms": lat["p50_ms"],
                                       "p99_ms": lat["p99_ms"]})
         for name, runs in samples.items():
@@ -254,7 +291,8 @@ credentials:
             / results["d_bulk_no_proxy_MBps"],
         }
         results["ratios"] = ratios
-        results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+        results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                              "load_average": os.getloadavg()}
 
         print(f"{'config':<22}{'req/s (c=' + str(C_RPS) + ')':>16}{'p50 ms (c=1)':>14}"
               f"{'p99 ms (c=1)':>14}")
@@ -263,11 +301,12 @@ credentials:
             if row is None:
                 print(f"{name:<22}{'unavailable':>16}")
                 continue
-            print(f"{name:<22}{row['rps']:>16.0f}{row['p50_ms']:>14.2f}{row['p99_ms']:>14.2f}")
+            print(f"{name:<22}{row['rps']:>16.0f}{row['p50_ms']:>14.3f}{row['p99_ms']:>14.2f}")
         print(f"1 GiB over TLS: no proxy {results['d_bulk_no_proxy_MBps']:.0f} MB/s, "
               f"corral direct {results['d_bulk_corral_direct_MBps']:.0f} MB/s")
         for key_, value in ratios.items():
-            print(f"{key_:<22}{'n/a' if value is None else f'{value:.2f}'}")
+            print(f"{key_:<22}{'n/a' if value is None else f'{value:.3f}'}")
+        print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
         out = ROOT / "results" / "proxy.json"
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
