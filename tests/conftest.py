@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,3 +38,15 @@ def corral_env(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CORRAL_HOME", str(state))
     monkeypatch.setenv("CORRAL_CONFIG", str(config))
     return {"CORRAL_HOME": str(state), "CORRAL_CONFIG": str(config)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_proxy_zygotes() -> Iterator[None]:
+    """Nothing the suite started keeps running after it: ``corral run -p`` starts a proxy
+    zygote (corral/runtime/zygote.py) in the background; stop those not running before."""
+    from corral.runtime import zygote
+
+    before = set(zygote.running())
+    yield
+    for pid in set(zygote.running()) - before:
+        zygote.stop(pid)
