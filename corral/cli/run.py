@@ -36,8 +36,16 @@ class _Parser(argparse.ArgumentParser):
                           exit_code=EXIT_CORRAL_FAILURE)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """A fixed width: no help is printed (errors are one line), and argparse would otherwise
+    import ``shutil`` and ask the terminal its size on every ``add_argument``."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=100)
+
+
 def _parser() -> _Parser:
-    p = _Parser(prog="corral run", add_help=False)
+    p = _Parser(prog="corral run", add_help=False, formatter_class=_Formatter)
     p.add_argument("-p", "--policy", action="append", default=[])
     p.add_argument("--workspace")
     p.add_argument("--home")

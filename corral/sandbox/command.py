@@ -22,7 +22,7 @@ from corral.sandbox.preflight import EXIT_CORRAL, check
 from corral.sandbox.spec import SandboxSpec
 from corral.sandbox.workspace import expand_user
 
-__all__ = ["BASE_ENV", "Command", "Layout", "build", "environment", "shim_prefix"]
+__all__ = ["BASE_ENV", "Command", "Layout", "build", "environment", "preload", "shim_prefix"]
 
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -64,6 +64,18 @@ def environment(spec: SandboxSpec, env: Mapping[str, str] | None = None) -> dict
     out.update(spec.env)
     out.update(env or {})
     return out
+
+
+def preload() -> None:
+    """Load now what ``build`` needs (the shim's code, the seccomp program), so the launcher
+    does it while it waits for the network namespace. Errors are left to ``build`` to report."""
+    try:
+        from corral.sandbox.seccomp import build_filter
+        from corral.sandbox.shim import shim_payload
+    except ImportError:
+        return
+    shim_payload()
+    build_filter()
 
 
 def shim_prefix(uid: int, gid: int) -> list[str]:

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import IO, Any, TypeVar
 from corral.errors import CorralError
 from corral.sandbox import _libc, registry
 from corral.sandbox.audit import AuditSink, NullSink
-from corral.sandbox.command import BASE_ENV, Layout, build, environment
+from corral.sandbox.command import BASE_ENV, Layout, build, environment, preload
 from corral.sandbox.idmap import clone_tree, idmapped_tree
 from corral.sandbox.mounts import WORKSPACE
 from corral.sandbox.netns import NetNamespace, Pending
@@ -161,6 +163,7 @@ class Sandbox:
         # after the cgroup exists: the warm-up holds the kernel's cgroup_mutex, which the
         # cgroup's mkdirs need too
         self.warm_cgroup_attach()
+        preload()  # the spawn's loading (shim, seccomp) while ip and nft still run
         pending, self._pending_netns = self._pending_netns, None
         self._netns = pending.result()
         self._audit(
@@ -332,6 +335,9 @@ class Sandbox:
         self._info[proc.pid] = info_r
         if self._killed:  # kill_all (e.g. a failed proxy's watcher) raced with this spawn
             self.kill_all()
+        if "shutil" not in sys.modules:  # teardown's rmtree: load it while the command runs
+            threading.Thread(target=importlib.import_module, args=("shutil",), daemon=True,
+                             name="corral-preload").start()
         return proc
 
     def agent_pid(self, proc: subprocess.Popen[bytes]) -> int | None:
@@ -411,7 +417,7 @@ class Sandbox:
         self._audit("sandbox.close", errors=errors)
 
     def _remove_dir(self) -> None:
-        import shutil  # only here: its import is a few ms of every launch otherwise
+        import shutil  # loaded on a thread while the command ran (a few ms of every launch)
 
         shutil.rmtree(self.dir)
 

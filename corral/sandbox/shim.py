@@ -21,7 +21,10 @@ from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["DEFAULT_DEVICES", "DEFAULT_SCRATCH", "PYTHON", "ShimConfig", "shim_argv", "shim_source"]
+__all__ = [
+    "DEFAULT_DEVICES", "DEFAULT_SCRATCH", "PYTHON", "ShimConfig", "shim_argv", "shim_payload",
+    "shim_source",
+]
 
 PYTHON = "/usr/bin/python3"
 
@@ -132,7 +135,9 @@ def shim_source() -> str:
 
 
 @cache
-def _payload() -> tuple[str, str, str]:
+def shim_payload() -> tuple[str, str, str]:
+    """The loader's three arguments (cache tag, the shim's bytecode as hex, its source), made
+    once per process."""
     import marshal
     import sys
     from importlib.machinery import SourceFileLoader
@@ -146,4 +151,4 @@ def _payload() -> tuple[str, str, str]:
 def shim_argv(cfg: ShimConfig) -> list[str]:
     """The argv prefix that runs the shim; append CMD and its arguments."""
     cfg.check()
-    return [PYTHON, "-I", "-S", "-c", LOADER, *_payload(), cfg.to_json()]
+    return [PYTHON, "-I", "-S", "-c", LOADER, *shim_payload(), cfg.to_json()]
