@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from corral.policy.types import Decision
 from corral.proxy import deny as deny_response
 from corral.proxy.agent_parser import Closed, Data, End, Request, RequestReader
-from corral.proxy.agent_writer import ResponseWriter, comma_header
+from corral.proxy.agent_writer import ResponseWriter
 from corral.proxy.context import ProxyContext
 from corral.proxy.headers import has_control_bytes
 from corral.proxy.request_head import BadRequest, Pinned
@@ -109,10 +109,9 @@ class AgentConnection:
         req = self.request
         return (
             req is not None
-            and req.http_version == b"1.1"
+            and req.expect_continue
             and not self._body_seen
             and not self.response.started
-            and b"100-continue" in comma_header(req.headers, b"expect")
         )
 
     @property

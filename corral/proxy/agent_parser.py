@@ -36,7 +36,7 @@ from corral.proxy.request_head import MAX_HEADER_BYTES, BadRequest
 __all__ = ["NEED_DATA", "Closed", "Data", "End", "Request", "RequestReader"]
 
 _FOLD = re.compile(rb"\r\n[ \t]")
-_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_FOLD_OR_BARE = re.compile(rb"\r\n[ \t]|\r(?!\n)|(?<!\r)\n")
 _BARE_SO_FAR = re.compile(rb"\r(?=[^\n])|(?<!\r)\n")  # a CR at the very end may yet be CRLF
 # RFC 9112 §3: method is a token, the target visible ASCII, one space each side.
 _REQUEST_LINE = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/1\.[01]\r\n")
@@ -44,12 +44,15 @@ _CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r
 
 
 class Request(NamedTuple):
-    """A request head: names lower-cased, values without surrounding whitespace."""
+    """A request head: names lower-cased, values without surrounding whitespace; plus what
+    the response side needs of it (read in the same pass as the checks)."""
 
     method: bytes
     target: bytes
     headers: list[tuple[bytes, bytes]]
     http_version: bytes
+    keep_alive: bool  # HTTP/1.1 without "close" in Connection (h11's rule)
+    expect_continue: bool  # HTTP/1.1 with "100-continue" in Expect
 
 
 class Data(NamedTuple):
@@ -67,6 +70,11 @@ class Closed(NamedTuple):
 NEED_DATA = None
 _END = End()
 _CLOSED = Closed()
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    """A comma-separated header value's items, lower-cased (as h11's ``get_comma_header``)."""
+    return [item.strip() for item in value.lower().split(b",")]
 
 
 class _Head:
@@ -89,9 +97,10 @@ def parse_head(head: bytes) -> Request:
     """One complete head (ending in CRLF CRLF) as a ``Request``; ``BadRequest`` if refused."""
     if len(head) > MAX_HEADER_BYTES:
         raise BadRequest(f"request head over {MAX_HEADER_BYTES} bytes")
-    if _FOLD.search(head):
-        raise BadRequest("obsolete line folding in request headers")
-    if _BARE.search(head):
+    bad = _FOLD_OR_BARE.search(head)  # one pass for both
+    if bad is not None:
+        if bad.group().startswith(b"\r\n"):
+            raise BadRequest("obsolete line folding in request headers")
         raise BadRequest("bare CR or LF in the request head")
     if _REQUEST_LINE.match(head) is None:
         raise BadRequest("malformed request line")
@@ -106,9 +115,14 @@ def parse_head(head: bytes) -> Request:
     version = b"1.1" if head[head.index(b"\r\n") - 1] == 0x31 else b"1.0"
     method = parser.get_method()
     hosts = te = 0
+    close = expect = False
     for name, value in cb.headers:
         if name == b"host":
             hosts += 1
+        elif name == b"connection":
+            close = close or b"close" in _tokens(value)
+        elif name == b"expect":
+            expect = expect or b"100-continue" in _tokens(value)
         elif name == b"transfer-encoding":
             te += 1
             if value.strip(b" \t").lower() != b"chunked":
@@ -122,7 +136,8 @@ def parse_head(head: bytes) -> Request:
         raise BadRequest("more than one Transfer-Encoding header")
     if hosts > 1 or (hosts == 0 and version == b"1.1"):
         raise BadRequest("an HTTP/1.1 request needs exactly one Host header")
-    return Request(method, cb.url, cb.headers, version)
+    http11 = version == b"1.1"
+    return Request(method, cb.url, cb.headers, version, http11 and not close, http11 and expect)
 
 
 class RequestReader:

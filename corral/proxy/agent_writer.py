@@ -25,21 +25,14 @@ from collections.abc import Callable, Sequence
 from corral.proxy.agent_parser import Request
 from corral.proxy.upstream import UpstreamError
 
-__all__ = ["ResponseWriter", "comma_header"]
+__all__ = ["ResponseWriter"]
 
 Headers = Sequence[tuple[bytes, bytes]]
 
 
-def comma_header(headers: Headers, name: bytes) -> list[bytes]:
-    """The comma-separated values of every ``name`` header, lower-cased (as h11 reads them)."""
-    out = []
-    for found, value in headers:
-        if found.lower() == name:
-            for item in value.lower().split(b","):
-                item = item.strip()
-                if item:
-                    out.append(item)
-    return out
+def _items(value: bytes) -> list[bytes]:
+    """A comma-separated header value's non-empty items, lower-cased (h11's reading)."""
+    return [i for i in (item.strip() for item in value.lower().split(b",")) if i]
 
 
 def _set(headers: Headers, name: bytes, values: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -66,9 +59,7 @@ class ResponseWriter:
     def reset(self, request: Request | None) -> None:
         self.method = request.method if request is not None else None
         self.http11 = request is not None and request.http_version == b"1.1"
-        self.keep_alive = self.http11 and (
-            request is not None and b"close" not in comma_header(request.headers, b"connection")
-        )
+        self.keep_alive = request is not None and request.keep_alive
         self.started = False  # a final (non-1xx) response head was written
         self.finished = False
         self._mode = "none"  # none | length | chunked | close
@@ -83,29 +74,36 @@ class ResponseWriter:
         if self.started:
             raise UpstreamError(502, "a second response to one request")
         method = self.method
-        te = comma_header(headers, b"transfer-encoding")
+        te: list[bytes] = []
+        cl: list[bytes] = []
+        connection: list[bytes] = []
+        for name, value in headers:  # one pass: h11 read these three with get_comma_header
+            name = name.lower()
+            if name == b"transfer-encoding":
+                te += _items(value)
+            elif name == b"content-length":
+                cl += _items(value)
+            elif name == b"connection":
+                connection += _items(value)
         if te and te != [b"chunked"]:
             raise UpstreamError(502, "upstream sent a Transfer-Encoding other than chunked")
-        cl = comma_header(headers, b"content-length")
         no_body = status in (204, 304) or (method == b"CONNECT" and 200 <= status < 300)
         need_close = False
         if not no_body and (te or not cl):  # a body of unknown length (HEAD judged as GET)
-            headers = _set(headers, b"content-length", [])
-            if not self.http11:
-                headers = _set(headers, b"transfer-encoding", [])
-                need_close = method != b"HEAD"
-            else:
-                headers = _set(headers, b"transfer-encoding", [b"chunked"])
+            cl = []
+            headers = _set(headers, b"content-length", cl)
+            te = [b"chunked"] if self.http11 else []
+            headers = _set(headers, b"transfer-encoding", te)
+            need_close = not self.http11 and method != b"HEAD"
         if not self.keep_alive or need_close:
-            connection = set(comma_header(headers, b"connection"))
-            connection.discard(b"keep-alive")
-            connection.add(b"close")
-            headers = _set(headers, b"connection", sorted(connection))
-        elif b"close" in comma_header(headers, b"connection"):
+            wanted = set(connection)
+            wanted.discard(b"keep-alive")
+            wanted.add(b"close")
+            headers = _set(headers, b"connection", sorted(wanted))
+            self.keep_alive = False
+        elif b"close" in connection:
             self.keep_alive = False
         # The body's framing follows the headers as sent (h11 decides on the cleaned-up ones).
-        te = comma_header(headers, b"transfer-encoding")
-        cl = comma_header(headers, b"content-length")
         if no_body or method == b"HEAD":
             self._mode = "none"
         elif te:

@@ -10,9 +10,10 @@ Invariants:
 - ``write`` only buffers; ``drain()`` sends everything buffered (one syscall, one TLS record
   where possible) and waits for back-pressure. Every write is followed by a drain before the
   writer waits for input, so coalescing never holds bytes back from a waiting peer.
-- A ``drain()`` with nothing new to send, an empty transport buffer and an open transport
-  returns at once (there is no back-pressure to wait for); otherwise it waits as asyncio's
-  does, so a lost connection still raises there.
+- A ``drain()`` that leaves the transport's buffer empty (nothing new to send, or everything
+  sent taken by the kernel at once) on an open transport returns without waiting (there is no
+  back-pressure to wait for); otherwise it waits as asyncio's does, so a lost connection still
+  raises there.
 """
 
 from __future__ import annotations
@@ -79,12 +80,12 @@ class RawStream(Stream):
     async def drain(self) -> None:
         if self._out:
             self.flush()
-        else:
-            # Nothing new since the last drain (which waited out any back-pressure): skip the
-            # coroutine unless bytes are still queued or the connection is going away.
-            transport = self.writer.transport
-            if not transport.is_closing() and not transport.get_write_buffer_size():
-                return
+        # Everything handed to the transport went out (the usual case: the kernel took it in
+        # the write call) and the connection is open: no back-pressure to wait for, so skip
+        # asyncio's drain coroutines. Otherwise wait as asyncio does (a lost connection raises).
+        transport = self.writer.transport
+        if not transport.is_closing() and not transport.get_write_buffer_size():
+            return
         await self.writer.drain()
 
     def write_eof(self) -> None:
