@@ -10,7 +10,8 @@ Invariants:
   The previous handlers are restored when supervision ends.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: a NamedTuple compiles each string annotation
+# into a ForwardRef when its class is made, ~0.1 ms a field on every corral run.
 
 import contextlib
 import errno
