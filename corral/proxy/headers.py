@@ -5,7 +5,8 @@ Invariants:
   Connection header names are dropped, except Upgrade and Connection on a request that asks to
   upgrade and names it in Connection.
 - Content-Length, Transfer-Encoding and Host are never dropped here, even if Connection names
-  them: framing is re-done by h11 (or checked by the caller), and Host is rebuilt by the caller.
+  them: framing is re-done on the way out (or checked by the caller), and Host is rebuilt by
+  the caller.
 - ``has_control_bytes`` is the check that lets a caller skip h11's own validation of values
   another parser (llhttp) already split into names and values.
 """
@@ -41,7 +42,7 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 def forward_headers(
     headers: Sequence[tuple[bytes, bytes]], upgrade: bool
 ) -> list[tuple[bytes, bytes]]:
-    """Drop hop-by-hop headers (and any the Connection header names); keep framing for h11."""
+    """Drop hop-by-hop headers (and any the Connection header names); keep framing headers."""
     named: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":

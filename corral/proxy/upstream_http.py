@@ -1,19 +1,20 @@
 """The upstream side of an ordinary request: serialise it, parse the response with llhttp.
 
-h11 stays on the agent's side, where strictness against smuggling matters; towards the
-upstream the proxy only writes requests it has already validated and reads responses, so a C
-parser (httptools, i.e. llhttp) carries that half of the hot path.
+The agent's side is parsed strictly (``agent_parser``: h11's strictness against smuggling);
+towards the upstream the proxy only writes requests it has already validated and reads
+responses, so a C parser (httptools, i.e. llhttp) carries that half of the hot path.
 
 Only "plain" exchanges come here: no HEAD (llhttp cannot be told a body is absent), no
 CONNECT, no Upgrade, no Expect; those keep the h11 client in ``http1``.
 
 Invariants:
-- The request line and headers written are exactly those h11 parsed from the agent (minus
+- The request line and headers written are exactly those the agent parser accepted (minus
   hop-by-hop), plus the Host the proxy built and an injected header already checked for
-  control bytes; the body is re-framed here (Content-Length bodies are copied as h11 delivered
-  them, chunked bodies are re-chunked), never copied raw from the agent.
-- A response is handed on as events ("head", "data", "end"); the agent side rebuilds it with
-  h11 and validates the headers again. Anything llhttp rejects is an upstream error (502).
+  control bytes; the body is re-framed here (Content-Length bodies are copied as the parser
+  delivered them, chunked bodies are re-chunked), never copied raw from the agent.
+- A response is handed on as events ("head", "data", "end"); the agent side checks the values
+  for control bytes and re-frames it (``agent_writer``). Anything llhttp rejects is an
+  upstream error (502).
 - A connection is reused only after a complete response that llhttp says may keep alive and
   with no bytes left over.
 - A read that waits ``timeout`` seconds for the upstream is a 504 and the connection is dropped;
