@@ -65,6 +65,24 @@ def warm_zygote(argv: list[str], env: dict[str, str]) -> None:
         raise SystemExit("the proxy zygote did not start")
 
 
+def zygote_children_cpu_ms() -> dict[int, float]:
+    """CPU of the children each of this checkout's zygotes has reaped (user+sys, ms): the
+    zygote variant's proxy children are not ours, so not in our RUSAGE_CHILDREN."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in zygote.running():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if zygote.package_dir().encode() not in f.read():
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[13]) + int(fields[14])) * 1000 / tick  # cutime, cstime
+    return out
+
+
 def time_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall ms start to exit, and CPU ms (user+sys of the whole process tree, which other load
     on the machine does not inflate the way it inflates wall time)."""
@@ -113,12 +131,18 @@ def main() -> int:
         before = set(zygote.running())
         try:
             warm_zygote(with_policy, env)
+            zygote_cpu = zygote_children_cpu_ms()
             for i in range(args.rounds + 3):
                 for name, (argv, venv) in variants.items():
                     ms, cpu_ms = time_once(argv, venv)
                     if i >= 3:
                         samples[name].append(ms)
                         cpu[name].append(cpu_ms)
+            time.sleep(0.2)  # the last child reaped
+            after = zygote_children_cpu_ms()
+            restarted = set(after) != set(zygote_cpu)
+            child_cpu = sum(after[p] - zygote_cpu[p] for p in after if p in zygote_cpu)
+            child_cpu /= args.rounds + 3
         finally:
             for pid in set(zygote.running()) - before:
                 zygote.stop(pid)
@@ -136,6 +160,9 @@ def main() -> int:
         "p95": p95(samples[ZYGOTE]) / p95(samples[LOCAL]),
         "cpu_median": statistics.median(cpu[ZYGOTE]) / statistics.median(cpu[LOCAL]),
     }
+    note = " (the zygote restarted during the run: partial)" if restarted else ""
+    print(f"zygote's proxy children: {child_cpu:.1f} ms CPU per run on average, not in the CPU "
+          f"column above{note}")
     print("proxy child from the zygote vs forked by the launcher: "
           + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     print(f"1-minute load average at the end: {os.getloadavg()[0]:.1f}")
@@ -147,6 +174,7 @@ def main() -> int:
                     "loadavg_1m": os.getloadavg()[0]},
         "results": rows,
         "zygote_vs_local": {k: round(v, 3) for k, v in ratios.items()},
+        "zygote_child_cpu_ms_per_run": round(child_cpu, 2),
     }, indent=2) + "\n")
     return 0
 

@@ -175,7 +175,7 @@ class Pending:
         fds: list[int] = []
         try:
             conn.settimeout(max(0.001, self._deadline - time.monotonic()))
-            msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 1)
+            msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 1, socket.MSG_CMSG_CLOEXEC)
             reply = json.loads(msg) if msg else {}
             if "pid" in reply and len(fds) == 1:
                 return int(reply["pid"]), fds.pop()

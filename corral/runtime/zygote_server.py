@@ -152,7 +152,8 @@ class _Zygote:
                     conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
                 if uid != 0:
                     return
-                msg, fds, _flags, _addr = socket.recv_fds(conn, 65536, 2)
+                msg, fds, _flags, _addr = socket.recv_fds(conn, 65536, 2,
+                                                          socket.MSG_CMSG_CLOEXEC)
                 self.last = time.monotonic()
                 hs = json.loads(msg)
                 if not isinstance(hs, dict) or len(fds) != 2:
