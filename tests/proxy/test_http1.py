@@ -104,6 +104,42 @@ def test_python_clients(proxy: RunningProxy) -> None:
     assert len(proxy.sink.of("proxy.inspect", host="api.corral.test")) == 3
 
 
+def test_pipelined_requests_are_answered_in_order(proxy: RunningProxy) -> None:
+    # Three requests in one write: a chunked POST, a Content-Length POST, a GET that closes.
+    host = b"Host: api.corral.test\r\n"
+    burst = (
+        b"POST http://api.corral.test/echo?n=1 HTTP/1.1\r\n" + host
+        + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        + b"POST http://api.corral.test/echo?n=2 HTTP/1.1\r\n" + host
+        + b"Content-Length: 5\r\n\r\nhello"
+        + b"GET http://api.corral.test/echo?n=3 HTTP/1.1\r\n" + host
+        + b"Connection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(burst)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    conn = h11.Connection(h11.CLIENT)
+    conn.receive_data(data)
+    bodies: list[dict[str, object]] = []
+    for _ in range(3):
+        conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+        conn.send(h11.EndOfMessage())
+        body = b""
+        while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+            if isinstance(event, h11.Response):
+                assert event.status_code == 200
+            elif isinstance(event, h11.Data):
+                body += event.data
+        bodies.append(_echo(body.decode()))
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+    assert [(b["path"], b["body_len"]) for b in bodies] == [
+        ("/echo?n=1", 3), ("/echo?n=2", 5), ("/echo?n=3", 0)
+    ]
+
+
 def test_sse_streams_chunk_by_chunk(proxy: RunningProxy) -> None:
     arrivals = []
     with httpx.Client(proxy=proxy.url, timeout=10) as client, client.stream(
