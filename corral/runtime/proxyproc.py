@@ -231,13 +231,15 @@ class ProxyProcess:
         self._stopped = True
         if self._pidfd is not None:  # the zygote's child: signalled and awaited by pidfd
             pidfd = self._pidfd
+            done = False
             if self._started:
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-                select.select([pidfd], [], [], timeout)
+                done = _wait_done(pidfd, self._ctl, timeout)
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            select.select([pidfd], [], [], timeout)  # readable once it exited (the zygote reaps)
+            if not done:  # readable once it exited (the zygote reaps it)
+                select.select([pidfd], [], [], timeout)
             os.close(pidfd)
         elif self.pid > 0:  # never 0: os.kill(0, ...) would signal our process group
             if self._started:
@@ -257,6 +259,20 @@ class ProxyProcess:
     def kill(self) -> None:
         self._started = False
         self.stop()
+
+
+def _wait_done(pidfd: int, ctl: socket.socket, timeout: float) -> bool:
+    """Wait for a zygote's child to exit or to hang up ``ctl``: it closes every descriptor
+    (listeners included) right before ``os._exit``, so it can do nothing more, and the
+    teardown of its address space need not be awaited. Polled, not read: the watcher thread
+    or ``wait_ready`` may be reading ``ctl``."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(ctl, select.POLLRDHUP)
+    try:
+        return bool(poller.poll(timeout * 1000))
+    except (OSError, ValueError):
+        return False
 
 
 def _wait_exit(pid: int, timeout: float) -> None:

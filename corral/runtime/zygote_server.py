@@ -189,16 +189,22 @@ class _Zygote:
             signal.set_wakeup_fd(-1)
             for sig in _SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            assert self.listener is not None
+            self.listener.close()
+            os.close(self.lock)
             from corral.runtime.proxyproc import _child
 
             ctl, life = socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1])
             fds.clear()
-            # _child closes every descriptor but ctl and life (listener, lock, pidfds, conn)
+            # _child closes every other descriptor (connection, pidfds, wakeup sockets)
             _child(ctl, life, None, setup=lambda: _apply(hs), upstream_tls=self.upstream)
             status = 0
         except BaseException:
             status = 70
         finally:
+            # every descriptor closed before the exit (the address space's teardown takes
+            # ~2 ms more): the launcher's stop sees its sockets hang up and goes on
+            os.closerange(0, 2**31 - 1)
             os._exit(status)
 
 
