@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from corral.runtime.zygote import _CRED, PROTOCOL, code_stamp, package_dir, socket_path
+from corral.runtime.zygote import _CRED, IDLE, PROTOCOL, code_stamp, package_dir, socket_path
 
 __all__ = ["serve_main"]
 
@@ -274,7 +274,7 @@ def serve_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m corral.runtime.zygote")
     p.add_argument("--package", required=True)
     p.add_argument("--lock-fd", type=int)
-    p.add_argument("--idle", type=float, default=300.0)
+    p.add_argument("--idle", type=float, default=IDLE)
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("corral zygote: root only", file=sys.stderr)
