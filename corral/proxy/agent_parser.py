@@ -21,6 +21,11 @@ How a message is read:
 - After a complete request nothing more is parsed until ``start_next_cycle`` (pipelined bytes
   wait in the buffer; ``trailing_data`` is what follows the request, for CONNECT and upgrades).
 - Anything refused raises ``BadRequest``; the caller answers 400 and closes the connection.
+
+Stricter than h11 (on purpose, or llhttp's own rules): bare LF line endings, HTTP versions
+other than 1.0 and 1.1, methods llhttp does not know (it knows the IANA registry's: WebDAV,
+PATCH, PURGE, QUERY, ...), control bytes other than tab (DEL included) in header values, a
+repeated Content-Length even with equal values.
 """
 
 from __future__ import annotations
