@@ -52,7 +52,11 @@ async def _audit_head(
     started: float,
     fields: dict[str, Any],
 ) -> None:
-    length = next((v for n, v in headers if n == b"content-length"), None)
+    length = None
+    for name, value in headers:
+        if name == b"content-length":
+            length = value
+            break
     await agent.ctx.audit.emit(
         allow_kind(decision),
         rule=decision.origin,
