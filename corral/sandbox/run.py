@@ -17,13 +17,15 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from corral.sandbox.audit import AuditSink
 from corral.sandbox.launch import Sandbox
-from corral.sandbox.pty import Pty
 from corral.sandbox.spec import SandboxSpec
 from corral.sandbox.supervise import supervise
+
+if TYPE_CHECKING:
+    from corral.sandbox.pty import Pty  # loaded only when stdin is a terminal
 
 __all__ = ["EXIT_OOM", "RunHooks", "Terminated", "run_command"]
 
@@ -108,6 +110,8 @@ def _run(
             if hooks is not None:
                 env.update(hooks.started(sb))
             if tty:
+                from corral.sandbox.pty import Pty
+
                 pty = Pty(0)
                 proc = sb.spawn(argv, stdin=pty.slave, stdout=pty.slave, stderr=pty.slave,
                                 tty=True, env=env)
