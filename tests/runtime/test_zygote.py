@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import require_root, require_tools
+from conftest import require, require_root, require_tools
 from proxy.conftest import Outside
 
 import corral
@@ -93,6 +94,10 @@ def _status(pid: int) -> dict[str, str]:
     except OSError:
         return {}
     return dict(ln.split(":\t", 1) for ln in text.splitlines() if ":\t" in ln)
+
+
+def _cgroups(pid: int) -> set[str]:
+    return {ln.split(":", 2)[2] for ln in Path(f"/proc/{pid}/cgroup").read_text().splitlines()}
 
 
 def _children(pid: int) -> list[int]:
@@ -318,3 +323,56 @@ def test_killed_launcher_ends_the_zygotes_proxy_child(copy: Copy, outside: Outsi
         run.wait()
     assert _gone(pid)  # its control and lifeline sockets reached EOF
     assert _no_children(zpid)
+
+
+@pytest.fixture
+def own_cgroup() -> Iterator[tuple[Path, str]]:
+    """A fresh cgroup (v1: in the pids hierarchy; v2: under the root): its directory and the
+    path /proc/PID/cgroup shows for a member. Removed in the finalizer."""
+    from corral.sandbox.cgroups import detect_layout
+
+    layout = detect_layout()
+    mount = layout.v2 if layout.version == 2 else layout.v1.get("pids")
+    require(mount is not None, "a pids cgroup hierarchy")
+    assert mount is not None
+    name = f"corral-zytest-{os.urandom(3).hex()}"
+    group = mount / name
+    group.mkdir()
+    try:
+        yield group, f"/{name}"
+    finally:
+        deadline = time.monotonic() + 10
+        while (group / "cgroup.procs").read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        group.rmdir()
+
+
+def test_proxy_child_gets_the_launchers_cgroup_rlimits_umask(copy: Copy, outside: Outside,
+                                                 own_cgroup: tuple[Path, str]) -> None:
+    """What a launcher-forked child inherited, the zygote's child is given: the launcher's
+    cgroup (so its accounting and limits cover its proxy as before), rlimits and umask."""
+    group, shown = own_cgroup
+    zpid = copy.start()
+    procs = os.fsencode(group / "cgroup.procs")
+
+    def join() -> None:  # in the launcher, before exec: its cgroup, an rlimit, a umask
+        fd = os.open(procs, os.O_WRONLY)
+        os.write(fd, b"0")
+        os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (777, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+        os.umask(0o027)
+
+    run = copy.run(_policy(copy.tmp, outside), "echo up; sleep 3", preexec_fn=join)
+    try:
+        assert run.stdout is not None and run.stdout.readline() == "up\n"
+        pid, _helper = _proxy_of(run, copy.corral_env["CORRAL_HOME"])
+        assert int(_status(pid)["PPid"]) == zpid
+        assert shown not in _cgroups(zpid)  # the zygote is elsewhere; its child followed us
+        assert shown in _cgroups(pid)
+        limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+        assert [ln.split()[3] for ln in limits if ln.startswith("Max open files")] == ["777"]
+        assert _status(pid)["Umask"].strip() == "0027"
+    finally:
+        run.wait(timeout=30)
+    assert run.returncode == 0
