@@ -35,8 +35,12 @@ Invariants:
   the launcher's accounting and limits cover it as before) and the few variables the proxy
   reads (``CORRAL_PROXY_LOOP``, the resolver's). The cwd is ``/`` (policy paths are absolute).
 - The launcher signals and waits through the child's pidfd (opened by the zygote before it
-  could reap the child, sent with the reply), never by pid. The zygote reaps its children
-  (pidfds in its poll loop): no zombies; on leaving it first drains them.
+  could reap the child, sent with the reply), never by pid; a stopping child closes every
+  descriptor before ``os._exit``, and that hang-up ends the launcher's wait. The zygote reaps
+  its children (pidfds in its poll loop): no zombies; on leaving it first drains them.
+- The request is sent at once and its answer read when the launcher next talks to the child
+  (``ProxyProcess._settle``), so the zygote's stamp check and fork overlap the launcher's
+  policy resolution; no answer within ``REPLY_TIMEOUT`` (1 s) means a local fork.
 - It leaves when idle (no request and no live child for ``--idle`` s, default 300), when its
   socket path is removed or replaced, when stale, and on SIGTERM (draining its children).
 
