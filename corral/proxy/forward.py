@@ -80,6 +80,7 @@ async def forward(
         )
     if agent.waiting_for_100_continue:
         agent.response.informational(100, [])
+        await agent.client.drain()  # the agent waits for it before sending its body
     if (
         req.method not in (b"HEAD", b"CONNECT")
         and not upgrade

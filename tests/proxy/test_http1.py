@@ -140,6 +140,21 @@ def test_pipelined_requests_are_answered_in_order(proxy: RunningProxy) -> None:
     ]
 
 
+def test_expect_100_continue_is_answered_before_the_body(proxy: RunningProxy) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"POST http://api.corral.test/echo HTTP/1.1\r\nHost: api.corral.test\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+        interim = sock.recv(65536)
+        assert interim == b"HTTP/1.1 100 \r\n\r\n"  # before the agent sent its body
+        sock.sendall(b"hello")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+    assert _echo(body.decode())["body_len"] == 5
+
+
 def test_sse_streams_chunk_by_chunk(proxy: RunningProxy) -> None:
     arrivals = []
     with httpx.Client(proxy=proxy.url, timeout=10) as client, client.stream(
