@@ -73,10 +73,11 @@ def preload() -> None:
     try:
         from corral.sandbox.seccomp import build_filter
         from corral.sandbox.shim import shim_payload
-    except ImportError:
+
+        shim_payload()  # both memoized: ``build`` gets the same result, or raises the same error
+        build_filter()
+    except Exception:
         return
-    shim_payload()
-    build_filter()
 
 
 def shim_prefix(uid: int, gid: int) -> list[str]:
