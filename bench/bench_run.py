@@ -115,6 +115,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
         env["CORRAL_HOME"] = f"{tmp}/state"
         env["CORRAL_CONFIG"] = f"{tmp}/config"
+        tag = f"bench-{os.getpid()}"  # the zygotes this benchmark's runs start carry it
+        env["CORRAL_ZYGOTE_TAG"] = tag
         policy = Path(tmp) / "bench.yaml"
         policy.write_text(POLICY)
         with_policy = [CORRAL, "run", "-p", str(policy), "--", "true"]
@@ -128,7 +130,6 @@ def main() -> int:
         }
         samples: dict[str, list[float]] = {name: [] for name in variants}
         cpu: dict[str, list[float]] = {name: [] for name in variants}
-        before = set(zygote.running())
         try:
             warm_zygote(with_policy, env)
             zygote_cpu = zygote_children_cpu_ms()
@@ -144,7 +145,7 @@ def main() -> int:
             child_cpu = sum(after[p] - zygote_cpu[p] for p in after if p in zygote_cpu)
             child_cpu /= args.rounds + 3
         finally:
-            for pid in set(zygote.running()) - before:
+            for pid in zygote.running(tag):
                 zygote.stop(pid)
     base = statistics.median(samples["bwrap ... true (bare)"])
     rows = []

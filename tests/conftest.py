@@ -43,10 +43,12 @@ def corral_env(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 @pytest.fixture(scope="session", autouse=True)
 def _stop_proxy_zygotes() -> Iterator[None]:
     """Nothing the suite started keeps running after it: ``corral run -p`` starts a proxy
-    zygote (corral/runtime/zygote.py) in the background; stop those not running before."""
+    zygote (corral/runtime/zygote.py) in the background; the ones this session's launchers
+    started carry its tag (other sessions' and benchmarks' zygotes are left alone)."""
     from corral.runtime import zygote
 
-    before = set(zygote.running())
+    tag = f"pytest-{os.getpid()}"
+    os.environ["CORRAL_ZYGOTE_TAG"] = tag
     yield
-    for pid in set(zygote.running()) - before:
+    for pid in zygote.running(tag):
         zygote.stop(pid)

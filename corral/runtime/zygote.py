@@ -56,6 +56,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -76,6 +77,7 @@ PASS_ENV = ("CORRAL_PROXY_LOOP", "RES_OPTIONS", "LOCALDOMAIN", "HOSTALIASES")
 KEY_ENV = ("PYTHONPATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "OPENSSL_CONF", "OPENSSL_MODULES")
 _NAMESPACES = ("mnt", "pid", "net", "cgroup", "user", "ipc", "uts")
 _CRED = struct.Struct("3i")
+_TAG = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 Forked = tuple[int, int]  # the child's pid and pidfd (a NamedTuple costs ~1 ms to import)
@@ -261,6 +263,9 @@ def spawn(pkg: str | None = None, *, idle: float | None = None) -> bool:
     argv = [sys.executable, "-m", "corral.runtime.zygote", "--package", pkg, "--lock-fd", "3"]
     if idle is not None:
         argv += ["--idle", str(idle)]
+    tag = os.environ.get("CORRAL_ZYGOTE_TAG", "")
+    if _TAG.fullmatch(tag):  # who started it (a test session, a benchmark): see ``running``
+        argv += ["--tag", tag]
     env = _zygote_env()
     pid = os.fork()
     if pid == 0:  # intermediate: new session, fork the zygote, leave (init adopts it)
@@ -287,8 +292,9 @@ def spawn(pkg: str | None = None, *, idle: float | None = None) -> bool:
 # -- management (tests, tooling) -------------------------------------------------------------
 
 
-def running() -> list[int]:
-    """Pids of the zygotes running on this machine (any checkout)."""
+def running(tag: str | None = None) -> list[int]:
+    """Pids of the zygotes running on this machine (any checkout); with ``tag``, those
+    started by launchers whose ``CORRAL_ZYGOTE_TAG`` was ``tag``."""
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -297,7 +303,8 @@ def running() -> list[int]:
                     argv = f.read().split(b"\0")
             except OSError:
                 continue
-            if b"-m" in argv and b"corral.runtime.zygote" in argv:
+            if b"-m" in argv and b"corral.runtime.zygote" in argv and (
+                    tag is None or b"--tag\0" + tag.encode() + b"\0" in b"\0".join(argv)):
                 out.append(int(name))
     return out
 

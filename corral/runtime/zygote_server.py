@@ -275,6 +275,7 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--package", required=True)
     p.add_argument("--lock-fd", type=int)
     p.add_argument("--idle", type=float, default=IDLE)
+    p.add_argument("--tag")  # only shown in the command line (``zygote.running``)
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("corral zygote: root only", file=sys.stderr)

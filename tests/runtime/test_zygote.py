@@ -56,8 +56,10 @@ class Copy:
         env = {k: os.environ[k] for k in zygote.KEY_ENV if os.environ.get(k)}
         env.update(PATH=os.environ["PATH"], PYTHONPATH=str(self.root), PYTHONSAFEPATH="1")
         # setsid -f: not our child, so its exit leaves no zombie of ours to tell from "gone"
+        tag = ["--tag", os.environ["CORRAL_ZYGOTE_TAG"]] if "CORRAL_ZYGOTE_TAG" in os.environ \
+            else []
         subprocess.run(["setsid", "-f", sys.executable, "-m", "corral.runtime.zygote",
-                        "--package", self.pkg, *args], env=env, cwd="/",
+                        "--package", self.pkg, *tag, *args], env=env, cwd="/",
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=True)
         return self.wait_listening()
