@@ -140,6 +140,11 @@ class Matcher:
                 by_method = self.flat.get(port)
                 hosts = None if by_method is None else by_method.get(method)
                 found = None if hosts is None else hosts.get(host)
+                if found is None and by_method is not None and method.isupper():
+                    # Rules without ``methods`` are filed under "": what the slow path would
+                    # try next with this (already upper-case) method and this host as sent.
+                    any_method = by_method.get("")
+                    found = None if any_method is None else any_method.get(host)
                 name = host
                 if found is None:
                     slow = self._slow_root(by_method, host, port, method, path)
