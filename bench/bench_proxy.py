@@ -4,6 +4,9 @@ One run, all on loopback, nginx serving TLS (config written to a temp dir, start
 here), `hey` as the load generator through each proxy with `-x`:
   (a) no proxy                      hey -> nginx
   (b) corral inspect + credential   hey -CONNECT-> corral (TLS terminated, header injected) -> nginx
+  (b+) the same with its audit trail: every decision and injection relayed to a real audit
+       store (SQLite on disk) and acknowledged as committed before the request goes on, as in
+       a `corral run` (DESIGN: events are durable before the action completes)
   (c) mitmproxy 11.0.2 + addon      same header injected by a 3-line addon; own venv under
                                     bench/.venv-mitm (created here; never a corral dependency)
   (d) corral direct tunnel          1 GiB over TLS with curl, through the tunnel vs without
@@ -181,7 +184,7 @@ def hey_latency(url: str, proxy: str | None) -> dict[str, float]:
         raise RuntimeError(f"hey saw non-200 responses via {proxy}: {sorted(bad)}")
     ms = [float(r[0]) * 1000 for r in rows]
     return {"p50_ms": grouped_percentile(ms, 50, 0.1), "p99_ms": grouped_percentile(ms, 99, 0.1),
-            "requests": len(ms)}
+            "p50_rounded_ms": statistics.median(ms), "requests": len(ms)}
 
 
 def curl_speed(url: str, ca: Path, proxy: str | None) -> float:
@@ -229,7 +232,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="corral-bench-proxy-"))
     tmp.chmod(0o755)
     procs: list[subprocess.Popen[bytes]] = []
-    handle = None
+    handle = audited_handle = None
+    store: Any = None
+    store_dir: Path | None = None
     try:
         ca, cert, key = make_certs(tmp)
         port = free_port()
@@ -249,6 +254,16 @@ credentials:
         corral = f"http://127.0.0.1:{listener.getsockname()[1]}"
         handle = svc.start([listener], run_as=(65534, 65534))
         listener.close()
+        from corral.audit import AuditStore
+
+        store_dir = Path(tempfile.mkdtemp(prefix="corral-bench-audit-", dir="/var/tmp"))
+        store = AuditStore.open(store_dir / "audit.db")
+        audited_svc = ProxyService(policy=resolve([str(policy)], use_cache=False),
+                                   secrets={"tok": "bench-secret"}, audit=store.trail("bench"))
+        listener = socket.create_server(("127.0.0.1", 0))
+        audited = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        audited_handle = audited_svc.start([listener], run_as=(65534, 65534))
+        listener.close()
         mitm_port = free_port()
         mitm_proc = start_mitm(tmp, ca, mitm_port)
         if mitm_proc is not None:
@@ -258,7 +273,8 @@ credentials:
         url = f"https://{INSPECT_IP}:{port}/"
         results: dict[str, Any] = {"concurrency_rps": C_RPS, "duration": DURATION,
                                    "rounds": ROUNDS}
-        configs = [("a_no_proxy", None), ("b_corral_inspect", corral), ("c_mitmproxy", mitm)]
+        configs = [("a_no_proxy", None), ("b_corral_inspect", corral),
+                   ("b_corral_inspect_audited", audited), ("c_mitmproxy", mitm)]
         samples: dict[str, list[dict[str, float]]] = {name: [] for name, _ in configs}
         for _ in range(ROUNDS):  # interleave configs so background load hits all alike
             for name, proxy in configs:
@@ -267,10 +283,12 @@ credentials:
                 rps = hey(url, C_RPS, proxy)["rps"]
                 lat = hey_latency(url, proxy)
                 samples[name].append({"rps": rps, "p50_ms": lat["p50_ms"],
-                                      "p99_ms": lat["p99_ms"]})
+                                      "p99_ms": lat["p99_ms"],
+                                      "p50_rounded_ms": lat["p50_rounded_ms"]})
         for name, runs in samples.items():
             results[name] = (
-                {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")}
+                {k: statistics.median(r[k] for r in runs)
+                 for k in ("rps", "p50_ms", "p99_ms", "p50_rounded_ms")}
                 if runs else None
             )
             results[f"{name}_samples"] = runs
@@ -286,6 +304,11 @@ credentials:
         ratios = {
             "b_over_c_rps": b["rps"] / c["rps"] if c else None,
             "b_added_p50_ms": b["p50_ms"] - a["p50_ms"],
+            "b_added_p50_rounded_ms": b["p50_rounded_ms"] - a["p50_rounded_ms"],
+            "b_audited_added_p50_ms": results["b_corral_inspect_audited"]["p50_ms"]
+            - a["p50_ms"],
+            "b_audited_over_c_rps": results["b_corral_inspect_audited"]["rps"] / c["rps"]
+            if c else None,
             "b_over_a_rps": b["rps"] / a["rps"],
             "d_direct_over_none": results["d_bulk_corral_direct_MBps"]
             / results["d_bulk_no_proxy_MBps"],
@@ -294,18 +317,18 @@ credentials:
         results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                               "load_average": os.getloadavg()}
 
-        print(f"{'config':<22}{'req/s (c=' + str(C_RPS) + ')':>16}{'p50 ms (c=1)':>14}"
+        print(f"{'config':<26}{'req/s (c=' + str(C_RPS) + ')':>16}{'p50 ms (c=1)':>14}"
               f"{'p99 ms (c=1)':>14}")
         for name, _ in configs:
             row = results[name]
             if row is None:
-                print(f"{name:<22}{'unavailable':>16}")
+                print(f"{name:<26}{'unavailable':>16}")
                 continue
-            print(f"{name:<22}{row['rps']:>16.0f}{row['p50_ms']:>14.3f}{row['p99_ms']:>14.2f}")
+            print(f"{name:<26}{row['rps']:>16.0f}{row['p50_ms']:>14.3f}{row['p99_ms']:>14.2f}")
         print(f"1 GiB over TLS: no proxy {results['d_bulk_no_proxy_MBps']:.0f} MB/s, "
               f"corral direct {results['d_bulk_corral_direct_MBps']:.0f} MB/s")
         for key_, value in ratios.items():
-            print(f"{key_:<22}{'n/a' if value is None else f'{value:.3f}'}")
+            print(f"{key_:<26}{'n/a' if value is None else f'{value:.3f}'}")
         print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
         out = ROOT / "results" / "proxy.json"
         out.parent.mkdir(exist_ok=True)
@@ -314,6 +337,12 @@ credentials:
     finally:
         if handle is not None:
             handle.stop()
+        if audited_handle is not None:
+            audited_handle.stop()
+        if store is not None:
+            store.close()
+        if store_dir is not None:
+            shutil.rmtree(store_dir, ignore_errors=True)
         for proc in procs:
             proc.terminate()
             try:
