@@ -237,6 +237,7 @@ class Cgroup:
         deadline = time.monotonic() + timeout
         kill_file = self.dirs.get("unified", Path("/nonexistent")) / "cgroup.kill"
         freezer = self.dirs.get("freezer")
+        pause = _Backoff()
         while self.pids():
             if kill_file.exists():
                 _write(kill_file, "1")
@@ -253,7 +254,7 @@ class Cgroup:
                     _kill(pid)
             if time.monotonic() > deadline:
                 raise CorralError(f"cgroup {self.name}: processes survive SIGKILL: {self.pids()}")
-            time.sleep(0.005)
+            pause()
 
     @staticmethod
     def _wait_frozen(freezer: Path, deadline: float) -> None:
@@ -266,16 +267,18 @@ class Cgroup:
         """Kill what is left and remove the group's directories (idempotent)."""
         self.kill_all()
         for d in dict.fromkeys(self.dirs.values()):
-            for _ in range(200):
+            deadline = time.monotonic() + 1.0
+            pause = _Backoff()
+            while True:
                 try:
                     d.rmdir()
                     break
                 except FileNotFoundError:
                     break
                 except OSError:  # EBUSY: exiting tasks not yet gone from the group
-                    time.sleep(0.005)
-            else:
-                raise CorralError(f"cgroup: cannot remove {d}")
+                    if time.monotonic() > deadline:
+                        raise CorralError(f"cgroup: cannot remove {d}") from None
+                    pause()
 
     @classmethod
     def gc(cls, live_names: set[str] | frozenset[str],
@@ -288,6 +291,19 @@ class Cgroup:
                 cls.open(name, layout).destroy()
                 removed.append(name)
         return removed
+
+
+class _Backoff:
+    """Sleeps of 0.5 ms doubling to 5 ms: the tasks of a sandbox whose command just ended
+    usually leave its group within a millisecond or two (a fixed 5 ms poll added up to
+    ~7 ms to about one teardown in ten)."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0005
+
+    def __call__(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, 0.005)
 
 
 def _mkdir(path: Path, created: list[Path]) -> None:
