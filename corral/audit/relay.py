@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import queue
 import socket
 import struct
 import threading
@@ -72,66 +71,49 @@ def _frame(obj: dict[str, Any]) -> bytes:
 
 
 class AuditRelay:
-    """Serve ``sock`` (one end of a socketpair) for ``trail`` in two daemon threads."""
+    """Serve ``sock`` (one end of a socketpair) for ``trail`` in one daemon thread.
+
+    The thread reads whatever frames have arrived, queues them as one group, commits the group
+    itself (no hand-off to the store's writer thread, no separate ack thread: an event costs
+    one wake-up here) and answers them in one write. Frames arriving during a commit form the
+    next group, so a busy proxy still gets group commits."""
 
     def __init__(
         self, trail: Trail, sock: socket.socket, allowed: Iterable[str] = PROXY_EVENTS
     ) -> None:
         self.trail, self.sock = trail, sock
         self.allowed = frozenset(str(t) for t in allowed)
-        self._rfile = sock.makefile("rb")  # buffered: one recv per burst, not two per frame
-        self._acks: queue.Queue[tuple[Any, Ticket | None, str | None] | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, name="corral-audit-relay", daemon=True)
-        self._acker = threading.Thread(target=self._ack, name="corral-audit-ack", daemon=True)
-        self._reader.start()
-        self._acker.start()
+        self._thread = threading.Thread(target=self._serve, name="corral-audit-relay",
+                                        daemon=True)
+        self._thread.start()
 
-    def _read(self) -> None:
+    def _serve(self) -> None:
+        buf = bytearray()
         try:
-            while True:
-                msg = _recv(self._rfile)
-                if msg is None:
-                    break
-                rid, type_, data = msg.get("id"), msg.get("type"), msg.get("data")
-                if not isinstance(type_, str) or type_ not in self.allowed:
-                    self._acks.put((rid, None, f"event type {type_!r} not allowed here"))
-                    continue
-                if not isinstance(data, dict):
-                    self._acks.put((rid, None, "data must be an object"))
-                    continue
-                try:
-                    self._acks.put((rid, self.trail.emit_nowait(type_, **data), None))
-                except (EventError, TypeError) as err:
-                    self._acks.put((rid, None, str(err)))
-                except AuditUnavailable as err:
-                    self._acks.put((rid, None, f"unavailable: {err}"))
+            while data := self.sock.recv(MAX_FRAME):
+                buf += data
+                items = [self._accept(msg) for msg in _frames(buf)]
+                if any(ticket is not None for _, ticket, _ in items):
+                    self.trail.commit()
+                if items:
+                    self.sock.sendall(b"".join(self._ack_frame(item) for item in items))
         except (OSError, ValueError):
             pass  # a broken or hostile peer: drop the connection
         finally:
-            self._acks.put(None)
-
-    def _ack(self) -> None:
-        try:
-            while (item := self._acks.get()) is not None:
-                out = [self._ack_frame(item)]
-                # Acks of events already committed (the rest of this group) go in one write.
-                while True:
-                    try:
-                        nxt = self._acks.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        self.sock.sendall(b"".join(out))
-                        return
-                    if nxt[1] is not None and not nxt[1].done:
-                        self.sock.sendall(b"".join(out))  # do not hold these back
-                        out = []
-                    out.append(self._ack_frame(nxt))
-                self.sock.sendall(b"".join(out))
-        except OSError:
-            pass
-        finally:
             self._close_sock()
+
+    def _accept(self, msg: dict[str, Any]) -> tuple[Any, Ticket | None, str | None]:
+        rid, type_, data = msg.get("id"), msg.get("type"), msg.get("data")
+        if not isinstance(type_, str) or type_ not in self.allowed:
+            return rid, None, f"event type {type_!r} not allowed here"
+        if not isinstance(data, dict):
+            return rid, None, "data must be an object"
+        try:
+            return rid, self.trail.emit_held(type_, **data), None
+        except (EventError, TypeError) as err:
+            return rid, None, str(err)
+        except AuditUnavailable as err:
+            return rid, None, f"unavailable: {err}"
 
     @staticmethod
     def _ack_frame(item: tuple[Any, Ticket | None, str | None]) -> bytes:
@@ -146,16 +128,32 @@ class AuditRelay:
     def _close_sock(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError, ValueError):
-            self._rfile.close()
         self.sock.close()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop serving (pending events are still acknowledged if the peer keeps reading)."""
+        """Stop serving (events already received are still committed and acknowledged)."""
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RD)
-        self._reader.join(timeout)
-        self._acker.join(timeout)
+        self._thread.join(timeout)
+
+
+def _frames(buf: bytearray) -> list[dict[str, Any]]:
+    """The complete frames at the start of ``buf``, removed from it (a partial one stays)."""
+    out: list[dict[str, Any]] = []
+    pos = 0
+    while len(buf) - pos >= 4:
+        (n,) = _LEN.unpack_from(buf, pos)
+        if n > MAX_FRAME:
+            raise ValueError(f"audit relay frame of {n} bytes exceeds {MAX_FRAME}")
+        if len(buf) - pos - 4 < n:
+            break
+        obj = json.loads(bytes(buf[pos + 4 : pos + 4 + n]))
+        if not isinstance(obj, dict):
+            raise ValueError("audit relay frame is not an object")
+        out.append(obj)
+        pos += 4 + n
+    del buf[:pos]
+    return out
 
 
 class RemoteTrail:

@@ -138,6 +138,17 @@ class Trail:
         self.store._lead()
         return ticket.wait()
 
+    def emit_held(self, type_: str | EventType, /, **data: Any) -> Ticket:
+        """Queue an event (validated now) for the caller's own ``commit()``: a caller that
+        queues several events then commits them on its thread saves the writer thread's
+        hand-off. It must call ``commit()`` after queueing."""
+        return self._queue(str(type_), data, lead=True)
+
+    def commit(self) -> None:
+        """Commit the queued events on this thread, or, if a commit is under way, leave them
+        to the writer thread, which takes them next; tickets tell when they are durable."""
+        self.store._lead()
+
     def _queue(self, type_: str, data: dict[str, Any], *, lead: bool) -> Ticket:
         if type_ == EventType.TRAIL_CLOSE:
             raise EventError("trail.close is written by Trail.close(), not emitted")

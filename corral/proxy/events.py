@@ -139,6 +139,11 @@ class SinkTrail:
         self.count += 1
         return _Done(self.count)
 
+    emit_held = emit_nowait  # the sink has it the moment it returns: nothing to commit
+
+    def commit(self) -> None:
+        pass
+
 
 def start_relay(sock: socket.socket, sink: Any) -> Any:
     """Launcher side: ``corral.audit.AuditRelay`` for ``sink`` (a trail, or a plain sink),
