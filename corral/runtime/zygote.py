@@ -18,9 +18,9 @@ Invariants:
   (``/run/corral/zygote-<key>.sock``, dir 0700 root, socket 0600), so two checkouts, two
   venvs or two mount/pid/net/cgroup namespaces never share a zygote. Launcher and zygote both
   check that the peer is root (SO_PEERCRED); anyone else is closed at once.
-- No old code serves: the zygote records a stamp of its code (the latest ctime of
-  ``corral/**/*.py`` and the package's directories, plus the interpreter, site-packages and
-  the trust store) before it imports, compares it on every request, and on a change answers
+- No old code serves: the zygote records a stamp of its code (the paths and latest ctime of
+  ``corral/**/*.py``, plus the interpreter, site-packages and the trust store) before it
+  imports, compares it on every request, and on a change answers
   "stale" and leaves; the launcher then forks locally and starts a fresh zygote.
 - At most one zygote per key starts or runs: it holds an flock on its lock file for its whole
   life, taken by the launcher that spawns it (``LOCK_NB``: 30 concurrent launchers start one).
@@ -126,24 +126,30 @@ def _other_stamped() -> tuple[str, ...]:
 
 
 def code_stamp(pkg: str) -> int:
-    """The latest ctime of the package's ``*.py`` files and directories, the interpreter,
-    site-packages and the trust store: any edit, install or upgrade moves it forward."""
+    """A digest of the package's ``*.py`` files (their paths and latest ctime), the
+    interpreter, site-packages and the trust store: any edit, added or removed module, install
+    or upgrade changes it. Directory times are left out on purpose: Python creating a
+    ``__pycache__`` (the zygote's own first imports in a fresh checkout) is not a change."""
+    from _blake2 import blake2b  # not hashlib: see ``_key``
+
     latest = 0
+    names: list[str] = []
     stack = [pkg]
     while stack:
-        d = stack.pop()
-        latest = max(latest, os.stat(d).st_ctime_ns)
-        with os.scandir(d) as it:
+        with os.scandir(stack.pop()) as it:
             for entry in it:
                 if entry.is_dir(follow_symlinks=False):
                     if entry.name != "__pycache__":
                         stack.append(entry.path)
                 elif entry.name.endswith(".py"):
+                    names.append(entry.path)
                     latest = max(latest, entry.stat(follow_symlinks=False).st_ctime_ns)
     for p in _other_stamped():
         with contextlib.suppress(OSError):
             latest = max(latest, os.stat(p).st_ctime_ns)
-    return latest
+    names.sort()
+    names.append(str(latest))
+    return int.from_bytes(blake2b("\0".join(names).encode(), digest_size=8).digest(), "big")
 
 
 # -- client (the launcher) ------------------------------------------------------------------
