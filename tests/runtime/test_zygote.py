@@ -180,7 +180,14 @@ def _proxy_of(run: subprocess.Popen[str], corral_home: str) -> tuple[int, int]:
     raise AssertionError("no process runs as the proxy's helper uid")
 
 
-def test_warm_zygote_forks_the_proxy_that_serves(copy: Copy, outside: Outside) -> None:
+@pytest.mark.parametrize("bytecode", [True, False], ids=["with-bytecode", "fresh-checkout"])
+def test_warm_zygote_forks_the_proxy_that_serves(copy: Copy, outside: Outside,
+                                                 bytecode: bool) -> None:
+    """Also from a fresh checkout: the zygote's own first imports then write ``__pycache__``
+    directories, which is no edit of the code (no stale answer, no local fork)."""
+    if not bytecode:
+        for cache in Path(copy.pkg).rglob("__pycache__"):
+            shutil.rmtree(cache)
     zpid = copy.start()
     run = copy.run(_policy(copy.tmp, outside), _fetch(outside) + "; echo up; sleep 3")
     try:
@@ -229,25 +236,6 @@ def test_30_concurrent_fallbacks_start_one_zygote(copy: Copy) -> None:
     assert started == 1
     copy.wait_listening()
     assert len(copy.zygotes()) == 1
-
-
-def test_a_fresh_checkout_without_bytecode_is_served_by_its_zygote(
-        copy: Copy, outside: Outside) -> None:
-    """The zygote's own first imports write ``__pycache__`` directories; that is no edit of
-    the code, so the next run is still its child (not a stale answer and a local fork)."""
-    for cache in Path(copy.pkg).rglob("__pycache__"):
-        shutil.rmtree(cache)
-    zpid = copy.start()
-    run = copy.run(_policy(copy.tmp, outside), _fetch(outside) + "; echo up; sleep 2")
-    try:
-        assert run.stdout is not None
-        lines = [run.stdout.readline().strip() for _ in range(3)]
-        assert lines == ["tls=200", "plain=200", "up"], (lines, run.stderr)
-        pid, _helper = _proxy_of(run, copy.corral_env["CORRAL_HOME"])
-        assert int(_status(pid)["PPid"]) == zpid
-    finally:
-        run.communicate(timeout=60)
-    assert _status(zpid)  # still serving
 
 
 def test_edited_code_makes_the_zygote_stale(copy: Copy, outside: Outside) -> None:
