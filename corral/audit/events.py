@@ -19,13 +19,22 @@ Invariants kept here:
 # into a ForwardRef when its class is made, ~0.1 ms a field on every corral run.
 
 import enum
-import hashlib
 import json
 import os
 import pwd
 import re
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+# The same SHA-256 as hashlib's, from the interpreter's own C module: ``hashlib`` loads OpenSSL,
+# ~3-6 ms of every ``corral run`` (which records its trail through this module).
+if TYPE_CHECKING:
+    from hashlib import sha256
+else:
+    try:
+        from _sha256 import sha256
+    except ImportError:  # pragma: no cover - Python 3.12+ or a build without it
+        from hashlib import sha256
 
 __all__ = [
     "GENESIS",
@@ -257,7 +266,7 @@ def event_body(
 
 
 def event_hash(body: str) -> str:
-    return hashlib.sha256(body.encode()).hexdigest()
+    return sha256(body.encode()).hexdigest()
 
 
 class Actor(NamedTuple):

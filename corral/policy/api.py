@@ -13,7 +13,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import stat
@@ -23,11 +22,12 @@ from pathlib import Path
 from corral import __version__, paths
 from corral.policy.builtin import locate
 from corral.policy.errors import PolicyError
-from corral.policy.resolved import ResolvedPolicy
+from corral.policy.resolved import ResolvedPolicy, sha256
 
 __all__ = ["cache_dir", "resolve"]
 
-_FORMAT = b"corral-policy-cache/1"
+# Version 2: the records became named tuples (were dataclasses); an older pickle never loads.
+_FORMAT = b"corral-policy-cache/2"
 _KEEP = 64
 
 
@@ -59,7 +59,7 @@ def _code_stamp() -> bytes:
 
 
 def _key(inputs: list[tuple[str, Path, bytes]], workspace: Path | None = None) -> str:
-    digest = hashlib.sha256(_FORMAT + __version__.encode() + sys.version.encode() + _code_stamp())
+    digest = sha256(_FORMAT + __version__.encode() + sys.version.encode() + _code_stamp())
     digest.update(f"workspace\0{workspace}\0".encode())
     config = os.path.realpath(paths.config_dir())
     digest.update(config.encode() + b"\0")
@@ -67,7 +67,7 @@ def _key(inputs: list[tuple[str, Path, bytes]], workspace: Path | None = None) -
         real = os.path.realpath(path)
         trusted = os.path.commonpath([real, config]) == config
         digest.update(f"{spec}\0{real}\0{int(trusted)}\0{len(data)}\0".encode())
-        digest.update(hashlib.sha256(data).digest())
+        digest.update(sha256(data).digest())
     return digest.hexdigest()
 
 

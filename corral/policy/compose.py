@@ -15,7 +15,6 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +125,7 @@ def compose(policies: Sequence[LoadedPolicy], *,
             if prior is None:
                 credentials[name] = binding
                 provenance[f"credentials.{name}"] = (binding.origin,)
-            elif replace(prior, origin=binding.origin) != binding:
+            elif prior._replace(origin=binding.origin) != binding:
                 problems.append(f"{binding.origin}: credentials.{name}: conflicts with the "
                                 f"binding of the same name at {prior.origin}; rename one or make "
                                 "them equal")

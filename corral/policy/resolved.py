@@ -1,7 +1,8 @@
 """``ResolvedPolicy``: the composed, compiled policy that the rest of corral uses.
 
-It holds only frozen dataclasses from ``types`` and the compiled ``Matcher`` (no pydantic), so
-it can be pickled into the policy cache and loaded on the launch path cheaply.
+It holds only the named-tuple records of ``types`` and the compiled ``Matcher`` (no pydantic,
+no dataclasses), so it can be pickled into the policy cache and loaded on the launch path
+cheaply.
 
 Invariants: ``decide_connect``/``decide_request`` never raise (an internal error denies);
 ``digest`` is the sha256 of the canonical JSON of everything that affects behaviour (rules,
@@ -10,11 +11,9 @@ bindings, limits, files, exec, policy names) and not of where it came from.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.policy.match import Matcher
 from corral.policy.types import (
@@ -27,16 +26,24 @@ from corral.policy.types import (
     Rule,
 )
 
-__all__ = ["ResolvedPolicy"]
+# The same SHA-256 as hashlib's, from the interpreter's own C module: ``hashlib`` loads
+# OpenSSL, ~4-6 ms of every ``corral run -p`` (``api._key`` digests the policy files).
+if TYPE_CHECKING:
+    from hashlib import sha256
+else:
+    try:
+        from _sha256 import sha256
+    except ImportError:  # pragma: no cover - Python 3.12+ or a build without it
+        from hashlib import sha256
+
+__all__ = ["ResolvedPolicy", "sha256"]
 
 
 def _flat(obj: Any) -> dict[str, Any]:
-    """A record's fields, one level (``dataclasses.asdict`` deep-copies: slow at 10k rules).
-
-    ``Limits`` and ``FilesConfig`` are named tuples, the other types dataclasses."""
-    if isinstance(obj, Limits | FilesConfig):
-        return obj._asdict()
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+    """A record's fields, one level: never the record itself, which (a tuple) would serialise
+    as a JSON list."""
+    assert isinstance(obj, Origin | Rule | CredentialBinding | Limits | FilesConfig | ExecConfig)
+    return obj._asdict()
 
 
 def _plain(value: Any) -> Any:
@@ -72,7 +79,7 @@ class ResolvedPolicy:
         # The proxy calls these per request: bind straight to the matcher (saves a call).
         self.decide_connect = self._matcher.connect  # type: ignore[method-assign]
         self.decide_request = self._matcher.request  # type: ignore[method-assign]
-        self.digest = hashlib.sha256(
+        self.digest = sha256(
             json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
 

@@ -1,10 +1,17 @@
-"""The resolved policy as the rest of corral sees it: plain frozen dataclasses.
+"""The resolved policy as the rest of corral sees it: immutable named tuples.
 
 These types are the contract between ``corral.policy`` (which loads, validates, composes and
 compiles policies) and its users (sandbox, proxy, credentials, tools). They carry no pydantic
-so that the launch path and the proxy's hot path do not pay for schema machinery. ``Limits``
-and ``FilesConfig`` live in ``corral.policy.settings`` (immutable named tuples, which ``corral
-run`` can import without loading ``dataclasses``) and are re-exported here.
+so that the launch path and the proxy's hot path do not pay for schema machinery, and they are
+``typing.NamedTuple`` records, not dataclasses: ``corral run -p`` loads them (unpickling the
+cached policy) on every launch, and ``dataclasses`` (which imports ``inspect``, ``ast``, ``dis``
+and ``tokenize``) plus the generated methods of five slotted dataclasses cost that path ~20 ms.
+``Limits`` and ``FilesConfig`` live in ``corral.policy.settings`` and are re-exported here.
+
+Being tuples, two records of different types with equal values compare (and hash) equal, and a
+record is iterable and JSON-serialises as a list: never mix record types in one set or dict
+key space, and serialise them through ``_asdict()`` (``ResolvedPolicy.canonical``). Derive a
+changed copy with ``_replace``.
 
 Invariants:
 - Every ``Rule`` and every resolved value knows its ``Origin`` (file and line), so a decision
@@ -13,11 +20,11 @@ Invariants:
 - A ``Decision`` with ``rule is None`` is the default deny.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: a NamedTuple compiles each string annotation
+# into a ForwardRef when its class is made, ~0.1 ms a field on every corral run.
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from corral.policy.settings import FilesConfig, Limits
 
@@ -36,8 +43,7 @@ Action = Literal["direct", "inspect", "deny"]
 ExecMode = Literal["allow", "allowlist", "approve"]
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(NamedTuple):
     file: str
     line: int
 
@@ -45,8 +51,7 @@ class Origin:
         return f"{self.file}:{self.line}"
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(NamedTuple):
     """One egress rule. ``methods``/``paths`` of ``None`` mean "any"."""
 
     host: str
@@ -62,8 +67,7 @@ class Rule:
     reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The outcome for one connection or request, and the rule that made it."""
 
     action: Action
@@ -83,8 +87,7 @@ class Decision:
         return str(self.rule.origin) if self.rule is not None else "default deny"
 
 
-@dataclass(frozen=True, slots=True)
-class CredentialBinding:
+class CredentialBinding(NamedTuple):
     """How a host-side secret is injected. ``secret`` is a source spec, never the value.
 
     ``kind == "aws"`` bindings use the ``aws_*`` sources and re-sign SigV4 instead of setting
@@ -105,7 +108,6 @@ class CredentialBinding:
     trusted_source: bool = False  # the defining policy lives in the config dir
 
 
-@dataclass(frozen=True, slots=True)
-class ExecConfig:
+class ExecConfig(NamedTuple):
     mode: ExecMode = "approve"
-    allow: tuple[str, ...] = field(default_factory=tuple)
+    allow: tuple[str, ...] = ()

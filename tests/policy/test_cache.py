@@ -29,16 +29,43 @@ def _run(code: str, env: dict[str, str]) -> str:
 
 
 def test_second_resolve_skips_pydantic(policy_file: str, corral_env: dict[str, str]) -> None:
+    # ``dataclasses`` (inspect, ast, ...) and ``hashlib`` (OpenSSL) are launch-path costs too:
+    # the cached form is named tuples and the cache key a C-module SHA-256.
     code = ("import sys; from corral.policy import resolve; "
             f"rp = resolve([{policy_file!r}, 'builtin:pypi']); "
             "print('pydantic' in sys.modules, 'yaml' in sys.modules, "
             "'typer' in sys.modules or 'rich' in sys.modules, "
+            "'dataclasses' in sys.modules or 'hashlib' in sys.modules, "
             "rp.decide_connect('x.example.test', 443).action)")
     first = _run(code, corral_env)
-    assert first == "True True False direct"  # first: full load, writes the cache
-    assert _run(code, corral_env) == "False False False direct"  # then: compiled form only
+    assert first == "True True False True direct"  # first: full load, writes the cache
+    assert _run(code, corral_env) == "False False False False direct"  # then: compiled only
     Path(policy_file).write_text(POLICY.replace("direct", "inspect"))
-    assert _run(code, corral_env) == "True True False inspect"  # edited file: new key
+    assert _run(code, corral_env) == "True True False True inspect"  # edited file: new key
+
+
+def test_cached_policy_equals_fresh_and_digest_is_sha256(policy_file: str) -> None:
+    import hashlib
+    import json
+
+    fresh = resolve([policy_file, "builtin:github"], use_cache=False)
+    resolve([policy_file, "builtin:github"])  # writes the cache
+    cached = resolve([policy_file, "builtin:github"])
+    assert cached is not fresh and cached.rules == fresh.rules
+    assert cached.credentials == fresh.credentials and cached.exec == fresh.exec
+    assert type(cached.rules[0]) is type(fresh.rules[0])
+    body = json.dumps(fresh.canonical(), sort_keys=True, separators=(",", ":")).encode()
+    assert cached.digest == fresh.digest == hashlib.sha256(body).hexdigest()
+    # records serialise as objects (a named tuple passed as is would be a JSON list)
+    assert isinstance(fresh.canonical()["exec"], dict)
+    assert all(isinstance(r, dict) for r in fresh.canonical()["rules"])
+
+
+def test_cache_format_is_in_the_key(policy_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs = api._read_inputs([policy_file])
+    key = api._key(inputs)
+    monkeypatch.setattr(api, "_FORMAT", b"corral-policy-cache/1")
+    assert api._key(inputs) != key
 
 
 def test_corrupt_cache_falls_back(policy_file: str) -> None:
