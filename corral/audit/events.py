@@ -24,17 +24,9 @@ import os
 import pwd
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-# The same SHA-256 as hashlib's, from the interpreter's own C module: ``hashlib`` loads OpenSSL,
-# ~3-6 ms of every ``corral run`` (which records its trail through this module).
-if TYPE_CHECKING:
-    from hashlib import sha256
-else:
-    try:
-        from _sha256 import sha256
-    except ImportError:  # pragma: no cover - Python 3.12+ or a build without it
-        from hashlib import sha256
+from corral._digest import sha256  # not hashlib: see corral._digest
 
 __all__ = [
     "GENESIS",

@@ -20,9 +20,10 @@ import sys
 from pathlib import Path
 
 from corral import __version__, paths
+from corral._digest import sha256
 from corral.policy.builtin import locate
 from corral.policy.errors import PolicyError
-from corral.policy.resolved import ResolvedPolicy, sha256
+from corral.policy.resolved import ResolvedPolicy
 
 __all__ = ["cache_dir", "resolve"]
 

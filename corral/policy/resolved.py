@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from corral._digest import sha256
 from corral.policy.match import Matcher
 from corral.policy.types import (
     CredentialBinding,
@@ -26,17 +27,7 @@ from corral.policy.types import (
     Rule,
 )
 
-# The same SHA-256 as hashlib's, from the interpreter's own C module: ``hashlib`` loads
-# OpenSSL, ~4-6 ms of every ``corral run -p`` (``api._key`` digests the policy files).
-if TYPE_CHECKING:
-    from hashlib import sha256
-else:
-    try:
-        from _sha256 import sha256
-    except ImportError:  # pragma: no cover - Python 3.12+ or a build without it
-        from hashlib import sha256
-
-__all__ = ["ResolvedPolicy", "sha256"]
+__all__ = ["ResolvedPolicy"]
 
 
 def _flat(obj: Any) -> dict[str, Any]:

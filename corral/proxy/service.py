@@ -112,7 +112,7 @@ class ProxyHandle:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
         if self._relay is not None:
-            self._relay.close()  # the child is gone: the relay's threads end
+            self._relay.close()  # the child is gone: the relay's thread ends
         self._lifeline.close()
 
 

@@ -251,7 +251,7 @@ class ProxyProcess:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
         if self._relay is not None:
-            self._relay.close()  # the child is gone: the relay's threads end
+            self._relay.close()  # the child is gone: the relay's thread ends
         for sock in (self._ctl, self._life):
             with contextlib.suppress(OSError):
                 sock.close()

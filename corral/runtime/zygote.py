@@ -98,10 +98,8 @@ def _pythonpath(pkg: str) -> list[str]:
 
 
 def _key(pkg: str) -> str:
-    try:
-        from _blake2 import blake2b  # hashlib would load OpenSSL: ~4 ms of the launch path
-    except ImportError:  # pragma: no cover
-        from hashlib import blake2b
+    from corral._digest import blake2b  # not hashlib: ~4 ms of the launch path
+
     h = blake2b(digest_size=8)
     # the interpreter and its environment (a venv's python and python3 are one)
     parts = [os.path.realpath(sys.executable), sys.prefix, pkg, os.pathsep.join(_pythonpath(pkg))]
@@ -130,7 +128,7 @@ def code_stamp(pkg: str) -> int:
     interpreter, site-packages and the trust store: any edit, added or removed module, install
     or upgrade changes it. Directory times are left out on purpose: Python creating a
     ``__pycache__`` (the zygote's own first imports in a fresh checkout) is not a change."""
-    from _blake2 import blake2b  # not hashlib: see ``_key``
+    from corral._digest import blake2b
 
     latest = 0
     names: list[str] = []
