@@ -12,6 +12,9 @@ Cgroups are machine-wide while registries are per state dir, so a launcher kille
 ``CORRAL_HOME`` leaves a cgroup no registry here names. Such a group is removed only when it is
 empty and older than ``min_age`` (a live launcher creates its group and attaches its child
 within milliseconds, so an old empty group belongs to no one).
+
+Lease files in ``/run/corral`` (``uid-<uid>.lock``) that no launcher holds are unlinked too
+(``registry.collect_stray_leases``: under their lock, so a new lessee is never robbed).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = ["Collected", "collect"]
 class Collected:
     removed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    leases: int = 0  # stray uid lease files unlinked
 
 
 def _drop_cgroup(name: str) -> None:
@@ -89,4 +93,8 @@ def collect(min_age: float = ORPHAN_MIN_AGE) -> Collected:
         out.removed.extend(_orphan_cgroups(known, min_age))
     except Exception as err:
         out.problems.append(f"orphan cgroups: {err}")
+    try:
+        out.leases = registry.collect_stray_leases()
+    except OSError as err:
+        out.problems.append(f"uid leases: {err}")
     return out

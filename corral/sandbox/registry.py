@@ -8,6 +8,11 @@ Invariants:
   machine-wide: the launcher holds an exclusive ``flock`` on ``/run/corral/uid-<uid>.lock``
   for the sandbox's lifetime. The kernel drops the lease when the launcher dies, and a uid
   whose lease is held elsewhere is never handed out.
+- Lease files do not pile up: ``release`` unlinks the file while it still holds the lock, and
+  ``collect_stray_leases`` (``corral sandbox gc``) unlinks files nobody holds, also only while
+  holding their lock. A taker re-checks after its ``flock`` that the file it locked is still
+  the one at the path (same device and inode); if it was unlinked meanwhile it retries on a
+  fresh file. So two holders of one uid's lease can never both believe they hold it.
 - An entry names its launcher by pid *and* start time, so a recycled pid is never taken for a
   live launcher. An entry whose launcher is gone is a leftover: ``gc`` removes it and what it
   lists (cgroup, directories) — the uid stays reserved until then.
@@ -36,6 +41,7 @@ __all__ = [
     "UID_BASE",
     "UID_RANGE",
     "Entry",
+    "collect_stray_leases",
     "entries",
     "launcher_alive",
     "registry_dir",
@@ -48,8 +54,8 @@ __all__ = [
 UID_BASE = 2_000_000_000
 UID_RANGE = 1_000_000
 LEASE_DIR = Path("/run/corral")
-_leases: dict[str, int] = {}  # sandbox id -> fd holding its uid lease
-_helper_leases: dict[str, list[int]] = {}  # sandbox id -> fds holding its helper uid leases
+_leases: dict[str, tuple[int, int]] = {}  # sandbox id -> (uid, fd holding its lease)
+_helper_leases: dict[str, list[tuple[int, int]]] = {}  # sandbox id -> helper (uid, fd)s
 
 
 class Entry:
@@ -165,7 +171,7 @@ def reserve(policies: list[str]) -> Entry:
         sid = os.urandom(4).hex()
         while (reg / sid).exists():
             sid = os.urandom(4).hex()
-        _leases[sid] = lease
+        _leases[sid] = (uid, lease)
         pid = os.getpid()
         # the cgroup is named before it exists, so gc finds it even if we die creating it
         entry = Entry(sid, uid, uid, pid, _start_time(pid), time.time(), list(policies),
@@ -194,21 +200,80 @@ def reserve_helper(entry: Entry) -> int:
     """Reserve one more uid (gid = uid) for a helper of this sandbox (its egress proxy)."""
     with _locked():
         uid, lease = _free_uid()
-        _helper_leases.setdefault(entry.id, []).append(lease)
+        _helper_leases.setdefault(entry.id, []).append((uid, lease))
         entry.helper_uids.append(uid)
         _write(entry)
         return uid
 
 
+def _lease_path(uid: int) -> Path:
+    return LEASE_DIR / f"uid-{uid}.lock"
+
+
+def _still_linked(fd: int, path: Path) -> bool:
+    """Whether ``fd`` (locked) is still the file at ``path``: an unlinker may have removed it
+    between our open and our flock, and a lock on an unlinked file leases nothing."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 def _lease(uid: int) -> int:
     """An fd holding the machine-wide lease on ``uid``, or -1 if another launcher holds it."""
-    fd = os.open(LEASE_DIR / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = _lease_path(uid)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return -1
+        if _still_linked(fd, path):
+            return fd
+        os.close(fd)  # its holder unlinked it as it let go: lock the file now at the path
+
+
+def _drop_lease(fd: int, uid: int | None) -> None:
+    """End a lease: unlink its file while still holding the lock, then let go."""
+    if uid is not None:
+        path = _lease_path(uid)
+        with contextlib.suppress(OSError):
+            if _still_linked(fd, path):
+                os.unlink(path)
+    os.close(fd)
+
+
+def collect_stray_leases() -> int:
+    """Unlink the lease files of uids nobody holds (left by launchers that were killed, or by
+    corral versions that kept them); returns how many were removed."""
+    removed = 0
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        names = os.listdir(LEASE_DIR)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        num = name[4:-5]
+        if not (name.startswith("uid-") and name.endswith(".lock") and num.isdigit()):
+            continue
+        try:
+            fd = os.open(LEASE_DIR / name, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # a live lease
+            continue
+        path = _lease_path(int(num))
+        if _still_linked(fd, path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed += 1
         os.close(fd)
-        return -1
-    return fd
+    return removed
 
 
 def update(entry: Entry) -> None:
@@ -223,8 +288,8 @@ def release(entry: Entry) -> None:
             os.unlink(reg / f"{entry.id}.json")
         with contextlib.suppress(OSError):
             os.rmdir(reg / entry.id)
-        for helper in _helper_leases.pop(entry.id, []):
-            os.close(helper)
-        lease = _leases.pop(entry.id, -1)
-        if lease >= 0:
-            os.close(lease)  # the lock file stays: unlinking it would race with a new lessee
+        for uid, fd in _helper_leases.pop(entry.id, []):
+            _drop_lease(fd, uid)
+        lease = _leases.pop(entry.id, None)
+        if lease is not None:
+            _drop_lease(lease[1], lease[0])

@@ -92,3 +92,82 @@ def test_gc_removes_empty_cgroups_no_registry_knows(corral_env) -> None:
         sleeper.wait()
         busy.destroy()
         orphan.destroy()
+
+
+def test_release_unlinks_the_lease_files(corral_env) -> None:
+    """Ending a lease removes its /run/corral/uid-<uid>.lock (they used to pile up, one per
+    uid ever leased), for the sandbox's uid and its helpers' alike."""
+    require_root()
+    entry = registry.reserve([])
+    helper = registry.reserve_helper(entry)
+    paths = [registry.LEASE_DIR / f"uid-{u}.lock" for u in (entry.uid, helper)]
+    assert all(p.exists() for p in paths)
+    registry.release(entry)
+    assert not any(p.exists() for p in paths)
+
+
+def test_gc_unlinks_stray_lease_files_but_never_a_held_one(
+        corral_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_root()
+    import fcntl
+
+    from corral.sandbox.gc import collect
+
+    monkeypatch.setattr(registry, "LEASE_DIR", tmp_path)
+    stray = [tmp_path / f"uid-{registry.UID_BASE + i}.lock" for i in range(5)]
+    for p in stray:
+        p.touch()
+    other = tmp_path / "zygote-abc.lock"  # not a uid lease: left alone
+    other.touch()
+    held = registry._lease(registry.UID_BASE + 7)
+    assert held >= 0
+    try:
+        done = collect()
+        assert done.leases == 5, done
+        assert not any(p.exists() for p in stray)
+        assert other.exists()
+        assert (tmp_path / f"uid-{registry.UID_BASE + 7}.lock").exists()
+        # and the held one is still exclusively ours
+        probe = os.open(tmp_path / f"uid-{registry.UID_BASE + 7}.lock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(probe)
+    finally:
+        registry._drop_lease(held, registry.UID_BASE + 7)
+
+
+def _lease_loop(uid: int, rounds: int, holders: object, overlaps: object) -> None:
+    import time
+
+    for _ in range(rounds):
+        fd = registry._lease(uid)
+        if fd < 0:
+            continue
+        with holders.get_lock():  # type: ignore[attr-defined]
+            holders.value += 1  # type: ignore[attr-defined]
+            if holders.value > 1:  # type: ignore[attr-defined]
+                overlaps.value += 1  # type: ignore[attr-defined]
+        time.sleep(0.0002)
+        with holders.get_lock():  # type: ignore[attr-defined]
+            holders.value -= 1  # type: ignore[attr-defined]
+        registry._drop_lease(fd, uid)
+
+
+def test_unlink_on_release_never_lets_two_launchers_hold_one_uid(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flock + unlink race: a taker that opened the file just before its holder unlinked
+    it would lock an orphan inode while a third process creates and locks a fresh file. The
+    taker's inode re-check makes that impossible; processes hammering one uid never overlap."""
+    require_root()
+    monkeypatch.setattr(registry, "LEASE_DIR", tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    holders, overlaps = ctx.Value("i", 0), ctx.Value("i", 0)
+    procs = [ctx.Process(target=_lease_loop, args=(registry.UID_BASE, 3000, holders, overlaps))
+             for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * 6
+    assert overlaps.value == 0
+    assert list(tmp_path.iterdir()) == []  # and nothing is left behind
