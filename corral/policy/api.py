@@ -27,8 +27,8 @@ from corral.policy.resolved import ResolvedPolicy
 
 __all__ = ["cache_dir", "resolve"]
 
-# Version 2: the records became named tuples (were dataclasses); an older pickle never loads.
-_FORMAT = b"corral-policy-cache/2"
+# Version 3: Decision has a status; the matcher decides on path readings.
+_FORMAT = b"corral-policy-cache/3"
 _KEEP = 64
 
 

@@ -12,6 +12,13 @@ Lookup (see ``index``): host -> index by exact name, by each parent suffix for `
 patterns (a dict walk over the host's labels) and ``*``; then port, method, and a walk down a
 path trie to a precomputed, ordered candidate list; only globs are checked in full.
 
+Paths are decided on their readings (``corral.policy.readings``): a path that is not plain is
+read the ways servers read it and decided on each reading; an explicit deny on any reading
+wins, an allow stands only if every reading is allowed the same way (action and credential),
+and otherwise the request is refused with a 400 that names the readings. Deny globs are also
+compared case-folded (a case-insensitive server reads ``/ADMIN`` as ``/admin``); allow globs
+never are, so case can only narrow what a policy allows.
+
 Invariants: ``connect``/``request`` never raise (an internal error returns a deny decision);
 an exact-name hit needs no host validation because every key is a validated pattern, any
 other host is normalised and validated before a wildcard or ``*`` may match it.
@@ -23,17 +30,8 @@ from collections.abc import Sequence
 
 from corral.policy.hosts import normalize_host
 from corral.policy.index import HostIdx, PathIdx, attach_entries, build_host, first_per_policy
-from corral.policy.paths import (
-    ANY,
-    CHILD,
-    COUNT,
-    LITERAL,
-    SUBTREE,
-    GlobTest,
-    canonical_path,
-    glob_hit,
-    glob_test,
-)
+from corral.policy.paths import ANY, CHILD, COUNT, LITERAL, SUBTREE, GlobTest, glob_hit, glob_test
+from corral.policy.readings import UnreadablePath, readings
 from corral.policy.types import Decision, Rule
 
 __all__ = ["Matcher"]
@@ -50,6 +48,13 @@ class Matcher:
             None if r.paths is None else tuple(glob_test(g) for g in r.paths) for r in rules
         )
         self.request_decision = tuple(Decision(r.action, r, _message(r)) for r in rules)
+        # Case-folded readings matter only to path-restricted denies. A deny glob with upper
+        # case differs from its folded form even for a lower-case path: then every request
+        # takes the readings path.
+        deny_globs = [g for r in rules if r.action == "deny" and r.paths for g in r.paths]
+        self.fold = bool(deny_globs)
+        self.fold_all = any(g != g.lower() for g in deny_globs)
+        self._folded: Matcher | None = None
         self.connect_decision = tuple(
             Decision("inspect", r, _message(r, partial=True)) if _partial_deny(r) else d
             for r, d in zip(rules, self.request_decision, strict=True)
@@ -128,11 +133,13 @@ class Matcher:
             if type(port) is not int:
                 return _bad_input(host, port)
             path = target.partition("?")[0] if "?" in target else target
-            ambiguous = False
-            if ("%" in path or "/." in path or "//" in path or "\\" in path or "#" in path
-                    or path[:1] != "/"):
-                path, ambiguous = canonical_path(target)  # the rare slow path
-            if self.simple and not ambiguous:
+            # Not plain (readings.plain, inlined), or case may change what a deny matches.
+            if ("%" in path or "/." in path or "//" in path or "\\" in path or ";" in path
+                    or "./" in path or path[-1:] == "." or path[:1] != "/" or "#" in target
+                    or (self.fold and (self.fold_all or (not path.islower()
+                                       and path.lower() != path)))):
+                return self._read(host, port, method, target)
+            if self.simple:
                 # Hot path, inlined (a call costs ~0.1 us here): walk, then first glob hit.
                 # The host is looked up as sent: every key is a normalised (lowercase ASCII)
                 # name, so a hit needs no normalisation; anything else (upper case, a trailing
@@ -195,6 +202,50 @@ class Matcher:
                         elif rx is not None and rx.fullmatch(path) is not None:
                             return decision
                 return self._default(name, port, method, path)
+            return self._decide(host, port, method, path)
+        except Exception as err:  # fail closed
+            return Decision("deny", None, f"internal error while deciding (fail closed): {err!r}")
+
+    def _read(self, host: str, port: int, method: str, target: str) -> Decision:
+        """Decide every reading of the target's path and combine (see the module docstring)."""
+        try:
+            paths = readings(target)
+        except UnreadablePath as err:
+            return Decision("deny", None, f"refused: the request path cannot be read one way: "
+                            f"{err}", 400)
+        decisions = [self._decide(host, port, method, p) for p in paths]
+        if self.fold:
+            folded = self._folded_matcher()
+            for p in paths:
+                d = folded._decide(host, port, method, p.lower())
+                if d.action == "deny" and d.rule is not None:
+                    decisions.append(self.request_decision[folded.rules.index(d.rule)])
+        first = decisions[0]
+        for d in decisions:
+            if d.action == "deny" and d.rule is not None:
+                return d  # an explicit deny on any reading wins
+        if all(d.action == "deny" for d in decisions):
+            return first
+        cred = first.rule.credential if first.rule is not None else None
+        if all(d.action == first.action and d.rule is not None and d.rule.credential == cred
+               for d in decisions):
+            return first
+        shown = ", ".join(repr(p) for p in paths)
+        return Decision("deny", None, f"refused: servers read the path of {target!r} in "
+                        f"several ways ({shown}) and the policy does not allow every reading "
+                        "alike; send the path in plain form (no encoded letters, ';' "
+                        "parameters, dot segments or doubled slashes)", 400)
+
+    def _folded_matcher(self) -> Matcher:
+        if self._folded is None:
+            rules = [r._replace(paths=tuple(g.lower() for g in r.paths)) if r.paths else r
+                     for r in self.rules]
+            self._folded = Matcher(rules, self.policy, self.names)
+        return self._folded
+
+    def _decide(self, host: str, port: int, method: str, path: str) -> Decision:
+        """The general lookup of one (normalised) path: any host form, several policies."""
+        try:
             name = host.lower() if host.isascii() else ""
             if name not in self.exact:
                 checked = normalize_host(host)
@@ -208,13 +259,13 @@ class Matcher:
                 methods = idx.req.get(port)
                 if methods is not None:
                     pidx = methods.get(method) or methods[""]
-                    cands = pidx.every if ambiguous else self._walk(pidx, path)
+                    cands = self._walk(pidx, path)
                     if cands:
                         lists.append(cands)
             if not lists:
                 return self._default(name, port, method, path)
             merged = lists[0] if len(lists) == 1 else sorted({i for lst in lists for i in lst})
-            return self._choose(merged, path, ambiguous, name, port, method)
+            return self._choose(merged, path, name, port, method)
         except Exception as err:  # fail closed
             return Decision("deny", None, f"internal error while deciding (fail closed): {err!r}")
 
@@ -244,7 +295,7 @@ class Matcher:
                 node = child
         return pidx.every if node.cands is None else node.cands
 
-    def _choose(self, cands: Sequence[int], path: str, ambiguous: bool, name: str, port: int,
+    def _choose(self, cands: Sequence[int], path: str, name: str, port: int,
                 method: str) -> Decision:
         decided: set[int] = set()
         first = -1
@@ -253,12 +304,8 @@ class Matcher:
             pol = self.policy[i]
             if pol in decided:
                 continue
-            if self.globs[i] is not None:
-                if ambiguous:
-                    if self.rules[i].action != "deny":
-                        continue
-                elif not glob_hit(self.globs[i] or (), path):
-                    continue
+            if self.globs[i] is not None and not glob_hit(self.globs[i] or (), path):
+                continue
             if self.rules[i].action == "deny":
                 return self.request_decision[i]
             decided.add(pol)

@@ -1,16 +1,12 @@
-"""URL path globs of egress rules, and the canonical form of a request path.
+"""URL path globs of egress rules: validation, compilation, overlap and fast tests.
 
 Glob language: a glob starts with ``/``; ``*`` matches within one segment (no ``/``); ``**``
 is a whole segment and matches any number of segments (``/repos/**`` matches ``/repos`` and
 everything under it). No ``?``, ``#``, whitespace or control characters.
 
 Invariants:
-- A request path is matched after dropping the query and fragment, decoding ``%2e`` and
-  removing dot segments (RFC 3986 5.2.4), because the upstream server will do the same:
-  ``/repos/../admin`` is ``/admin`` for every rule.
-- A path that stays ambiguous after that (an encoded ``/`` or ``\\``, an empty segment, a
-  fragment, a relative or non-path target) is *ambiguous*: path-restricted allow rules never
-  match it and path-restricted deny rules always do. Fail closed in both directions.
+- A glob is matched against a normalised reading of the request path, never the raw target:
+  ``corral.policy.readings`` makes the readings, ``corral.policy.match`` combines them.
 - ``globs_overlap`` is the one conservative overlap test: two globs overlap unless their
   literal prefixes (up to the first ``*``) diverge; a glob without ``*`` overlaps another glob
   only if that glob matches it.
@@ -22,7 +18,6 @@ import re
 
 __all__ = [
     "GlobTest",
-    "canonical_path",
     "compile_glob",
     "glob_hit",
     "glob_literal_segments",
@@ -82,44 +77,6 @@ def globs_overlap(a: str, b: str) -> bool:
         return compile_glob(a).fullmatch(b) is not None
     pa, pb = _literal_prefix(a), _literal_prefix(b)
     return pa.startswith(pb) or pb.startswith(pa)
-
-
-def canonical_path(target: str) -> tuple[str, bool]:
-    """Return ``(path, ambiguous)`` for a request target (origin-form, query allowed)."""
-    cut = target.find("?")
-    path = target if cut < 0 else target[:cut]
-    ambiguous = False
-    if "#" in path:  # never valid in a request target: servers differ on what it means
-        path = path[: path.find("#")]
-        ambiguous = True
-    if path[:1] != "/":
-        return "/", True
-    if "%" not in path and "/." not in path and "//" not in path and "\\" not in path:
-        return path, ambiguous
-    if "%" in path:
-        lowered = path.lower()
-        if "%2f" in lowered or "%5c" in lowered or "%25" in lowered:
-            ambiguous = True
-        path = path.replace("%2e", ".").replace("%2E", ".")
-    if "\\" in path or "//" in path:
-        ambiguous = True
-    if "/." in path:
-        out: list[str] = []
-        segments = path.split("/")[1:]
-        for i, segment in enumerate(segments):
-            last = i == len(segments) - 1
-            if segment == "..":
-                if out:
-                    out.pop()
-                if last:
-                    out.append("")
-            elif segment == ".":
-                if last:
-                    out.append("")
-            else:
-                out.append(segment)
-        path = "/" + "/".join(out)
-    return path, ambiguous
 
 
 # Fast tests for the common glob shapes; a regex only for the rest. A decision checks a glob in

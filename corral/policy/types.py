@@ -73,6 +73,7 @@ class Decision(NamedTuple):
     action: Action
     rule: Rule | None
     message: str
+    status: int = 403  # what the proxy answers a deny with: 400 for a request it cannot read
 
     @property
     def allowed(self) -> bool:

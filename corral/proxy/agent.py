@@ -161,10 +161,10 @@ class AgentConnection:
     async def deny(self, decision: Decision, what: str, fields: dict[str, Any]) -> None:
         text = deny_response.deny_text(decision, what)
         await self.ctx.audit.emit(
-            "proxy.deny", rule=decision.origin, reason=text, status=403, **fields
+            "proxy.deny", rule=decision.origin, reason=text, status=decision.status, **fields
         )
         body = text.encode()
-        await self.simple(403, text, deny_response.response_headers(decision, body))
+        await self.simple(decision.status, text, deny_response.response_headers(decision, body))
 
     async def bad_request(self, err: BaseException) -> None:
         await self.ctx.audit.emit(

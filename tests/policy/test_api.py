@@ -65,7 +65,10 @@ def test_decisions_and_credentials(team: ResolvedPolicy) -> None:
 def test_dot_segments_cannot_escape_a_path_rule(team: ResolvedPolicy) -> None:
     assert team.decide_request("api.example.test", 443, "GET", "/repos/../admin").action == "deny"
     assert team.decide_request("api.example.test", 443, "GET", "/repos/%2e%2e/x").action == "deny"
-    assert team.decide_request("api.example.test", 443, "GET", "/repos/a%2Fb").action == "deny"
+    # Every reading of an encoded '/' stays under /repos/**: allowed; climbing out is not.
+    assert team.decide_request("api.example.test", 443, "GET", "/repos/a%2Fb").action == "inspect"
+    escaped = team.decide_request("api.example.test", 443, "GET", "/repos/a%2F..%2F..%2Fadmin")
+    assert (escaped.action, escaped.status) == ("deny", 400)
 
 
 @pytest.mark.parametrize(
@@ -104,9 +107,13 @@ def test_ambiguous_paths_fail_closed_both_ways(tmp_path: Path, corral_env: dict[
                     "    paths: ['/admin/**']\n  - host: x.example.test\n    action: inspect\n")
     rp = resolve([str(path)])
     assert rp.decide_request("x.example.test", 443, "GET", "/public/a").action == "inspect"
-    for sneaky in ("/x%2F..%2Fadmin", "/public//admin", "/admin#x", "/a\\..\\admin"):
+    for sneaky in ("/x%2F..%2Fadmin", "/a\\..\\admin", "/%61dmin/x", "/public/..;/admin"):
         denied = rp.decide_request("x.example.test", 443, "GET", sneaky)
         assert denied.action == "deny" and f"{path}:3" in denied.message, sneaky
+    unreadable = rp.decide_request("x.example.test", 443, "GET", "/admin#x")
+    assert (unreadable.action, unreadable.status) == ("deny", 400)
+    # Empty segments merge into '/public/admin' for every server: no reading is under /admin.
+    assert rp.decide_request("x.example.test", 443, "GET", "/public//admin").action == "inspect"
 
 
 @settings(max_examples=300, deadline=None,
