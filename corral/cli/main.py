@@ -22,7 +22,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "run" and "--help" not in args[1:2]:
+    if args and args[0] == "run":  # its own parser, its own --help
         from corral.cli.run import run_main
 
         code = run_main(args[1:])

@@ -1,10 +1,17 @@
 """``corral run``: the lean launch path (no typer, no rich, no pydantic unless a policy needs it).
 
-``corral run [-p POLICY]... [--workspace DIR] [--home DIR] [--env K=V]... [--upstream-proxy URL]
--- CMD [ARGS...]`` (the upstream proxy also comes from ``upstream_proxy`` in the config file)
+``corral run [-p POLICY]... [--workspace DIR] [--home DIR|NAME] [--env K=V]... [--upstream-proxy
+URL] CMD [ARGS...]`` (the upstream proxy also comes from ``upstream_proxy`` in the config file).
+As in ``docker run``, everything from the first positional argument on is the command
+(``corral run ls -la`` needs no ``--``); ``--`` before the command is accepted too.
 
 Bad input of any kind (a missing command, a bad policy, a missing or hidden workspace,
-conflicting flags) prints one ``corral: ...`` line and exits 125 before anything is created.
+conflicting flags, an empty value, a malformed upstream proxy) prints one ``corral: ...`` line
+naming the option and exits 125 before anything is created. ``-h``/``--help`` prints the
+options and exits 0.
+
+``--home`` never creates an arbitrary host path: a path must be an existing directory owned by
+the invoking user; a bare NAME is a home under ``homes_dir()`` (created, owned by that user).
 """
 
 from __future__ import annotations
@@ -24,54 +31,113 @@ if TYPE_CHECKING:
     from corral.runtime.proxyproc import ProxyProcess
     from corral.sandbox.spec import SandboxSpec
 
-__all__ = ["EXIT_CORRAL_FAILURE", "build_spec", "parse", "run_main"]
+__all__ = ["EXIT_CORRAL_FAILURE", "build_spec", "homes_dir", "parse", "run_main"]
 
 EXIT_CORRAL_FAILURE = 125
 _ENV_DENY = frozenset({"PATH", "HOME", "USER", "LOGNAME"})
+_USAGE = "corral run [OPTIONS] CMD [ARGS...]"
+_HOME_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _fail(message: str) -> NoReturn:
+    raise CorralError(message, exit_code=EXIT_CORRAL_FAILURE)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise CorralError(f"{message} (usage: corral run [-p POLICY]... -- CMD [ARGS...])",
-                          exit_code=EXIT_CORRAL_FAILURE)
+        _fail(f"{message} (see 'corral run --help')")
 
 
 class _Formatter(argparse.HelpFormatter):
-    """A fixed width: no help is printed (errors are one line), and argparse would otherwise
-    import ``shutil`` and ask the terminal its size on every ``add_argument``."""
+    """A fixed width: argparse would otherwise import ``shutil`` and ask the terminal its size
+    on every ``add_argument`` (help is rare; the launch path is not)."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, width=100)
 
 
 def _parser() -> _Parser:
-    p = _Parser(prog="corral run", add_help=False, formatter_class=_Formatter)
-    p.add_argument("-p", "--policy", action="append", default=[])
-    p.add_argument("--workspace")
-    p.add_argument("--home")
-    p.add_argument("--env", action="append", default=[])
-    p.add_argument("--upstream-proxy")
-    p.add_argument("cmd", nargs="*")
+    p = _Parser(prog="corral run", usage=_USAGE, add_help=False, formatter_class=_Formatter,
+                description="Run CMD inside a new sandbox. Options go before the command; "
+                "everything from CMD on is the command's own (no '--' needed). The exit status "
+                "is the command's; corral's own failures exit 125, a command that cannot run "
+                "126, not found 127, a wall or idle timeout 124.")
+    p.add_argument("-h", "--help", action="store_true", help="Show this help and exit.")
+    p.add_argument("-p", "--policy", action="append", default=[], metavar="POLICY",
+                   help="A policy file or builtin:NAME; repeat to compose. Without one the "
+                   "sandbox has no network egress at all.")
+    p.add_argument("--workspace", metavar="DIR",
+                   help="Host directory mounted writable at /workspace (default: a fresh "
+                   "directory removed after the run).")
+    p.add_argument("--home", metavar="DIR|NAME",
+                   help="The agent's home: an existing directory you own, or a NAME for a "
+                   "persistent home under ~/.local/share/corral/homes (default: ephemeral).")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="Set an environment variable inside the sandbox; repeatable.")
+    p.add_argument("--upstream-proxy", metavar="URL",
+                   help="Send all egress through this HTTP proxy, http://HOST:PORT (default: "
+                   "upstream_proxy in config.yaml).")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]",
+                   help="The command to run and its arguments.")
     return p
 
 
+def help_text() -> str:
+    return _parser().format_help()
+
+
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    if "--" in argv:
-        cut = argv.index("--")
-        opts, cmd = argv[:cut], argv[cut + 1 :]
-        ns = _parser().parse_args(opts)
-        if ns.cmd:
-            raise CorralError(f"unexpected argument {ns.cmd[0]!r} before '--'",
-                              exit_code=EXIT_CORRAL_FAILURE)
-    else:
-        ns, rest = _parser().parse_known_args(argv)
-        if rest:
-            raise CorralError(f"unknown option {rest[0]!r}", exit_code=EXIT_CORRAL_FAILURE)
-        cmd = ns.cmd
+    """Options, then the command: the first positional argument and all that follows it."""
+    ns, rest = _parser().parse_known_args(argv)
+    if rest:
+        _fail(f"unknown option {rest[0]!r} (see 'corral run --help')")
+    cmd = list(ns.cmd)
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    if ns.help:
+        return ns, cmd
+    for flag in ("policy", "workspace", "home", "env", "upstream_proxy"):
+        values = getattr(ns, flag)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and not value.strip():
+                _fail(f"--{flag.replace('_', '-')}: must not be empty")
     if not cmd:
-        raise CorralError("no command given (usage: corral run [-p POLICY]... -- CMD [ARGS...])",
-                          exit_code=EXIT_CORRAL_FAILURE)
+        _fail(f"no command given (usage: {_USAGE})")
     return ns, cmd
+
+
+def homes_dir() -> Path:
+    """Where ``--home NAME`` homes live: ``CORRAL_HOMES``, else the invoking user's
+    ``~/.local/share/corral/homes``."""
+    from corral.sandbox.workspace import invoking_user
+
+    override = os.environ.get("CORRAL_HOMES")
+    return Path(override) if override else Path(invoking_user()[2], ".local/share/corral/homes")
+
+
+def _home(value: str) -> Path:
+    """``--home``: an existing directory of the invoking user's, or a NAME under ``homes_dir``."""
+    from corral.sandbox.workspace import expand_user, invoking_user
+
+    uid, gid, _ = invoking_user()
+    if "/" not in value and value[0] not in ".~" and set(value) <= _HOME_NAME_CHARS:
+        base = homes_dir()
+        missing = [d for d in (base, *base.parents) if not d.exists()]
+        for d in reversed(missing):  # owned by the user, not root, inside their own home
+            d.mkdir(mode=0o700)
+            os.chown(d, uid, gid)
+        return base / value
+    path = expand_user(Path(value)).absolute()
+    try:
+        st = path.stat()
+    except OSError:
+        _fail(f"--home {value}: no such directory (create it, or give a bare NAME for a home "
+              f"under {homes_dir()})")
+    if not path.is_dir():
+        _fail(f"--home {value}: not a directory")
+    if st.st_uid != uid:
+        _fail(f"--home {value}: owned by uid {st.st_uid}, not by you (uid {uid})")
+    return path
 
 
 def build_spec(ns: argparse.Namespace) -> tuple[SandboxSpec, ResolvedPolicy | None]:
@@ -97,8 +163,10 @@ def build_spec(ns: argparse.Namespace) -> tuple[SandboxSpec, ResolvedPolicy | No
         rp = resolve(list(ns.policy), workspace=ns.workspace)  # --workspace overrides policies
         kwargs.update(policies=tuple(rp.names), limits=rp.limits, files=rp.files)
         policy_ws, policy_home = rp.files.workspace, rp.files.home
+    if ns.workspace and not Path(ns.workspace).is_dir():
+        _fail(f"--workspace {ns.workspace}: no such directory")
     workspace = Path(ns.workspace).absolute() if ns.workspace else policy_ws
-    home = Path(ns.home).absolute() if ns.home else policy_home
+    home = _home(ns.home) if ns.home else policy_home
     if ns.workspace and ns.home and Path(ns.workspace).resolve() == Path(ns.home).resolve():
         raise CorralError("--workspace and --home must be different directories",
                           exit_code=EXIT_CORRAL_FAILURE)
@@ -124,6 +192,13 @@ def _run_main(argv: list[str]) -> int:
     early: ProxyProcess | None = None
     try:
         ns, cmd = parse(argv)
+        if ns.help:
+            sys.stdout.write(help_text())
+            return 0
+        if ns.upstream_proxy is not None:  # bad input first, whether or not a policy needs it
+            from corral.runtime.config import upstream_proxy
+
+            upstream_proxy(ns.upstream_proxy, exit_code=EXIT_CORRAL_FAILURE)
         if ns.policy:
             from corral.runtime.proxyproc import ProxyProcess
 

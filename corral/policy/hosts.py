@@ -100,6 +100,11 @@ def normalize_pattern(raw: str) -> str:
     literal = _ip(text)
     if literal is not None:
         return literal
+    if "/" in text:  # most likely a CIDR range ('10.0.0.0/8'); say so rather than "bad label"
+        raise _HostError(
+            "CIDR ranges and paths are not supported in host: give one name, '*.domain' or one "
+            "IP address per rule (put URL paths under paths:)"
+        )
     wildcard = text.startswith("*.")
     body = text[2:] if wildcard else text
     if "*" in body:

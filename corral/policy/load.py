@@ -26,7 +26,7 @@ from corral.policy.builtin import locate
 from corral.policy.errors import PolicyError
 from corral.policy.types import CredentialBinding, Origin, Rule
 from corral.policy.units import parse_duration, parse_size
-from corral.policy.yamlsrc import Loc, parse_yaml
+from corral.policy.yamlsrc import Loc, format_loc, parse_yaml
 
 __all__ = ["LoadedPolicy", "load_policy"]
 
@@ -66,13 +66,6 @@ class LoadedPolicy:
     lists: dict[str, tuple[tuple[Any, Origin], ...]] = field(default_factory=dict)
 
 
-def _field(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(document)"
-
-
 class _Ctx:
     def __init__(self, source: str, lines: dict[Loc, int]) -> None:
         self.source, self.lines, self.problems = source, lines, list[str]()
@@ -86,7 +79,7 @@ class _Ctx:
         return Origin(self.source, self.line(loc))
 
     def error(self, loc: Loc, message: str) -> None:
-        self.problems.append(f"{self.source}:{self.line(loc)}: {_field(loc)}: {message}")
+        self.problems.append(f"{self.source}:{self.line(loc)}: {format_loc(loc)}: {message}")
 
 
 def _model_at(loc: Loc) -> type[BaseModel] | None:
@@ -260,6 +253,10 @@ def load_policy(spec: str, text: str | None = None) -> LoadedPolicy:
         line, where, message = str(err).split("|", 2)
         raise PolicyError([f"{source}:{line}: {where or '(document)'}: {message}"]) from None
     ctx = _Ctx(source, lines)
+    if data is None:
+        ctx.error((), "the policy is empty; it needs at least 'name:' (and usually 'egress:'; "
+                  "'corral policy init' writes a starter)")
+        raise PolicyError(ctx.problems)
     if not isinstance(data, dict):
         ctx.error((), "a policy is a mapping with at least 'name:' (and usually 'egress:')")
         raise PolicyError(ctx.problems)

@@ -2,7 +2,9 @@
 
 Invariants: the result holds only what ``yaml.SafeLoader`` constructs (no arbitrary tags);
 mapping keys are strings and unique (a duplicate key is an error, not a silent override);
-``lines[loc]`` is the 1-based line of the key or item at ``loc`` (``()`` is the document).
+``lines[loc]`` is the 1-based line of the key or item at ``loc`` (``()`` is the document);
+an empty or comment-only document is ``None`` with ``lines == {(): 1}``. Error locations are
+written in one style everywhere, ``egress[0].action`` (``format_loc``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,20 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Loc", "parse_yaml"]
+__all__ = ["Loc", "format_loc", "parse_yaml"]
 
 # libyaml's parser when present (~20x faster on large files), with the same safe constructor.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Loc = tuple[str | int, ...]
+
+
+def format_loc(loc: Loc) -> str:
+    """``("egress", 0, "action")`` -> ``egress[0].action``; ``()`` -> ``(document)``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(document)"
 
 
 class _Problem(Exception):
@@ -29,9 +39,11 @@ _MAX_NODES = 200_000  # far above any real policy; stops alias bombs ("billion l
 _MAX_DEPTH = 32
 
 
-def _build(loader: Any, node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> Any:
-    lines[("#nodes",)] = lines.get(("#nodes",), 0) + 1
-    if lines[("#nodes",)] > _MAX_NODES or len(loc) > _MAX_DEPTH:
+def _build(
+    loader: Any, node: yaml.Node, loc: Loc, lines: dict[Loc, int], count: list[int]
+) -> Any:
+    count[0] += 1
+    if count[0] > _MAX_NODES or len(loc) > _MAX_DEPTH:
         raise _Problem(node.start_mark.line + 1, loc, "document too large or too deeply nested "
                        "(anchors and aliases expanding?)")
     if isinstance(node, yaml.MappingNode):
@@ -44,13 +56,13 @@ def _build(loader: Any, node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> Any
             if key in out:
                 raise _Problem(line, (*loc, key), f"duplicate key {key!r}")
             lines[(*loc, key)] = line
-            out[key] = _build(loader, value_node, (*loc, key), lines)
+            out[key] = _build(loader, value_node, (*loc, key), lines, count)
         return out
     if isinstance(node, yaml.SequenceNode):
         items = []
         for index, item in enumerate(node.value):
             lines[(*loc, index)] = item.start_mark.line + 1
-            items.append(_build(loader, item, (*loc, index), lines))
+            items.append(_build(loader, item, (*loc, index), lines, count))
         return items
     return loader.construct_object(node, deep=True)
 
@@ -61,10 +73,9 @@ def parse_yaml(text: str) -> tuple[Any, dict[Loc, int]]:
     try:
         node = loader.get_single_node()
         lines: dict[Loc, int] = {(): 1}
-        data = None if node is None else _build(loader, node, (), lines)
-        del lines[("#nodes",)]
+        data = None if node is None else _build(loader, node, (), lines, [0])
     except _Problem as problem:
-        where = ".".join(map(str, problem.loc))
+        where = format_loc(problem.loc) if problem.loc else ""
         raise ValueError(f"{problem.line}|{where}|{problem.message}") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark

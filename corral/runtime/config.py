@@ -36,13 +36,20 @@ def _check_upstream(value: str) -> str:
     """Raise ``ValueError`` unless ``value`` is an ``http://HOST:PORT`` proxy URL."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(value if "://" in value else f"http://{value}")
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"must be http://HOST:PORT, got {value!r}")
+    from corral.policy.hosts import normalize_host
+
     try:
-        parts.port  # noqa: B018 - raises on a bad port
+        parts = urlsplit(value if "://" in value else f"http://{value}")
+        port = parts.port
     except ValueError:
-        raise ValueError(f"bad port in {value!r}") from None
+        raise ValueError(f"bad port or address in {value!r}") from None
+    if parts.scheme != "http" or not parts.hostname or normalize_host(parts.hostname) is None:
+        raise ValueError(f"must be http://HOST:PORT, got {value!r}")
+    if port is None or port == 0:  # no default: a proxy on port 80 is rare, a typo is not
+        raise ValueError(f"needs a port (http://HOST:PORT), got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or any(
+            c.isspace() for c in value):
+        raise ValueError(f"must be http://HOST:PORT with nothing after the port, got {value!r}")
     return value
 
 

@@ -132,6 +132,7 @@ def test_existing_repo_is_mapped_to_its_owner(env, tmp_path: Path) -> None:
 
 def test_ephemeral_workspace_removed_home_persists(env, tmp_path: Path) -> None:
     home = tmp_path / "agent-home"
+    home.mkdir()  # --home never creates a host path (only a bare NAME under the homes dir)
     first = corral(env, "run", "--home", str(home), "--", "sh", "-c",
                    "echo remembered > ~/note; echo scratch > /workspace/x; echo $HOME")
     assert first.returncode == 0, first

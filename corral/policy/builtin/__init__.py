@@ -43,6 +43,9 @@ def locate(spec: str) -> tuple[str, Path]:
             raise PolicyError([f"{spec}: no such built-in policy (see 'corral policy list')"])
         return spec, path
     path = Path(spec)
+    if path.is_dir():
+        raise PolicyError([f"{spec}: is a directory, not a policy file"])
     if not path.is_file():
-        raise PolicyError([f"{spec}: no such policy file"])
+        raise PolicyError([f"{spec}: no such policy file" if not path.exists()
+                           else f"{spec}: not a regular file"])
     return spec, path
