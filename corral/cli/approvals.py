@@ -11,6 +11,8 @@ from typing import Any
 
 import typer
 
+from corral.render import visible
+
 __all__ = ["app"]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -58,15 +60,17 @@ def list_(
     if not items:
         print("no pending approvals" if not all_ else "no approvals")
         return
+    # Tool, summary, why and arguments come from the agent: shown through visible().
     for item in items:
         line = f"{item.id}  {item.status:<8}  {item.tool:<6}  {item.summary}"
-        print(line)
-        print(f"          why: {item.why}; from {item.principal}; workspace {item.workspace}")
+        print(visible(line))
+        print(visible(f"          why: {item.why}; from {item.principal}; "
+                      f"workspace {item.workspace}"))
         if item.status == "pending":
             print(f"          expires {_when(item.expires)}")
         else:
-            print(f"          decided by {item.decided_by} at {_when(item.decided_at)}"
-                  + (f": {item.reason}" if item.reason else ""))
+            print(visible(f"          decided by {item.decided_by} at {_when(item.decided_at)}"
+                          + (f": {item.reason}" if item.reason else "")))
 
 
 @app.command("show")
@@ -75,18 +79,23 @@ def show(ident: str = typer.Argument(..., metavar="ID")) -> None:
     from corral.tools.approvals import ApprovalStore
 
     item = ApprovalStore().get(ident)
-    print(f"approval {item.id}: {item.status}")
-    print(f"tool:      {item.tool}")
-    print(f"why:       {item.why}")
-    print(f"from:      {item.principal}")
-    print(f"workspace: {item.workspace}")
-    print(f"policy:    {item.policy_digest}")
-    print(f"requested: {_when(item.created)}; expires {_when(item.expires)}")
+    lines = [
+        f"approval {item.id}: {item.status}",
+        f"tool:      {item.tool}",
+        f"why:       {item.why}",
+        f"from:      {item.principal}",
+        f"workspace: {item.workspace}",
+        f"policy:    {item.policy_digest}",
+        f"requested: {_when(item.created)}; expires {_when(item.expires)}",
+    ]
     if item.decided_by:
-        print(f"decided:   by {item.decided_by} at {_when(item.decided_at)}"
-              + (f": {item.reason}" if item.reason else ""))
-    print("arguments:")
-    print(json.dumps(item.args, indent=2, ensure_ascii=False))
+        lines.append(f"decided:   by {item.decided_by} at {_when(item.decided_at)}"
+                     + (f": {item.reason}" if item.reason else ""))
+    lines.append("arguments:")
+    # JSON escapes C0 controls itself, not DEL, C1 or bidi controls: each line through visible().
+    lines += json.dumps(item.args, indent=2, ensure_ascii=False).splitlines()
+    for line in lines:
+        print(visible(line))
 
 
 @app.command("approve")
@@ -101,7 +110,7 @@ def approve(
     with _store() as store:
         item = store.decide(ident, approve=True, reason=reason, always=always)
     scope = " (always, for this command here)" if item.always else " (once)"
-    print(f"approved {item.id}{scope}: {item.tool} {item.summary}")
+    print(visible(f"approved {item.id}{scope}: {item.tool} {item.summary}"))
 
 
 @app.command("deny")
@@ -112,4 +121,4 @@ def deny(
     """Deny one pending request."""
     with _store() as store:
         item = store.decide(ident, approve=False, reason=reason)
-    print(f"denied {item.id}: {item.tool} {item.summary}")
+    print(visible(f"denied {item.id}: {item.tool} {item.summary}"))

@@ -2,6 +2,8 @@
 
 ``list`` and ``show`` read what they can even from a damaged database (and say how many rows
 they skipped); ``verify`` is the command that judges integrity and exits 1 on any broken link.
+Hosts, paths, origins, reasons and commands are the agent's: tables and lines show them through
+``corral.render`` (never as markup, control characters as visible escapes).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from corral.audit.query import (
     prune,
 )
 from corral.errors import CorralError, UserInputError
+from corral.render import console, visible
 
 __all__ = ["app"]
 
@@ -59,8 +62,9 @@ def _db_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 def _console() -> Console:
     # Piped output is not a terminal: rich would assume 80 columns and fold every row.
+    # Every string is data (hosts, paths, origins come from the agent): corral.render.console.
     width = None if sys.stdout.isatty() else 200
-    return Console(highlight=False, soft_wrap=False, width=width)
+    return console(soft_wrap=False, width=width)
 
 
 def _when(ts_us: int) -> str:
@@ -68,6 +72,7 @@ def _when(ts_us: int) -> str:
 
 
 def _detail(ev: Event) -> str:
+    """One line of an event's fields, raw: the caller shows it through corral.render."""
     d = ev.data
     if ev.type.startswith("proxy."):
         parts = [
@@ -75,9 +80,13 @@ def _detail(ev: Event) -> str:
             f"{d.get('host', '')}{d.get('path', '')}",
             f"-> {d['status']}" if "status" in d else "",
             f"[{d.get('rule', '')}]",
+            f"({d['reason']})" if d.get("reason") else "",
         ]
         return " ".join(p for p in parts if p)
-    return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in d.items())
+    return " ".join(
+        f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
+        for k, v in d.items()
+    )
 
 
 def _table(events: list[Event]) -> Table:
@@ -169,7 +178,9 @@ def _emit_lines(events: list[Event], as_json: bool) -> None:
         if as_json:
             line = json.dumps(ev.to_dict(), sort_keys=True)
         else:
-            line = f"{ev.id:>8} {_when(ev.ts_us)} {ev.sandbox} #{ev.seq} {ev.type} {_detail(ev)}"
+            line = visible(
+                f"{ev.id:>8} {_when(ev.ts_us)} {ev.sandbox} #{ev.seq} {ev.type} {_detail(ev)}"
+            )
         sys.stdout.write(line + "\n")
     sys.stdout.flush()
 

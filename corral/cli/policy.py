@@ -12,17 +12,18 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from corral.errors import UserInputError
 from corral.policy import PolicyError, ResolvedPolicy, describe_builtins, resolve
+from corral.render import console
 
 __all__ = ["app"]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-# No markup: policy text (reasons, origins in brackets) must print verbatim. Wide when piped.
-_out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 160)
+# No markup, emoji or control characters: policy text (reasons, origins in brackets) prints
+# verbatim (corral.render). Wide when piped.
+_out = console(width=None if sys.stdout.isatty() else 160)
 
 PolicyOpt = Annotated[
     list[str] | None,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from corral.errors import CorralError
+from corral.render import console
 
 __all__ = ["app"]
 
@@ -35,7 +35,7 @@ def list_() -> None:
         state = "running" if registry.launcher_alive(e) else "leftover (run gc)"
         table.add_row(e.id, ", ".join(e.policies) or "(none)", str(e.uid), str(e.pid),
                       _age(now - e.created), state)
-    Console().print(table)
+    console().print(table)  # policy paths may hold "[...]": never markup
 
 
 @app.command("gc")
