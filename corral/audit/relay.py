@@ -40,6 +40,7 @@ PROXY_EVENTS = frozenset(
         EventType.PROXY_INSPECT,
         EventType.CREDENTIAL_INJECT,
         EventType.DNS_QUERY,
+        EventType.SANDBOX_LIMIT,  # the proxy's connection and buffer caps refusing
         EventType.ERROR,
     }
 )

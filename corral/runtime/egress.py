@@ -17,6 +17,9 @@ Invariants:
   at teardown or by ``corral sandbox gc``.
 - The secrets never enter the sandbox, only placeholders do; the CA key stays in the proxy.
 - A dead proxy means no egress: the netns rules redirect web traffic to its port, reject the rest.
+- The proxy child is in the sandbox's cgroup before it serves (its memory, pids and CPU count
+  towards the sandbox's limits) and serves with caps derived from the sandbox's memory limit
+  (``proxy_caps``): a hostile agent cannot make it grow past them.
 """
 
 from __future__ import annotations
@@ -35,13 +38,48 @@ if TYPE_CHECKING:
     from corral.tools.provision import Opened
 
 __all__ = ["BUNDLE", "DNS_PORT", "PROXY_PORT", "Egress", "EgressHooks", "listeners",
-           "proxied_opener"]
+           "proxied_opener", "proxy_caps"]
 
 PROXY_PORT = 15001  # inside the sandbox's private netns: no clash with the host or other sandboxes
 DNS_PORT = 15053
 BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 ProxyAudit = Callable[[str], Any]  # sandbox id -> the sink its proxy events go to (or None)
+
+
+CAP_ENV = {"connections": "CORRAL_PROXY_MAX_CONNECTIONS", "buffered": "CORRAL_PROXY_MAX_BUFFERED"}
+_CONN_BUDGET = 128 * 1024  # per connection: a request head (64 KiB) and the objects around it
+_DEFAULT_MEMORY = 4 * 1024**3  # for caps when the sandbox has no memory limit
+
+
+def proxy_caps(memory: int | None) -> dict[str, int]:
+    """The proxy's caps for a sandbox limited to ``memory`` bytes: an eighth of it for client
+    connections (``_CONN_BUDGET`` each, 32 to 4096) and an eighth for buffered client bytes
+    (at least 8 MiB), so a proxy at both caps holds about a quarter of the sandbox's limit
+    (512 MiB: 512 connections, 64 MiB). ``CORRAL_PROXY_MAX_CONNECTIONS`` and
+    ``CORRAL_PROXY_MAX_BUFFERED`` (a size: ``256MiB``) in the launcher's environment override."""
+    import os
+
+    from corral.policy.units import parse_size
+
+    share = (memory or _DEFAULT_MEMORY) // 8
+    caps = {"connections": min(4096, max(32, share // _CONN_BUDGET)),
+            "buffered": max(8 * 1024**2, share)}
+    for key, env in CAP_ENV.items():
+        raw = os.environ.get(env)
+        if raw:
+            try:
+                value = int(raw) if key == "connections" else parse_size(raw)
+            except ValueError:
+                value = None
+            if not value or value <= 0:
+                from corral.errors import CorralError
+
+                raise CorralError(f"{env}={raw!r}: expected a positive "
+                                  f"{'number' if key == 'connections' else 'size (64MiB)'}",
+                                  exit_code=125)
+            caps[key] = value
+    return caps
 
 
 def listeners() -> list[socket.socket]:
@@ -137,7 +175,8 @@ class Egress:
         socks: list[socket.socket] = []
         try:
             socks = sb.run_in_netns(listeners)
-            self.proc.start(socks[:1], socks[1:], run_as=(uid, uid), audit=audit, wait=wait)
+            self.proc.start(socks[:1], socks[1:], run_as=(uid, uid), audit=audit, wait=wait,
+                            adopt=sb.adopt, caps=proxy_caps(sb.spec.limits.memory))
             if not wait:
                 threading.Thread(target=self._watch, args=(sb,), daemon=True,
                                  name="corral-proxy-watch").start()

@@ -26,6 +26,10 @@ Invariants:
 - The child exits when the launcher goes away (its control or lifeline socket reaches EOF),
   so a proxy never outlives its launcher; a dead proxy means no egress.
 - The child keeps no other inherited descriptor.
+- Before the child is handed its listeners it is moved into the sandbox's cgroup (``start``'s
+  ``adopt``): the memory, pids and CPU it spends on the sandbox's clients count towards the
+  sandbox's limits, whoever forked it (the zygote's children start in the launcher's group).
+  Its connection and buffer caps come in the same message, before it serves.
 """
 
 from __future__ import annotations
@@ -190,9 +194,14 @@ class ProxyProcess:
         return self._pem
 
     def start(self, listen: list[socket.socket], dns: list[socket.socket],
-              run_as: tuple[int, int], audit: Any = None, *, wait: bool = True) -> Any:
+              run_as: tuple[int, int], audit: Any = None, *, wait: bool = True,
+              adopt: Callable[[int], None] | None = None,
+              caps: Mapping[str, int] | None = None) -> Any:
         """Hand the listeners to the child; returns (``self``) once the proxy serves
-        (``wait=False``: at once; call ``wait_ready`` later)."""
+        (``wait=False``: at once; call ``wait_ready`` later). ``adopt(pid)`` moves the child
+        into the sandbox's cgroup before it gets a listener (so everything it allocates for
+        the sandbox's clients is charged to the sandbox); ``caps``: ``connections`` and
+        ``buffered`` for ``corral.proxy.server.configure``."""
         from corral.audit.relay import PROXY_EVENTS, AuditRelay  # not the proxy: ~100 ms
 
         self._settle()
@@ -200,10 +209,12 @@ class ProxyProcess:
         if len(socks) > _MAX_FDS:
             raise ValueError("too many listeners")
         msg = json.dumps({"uid": run_as[0], "gid": run_as[1], "listen": len(listen),
-                          "audit": audit is not None}).encode()
+                          "audit": audit is not None, "caps": dict(caps or {})}).encode()
         try:
+            if adopt is not None:
+                adopt(self.pid)  # still root, waiting for this message: nothing served yet
             socket.send_fds(self._ctl, [_LEN.pack(len(msg)) + msg], [s.fileno() for s in socks])
-        except OSError as err:
+        except (OSError, CorralError) as err:
             self.kill()
             raise CorralError(f"the egress proxy failed to start: {err}") from None
         # the one relay: bound to this sandbox's trail and to the proxy's event types
@@ -364,6 +375,10 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any, *,
     listen, dns = socks[: cfg["listen"]], socks[cfg["listen"]:]
     if cfg["audit"]:
         service.audit = _RelayMarker()  # events go through the relay on ``life``
+    if cfg.get("caps"):
+        from corral.proxy.server import configure
+
+        configure(**cfg["caps"])
     # serve_child writes b"1" on ``ready_w`` once serving: here, straight to the launcher
     service.serve_child(listen, dns, life, os.dup(ctl.fileno()),
                         (int(cfg["uid"]), int(cfg["gid"])))

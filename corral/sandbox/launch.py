@@ -369,6 +369,13 @@ class Sandbox:
             return None
         return int(children[0]) if children else None
 
+    def adopt(self, pid: int) -> None:
+        """Move a helper of this sandbox (its proxy) into the sandbox's cgroup, so what it
+        spends on the sandbox counts towards the sandbox's limits."""
+        if self._cgroup is None:
+            raise RuntimeError("sandbox has no cgroup (closed?)")
+        self._cgroup.attach(pid)
+
     def cpu_usage_ns(self) -> int:
         return int(self._cgroup.cpu_usage_ns()) if self._cgroup is not None else 0
 

@@ -65,3 +65,118 @@ def test_min_free_setting_malformed_fails_closed(bad: str) -> None:
     with pytest.raises(CorralError) as err:
         floors(bad)
     assert err.value.exit_code == 125
+
+
+# -- the proxy: its cgroup and its connection cap ---------------------------------------------
+
+HALF_HEADS = r"""
+import resource, socket, sys
+n = int(sys.argv[1])
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+head = b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\nX-Pad: " + b"a" * 61440
+print("up", flush=True)
+sys.stdin.readline()
+socks, failed = [], 0
+for _ in range(n):
+    try:
+        s = socket.create_connection(("127.0.0.1", 15001), timeout=2)
+        s.sendall(head)  # never the blank line that ends the head
+        socks.append(s)
+    except OSError:
+        failed += 1
+print("opened", len(socks), "failed", failed, flush=True)
+sys.stdin.readline()
+"""
+
+
+def _events(state: str, type_: str) -> list[dict[str, object]]:
+    from corral.audit.query import iter_events, open_read
+
+    con = open_read(Path(state) / "audit.db")
+    try:
+        return [e.data for e in iter_events(con, types=[type_])]
+    finally:
+        con.close()
+
+
+def _proxy_pid(state: str, timeout: float = 10.0) -> tuple[int, dict[str, object]]:
+    import json
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = list((Path(state) / "sandboxes").glob("*.json"))
+        if entries:
+            entry = json.loads(entries[0].read_text())
+            for helper in entry["helper_uids"]:
+                for name in os.listdir("/proc"):
+                    if name.isdigit():
+                        try:
+                            if os.stat(f"/proc/{name}").st_uid == helper:
+                                return int(name), entry
+                        except OSError:
+                            continue
+        assert time.monotonic() < deadline, "no proxy process found"
+        time.sleep(0.05)
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_half_sent_heads_cannot_grow_the_proxy(privileged: dict[str, str],
+                                                tmp_path: Path) -> None:
+    """3000 connections each holding 60 KiB of an unfinished request head, in a sandbox
+    limited to 256 MiB (so 256 proxy connections): the proxy serves at most its cap, its
+    memory stays bounded, the refusals are audited once per burst, not once per connection,
+    and the proxy is in the sandbox's cgroup (so its memory counts towards the sandbox's)."""
+    import os
+    import sys
+    import time
+
+    from corral.runtime.egress import proxy_caps
+
+    state = privileged["CORRAL_HOME"]
+    policy = tmp_path / "p.yaml"
+    policy.write_text("name: p\nlimits: {memory: 256MiB}\n"
+                      "egress:\n  - host: example.test\n    action: deny\n")
+    cap = proxy_caps(256 * 1024**2)["connections"]
+    assert cap == 256
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "run", "-p", str(policy), "--", "/usr/bin/python3",
+         "-c", HALF_HEADS, "3000"], env={**os.environ, **privileged},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "up\n"
+        pid, entry = _proxy_pid(state)
+        time.sleep(0.5)  # serving
+        before = _rss(pid)
+        groups = Path(f"/proc/{pid}/cgroup").read_text()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        opened = proc.stdout.readline()
+        assert opened.startswith("opened"), opened
+        time.sleep(1.0)  # what was sent is read by now
+        grown = _rss(pid) - before
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    memory_line = next(ln for ln in groups.splitlines() if ln.split(":")[1] in ("memory", ""))
+    assert memory_line.endswith(f"/{entry['cgroup']}"), groups
+    # the cap's worth of 60 KiB heads and connections, with room for the allocator: 3000
+    # connections grew it by ~200 MiB before the cap
+    assert grown < 48 * 1024**2, f"the proxy grew by {grown >> 20} MiB"
+    limits = [e for e in _events(state, "sandbox.limit") if e["limit"] == "proxy.connections"]
+    assert 1 <= len(limits) <= 3, limits  # one per burst of refusals
+    assert limits[0]["value"] == str(cap)
