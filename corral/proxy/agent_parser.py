@@ -24,8 +24,9 @@ How a message is read:
 
 Stricter than h11 (on purpose, or llhttp's own rules): bare LF line endings, HTTP versions
 other than 1.0 and 1.1, methods llhttp does not know (it knows the IANA registry's: WebDAV,
-PATCH, PURGE, QUERY, ...), control bytes other than tab (DEL included) in header values, a
-repeated Content-Length even with equal values.
+PATCH, PURGE, QUERY, ...), request targets llhttp's URL parser refuses (a host with characters
+no host has, a target in none of RFC 9112's four forms), control bytes other than tab (DEL
+included) in header values, a repeated Content-Length even with equal values (``5, 5``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import h11
+import httptools
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -116,7 +117,8 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
 def _documented_stricter(pieces: list[bytes]) -> bool:
     """Whether a request h11 accepts falls in the set agent_parser documents refusing:
     bare LF line endings, HTTP versions other than 1.0 and 1.1, methods llhttp does not know,
-    control bytes other than tab in header values, a repeated Content-Length."""
+    a target llhttp's URL parser refuses, control bytes other than tab in header
+    values, a repeated Content-Length."""
     data = b"".join(pieces)
     end = data.find(b"\r\n\r\n")
     head = data if end < 0 else data[: end + 2]
@@ -128,9 +130,16 @@ def _documented_stricter(pieces: list[bytes]) -> bool:
         return True
     if parts[0] not in _KNOWN_METHODS:
         return True  # llhttp's registry differs from h11's "any token"
-    if any((b < 0x20 and b != 0x09) or b == 0x7F for b in fields):
-        return True
-    return len(_CONTENT_LENGTH.findall(b"\r\n" + fields)) > 1
+    if parts[0] != b"CONNECT":
+        try:
+            httptools.parse_url(parts[1])
+        except httptools.HttpParserInvalidURLError:
+            return True  # llhttp's URL parser refuses the target
+    for field in fields.split(b"\r\n"):
+        if any((b < 0x20 and b != 0x09) or b == 0x7F for b in field):
+            return True
+    lengths = [f for f in fields.split(b"\r\n") if _CONTENT_LENGTH.match(b"\r\n" + f)]
+    return len(lengths) > 1 or any(b"," in f for f in lengths)  # "5, 5" repeats it too
 
 
 def _check(pieces: list[bytes]) -> None:
