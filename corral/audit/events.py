@@ -91,6 +91,7 @@ _PROXY: _Spec = {
     "reason": (_S, False),
     "mode": (_S, False),  # direct | inspect | transparent | connect
     "client": (_S, False),
+    "protocol": (_S, False),  # an Upgrade request's protocol (websocket, or what was refused)
 }
 
 SCHEMAS: dict[str, _Spec] = {

@@ -7,6 +7,8 @@ Invariants:
   ``credential.inject`` before the request leaves).
 - An AWS request is re-signed for the decided target; its body is buffered (bounded by
   ``sigv4.MAX_BUFFERED_BODY``) only when the signature needs the body's hash.
+- An upgrade request arrives here only as a WebSocket handshake ``http1`` checked
+  (``upgrade.offer``); its 101 is checked against it in ``respond``.
 - Ordinary exchanges go to an llhttp upstream (``upstream_http``); HEAD, Upgrade, Expect and
   re-signed AWS requests go to an h11 upstream, which validates re-signed headers in full.
 - Bodies stream chunk by chunk, re-framed by the upstream writer, never copied raw.
@@ -25,6 +27,7 @@ from corral.proxy.agent_parser import Request
 from corral.proxy.headers import request_headers
 from corral.proxy.request_head import BadRequest, Target
 from corral.proxy.respond import relay_fast_response, relay_response
+from corral.proxy.upgrade import Offer
 from corral.proxy.upstream_pool import Upstreams
 
 __all__ = ["forward", "read_body"]
@@ -52,12 +55,16 @@ async def forward(
     target: Target,
     fields: dict[str, Any],
     started: float,
+    offer: Offer | None = None,
 ) -> bool:
-    """Carry an allowed request and its response; True if the agent connection may go on."""
+    """Carry an allowed request and its response; True if the agent connection may go on.
+    ``offer`` is the WebSocket handshake ``http1`` checked, if the request asks to upgrade."""
     ctx = agent.ctx
     method = fields["method"]
     host, port, tls, origin = target
-    headers, upgrade, expect = request_headers(req.headers, target.authority.encode())
+    headers, asks_upgrade, expect = request_headers(req.headers, target.authority.encode())
+    # A 101 is accepted only against the handshake http1 checked (fail closed without one).
+    upgrade = offer if asks_upgrade else None
     binding = decide.binding_for(ctx.policy, decision) if decision.credential else None
     plan = inject.plan(decision, binding, ctx.secrets, method=method, tls=tls)
     buffered: list[bytes] | None = None
@@ -83,7 +90,7 @@ async def forward(
         await agent.client.drain()  # the agent waits for it before sending its body
     if (
         req.method not in (b"HEAD", b"CONNECT")
-        and not upgrade
+        and not asks_upgrade
         and (plan is None or plan.binding.kind == "header")
         and not (expect if plan is None else any(n == b"expect" for n, _ in headers))
     ):

@@ -13,7 +13,9 @@ loop; the parts live beside it:
 - ``upstream_pool``, ``upstream_h11``, ``upstream_http``: the upstream connections.
 
 Invariants:
-- Every request is decided in full (host, port, method, path) before anything is sent upstream;
+- Every request is decided in full (host, port, method, path) before anything is sent upstream,
+  under its own method and every method an override header names (``override``); an upgrade
+  request goes on only as a checked WebSocket handshake (``upgrade``);
   a deny is audited before the 403 is written, an allowed request before the response head is
   relayed (status and declared length; the body then streams). Any exception in deciding denies.
 - Requests the agent parser rejects (everything h11 rejected, and the smuggling shapes h11
@@ -34,7 +36,7 @@ import time
 from typing import Any
 
 from corral.policy.types import Decision
-from corral.proxy import decide, deny, inject, sigv4
+from corral.proxy import decide, deny, inject, override, sigv4, upgrade
 from corral.proxy.agent import AgentConnection
 from corral.proxy.agent_parser import Request
 from corral.proxy.context import ProxyContext
@@ -112,11 +114,36 @@ class Session(AgentConnection):
         host, port, path = target.host, target.port, target.path
         fields: dict[str, Any] = {"method": method, "host": host, "port": port, "path": path}
         decision = decide.request(self.ctx.policy, host, port, method, path)
+        offer = None
+        if decision.action != "deny":
+            # One pass over the names; the slow checks run only for a request that asks to
+            # upgrade or may carry a method override.
+            flagged = False
+            for name, _ in headers:
+                if name == b"upgrade" or name == b"http2-settings" or b"method" in name:
+                    flagged = True
+                    break
+            if flagged:
+                try:
+                    decision = override.decide_overrides(
+                        self.ctx.policy, host, port, method, path, headers, decision
+                    )
+                    if decision.action != "deny" and upgrade.asks_upgrade(headers):
+                        offer = upgrade.offer(req.method, req.http_version, headers)
+                        fields["protocol"] = "websocket"
+                except BadRequest as err:
+                    await self.bad_request(err)
+                    return False
+                except upgrade.Refused as err:
+                    fields["protocol"] = err.protocol
+                    decision = deny.refusal(decision, err.reason)
         if decision.action == "deny":
             await self.deny(decision, f"{method} {target.authority}{path}", fields)
             return False
         try:
-            return await forward(self, self.upstreams, req, decision, target, fields, started)
+            return await forward(
+                self, self.upstreams, req, decision, target, fields, started, offer
+            )
         except (Refused, sigv4.SigV4Error, inject.InjectionError) as err:
             await self.deny(deny.refusal(decision, str(err)), f"{method} {host}", fields)
             return False

@@ -9,8 +9,10 @@ Invariants:
   Anything either parser refuses is an upstream error (502).
 - Interim responses: 100 is never relayed (the proxy answered Expect itself); others are
   relayed on the h11 path and dropped on the llhttp path (it never sends Expect).
-- A 101 is relayed only when the agent asked to upgrade; the connection then becomes a byte
-  pipe (audited first) and leaves the pool for good.
+- A 101 is relayed only as the answer to a checked WebSocket handshake that it completes
+  (``upgrade.check_switch``: Upgrade, Connection, Sec-WebSocket-Accept); the connection then
+  becomes a byte pipe (audited first, with the protocol) and leaves the pool for good. Any
+  other 101 (unasked, another protocol, a wrong accept) is a 502 and the connection ends.
 - An upstream connection goes back to its pool only after a complete exchange its parser says
   may be reused; otherwise it is closed and forgotten.
 - A response body streams to the agent as it arrives (drained before every upstream read).
@@ -29,6 +31,7 @@ from corral.policy.types import Decision
 from corral.proxy.agent import AgentConnection
 from corral.proxy.headers import any_control_bytes, forward_headers
 from corral.proxy.tunnel import pipe
+from corral.proxy.upgrade import Offer, check_switch
 from corral.proxy.upstream import UpstreamError
 from corral.proxy.upstream_h11 import H11Upstream
 from corral.proxy.upstream_http import FastUpstream
@@ -37,6 +40,7 @@ from corral.proxy.upstream_pool import Pooled, UpstreamPool, Upstreams
 __all__ = ["allow_kind", "relay_fast_response", "relay_response"]
 
 U = TypeVar("U", bound=Pooled)
+UNASKED_101 = "upstream switched protocols though the agent did not ask to (101 refused)"
 
 
 def allow_kind(decision: Decision) -> str:
@@ -93,6 +97,8 @@ async def relay_fast_response(
         if item[0] == "head":
             status = item[1]
             if status < 200:
+                if status == 101:  # no upgrade was asked for on this path
+                    raise UpstreamError(502, UNASKED_101)
                 continue  # interim responses (no Expect on this path): nothing to relay
             headers = forward_headers(item[2], False)
             if any(n == b"transfer-encoding" for n, _ in headers):
@@ -116,7 +122,7 @@ async def relay_response(
     decision: Decision,
     fields: dict[str, Any],
     started: float,
-    upgrade: bool,
+    upgrade: Offer | None,
 ) -> bool:
     """Relay a response h11 parses; True if the agent connection may carry another request."""
     status = 0
@@ -126,7 +132,12 @@ async def relay_response(
         except h11.RemoteProtocolError as err:
             raise UpstreamError(502, f"upstream sent an invalid response: {err}") from None
         if isinstance(event, h11.InformationalResponse):
-            if event.status_code == 101 and upgrade:
+            if event.status_code == 101:
+                if upgrade is None:
+                    raise UpstreamError(502, UNASKED_101)
+                why = check_switch(upgrade, event.headers)
+                if why is not None:
+                    raise UpstreamError(502, f"upgrade refused: {why}")
                 return await _switch(agent, upstreams, up, event, decision, fields)
             if event.status_code != 100:
                 agent.response.informational(

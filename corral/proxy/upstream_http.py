@@ -127,6 +127,11 @@ class FastUpstream:
                 raise UpstreamError(502, "upstream closed the connection mid-response")
             try:
                 self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                # llhttp stops at a 101; this path never asks to upgrade (respond.py).
+                raise UpstreamError(
+                    502, "upstream switched protocols though the agent did not ask to"
+                ) from None
             except httptools.HttpParserError as err:
                 if not self._ended:
                     raise UpstreamError(502, f"upstream sent an invalid response: {err}") from None

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import glob as globmod
+import http.client
 import json
 import os
 import signal
+import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -32,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 Req = dict[str, Any]
 Res = dict[str, Any]
@@ -269,6 +273,69 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+class TunnelRefused(OSError):
+    """The proxy answered the CONNECT with something other than 200: its whole response."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str], body: bytes) -> None:
+        super().__init__(f"the proxy refused the tunnel: {status} {reason}")
+        self.status, self.reason, self.headers, self.body = status, reason, headers, body
+
+
+class _TunnelConnection(http.client.HTTPSConnection):
+    """HTTPS through the proxy with a CONNECT of our own. http.client's tunnel raises
+    "Tunnel connection failed: 403" and drops the refusal's body, which is where the proxy
+    says which rule denied the connection and what to change: the agent needs that text."""
+
+    def __init__(self, host: str, *, proxy: tuple[str, int], **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self._proxy = proxy
+        self._tls = ssl.create_default_context()  # SSL_CERT_FILE: the sandbox CA
+
+    def connect(self) -> None:
+        sock = socket.create_connection(self._proxy, self.timeout)
+        try:
+            name = f"[{self.host}]" if ":" in self.host else self.host
+            target = f"{name}:{self.port}".encode("idna")
+            sock.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target))
+            head = http.client.HTTPResponse(sock, method="CONNECT")
+            head.begin()
+            if head.status != 200:
+                body = head.read(262145) if head.length is not None else b""
+                raise TunnelRefused(head.status, head.reason, dict(head.headers.items()), body)
+            # A 200 to CONNECT has no body and the proxy sends nothing before the ClientHello,
+            # so the response's reader holds no bytes that belong to TLS.
+            self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+class _TunnelHandler(urllib.request.HTTPSHandler):
+    def __init__(self, proxy: tuple[str, int]) -> None:
+        super().__init__()
+        self._proxy = proxy
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        proxy = self._proxy
+
+        def connection(host: str, /, **kwargs: Any) -> http.client.HTTPConnection:
+            return _TunnelConnection(host, proxy=proxy, **kwargs)
+
+        return self.do_open(connection, req)
+
+
+def _opener(url: str) -> urllib.request.OpenerDirector:
+    proxies = urllib.request.getproxies()
+    https = proxies.get("https")
+    host = urlsplit(url).hostname or ""
+    if not https or not url.startswith("https://") or urllib.request.proxy_bypass(host):
+        return urllib.request.build_opener(urllib.request.ProxyHandler())
+    parts = urlsplit(https if "://" in https else "http://" + https)
+    rest = {k: v for k, v in proxies.items() if k != "https"}
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler(rest), _TunnelHandler((parts.hostname or "", parts.port or 80)))
+
+
 def op_fetch(req: Req) -> Res:
     url = req["url"]
     if not url.startswith(("http://", "https://")):
@@ -278,16 +345,22 @@ def op_fetch(req: Req) -> Res:
     request = urllib.request.Request(
         url, method=req.get("method") or "GET", headers=req.get("headers") or {},
         data=body.encode("utf-8") if isinstance(body, str) else None)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler())
     try:
-        resp = opener.open(request, timeout=float(req.get("timeout") or 30))
+        resp = _opener(url).open(request, timeout=float(req.get("timeout") or 30))
         status, reason, headers = resp.status, resp.reason, dict(resp.headers.items())
         data = resp.read(limit + 1)
     except urllib.error.HTTPError as err:
         status, reason, headers = err.code, err.reason, dict(err.headers.items())
         data = err.read(limit + 1)
-    except (urllib.error.URLError, OSError) as err:
-        raise ToolError(f"fetch {url}: {getattr(err, 'reason', err)}", "network") from None
+    except urllib.error.URLError as err:
+        if not isinstance(err.reason, TunnelRefused):
+            raise ToolError(f"fetch {url}: {err.reason}", "network") from None
+        # The proxy's refusal is the answer, as for a plain-HTTP request it denies.
+        refused = err.reason
+        status, reason, headers = refused.status, refused.reason, refused.headers
+        data = refused.body
+    except OSError as err:
+        raise ToolError(f"fetch {url}: {err}", "network") from None
     text, cut = cap(data, limit)
     return {"status": status, "reason": str(reason), "headers": headers, "body": text,
             "truncated": cut}

@@ -18,6 +18,7 @@ import mcp_types as types
 import pytest
 from conftest import require_root
 from mcp.client import Client
+from tlsutil import make_ca, server_context
 
 from corral.mcp import Principals, build_server
 from corral.policy import resolve
@@ -55,13 +56,39 @@ def upstream() -> Iterator[int]:
 
 
 @pytest.fixture
-def principals(upstream: int, tmp_path: Path, corral_env: dict[str, str]) -> Iterator[Principals]:
+def tls_upstream(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """An HTTPS server on loopback for allowed.test: (port, its CA file)."""
+    ca, cert, key = make_ca(tmp_path, ["allowed.test"])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"tls upstream says hi")
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.socket = server_context(cert, key).wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1], ca
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def principals(upstream: int, tls_upstream: tuple[int, Path], tmp_path: Path,
+               corral_env: dict[str, str]) -> Iterator[Principals]:
     require_root()
     policy = tmp_path / "egress.yaml"
+    tls_port, tls_ca = tls_upstream
     policy.write_text(
         "name: egress-test\nexec:\n  mode: allow\negress:\n"
         f"  - host: allowed.test\n    ports: [{upstream}]\n    action: inspect\n"
         "    allow_private: true\n"
+        f"  - host: allowed.test\n    ports: [{tls_port}]\n    action: inspect\n"
+        f"    allow_private: true\n    tls_ca: {tls_ca}\n"
         f"  - host: blocked.test\n    action: deny\n    reason: not for agents\n")
     rp = resolve([str(policy)], use_cache=False)
     ws = tmp_path / "ws"
@@ -100,6 +127,22 @@ async def test_fetch_and_curl_follow_the_egress_policy(principals: Principals,
                        f"curl -sS -m 10 http://other.test:{upstream}/"}))
         assert res["stdout"].startswith("upstream says hi allowed.test")
         assert "default deny" in res["stdout"]
+
+
+async def test_a_denied_https_fetch_names_the_rule(principals: Principals,
+                                                   tls_upstream: tuple[int, Path]) -> None:
+    """A refused CONNECT's 403 body (which rule, what to change) reaches the agent, as for
+    plain HTTP: urllib's own tunnel reports only "Tunnel connection failed: 403"."""
+    async with Client(build_server(principals)) as client:
+        ok = _data(await client.call_tool(
+            "fetch", {"url": f"https://allowed.test:{tls_upstream[0]}/"}))
+        assert ok["status"] == 200 and ok["body"] == "tls upstream says hi"
+        blocked = _data(await client.call_tool("fetch", {"url": "https://blocked.test/x"}))
+        assert blocked["status"] == 403, blocked
+        assert "not for agents" in blocked["body"] and "egress.yaml:" in blocked["body"]
+        denied = _data(await client.call_tool("fetch", {"url": "https://other.test/"}))
+        assert denied["status"] == 403 and "default deny" in denied["body"], denied
+        assert "Tunnel connection failed" not in str(denied)
 
 
 def test_idle_recycle_with_the_real_sandbox(tmp_path: Path, corral_env: dict[str, str]) -> None:

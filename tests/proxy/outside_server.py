@@ -57,6 +57,14 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(101)
             self.send_header("Upgrade", "websocket")
             self.send_header("Connection", "Upgrade")
+            import base64
+            import hashlib
+
+            # RFC 6455's accept value: the proxy refuses a 101 without the right one.
+            key = self.headers.get("Sec-WebSocket-Key", "").encode()
+            guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+            accept = base64.b64encode(hashlib.sha1(key + guid).digest()).decode()
+            self.send_header("Sec-WebSocket-Accept", accept)
             self.end_headers()
             self.wfile.flush()
             while line := self.rfile.readline():
