@@ -30,6 +30,7 @@ run: setup
 lint: setup
 	$(VENV)/bin/ruff check corral tests bench
 	$(VENV)/bin/mypy corral/
+	$(VENV)/bin/lint-imports .importlinter
 
 test: lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
