@@ -94,7 +94,10 @@ def parse_time(text: str, *, what: str = "--since") -> int:
     text = text.strip()
     m = _REL.fullmatch(text)
     if m:
-        return int((time.time() - int(m.group(1)) * _UNIT[m.group(2)]) * 1e6)
+        ago = int(m.group(1)) * _UNIT[m.group(2)]
+        if ago > time.time():  # before 1970: beyond any trail, and past SQLite's integers
+            raise UserInputError(f"{what} {text!r}: goes back before 1970; use a smaller duration")
+        return int((time.time() - ago) * 1e6)
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from corral.cli.checks import approval_id
 from corral.render import visible
 
 __all__ = ["app"]
@@ -74,7 +75,7 @@ def list_(
 
 
 @app.command("show")
-def show(ident: str = typer.Argument(..., metavar="ID")) -> None:
+def show(ident: str = typer.Argument(..., metavar="ID", callback=approval_id)) -> None:
     """Show one request in full: the exact arguments that would run (e.g. a write's content)."""
     from corral.tools.approvals import ApprovalStore
 
@@ -100,7 +101,7 @@ def show(ident: str = typer.Argument(..., metavar="ID")) -> None:
 
 @app.command("approve")
 def approve(
-    ident: str = typer.Argument(..., metavar="ID"),
+    ident: str = typer.Argument(..., metavar="ID", callback=approval_id),
     reason: str | None = typer.Option(None, "--reason", help="Why; recorded in the audit trail."),
     always: bool = typer.Option(
         False, "--always", help="Always allow this command in this workspace under this policy."
@@ -115,7 +116,7 @@ def approve(
 
 @app.command("deny")
 def deny(
-    ident: str = typer.Argument(..., metavar="ID"),
+    ident: str = typer.Argument(..., metavar="ID", callback=approval_id),
     reason: str | None = typer.Option(None, "--reason", help="Why; shown to the agent."),
 ) -> None:
     """Deny one pending request."""

@@ -32,6 +32,8 @@ from corral.audit.query import (
     parse_time,
     prune,
 )
+from corral.cli import checks
+from corral.cli.output import emit_json, plain
 from corral.errors import CorralError, UserInputError
 from corral.render import console, visible
 
@@ -42,7 +44,14 @@ R = TypeVar("R")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-DbOpt = Annotated[Path | None, typer.Option("--db", help="Audit database (default: state dir)")]
+DbOpt = Annotated[Path | None, typer.Option("--db", help="Audit database (default: state dir)",
+                                            callback=checks.db_path)]
+SandboxOpt = Annotated[str | None, typer.Option("--sandbox", "-s", help="Only this sandbox",
+                                                callback=checks.sandbox_id)]
+TypeOpt = Annotated[list[str] | None, typer.Option(
+    "--type", "-t", help="Event type, e.g. proxy.deny or proxy.*", callback=checks.event_types)]
+SinceOpt = Annotated[str | None, typer.Option(help="e.g. 1h, 30m, 7d or an ISO date",
+                                              callback=checks.when)]
 
 
 def _db_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -111,14 +120,9 @@ def _skipped(stats: ReadStats) -> None:
 @app.command("list")
 @_db_errors
 def list_(
-    sandbox: Annotated[
-        str | None, typer.Option("--sandbox", "-s", help="Only this sandbox")
-    ] = None,
-    since: Annotated[str | None, typer.Option(help="e.g. 1h, 30m, 7d or an ISO date")] = None,
-    type_: Annotated[
-        list[str] | None,
-        typer.Option("--type", "-t", help="Event type, e.g. proxy.deny or proxy.*"),
-    ] = None,
+    sandbox: SandboxOpt = None,
+    since: SinceOpt = None,
+    type_: TypeOpt = None,
     limit: Annotated[int, typer.Option(help="Show at most the last N events (0: all)")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
     db: DbOpt = None,
@@ -132,7 +136,7 @@ def list_(
         for ev in events:
             sys.stdout.write(json.dumps(ev.to_dict(), sort_keys=True) + "\n")
     elif events:
-        _console().print(_table(events))
+        _console().print(plain(_table(events)))
     else:
         print("no matching events")
     _skipped(stats)
@@ -144,11 +148,12 @@ def tail(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events")
     ] = False,
-    sandbox: Annotated[str | None, typer.Option("--sandbox", "-s")] = None,
-    type_: Annotated[list[str] | None, typer.Option("--type", "-t")] = None,
+    sandbox: SandboxOpt = None,
+    type_: TypeOpt = None,
     lines: Annotated[int, typer.Option("-n", help="Start with the last N events")] = 10,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    interval: Annotated[float, typer.Option(help="Poll interval in seconds")] = 0.2,
+    interval: Annotated[float, typer.Option(help="Poll interval in seconds", min=0.01,
+                                            max=3600)] = 0.2,
     db: DbOpt = None,
 ) -> None:
     """Print the latest events; with -f, follow new ones as they are committed."""
@@ -188,7 +193,8 @@ def _emit_lines(events: list[Event], as_json: bool) -> None:
 @app.command()
 @_db_errors
 def show(
-    ident: Annotated[str, typer.Argument(metavar="ID", help="A sandbox id (or an event id)")],
+    ident: Annotated[str, typer.Argument(metavar="ID", help="A sandbox id (or an event id)",
+                                         callback=checks.audit_ident)],
     as_json: Annotated[bool, typer.Option("--json")] = False,
     db: DbOpt = None,
 ) -> None:
@@ -229,7 +235,7 @@ def show(
         f"{chain[2]} events; {state}" + ("; events pruned" if chain[6] else "")
     )
     if events:
-        console.print(_table(events))
+        console.print(plain(_table(events)))
     _skipped(stats)
 
 
@@ -238,15 +244,23 @@ def show(
 def verify(
     head_: Annotated[
         str | None,
-        typer.Option("--head", help="Ledger head recorded earlier (from `corral audit head`)"),
+        typer.Option("--head", help="Ledger head recorded earlier (from `corral audit head`)",
+                     callback=checks.ledger_head),
     ] = None,
     db: DbOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report")] = False,
 ) -> None:
     """Walk every chain and the ledger; name the first broken link; exit 1 on failure."""
     from corral.audit.verify import verify as run_verify
 
     con = open_read(db)
     res = run_verify(con, head_)
+    if as_json:
+        emit_json({"ok": res.ok, "events": res.events, "chains": res.chains,
+                   "ledger": res.ledger, "head": res.head, "problems": list(res.problems)})
+        if not res.ok:
+            raise typer.Exit(1)
+        return
     if res.ok:
         print(
             f"ok: {res.events} events in {res.chains} chains, {res.ledger} ledger entries; "
@@ -273,7 +287,8 @@ def prune_cmd(
     before: Annotated[
         str,
         typer.Option(
-            help="Delete closed trails that ended before this (ISO date or a duration like 90d)"
+            help="Delete closed trails that ended before this (ISO date or a duration like 90d)",
+            callback=checks.when,
         ),
     ],
     db: DbOpt = None,
@@ -286,17 +301,20 @@ def prune_cmd(
 @app.command()
 @_db_errors
 def export(
-    format_: Annotated[str, typer.Option("--format", help="jsonl or otlp")] = "jsonl",
+    format_: Annotated[str, typer.Option("--format", help="jsonl or otlp",
+                                         callback=checks.choice("jsonl", "otlp"))] = "jsonl",
     endpoint: Annotated[
-        str | None, typer.Option(help="OTLP/HTTP logs URL, e.g. http://localhost:4318/v1/logs")
+        str | None, typer.Option(help="OTLP/HTTP logs URL, e.g. http://localhost:4318/v1/logs",
+                                 callback=checks.endpoint)
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="jsonl file (default stdout)")
     ] = None,
-    sandbox: Annotated[str | None, typer.Option("--sandbox", "-s")] = None,
-    since: Annotated[str | None, typer.Option()] = None,
-    type_: Annotated[list[str] | None, typer.Option("--type", "-t")] = None,
-    timeout: Annotated[float, typer.Option(help="OTLP: seconds to keep trying")] = 10.0,
+    sandbox: SandboxOpt = None,
+    since: SinceOpt = None,
+    type_: TypeOpt = None,
+    timeout: Annotated[float, typer.Option(help="OTLP: seconds to keep trying", min=0.1,
+                                           max=86400)] = 10.0,
     db: DbOpt = None,
 ) -> None:
     """Export events as JSON lines or to an OpenTelemetry collector (OTLP/HTTP logs)."""

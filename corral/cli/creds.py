@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from corral import paths
+from corral.cli.output import emit_json
 from corral.credentials.store import CredentialStore, validate_name
 from corral.errors import UserInputError
 
@@ -17,7 +19,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
 @app.command("set")
-def set_(name: str = typer.Argument(..., help="credential name")) -> None:
+def set_(name: str = typer.Argument(..., help="credential name", callback=validate_name)) -> None:
     """Read a secret from stdin into the root-only store."""
     validate_name(name)
     if sys.stdin.isatty():
@@ -62,19 +64,26 @@ def _bindings() -> dict[str, list[str]]:
 
 
 @app.command("list")
-def list_() -> None:
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
     """List stored secret names and the policies that bind them (never values)."""
     store = CredentialStore()
     names = store.names()
     bound = _bindings()
-    for name in sorted(set(names) | set(bound)):
-        state = "stored" if name in names else "MISSING"
-        where = ", ".join(bound.get(name, [])) or "not bound by any config-dir or built-in policy"
-        print(f"{name}\t{state}\t{where}")
+    rows: list[dict[str, Any]] = [
+        {"name": name, "stored": name in names, "bound_by": bound.get(name, [])}
+        for name in sorted(set(names) | set(bound))]
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        where = ", ".join(row["bound_by"]) or "not bound by any config-dir or built-in policy"
+        print(f"{row['name']}\t{'stored' if row['stored'] else 'MISSING'}\t{where}")
 
 
 @app.command("rm")
-def rm(name: str = typer.Argument(..., help="credential name")) -> None:
+def rm(name: str = typer.Argument(..., help="credential name", callback=validate_name)) -> None:
     """Remove a stored secret."""
     if not CredentialStore().remove(name):
         raise UserInputError(f"no stored secret {name!r}")

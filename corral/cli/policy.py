@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import typer
 from rich.table import Table
 
+from corral.cli import checks
+from corral.cli.output import emit_json, plain
 from corral.errors import UserInputError
 from corral.policy import PolicyError, ResolvedPolicy, describe_builtins, resolve
 from corral.render import console
@@ -25,6 +27,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 # verbatim (corral.render). Wide when piped.
 _out = console(width=None if sys.stdout.isatty() else 160)
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 PolicyOpt = Annotated[
     list[str] | None,
     typer.Option("-p", "--policy", help="A policy file or builtin:NAME; repeat to compose."),
@@ -47,18 +50,28 @@ def _resolve(policies: list[str] | None) -> ResolvedPolicy:
 @app.command("check")
 def check(
     files: Annotated[list[str], typer.Argument(help="Policy files or builtin:NAME.")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Validate policy files: exit 0, or 2 listing every problem with file:line."""
     from corral.policy.load import load_policy
 
     problems: list[str] = []
+    report: list[dict[str, Any]] = []
     for spec in files:
         try:
             loaded = load_policy(spec)
         except PolicyError as err:
             problems += err.problems
+            report.append({"source": spec, "ok": False, "problems": err.problems})
             continue
-        _out.print(f"{spec}: ok (policy {loaded.name}, {len(loaded.rules)} rules)")
+        report.append({"source": spec, "ok": True, "name": loaded.name,
+                       "rules": len(loaded.rules)})
+        if not as_json:
+            _out.print(f"{spec}: ok (policy {loaded.name}, {len(loaded.rules)} rules)")
+    if as_json:
+        emit_json(report)
+        if problems:
+            raise typer.Exit(2)
     if problems:
         raise _fail(PolicyError(problems))
 
@@ -106,7 +119,7 @@ def resolve_cmd(
         table.add_row(str(rule.origin), rule.host, ",".join(map(str, sorted(rule.ports))),
                       rule.action, ",".join(sorted(rule.methods or ())) or "any",
                       " ".join(rule.paths or ()) or "any", rule.credential or "")
-    _out.print(table)
+    _out.print(plain(table))
     for name, binding in rp.credentials.items():
         _out.print(f"credential {name}: {binding.secret or 'aws'} -> {binding.header} "
                    f"(env {binding.env or '-'})  [{binding.origin}]")
@@ -123,36 +136,80 @@ def resolve_cmd(
 def explain(
     url: Annotated[str, typer.Argument(help="The request, e.g. https://api.example.com/x")],
     policy: PolicyOpt = None,
-    method: Annotated[str, typer.Option("--method", "-X", help="HTTP method.")] = "GET",
+    method: Annotated[str, typer.Option("--method", "-X", help="HTTP method.",
+                                        callback=checks.http_method)] = "GET",
+    as_json: JsonOpt = False,
 ) -> None:
     """The decision for one request, and the rule that made it (or "default deny")."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserInputError(f"{url}: give a full http:// or https:// URL")
     try:
+        parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise UserInputError(f"{url}: bad port") from None
+    except ValueError as err:
+        raise UserInputError(f"{url}: not a valid URL ({err})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(
+            c.isspace() for c in url):
+        raise UserInputError(f"{url}: give a full http:// or https:// URL")
     rp = _resolve(policy)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    out: dict[str, Any] = {"url": url, "method": method.upper()}
+    lines: list[str] = []
     if parts.scheme == "https":
         conn = rp.decide_connect(parts.hostname, port)
-        _out.print(f"connect {parts.hostname}:{port}: {conn.action}  ({conn.origin})")
+        out["connect"] = {"action": conn.action, "origin": str(conn.origin),
+                          "message": conn.message}
+        lines.append(f"connect {parts.hostname}:{port}: {conn.action}  ({conn.origin})")
         if conn.action != "inspect":
-            _out.print(conn.message)
-            return
-    decision = rp.decide_request(parts.hostname, port, method, target)
-    _out.print(f"{method.upper()} {url}: {decision.action}  ({decision.origin})")
-    _out.print(decision.message)
-    binding = rp.credentials_for(decision)
-    if binding is not None:
-        _out.print(f"injects credential {binding.name} into {binding.header}")
+            lines.append(conn.message)
+    if parts.scheme == "http" or out["connect"]["action"] == "inspect":
+        decision = rp.decide_request(parts.hostname, port, method, target)
+        out["request"] = {"action": decision.action, "origin": str(decision.origin),
+                          "message": decision.message}
+        lines += [f"{method.upper()} {url}: {decision.action}  ({decision.origin})",
+                  decision.message]
+        binding = rp.credentials_for(decision)
+        if binding is not None:
+            out["request"]["credential"] = {"name": binding.name, "header": binding.header}
+            lines.append(f"injects credential {binding.name} into {binding.header}")
+    if as_json:
+        emit_json(out)
+        return
+    for line in lines:
+        _out.print(line)
 
 
 @app.command("list")
-def list_cmd() -> None:
+def list_cmd(as_json: JsonOpt = False) -> None:
     """The built-in policies (use them as -p builtin:NAME)."""
+    builtins = describe_builtins()
+    if as_json:
+        emit_json([{"name": f"builtin:{n}", "description": d} for n, d in builtins])
+        return
     table = Table("name", "description")
-    for name, description in describe_builtins():
+    for name, description in builtins:
         table.add_row(f"builtin:{name}", description)
-    _out.print(table)
+    _out.print(plain(table))
+
+
+@app.command("init")
+def init(
+    path: Annotated[str, typer.Argument(help="File to write ('-': stdout).")] = "policy.yaml",
+    source: Annotated[str | None, typer.Option(
+        "--from", metavar="builtin:NAME", help="Start from a built-in policy instead.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter policy (it passes `corral policy check`)."""
+    from corral.cli.starter import write_starter
+
+    said = write_starter(path, source, force=force)
+    if said:
+        print(said, file=sys.stderr)
+
+
+@app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(metavar="builtin:NAME", help="A built-in policy.")],
+) -> None:
+    """Print a built-in policy's YAML, as shipped."""
+    from corral.cli.starter import builtin_text
+
+    sys.stdout.write(builtin_text(name))

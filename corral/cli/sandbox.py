@@ -7,6 +7,7 @@ import time
 import typer
 from rich.table import Table
 
+from corral.cli.output import emit_json, plain
 from corral.errors import CorralError
 from corral.render import console
 
@@ -25,17 +26,29 @@ def _age(seconds: float) -> str:
 
 
 @app.command("list")
-def list_() -> None:
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
     """Show sandboxes in the registry: id, policies, uid, launcher pid, age, state."""
     from corral.sandbox import registry
 
+    try:
+        entries = registry.entries()
+    except PermissionError:
+        raise CorralError("the sandbox registry is readable by root only (try sudo)") from None
     table = Table("id", "policies", "uid", "pid", "age", "state")
     now = time.time()
-    for e in registry.entries():
-        state = "running" if registry.launcher_alive(e) else "leftover (run gc)"
+    rows = []
+    for e in entries:
+        state = "running" if registry.launcher_alive(e) else "leftover"
+        rows.append({"id": e.id, "policies": list(e.policies), "uid": e.uid, "pid": e.pid,
+                     "created": e.created, "state": state})
         table.add_row(e.id, ", ".join(e.policies) or "(none)", str(e.uid), str(e.pid),
-                      _age(now - e.created), state)
-    console().print(table)  # policy paths may hold "[...]": never markup
+                      _age(now - e.created), state + (" (run gc)" if state == "leftover" else ""))
+    if as_json:
+        emit_json(rows)
+        return
+    console().print(plain(table))  # policy paths may hold "[...]": never markup
 
 
 @app.command("gc")

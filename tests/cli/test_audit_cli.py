@@ -73,7 +73,7 @@ def test_list_table_json_and_filters(populated: Path) -> None:
     last2 = [json.loads(x) for x in corral("list", "--json", "--limit", "2").stdout.splitlines()]
     assert [r["type"] for r in last2] == ["trail.close", "dns.query"]
     bad = corral("list", "--since", "yesterday", check=2)
-    assert "--since 'yesterday'" in bad.stderr and "Traceback" not in bad.stderr
+    assert "'--since': 'yesterday'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_show_verify_head(populated: Path) -> None:
@@ -141,7 +141,7 @@ def test_export_jsonl(populated: Path, tmp_path: Path) -> None:
     corral("export", "--format", "jsonl", "-o", str(target))
     rows = [json.loads(x) for x in target.read_text().splitlines()]
     assert len(rows) == 9 and rows[0]["type"] == "sandbox.create"
-    assert corral("export", "--format", "xml", check=2).stderr.startswith("corral: --format")
+    assert "'--format': 'xml'" in corral("export", "--format", "xml", check=2).stderr
 
 
 class _Collector(BaseHTTPRequestHandler):
