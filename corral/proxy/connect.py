@@ -9,12 +9,15 @@ Invariants:
   mismatch closes the connection, audited, before a byte reaches the upstream.
 - ``direct``: the address checked by ``resolve`` is dialled and bytes are copied unchanged.
 - ``inspect``: TLS is terminated with a leaf for exactly that host, and every request inside is
-  decided again in full by ``http1.Session``.
+  decided again in full by ``http1.Session``. A handshake the agent breaks off is audited as an
+  ``error`` of component ``proxy.tls`` whose message says whether the agent rejected corral's
+  certificate (and with which alert); the run summary repeats it (``corral.audit.summary``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,10 +33,33 @@ from corral.proxy.streams import RawStream, Stream, TLSStream
 from corral.proxy.tunnel import pipe
 from corral.proxy.upstream import UpstreamError, dial
 
-__all__ = ["establish", "handle_connect", "read_client_hello"]
+__all__ = ["agent_tls_failure", "establish", "handle_connect", "read_client_hello"]
 
 HELLO_LIMIT = 64 * 1024
 HELLO_TIMEOUT = 10.0
+AGENT_TLS = "proxy.tls"  # the audit component corral.audit.summary reports to the user
+# Alerts by which a client says it does not accept the certificate it was shown (RFC 8446 6.2).
+_CERT_ALERTS = frozenset({
+    "bad certificate", "unsupported certificate", "certificate revoked", "certificate expired",
+    "certificate unknown", "unknown ca", "access denied", "certificate required",
+})
+
+
+def agent_tls_failure(host: str, err: BaseException) -> str:
+    """The user-facing sentence for a failed handshake between the agent and the proxy."""
+    reason = getattr(err, "reason", None) if isinstance(err, ssl.SSLError) else None
+    if reason and "ALERT_" in reason:
+        alert = reason.split("ALERT_", 1)[1].lower().replace("_", " ")
+        if alert in _CERT_ALERTS:
+            return f"the agent rejected corral's certificate for {host}: TLS alert {alert!r}"
+        return f"TLS with the agent failed for {host}: the agent sent TLS alert {alert!r}"
+    if reason:
+        return f"TLS with the agent failed for {host}: {reason.lower().replace('_', ' ')}"
+    # Some clients (Bun) drop the connection on a certificate they refuse, without an alert.
+    return (
+        f"the agent rejected corral's certificate for {host}: it closed the connection during "
+        f"the handshake without a TLS alert ({err})"
+    )
 
 
 async def read_client_hello(stream: RawStream) -> tuple[bytes, str | None, bool]:
@@ -129,14 +155,9 @@ async def establish(
         tls = TLSStream(client, ctx.ca.server_context(host))
         try:
             await tls.handshake()
-        except (OSError, ConnectionError) as err:
+        except Exception as err:  # ssl.SSLError, a reset, an EOF: the agent broke it off
             await ctx.audit.emit(
-                "error", component="proxy", message=f"TLS with the agent failed for {host}: {err}"
-            )
-            return
-        except Exception as err:  # ssl.SSLError: the agent did not trust the sandbox CA
-            await ctx.audit.emit(
-                "error", component="proxy", message=f"TLS with the agent failed for {host}: {err}"
+                "error", component=AGENT_TLS, message=agent_tls_failure(host, err)
             )
             return
         await Session(ctx, tls, Pinned(host, port, tls=True)).run()

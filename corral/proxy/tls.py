@@ -5,8 +5,14 @@ Invariants:
   private key is never written to disk nor exported (only ``cert_pem`` is). Leaf contexts load
   key material through anonymous memory files (``memfd``), never through a path on disk.
 - The CA is short-lived and, when every inspected host is a literal name or IP (no ``*``),
-  carries name constraints limited to exactly those hosts: a leaked CA cannot mint trust for
-  anything else.
+  carries critical name constraints with dNSName subtrees only: exactly the inspected names
+  (``*.x`` as ``x``), or the reserved name ``invalid`` (RFC 6761) when all of them are IP
+  literals, so a leaked CA cannot mint trust for any other DNS name. It never carries an
+  iPAddress subtree: BoringSSL (Bun, so Claude Code) rejects every chain under one
+  (``UNSUPPORTED_CONSTRAINT_TYPE``). IP-literal leaves are therefore not constrained by the CA:
+  the price is that a leaked CA could mint a leaf for any IP literal, trusted only inside that
+  one sandbox and only for the CA's lifetime; which IPs the agent reaches is still the policy's
+  decision, per request.
 - Leaves: one per host, cached; IP-literal hosts get an IP SAN; ALPN offers only http/1.1 so
   the HTTP/1.1 inspector always understands what the client speaks.
 - Upstream verification uses the system trust store plus the rule's ``tls_ca`` (if any),
@@ -28,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificateAuthority", "UpstreamContexts", "name_constraints_for"]
+__all__ = ["NO_DNS_NAME", "CertificateAuthority", "UpstreamContexts", "name_constraints_for"]
 
 CA_LIFETIME = datetime.timedelta(days=30)
 LEAF_LIFETIME = datetime.timedelta(days=7)
@@ -43,23 +49,26 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+# RFC 6761 reserves it: no real name lies under it, so a CA permitted only this can mint none.
+NO_DNS_NAME = "invalid"
+
+
 def name_constraints_for(hosts: Iterable[str]) -> x509.NameConstraints | None:
-    """Permitted subtrees covering ``hosts``; None when some host is ``*`` (no constraint fits)."""
+    """Permitted dNSName subtrees covering ``hosts``; None when some host is ``*`` (no
+    constraint fits). IP literals add no subtree (see the module invariants)."""
     dns: set[str] = set()
-    ips: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+    any_host = False
     for host in hosts:
         if host == "*":
             return None
-        if _is_ip(host):
-            ips.add(ipaddress.ip_network(host))
-        else:
+        any_host = True
+        if not _is_ip(host):
             # "*.example.com" -> subtree "example.com" (also admits the apex: X.509 cannot
             # express "subdomains only"; the policy still decides per request).
             dns.add(host[2:] if host.startswith("*.") else host)
-    if not dns and not ips:
+    if not any_host:
         return None
-    subtrees: list[x509.GeneralName] = [x509.DNSName(d) for d in sorted(dns)]
-    subtrees += [x509.IPAddress(n) for n in sorted(ips, key=str)]
+    subtrees: list[x509.GeneralName] = [x509.DNSName(d) for d in sorted(dns or {NO_DNS_NAME})]
     return x509.NameConstraints(permitted_subtrees=subtrees, excluded_subtrees=None)
 
 
