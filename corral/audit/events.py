@@ -64,6 +64,7 @@ class EventType(enum.StrEnum):
     PROXY_DENY = "proxy.deny"
     PROXY_INSPECT = "proxy.inspect"
     CREDENTIAL_INJECT = "credential.inject"
+    CREDENTIAL_SCRUB = "credential.scrub"  # a secret replaced in a response (count, never value)
     TOOL_CALL = "tool.call"
     APPROVAL_REQUEST = "approval.request"
     APPROVAL_DECIDE = "approval.decide"
@@ -153,6 +154,12 @@ SCHEMAS: dict[str, _Spec] = {
         "host": (_S, True),
         "header": (_S, False),
         "rule": (_S, False),
+    },
+    EventType.CREDENTIAL_SCRUB: {
+        "binding": (_S, True),
+        "host": (_S, True),
+        "count": (_I, True),
+        "where": (_S, True),
     },
     EventType.TOOL_CALL: {
         "tool": (_S, True),

@@ -39,6 +39,7 @@ PROXY_EVENTS = frozenset(
         EventType.PROXY_DENY,
         EventType.PROXY_INSPECT,
         EventType.CREDENTIAL_INJECT,
+        EventType.CREDENTIAL_SCRUB,
         EventType.DNS_QUERY,
         EventType.SANDBOX_LIMIT,  # the proxy's connection and buffer caps refusing
         EventType.ERROR,

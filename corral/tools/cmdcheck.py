@@ -21,6 +21,17 @@ Invariants (each one fails towards "needs approval", never towards "allowed"):
   text a pattern must match.
 - A redirection target must be a literal path inside the workspace (or ``/dev/null`` and the
   standard streams); a relative target is refused when the command changes directory.
+- Words are accepted by shape, never by the absence of known-bad text: literals, plain
+  ``$name``/``${name}``/``${#name}``, and ``${name OP operand}`` for the operators that neither
+  assign nor evaluate arithmetic, with an operand of safe characters and plain expansions only.
+  Everything else (``${v:off}``, ``${a[i]}``, ``${!v}``, ``${v:=x}``, ``${v@P}``, ``$((..))``,
+  ``$[..]``, ``$"..."``, an operand holding quotes, backticks or ``$(...)``) needs approval:
+  bash evaluates arithmetic (and so ``$(...)`` inside a variable's value) or sees command
+  substitutions where tree-sitter sees text. Text left between parsed parts may hold no ``$``
+  or backquote that starts anything.
+- Known tools with an option form that runs any program (``git -c``, ``find -exec``, ``tar
+  --to-command``, ``python -c``, ...; ``corral.tools.escapes``) need approval even when a
+  pattern matches.
 
 A pattern is matched against the canonical text of one simple command (words after quote
 removal, joined by single spaces; words that need quoting are shell-quoted, so ``git "a b"``
@@ -39,6 +50,8 @@ from functools import lru_cache
 import tree_sitter
 import tree_sitter_bash
 
+from corral.tools.escapes import escape_hatch
+
 __all__ = ["CommandChecker", "Verdict", "check_command"]
 
 _LANGUAGE = tree_sitter.Language(tree_sitter_bash.language())
@@ -48,18 +61,22 @@ _STRUCTURE = {
     "program", "list", "pipeline", "subshell", "redirected_statement", "negated_command",
     "comment", "compound_statement",
 }
-# Node types allowed inside words (arguments, assignment values, redirect targets).
-_WORD_PARTS = {
-    "word", "string", "string_content", "raw_string", "concatenation", "number",
-    "simple_expansion", "expansion", "variable_name", "special_variable_name", "ansi_c_string",
-    "command_substitution", "process_substitution", "regex", "heredoc_body", "heredoc_content",
-    "heredoc_start", "heredoc_end", "file_descriptor", "array",
-}
+_NAME = r"(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+)"
+_OPERAND = rf"(?:[A-Za-z0-9_./,:@%+=*?#^-]|\${_NAME}|\$\{{{_NAME}\}})*"
+# The parameter expansions that run no code whatever the variables hold: no arithmetic
+# (substrings, subscripts), no assignment (=, :=), no indirection (!), no transformation (@).
+_SAFE_EXPANSION = re.compile(
+    rf"\$\{{(?:{_NAME}|[@*#?$!-]|#{_NAME}"
+    rf"|{_NAME}(?::?[-+?]|##?|%%?|//?|\^\^?|,,?){_OPERAND})\}}\Z"
+)
+_SAFE_SIMPLE_EXPANSION = re.compile(rf"\$(?:{_NAME}|[@*#?$!0_-])\Z")
 ALWAYS_HOLD = frozenset({
     "eval", "source", ".", "alias", "unalias", "trap", "enable", "builtin", "declare", "typeset",
     "export", "readonly", "local", "unset", "set", "shopt", "hash", "fc", "history", "let",
     "coproc", "xargs", "sudo", "doas", "su", "mapfile", "readarray", "bind", "complete",
-    "compgen", "function",
+    "compgen", "function", "parallel", "watch", "flock", "chroot", "unshare", "nsenter",
+    "setpriv", "runuser", "pkexec", "script", "strace", "ltrace", "gdb", "taskset", "chrt",
+    "systemd-run", "expect",
 })
 _SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "rbash"})
 _WRAPPERS = frozenset({
@@ -105,24 +122,56 @@ def _literal(node: tree_sitter.Node) -> str | None:
     kind = node.type
     if kind in ("word", "number"):
         raw = _text(node)
-        if any(c in raw for c in "*?[{~") or "$" in raw:
+        if any(c in raw for c in "*?[{$") or re.search(r"(?:^|[=:])~", raw):
             return None  # globbing, brace or tilde expansion: not a fixed value
         return _unescape_unquoted(raw)
     if kind == "raw_string":
         return _text(node)[1:-1]
     if kind == "string":
         out = []
-        for child in node.named_children:
-            if child.type != "string_content":
+        for child in node.children:
+            if child.type == "string_content":
+                out.append(re.sub(r'\\([$`"\\\n])', r"\1", _text(child)))
+            elif child.type == "$" and not child.is_named:
+                out.append("$")  # a `$` before the closing quote is itself
+            elif child.is_named or child.type != '"':
                 return None
-            out.append(re.sub(r'\\([$`"\\\n])', r"\1", _text(child)))
         return "".join(out)
     if kind == "concatenation":
-        pieces = [_literal(child) for child in node.named_children]
+        pieces: list[str | None] = []
+        for child in node.children:
+            pieces.append("$" if child.type == "$" and not child.is_named else _literal(child))
         if any(p is None for p in pieces):
             return None
         return "".join(p for p in pieces if p is not None)
     return None
+
+
+def _scan_plain(raw: str) -> None:
+    """Text that bash reads without expanding: no unescaped backquote, no ``$`` starting
+    anything (tree-sitter did not see an expansion here, so bash must not either)."""
+    index = 0
+    while index < len(raw):
+        char = raw[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == "`":
+            raise _Hold(f"a backquote the parser did not read as a substitution: {raw!r}")
+        if char == "$" and index + 1 < len(raw) and raw[index + 1] not in ' \t\n"':
+            raise _Hold(f"an expansion the parser did not read: {raw!r}")
+        index += 1
+
+
+def _gaps(node: tree_sitter.Node, parts: Iterable[tree_sitter.Node]) -> str:
+    """The text of ``node`` with the given child parts blanked out."""
+    raw = node.text or b""
+    start = node.start_byte
+    out = bytearray(raw)
+    for part in parts:
+        width = part.end_byte - part.start_byte
+        out[part.start_byte - start:part.end_byte - start] = b" " * width
+    return bytes(out).decode("utf-8", "surrogateescape")
 
 
 def _canonical(node: tree_sitter.Node) -> str:
@@ -191,16 +240,40 @@ class CommandChecker:
         return posixpath.basename(value) if value is not None else None
 
     def _walk(self, node: tree_sitter.Node, found: list[str], unmatched: list[str]) -> None:
+        """A statement: structure whose children are statements, or a command."""
         kind = node.type
         if kind == "command":
             self._command(node, found, unmatched)
+        elif kind == "comment":
             return
-        if kind == "compound_statement" and not _text(node).startswith("{"):
+        elif kind == "compound_statement" and not _text(node).startswith("{"):
             raise _Hold("arithmetic (( )) is not checked")
-        if kind in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
+        elif kind in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
             self._redirect(node, found, unmatched)
+        elif kind in _STRUCTURE:
+            for child in node.named_children:
+                self._walk(child, found, unmatched)
+        else:
+            raise _Hold(f"unsupported shell construct: {kind.replace('_', ' ')}")
+
+    def _word(self, node: tree_sitter.Node, found: list[str], unmatched: list[str]) -> None:
+        """A word (argument, assignment value, redirection target): accepted only in the
+        shapes listed in the module docstring; command substitutions in it are walked."""
+        kind = node.type
+        if kind in ("word", "number"):
+            _scan_plain(_text(node))
+        elif kind in ("raw_string", "ansi_c_string"):
             return
-        if kind in ("command_substitution", "process_substitution"):
+        elif kind == "simple_expansion":
+            if not _SAFE_SIMPLE_EXPANSION.match(_text(node)):
+                raise _Hold(f"expansion the checker cannot read: {_text(node)!r}")
+        elif kind == "expansion":
+            if not _SAFE_EXPANSION.match(_text(node)):
+                raise _Hold(
+                    "parameter expansion beyond a name or a literal default (operators that "
+                    f"assign, arithmetic, subscripts, indirection, quoting): {_text(node)!r}"
+                )
+        elif kind in ("command_substitution", "process_substitution"):
             text = _text(node)
             if text.startswith("`") and "\\" in text:
                 # bash re-parses a backquoted body after removing backslashes, so \` and \$(
@@ -208,17 +281,37 @@ class CommandChecker:
                 raise _Hold("backslashes inside `...` are re-parsed by bash; use $(...) instead")
             for child in node.named_children:
                 self._walk(child, found, unmatched)
-            return
-        if kind in ("expansion",):
-            text = _text(node)
-            if "@" in text or "[" in text:
-                raise _Hold(f"parameter expansion with operators or subscripts: {text!r}")
+        elif kind in ("string", "heredoc_body", "concatenation"):
+            self._compound_word(node, found, unmatched)
         elif kind == "arithmetic_expansion":
             raise _Hold("arithmetic expansion $(( )) is not checked")
-        elif kind not in _STRUCTURE and kind not in _WORD_PARTS:
+        else:
             raise _Hold(f"unsupported shell construct: {kind.replace('_', ' ')}")
-        for child in node.named_children:
-            self._walk(child, found, unmatched)
+
+    def _compound_word(
+        self, node: tree_sitter.Node, found: list[str], unmatched: list[str]
+    ) -> None:
+        children = node.children
+        parts = []
+        for index, child in enumerate(children):
+            if not child.is_named:
+                if child.type == "$" and index + 1 < len(children) and children[
+                        index + 1].start_byte == child.end_byte and children[index + 1].type in (
+                        "string", "raw_string"):
+                    raise _Hold("$\"...\" is translated, then expanded again")
+                if child.type not in ('"', "$"):
+                    raise _Hold(f"unexpected token {child.type!r} in a word")
+                continue
+            if child.type in ("string_content", "heredoc_content"):
+                continue  # scanned with the gaps below
+            parts.append(child)
+            if node.type in ("heredoc_body", "string") and child.type not in (
+                    "simple_expansion", "expansion", "command_substitution",
+                    "arithmetic_expansion"):
+                raise _Hold(f"unsupported shell construct: {child.type.replace('_', ' ')}")
+            self._word(child, found, unmatched)
+        if node.type != "concatenation":
+            _scan_plain(_gaps(node, parts))
 
     def _redirect(self, node: tree_sitter.Node, found: list[str], unmatched: list[str]) -> None:
         if node.type == "file_redirect":
@@ -229,8 +322,20 @@ class CommandChecker:
                     raise _Hold(f"redirection target is not a literal path: {_text(dest)!r}")
                 if value != "-":
                     self._require_inside(value)
+        quoted = False
         for child in node.named_children:
-            self._walk(child, found, unmatched)
+            if child.type == "heredoc_start":
+                # <<'EOF', <<"EOF", <<\EOF: the body is literal text
+                quoted = any(c in _text(child) for c in "'\"\\")
+            elif child.type in ("file_descriptor", "heredoc_end"):
+                continue
+            elif child.type == "heredoc_body":
+                if not quoted:
+                    self._word(child, found, unmatched)
+            elif node.type == "heredoc_redirect":
+                self._walk(child, found, unmatched)  # the rest of the line: `| grep x`, ...
+            else:
+                self._word(child, found, unmatched)
 
     def _require_inside(self, path: str) -> None:
         if path in _SAFE_TARGETS:
@@ -244,11 +349,19 @@ class CommandChecker:
     def _command(self, node: tree_sitter.Node, found: list[str], unmatched: list[str]) -> None:
         words: list[tree_sitter.Node] = []
         prefix: list[str] = []
-        for child in node.named_children:
+        for child in node.children:
+            if not child.is_named:
+                if child.type == "$":
+                    raise _Hold("a lone '$' or a $\"...\" translated string")
+                continue
             if child.type == "variable_assignment":
                 prefix.append(_text(child))
                 for part in child.named_children:
-                    self._walk(part, found, unmatched)
+                    if part.type == "variable_name":
+                        continue
+                    if part.type == "subscript":
+                        raise _Hold(f"assignment to a subscript: {_text(child)!r}")
+                    self._word(part, found, unmatched)
             elif child.type == "command_name":
                 words.append(child.named_children[0])
             elif child.type in ("file_redirect", "herestring_redirect", "heredoc_redirect"):
@@ -258,7 +371,7 @@ class CommandChecker:
         if not words:
             raise _Hold("an assignment without a command")
         for word in words:
-            self._walk(word, found, unmatched)
+            self._word(word, found, unmatched)
         name = _literal(words[0])
         if name is None:
             raise _Hold(f"command name is not a literal: {_text(words[0])!r}")
@@ -286,6 +399,9 @@ class CommandChecker:
             raise _Hold(f"{base!r} can run dynamic code or change the shell: always needs approval")
         if base in _SUBSCRIPT_EVAL and any(a is None or "[" in a for a in argv[1:]):
             raise _Hold(f"{base!r} with subscripts or expansions can evaluate code")
+        hatch = escape_hatch([base, *argv[1:]])
+        if hatch is not None:
+            raise _Hold(f"{hatch}: needs approval even where a pattern matches")
         if base in _SHELLS:
             self._shell(argv, found, unmatched)
         elif base in _WRAPPERS:
