@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from corral.cli import checks
 from corral.errors import UserInputError
 
 __all__ = ["app", "parse_tokens", "serve"]
@@ -41,35 +42,73 @@ def _split_hostport(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _hostport_opt(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            _split_hostport(value)
+        except UserInputError as err:
+            raise typer.BadParameter(str(err).removeprefix(f"--http {value}: ")) from None
+    return value
+
+
+def _tokens_opt(values: list[str]) -> list[str]:
+    try:
+        parse_tokens(values)
+    except UserInputError as err:
+        raise typer.BadParameter(str(err).removeprefix("--token ")) from None
+    return values
+
+
+def _workspace_opt(value: Path | None) -> Path | None:
+    if value is not None and not value.is_dir():
+        raise typer.BadParameter(f"{value}: no such directory")
+    return value
+
+
+def _preflight(policies: list[str], workspace: Path | None) -> None:
+    """What ``corral run`` refuses before it starts, refused here with the same messages:
+    policies, the workspace and every path the policy makes visible."""
+    from corral.policy import resolve
+    from corral.sandbox import SandboxSpec
+    from corral.sandbox.workspace import validate
+
+    rp = resolve(policies, workspace=workspace.resolve() if workspace is not None else None)
+    try:
+        validate(SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
+                             workspace=rp.files.workspace))
+    except UserInputError:
+        raise
+    except Exception as err:  # CorralError(exit 125) under run: bad input here, exit 2
+        raise UserInputError(str(err)) from None
+
+
 @app.callback()
 def mcp(
     policy: list[str] = typer.Option([], "-p", "--policy", help="Policy file or builtin:NAME."),
-    workspace: Path | None = typer.Option(None, "--workspace", help="Host dir at /workspace."),
-    http: str | None = typer.Option(None, "--http", metavar="HOST:PORT",
+    workspace: Path | None = typer.Option(None, "--workspace", help="Host dir at /workspace.",
+                                          callback=_workspace_opt),
+    http: str | None = typer.Option(None, "--http", metavar="HOST:PORT", callback=_hostport_opt,
                                     help="Serve streamable HTTP instead of stdio."),
     token: list[str] = typer.Option([], "--token", help="Bearer token ([NAME=]TOKEN) for --http; "
-                                    "generated and printed if not given."),
-    allow_origin: list[str] = typer.Option([], "--allow-origin",
+                                    "generated and printed if not given.", callback=_tokens_opt),
+    allow_origin: list[str] = typer.Option([], "--allow-origin", callback=checks.origins,
                                            help="Allowed Origin (default: localhost origins)."),
-    approvals: str = typer.Option("auto", "--approvals",
+    approvals: str = typer.Option("auto", "--approvals", callback=checks.choice("auto", "cli"),
                                   help="auto: MCP elicitation when the client supports it, else "
                                   "pending for `corral approvals`; cli: always pending."),
     approval_ttl: float = typer.Option(600.0, "--approval-ttl", help="Seconds before a pending "
-                                       "approval expires (denied)."),
+                                       "approval expires (denied).", min=1, max=30 * 86400),
     upstream_proxy: str | None = typer.Option(None, "--upstream-proxy", metavar="URL",
                                               help="Send all egress through this HTTP proxy "
                                               "(default: upstream_proxy in config.yaml)."),
 ) -> None:
     """Serve the exec/read/write/edit/glob/grep/fetch tools from a corral sandbox."""
-    if approvals not in ("auto", "cli"):
-        raise UserInputError("--approvals must be auto or cli")
-    if workspace is not None and not workspace.is_dir():
-        raise UserInputError(f"--workspace {workspace}: not a directory")
     from corral.runtime.config import upstream_proxy as configured_upstream
 
+    upstream = configured_upstream(upstream_proxy)  # refuse bad input before serving anything
+    _preflight(policy, workspace)
     serve(policy, workspace=workspace, http=http, tokens=token, origins=allow_origin,
-          elicitation=approvals == "auto", approval_ttl=approval_ttl,
-          upstream_proxy=configured_upstream(upstream_proxy))
+          elicitation=approvals == "auto", approval_ttl=approval_ttl, upstream_proxy=upstream)
 
 
 def serve(

@@ -29,6 +29,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resolve import Elicit, Resolve
 from pydantic import BaseModel, Field
 
+from corral.errors import CorralError
 from corral.mcp.principals import STDIO, Principals, TokenTable
 from corral.tools.approvals import current_user
 from corral.tools.executor import ExecutorGone, ToolFailure
@@ -91,7 +92,10 @@ def build_server(
                 return _Held(denied_message(denied, tool))
             return gate, tools.hold(tool, args, gate)
 
-        outcome = await anyio.to_thread.run_sync(check)
+        try:
+            outcome = await anyio.to_thread.run_sync(check)
+        except CorralError as err:  # e.g. the sandbox could not be set up: say why, one line
+            raise ToolError(str(err)) from None
         if isinstance(outcome, _Go | _Held):
             return outcome
         gate, approval = outcome
@@ -152,6 +156,8 @@ def build_server(
             raise ToolError(str(err)) from None
         except ExecutorGone as err:
             raise ToolError(f"the sandbox's executor stopped ({err}); retry the call") from None
+        except CorralError as err:  # a sandbox that cannot start: the reason, not a traceback
+            raise ToolError(str(err)) from None
 
     # -- resolvers: one per tool, taking the tool's arguments by name --------------------------
 
