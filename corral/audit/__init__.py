@@ -39,6 +39,7 @@ Event types and their fields are registered in ``corral.audit.events`` (``EventT
     proxy.allow|deny|inspect  host* rule* port method path status bytes_in bytes_out
                       duration_ms reason mode client
     credential.inject binding* host* header rule
+    credential.scrub  binding* host* count* where* (header|body)
     tool.call         tool* args ok duration_ms principal detail
     approval.request  request_id* tool summary reason args_digest policy_digest
     approval.decide   request_id* decision* by tool reason always

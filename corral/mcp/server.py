@@ -13,7 +13,11 @@ Invariants:
 - The tool body never runs the call unless the gate said no approval is needed, or a grant for
   exactly these arguments was consumed, or the human accepted the elicitation (recorded as a
   decision on the same pending approval, then consumed like any grant).
-- Declined or cancelled elicitations are recorded as denials.
+- Only an explicit ``decline`` (or an accepted form that says no) is recorded as a denial. A
+  ``cancel`` (the client could not or did not ask: Claude Code in ``-p`` mode cancels every
+  elicitation) decides nothing: the call stays pending for another approver, and the result
+  names the approval id and the ``corral approvals approve ID`` command; a retry after that
+  approval runs the call.
 """
 
 
@@ -23,7 +27,11 @@ from typing import Annotated, Any
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from mcp.server.elicitation import AcceptedElicitation, ElicitationResult
+from mcp.server.elicitation import (
+    AcceptedElicitation,
+    CancelledElicitation,
+    ElicitationResult,
+)
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resolve import Elicit, Resolve
@@ -114,6 +122,13 @@ def build_server(
         principal = principal_of(ctx)
         tools = principals.tools(principal)
         by = f"{principal} via MCP elicitation (server user {current_user()})"
+        if isinstance(outcome, CancelledElicitation):
+            def still_pending() -> str:
+                pending = tools.hold(tool, args, tools.gate(tool, args))
+                return pending_message(pending, tool)
+            message = await anyio.to_thread.run_sync(still_pending)
+            raise ToolError("corral: the approval prompt was cancelled, so nothing was decided; "
+                            + message.removeprefix("corral: "))
         if not isinstance(outcome, AcceptedElicitation):
             def refuse() -> None:
                 gate = tools.gate(tool, args)

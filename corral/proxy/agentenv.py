@@ -14,11 +14,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CA_VARS", "SYSTEM_BUNDLE", "agent_env", "system_cafile", "trust_bundle"]
+__all__ = ["AWS_KEY_ID_PLACEHOLDER", "CA_VARS", "SYSTEM_BUNDLE", "agent_env", "placeholder",
+           "system_cafile", "trust_bundle"]
 
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE",
            "GIT_SSL_CAINFO", "PIP_CERT", "AWS_CA_BUNDLE")
+AWS_KEY_ID_PLACEHOLDER = "AKIACORRALPLACEHOLDR"
+
+
+def placeholder(name: str) -> str:
+    """What the agent holds instead of binding ``name``'s secret (``scrub`` puts it back)."""
+    return f"corral-placeholder-{name}"
 
 
 def agent_env(policy: Any, proxy_port: int, proxy_host: str = "127.0.0.1",
@@ -39,12 +46,12 @@ def agent_env(policy: Any, proxy_port: int, proxy_host: str = "127.0.0.1",
     bindings = getattr(policy, "credentials", {}) or {}
     for name, binding in bindings.items():
         if binding.kind == "aws":
-            env["AWS_ACCESS_KEY_ID"] = "AKIACORRALPLACEHOLDR"
-            env["AWS_SECRET_ACCESS_KEY"] = f"corral-placeholder-{name}"
+            env["AWS_ACCESS_KEY_ID"] = AWS_KEY_ID_PLACEHOLDER
+            env["AWS_SECRET_ACCESS_KEY"] = placeholder(name)
             if binding.aws_session_token:
-                env["AWS_SESSION_TOKEN"] = f"corral-placeholder-{name}"
+                env["AWS_SESSION_TOKEN"] = placeholder(name)
         if binding.env:
-            env[binding.env] = f"corral-placeholder-{name}"
+            env[binding.env] = placeholder(name)
     return env
 
 

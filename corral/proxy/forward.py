@@ -12,6 +12,8 @@ Invariants:
 - Ordinary exchanges go to an llhttp upstream (``upstream_http``); HEAD, Upgrade, Expect and
   re-signed AWS requests go to an h11 upstream, which validates re-signed headers in full.
 - Bodies stream chunk by chunk, re-framed by the upstream writer, never copied raw.
+- A request with an injected credential asks for an unencoded response (before any signing)
+  and its response is scrubbed of the secret (``response_scrub``); no other response is.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from typing import Any
 import h11
 
 from corral.policy.types import Decision
-from corral.proxy import decide, inject, sigv4
+from corral.proxy import decide, inject, scrub, sigv4
 from corral.proxy.agent import AgentConnection
 from corral.proxy.agent_parser import Request
 from corral.proxy.headers import request_headers
 from corral.proxy.request_head import BadRequest, Target
 from corral.proxy.respond import relay_fast_response, relay_response
+from corral.proxy.response_scrub import ResponseScrub, identity
 from corral.proxy.upgrade import Offer
 from corral.proxy.upstream_pool import Upstreams
 
@@ -68,6 +71,10 @@ async def forward(
     binding = decide.binding_for(ctx.policy, decision) if decision.credential else None
     plan = inject.plan(decision, binding, ctx.secrets, method=method, tls=tls)
     buffered: list[bytes] | None = None
+    scrubber = None
+    if plan is not None:
+        scrubber = ResponseScrub(scrub.scrubber_for(plan.binding, plan.secret), host)
+        headers = identity(headers)
     if plan is not None and plan.binding.kind == "aws":
         body = None
         if sigv4.needs_body(headers):
@@ -99,7 +106,9 @@ async def forward(
         fast.start(req.method, origin.encode(), headers)
         await agent.relay_body(fast)
         await fast.stream.drain()
-        return await relay_fast_response(agent, upstreams, fast, decision, fields, started)
+        return await relay_fast_response(
+            agent, upstreams, fast, decision, fields, started, scrubber
+        )
     up = await upstreams.h11.get(host, port, tls, decision)
     try:
         # Headers the agent parser validated (plus Host and an injected header, both checked)
@@ -117,4 +126,6 @@ async def forward(
     else:
         await agent.relay_body(up)
     await up.stream.drain()
-    return await relay_response(agent, upstreams, up, decision, fields, started, upgrade)
+    return await relay_response(
+        agent, upstreams, up, decision, fields, started, upgrade, scrubber
+    )

@@ -17,6 +17,8 @@ Invariants:
   may be reused; otherwise it is closed and forgotten.
 - A response body streams to the agent as it arrives (drained before every upstream read).
   A later LLM usage meter hooks in here, on the events this module already sees.
+- A response to a request that carried an injected credential goes through its
+  ``ResponseScrub`` (heads, body, end); others are relayed as they are, at no extra cost.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import h11
 from corral.policy.types import Decision
 from corral.proxy.agent import AgentConnection
 from corral.proxy.headers import any_control_bytes, forward_headers
+from corral.proxy.response_scrub import ResponseScrub
 from corral.proxy.tunnel import pipe
 from corral.proxy.upgrade import Offer, check_switch
 from corral.proxy.upstream import UpstreamError
@@ -90,6 +93,7 @@ async def relay_fast_response(
     decision: Decision,
     fields: dict[str, Any],
     started: float,
+    scrub: ResponseScrub | None = None,
 ) -> bool:
     """Relay a response llhttp parses; True (the agent connection may go on)."""
     while True:
@@ -108,10 +112,18 @@ async def relay_fast_response(
             # bytes here (h11's rule: none but tab).
             if any_control_bytes(headers, item[3]):
                 raise UpstreamError(502, "upstream sent control bytes in a header")
-            agent.response.head(status, headers, item[3])
+            reason = item[3]
+            if scrub is not None:
+                headers, reason = await scrub.head(agent, headers, reason)
+            agent.response.head(status, headers, reason)
         elif item[0] == "data":
-            agent.response.data(item[1])
+            if scrub is None:
+                agent.response.data(item[1])
+            else:
+                await scrub.data(agent, item[1])
         else:
+            if scrub is not None:
+                await scrub.end(agent)
             return await _end(agent, upstreams.fast, up, up.reusable)
 
 
@@ -123,6 +135,7 @@ async def relay_response(
     fields: dict[str, Any],
     started: float,
     upgrade: Offer | None,
+    scrub: ResponseScrub | None = None,
 ) -> bool:
     """Relay a response h11 parses; True if the agent connection may carry another request."""
     status = 0
@@ -140,18 +153,27 @@ async def relay_response(
                     raise UpstreamError(502, f"upgrade refused: {why}")
                 return await _switch(agent, upstreams, up, event, decision, fields)
             if event.status_code != 100:
-                agent.response.informational(
-                    event.status_code, forward_headers(event.headers, False)
-                )
+                interim = forward_headers(event.headers, False)
+                if scrub is not None:
+                    interim = await scrub.interim(agent, interim)
+                agent.response.informational(event.status_code, interim)
             continue
         if isinstance(event, h11.Response):
             status = event.status_code
             await _audit_head(agent, decision, status, event.headers, started, fields)
             # Parsed and validated by h11 from the upstream; hop-by-hop removed.
-            agent.response.head(status, forward_headers(event.headers, False), event.reason)
+            headers, reason = forward_headers(event.headers, False), event.reason
+            if scrub is not None:
+                headers, reason = await scrub.head(agent, headers, reason)
+            agent.response.head(status, headers, reason)
         elif isinstance(event, h11.Data):
-            agent.response.data(bytes(event.data))
+            if scrub is None:
+                agent.response.data(bytes(event.data))
+            else:
+                await scrub.data(agent, bytes(event.data))
         elif isinstance(event, h11.EndOfMessage):
+            if scrub is not None:
+                await scrub.end(agent)
             return await _end(agent, upstreams.h11, up, up.recycle)
         elif isinstance(event, h11.ConnectionClosed):
             if status == 0:

@@ -1,12 +1,16 @@
 """A test "outside host": HTTPS and HTTP servers run inside a test network namespace.
 
-Routes: /echo (JSON of method, path, headers, body length), /sse (three events, 0.4 s apart),
-/redirect?to=URL (302), /big?n=BYTES, /git/... (git http-backend over CGI).
+Routes: /echo (JSON of method, path, headers, body length; ``headers_hex`` has the header
+values hex-encoded, which the proxy's secret scrubber does not recognise, so a test can see what
+was really received), /reflect?mode=... (request headers reflected into response headers and
+body, see ``_reflect``), /sse (three events, 0.4 s apart), /redirect?to=URL (302),
+/big?n=BYTES, /git/... (git http-backend over CGI).
 Run: python outside_server.py CERT KEY GIT_ROOT (binds 0.0.0.0:443 TLS and 0.0.0.0:80 plain).
 """
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import io
 import json
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -87,6 +92,8 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(0.4)
             self.wfile.write(b"0\r\n\r\n")
             return None
+        if url.path == "/reflect":
+            return self._reflect(parse_qs(url.query).get("mode", ["plain"])[0])
         if url.path == "/redirect":
             to = parse_qs(url.query)["to"][0]
             self.send_response(302)
@@ -108,10 +115,50 @@ class Handler(BaseHTTPRequestHandler):
             "method": self.command,
             "path": self.path,
             "headers": [[k, v] for k, v in self.headers.items()],
+            "headers_hex": [[k, v.encode("latin-1").hex()] for k, v in self.headers.items()],
             "body_len": len(body),
             "tls": isinstance(self.connection, ssl.SSLSocket),
         }
         return self._send(200, json.dumps(echo).encode())
+
+    def _reflect(self, mode: str) -> None:
+        """A debug endpoint that leaks: every request header back as ``X-Echo-<name>`` and as
+        ``name: value`` lines of the body. Modes: plain (Content-Length), chunked (a chunk per
+        line), split (1-3 byte chunks, flushed apart, so a value straddles chunk and TLS record
+        boundaries), gzip (compressed whatever the request accepts), deflate, br (labelled
+        br: undecodable by the proxy), reason (the Authorization value in the reason phrase)."""
+        lines = [f"{k}: {v}\n".encode("latin-1") for k, v in self.headers.items()]
+        body = b"".join(lines)
+        reason = self.headers.get("Authorization", "OK") if mode == "reason" else "OK"
+        self.send_response(200, reason)
+        for k, v in self.headers.items():
+            self.send_header(f"X-Echo-{k}", v)
+        self.send_header("Content-Type", "text/plain")
+        if mode in ("chunked", "split"):
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            if mode == "split":
+                pieces, i = [], 0
+                while i < len(body):
+                    step = 1 + i % 3
+                    pieces.append(body[i : i + step])
+                    i += step
+            else:
+                pieces = lines
+            for piece in pieces:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+                if mode == "split":
+                    time.sleep(0.0005)
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if mode in ("gzip", "deflate", "br"):
+            body = {"gzip": gzip.compress, "deflate": zlib.compress,
+                    "br": lambda b: b"\x8b\x00\x80" + b}[mode](body)
+            self.send_header("Content-Encoding", mode)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _git(self, path_info: str, query: str) -> None:
         body = self._body()

@@ -52,7 +52,9 @@ def proxy(make_proxy) -> RunningProxy:  # type: ignore[no-untyped-def]
 
 
 def _headers(text: str, name: str) -> list[str]:
-    return [v for k, v in json.loads(text)["headers"] if k.lower() == name.lower()]
+    # headers_hex: what the upstream received (the proxy scrubs the secret from what it echoes)
+    echo = json.loads(text)["headers_hex"]
+    return [bytes.fromhex(v).decode("latin-1") for k, v in echo if k.lower() == name.lower()]
 
 
 def test_inspect_injects_for_curl_urllib_httpx(proxy: RunningProxy) -> None:

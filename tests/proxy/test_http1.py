@@ -51,7 +51,10 @@ def _echo(text: str) -> dict[str, object]:
 
 
 def _header(echo: dict[str, object], name: str) -> list[str]:
-    return [v for k, v in echo["headers"] if k.lower() == name.lower()]  # type: ignore[attr-defined]
+    # headers_hex: what the upstream received (the proxy scrubs the secret from what it echoes)
+    received = echo["headers_hex"]
+    return [bytes.fromhex(v).decode("latin-1") for k, v in received  # type: ignore[attr-defined]
+            if k.lower() == name.lower()]
 
 
 @pytest.fixture

@@ -55,7 +55,9 @@ def _agent_request(proxy: RunningProxy, method: str, path: str, service: str,
 
 
 def _check_signature(echo: dict[str, object], method: str, service: str, body: bytes) -> None:
-    headers = {k.lower(): v for k, v in echo["headers"]}  # type: ignore[attr-defined]
+    # headers_hex: what the upstream received (the proxy scrubs the keys from what it echoes)
+    headers = {k.lower(): bytes.fromhex(v).decode("latin-1")
+               for k, v in echo["headers_hex"]}  # type: ignore[attr-defined]
     auth = headers["authorization"]
     assert f"Credential={REAL['access_key_id']}/" in auth
     signed = auth.split("SignedHeaders=")[1].split(",")[0].split(";")
