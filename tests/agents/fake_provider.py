@@ -1,0 +1,129 @@
+"""A fake LLM provider for the agent recipes: Anthropic Messages and OpenAI Chat Completions in
+their real wire formats (JSON and server-sent events), over TLS, in a test network namespace.
+
+Usage: fake_provider.py CERT KEY PORT. The keys it accepts come from FAKE_ANTHROPIC_KEY and
+FAKE_OPENAI_KEY; a request with any other key gets the provider's own 401 error shape, so an
+agent only gets an answer when the proxy injected the real secret. Each answer says which
+endpoint and whether streaming was used; requests are logged as JSON lines on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+KEYS = {"anthropic": os.environ["FAKE_ANTHROPIC_KEY"], "openai": os.environ["FAKE_OPENAI_KEY"]}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+    def _json(self, status: int, obj: Any) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _sse(self, events: list[tuple[str | None, Any]]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for name, data in events:
+            head = f"event: {name}\n" if name else ""
+            payload = data if isinstance(data, str) else json.dumps(data)
+            self.wfile.write(f"{head}data: {payload}\n\n".encode())
+            self.wfile.flush()
+        self.close_connection = True
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        req = json.loads(self.rfile.read(length) or b"{}")
+        stream = bool(req.get("stream"))
+        if self.path == "/v1/messages":
+            ok = self.headers.get("x-api-key") == KEYS["anthropic"]
+            print(json.dumps({"api": "anthropic", "key_ok": ok, "stream": stream}), flush=True)
+            if not ok:
+                self._json(401, {"type": "error", "error": {
+                    "type": "authentication_error", "message": "invalid x-api-key"}})
+                return
+            self._anthropic(req, stream)
+        elif self.path == "/v1/chat/completions":
+            ok = self.headers.get("Authorization") == f"Bearer {KEYS['openai']}"
+            print(json.dumps({"api": "openai", "key_ok": ok, "stream": stream}), flush=True)
+            if not ok:
+                self._json(401, {"error": {"message": "Incorrect API key provided",
+                                           "type": "invalid_request_error", "param": None,
+                                           "code": "invalid_api_key"}})
+                return
+            self._openai(req, stream)
+        else:
+            self._json(404, {"error": {"message": f"no route {self.path}"}})
+
+    def _anthropic(self, req: dict[str, Any], stream: bool) -> None:
+        text = f"hello from fake anthropic ({'stream' if stream else 'json'})"
+        usage = {"input_tokens": 5, "output_tokens": 7}
+        message = {"id": "msg_fake", "type": "message", "role": "assistant",
+                   "model": req.get("model", "claude"), "stop_reason": "end_turn",
+                   "stop_sequence": None, "usage": usage,
+                   "content": [{"type": "text", "text": text}]}
+        if not stream:
+            self._json(200, message)
+            return
+        start = {**message, "content": [], "stop_reason": None,
+                 "usage": {"input_tokens": 5, "output_tokens": 0}}
+        words = text.split(" ")
+        self._sse([
+            ("message_start", {"type": "message_start", "message": start}),
+            ("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "text", "text": ""}}),
+            *[("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta",
+                                                 "text": w if i == 0 else " " + w}})
+              for i, w in enumerate(words)],
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta",
+                               "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                               "usage": {"output_tokens": 7}}),
+            ("message_stop", {"type": "message_stop"}),
+        ])
+
+    def _openai(self, req: dict[str, Any], stream: bool) -> None:
+        text = f"hello from fake openai ({'stream' if stream else 'json'})"
+        base = {"id": "chatcmpl-fake", "created": 1700000000,
+                "model": req.get("model", "gpt"), "system_fingerprint": None}
+        if not stream:
+            self._json(200, {**base, "object": "chat.completion", "choices": [{
+                "index": 0, "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
+            return
+        chunks = [{**base, "object": "chat.completion.chunk", "choices": [{
+            "index": 0, "delta": {"content": w if i == 0 else " " + w}, "finish_reason": None}]}
+            for i, w in enumerate(text.split(" "))]
+        chunks.append({**base, "object": "chat.completion.chunk", "choices": [{
+            "index": 0, "delta": {}, "finish_reason": "stop"}]})
+        self._sse([*[(None, c) for c in chunks], (None, "[DONE]")])
+
+
+def main() -> None:
+    cert, key, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

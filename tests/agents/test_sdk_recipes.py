@@ -1,0 +1,146 @@
+"""The Python SDK recipes of docs/agents.md, run for real: the official ``anthropic`` and
+``openai`` SDKs (examples/agents/*.py) inside ``corral run`` against a fake provider that
+speaks their wire formats over TLS in a test network namespace.
+
+The policies are the built-ins ``builtin:anthropic`` / ``builtin:openai`` with only the host
+moved to the fake provider's address (and its CA added): the same credential bindings, stored
+with ``corral creds set``. The provider answers only when the proxy injected the real key; the
+agent prints what it sees in its key variable, which must be the placeholder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import require_root, require_tools
+from tlsutil import make_ca
+
+from corral.policy.builtin import builtin_path
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Provider:
+    ip: str
+    ca: Path
+    keys: dict[str, str]
+    log: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
+    require_root()
+    require_tools("ip", "bwrap", "nft", "setpriv")
+    tmp = tmp_path_factory.mktemp("provider")
+    tmp.chmod(0o755)
+    tag = secrets.token_hex(3)
+    ns, veth_h, veth_n = f"corral-p-{tag}", f"crp{tag}h", f"crp{tag}n"
+    octet = int(tag[:2], 16) % 250 + 1
+    host_ip, ip = f"10.251.{octet}.1", f"10.251.{octet}.2"
+    ca, cert, key = make_ca(tmp, [ip])
+    keys = {"anthropic": "sk-ant-REAL-" + secrets.token_hex(8),
+            "openai": "sk-REAL-" + secrets.token_hex(8)}
+    proc = None
+
+    def sh(*args: str) -> None:
+        subprocess.run(args, check=True, capture_output=True)
+
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", veth_h, "type", "veth", "peer", "name", veth_n)
+        sh("ip", "link", "set", veth_n, "netns", ns)
+        sh("ip", "addr", "add", f"{host_ip}/30", "dev", veth_h)
+        sh("ip", "link", "set", veth_h, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/30", "dev", veth_n)
+        sh("ip", "-n", ns, "link", "set", veth_n, "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        env = {**os.environ, "FAKE_ANTHROPIC_KEY": keys["anthropic"],
+               "FAKE_OPENAI_KEY": keys["openai"]}
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-u",
+             str(Path(__file__).with_name("fake_provider.py")), str(cert), str(key), "443"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((ip, 443), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield Provider(ip, ca, keys, proc)
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["ip", "link", "del", veth_h], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def _moved_builtin(name: str, host: str, ip: str, ca: Path, out: Path) -> Path:
+    """The built-in policy with its API host moved to the fake provider (same binding)."""
+    path = builtin_path(name)
+    assert path is not None
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    rules = [r for r in data["egress"] if r["host"] == host]
+    assert len(rules) == 1 and rules[0].get("credential") == name
+    rules[0].update(host=ip, tls_ca=str(ca))
+    data["egress"] = rules
+    out.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return out
+
+
+CASES = {
+    "anthropic": ("api.anthropic.com", "ANTHROPIC_BASE_URL", "https://{ip}", "ANTHROPIC_API_KEY"),
+    "openai": ("api.openai.com", "OPENAI_BASE_URL", "https://{ip}/v1", "OPENAI_API_KEY"),
+}
+
+
+@pytest.mark.parametrize("api", sorted(CASES))
+def test_sdk_agent_gets_answers_with_a_key_it_never_sees(
+        api: str, provider: Provider, tmp_path: Path, corral_env: dict[str, str]) -> None:
+    host, base_var, base_url, key_var = CASES[api]
+    env = {**os.environ, **corral_env}
+    corral = [sys.executable, "-m", "corral"]
+    subprocess.run([*corral, "creds", "set", api], input=provider.keys[api], text=True,
+                   env=env, check=True, capture_output=True)
+    policy = _moved_builtin(api, host, provider.ip, provider.ca, tmp_path / f"{api}.yaml")
+    # The recipe's "make the interpreter visible": this venv and the Python it was made from.
+    venv = tmp_path / "venv.yaml"
+    venv.write_text(yaml.safe_dump({"name": "venv", "files": {
+        "read": sorted({sys.prefix, sys.base_prefix})}}), encoding="utf-8")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copy(REPO / "examples" / "agents" / f"{api}_agent.py", ws / "agent.py")
+    probe = f"import os; print('key seen:', os.environ['{key_var}'])"
+    done = subprocess.run(
+        [*corral, "run", "-p", str(policy), "-p", str(venv), "--workspace", str(ws),
+         "--env", f"{base_var}={base_url.format(ip=provider.ip)}", "--",
+         "sh", "-c", f"{sys.executable} agent.py && {sys.executable} -c \"{probe}\""],
+        env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done
+    lines = done.stdout.splitlines()
+    assert lines[:2] == [f"hello from fake {api} (json)", f"hello from fake {api} (stream)"], done
+    assert lines[2].startswith("key seen: ") and provider.keys[api] not in done.stdout + done.stderr
+    seen = [json.loads(provider.log.stdout.readline()) for _ in range(2)]  # type: ignore[union-attr]
+    assert seen == [{"api": api, "key_ok": True, "stream": False},
+                    {"api": api, "key_ok": True, "stream": True}]
+    trail = subprocess.run([*corral, "audit", "list", "--type", "credential.inject", "--json"],
+                           env=env, capture_output=True, text=True, check=True)
+    injected = [json.loads(line) for line in trail.stdout.splitlines() if line.strip()]
+    assert len(injected) == 2 and all(api in json.dumps(e) for e in injected), trail.stdout
+    assert provider.keys[api] not in trail.stdout
