@@ -48,6 +48,8 @@ _CERT_ALERTS = frozenset({
 def agent_tls_failure(host: str, err: BaseException) -> str:
     """The user-facing sentence for a failed handshake between the agent and the proxy."""
     reason = getattr(err, "reason", None) if isinstance(err, ssl.SSLError) else None
+    if isinstance(err, ssl.SSLEOFError) or reason == "UNEXPECTED_EOF_WHILE_READING":
+        reason = None  # node closes, Bun resets: neither sends an alert for a refused cert
     if reason and "ALERT_" in reason:
         alert = reason.split("ALERT_", 1)[1].lower().replace("_", " ")
         if alert in _CERT_ALERTS:
@@ -55,10 +57,10 @@ def agent_tls_failure(host: str, err: BaseException) -> str:
         return f"TLS with the agent failed for {host}: the agent sent TLS alert {alert!r}"
     if reason:
         return f"TLS with the agent failed for {host}: {reason.lower().replace('_', ' ')}"
-    # Some clients (Bun) drop the connection on a certificate they refuse, without an alert.
+    # Some clients drop the connection on a certificate they refuse, without an alert.
     return (
-        f"the agent rejected corral's certificate for {host}: it closed the connection during "
-        f"the handshake without a TLS alert ({err})"
+        f"the agent rejected corral's certificate for {host}: it ended the connection during "
+        "the handshake without a TLS alert"
     )
 
 
