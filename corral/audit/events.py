@@ -70,6 +70,7 @@ class EventType(enum.StrEnum):
     APPROVAL_DECIDE = "approval.decide"
     APPROVAL_USE = "approval.use"  # a standing approval consumed by a call
     ERROR = "error"
+    AUDIT_FLOOD = "audit.flood"  # a sandbox past its audit budget (corral.audit.budget)
     TRAIL_CLOSE = "trail.close"  # written by Trail.close(); the chain's last event
 
 
@@ -92,6 +93,7 @@ _PROXY: _Spec = {
     "reason": (_S, False),
     "mode": (_S, False),  # direct | inspect | transparent | connect
     "client": (_S, False),
+    "count": (_I, False),  # this event stands for ``count`` identical ones (audit.budget)
     "protocol": (_S, False),  # an Upgrade request's protocol (websocket, or what was refused)
 }
 
@@ -118,7 +120,8 @@ SCHEMAS: dict[str, _Spec] = {
         "pids": (_I, False),
         "cpu": (_NUM, False),
     },
-    EventType.SANDBOX_LIMIT: {"limit": (_S, True), "value": (_S, False), "detail": (_S, False)},
+    EventType.SANDBOX_LIMIT: {"limit": (_S, True), "value": (_S, False), "detail": (_S, False),
+                              "count": (_I, False)},
     EventType.SANDBOX_EXIT: {
         "status": (_I, True),
         "signal": (_I, False),
@@ -145,6 +148,7 @@ SCHEMAS: dict[str, _Spec] = {
         "rcode": (_S, True),
         "qtype": (_S, False),
         "answer": (_S, False),
+        "count": (_I, False),
     },
     EventType.PROXY_ALLOW: _PROXY,
     EventType.PROXY_DENY: _PROXY,
@@ -154,6 +158,7 @@ SCHEMAS: dict[str, _Spec] = {
         "host": (_S, True),
         "header": (_S, False),
         "rule": (_S, False),
+        "count": (_I, False),
     },
     EventType.CREDENTIAL_SCRUB: {
         "binding": (_S, True),
@@ -186,7 +191,15 @@ SCHEMAS: dict[str, _Spec] = {
         "always": (_B, False),
     },
     EventType.APPROVAL_USE: {"request_id": (_S, True), "tool": (_S, False)},
-    EventType.ERROR: {"component": (_S, True), "message": (_S, True)},
+    EventType.ERROR: {"component": (_S, True), "message": (_S, True), "count": (_I, False)},
+    EventType.AUDIT_FLOOD: {
+        "reason": (_S, True),  # rate | bytes | end
+        "detail": (_S, False),
+        "events": (_I, False),  # events written for the sandbox so far
+        "bytes": (_I, False),
+        "refused": (_I, False),
+        "summarised": (_I, False),
+    },
     EventType.TRAIL_CLOSE: {"status": (_S, True)},
 }
 

@@ -12,6 +12,10 @@ Invariants:
   durability as ``Trail.emit``. A dead relay or a failed store raises ``AuditUnavailable`` in
   the client, which must stop the action (the proxy stops egress).
 - Frames are bounded (``MAX_FRAME``); a malformed frame closes the connection.
+- The sandbox's audit budget (``corral.audit.budget``) applies here: repeats are held and
+  written as one counted event at their window's end (and acknowledged only then), a flood
+  writes one ``audit.flood`` event and is slowed, a sandbox past its bytes budget gets its
+  events refused (error acks: the proxy fails closed). Distinct events are never folded.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
-from corral.audit.events import EventError, EventType
+from corral.audit.budget import HOLD, REFUSE, Budget, Held, from_env
+from corral.audit.events import EventError, EventType, validate
 from corral.audit.store import AuditUnavailable, Ticket, Trail
 
 __all__ = ["PROXY_EVENTS", "AuditRelay", "RemoteTrail"]
@@ -81,41 +88,93 @@ class AuditRelay:
     next group, so a busy proxy still gets group commits."""
 
     def __init__(
-        self, trail: Trail, sock: socket.socket, allowed: Iterable[str] = PROXY_EVENTS
+        self, trail: Trail, sock: socket.socket, allowed: Iterable[str] = PROXY_EVENTS,
+        budget: Budget | None = None,
     ) -> None:
         self.trail, self.sock = trail, sock
         self.allowed = frozenset(str(t) for t in allowed)
+        self.budget = budget if budget is not None else from_env(time.monotonic())
         self._thread = threading.Thread(target=self._serve, name="corral-audit-relay",
                                         daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
         buf = bytearray()
+        budget = self.budget
         try:
-            while data := self.sock.recv(MAX_FRAME):
-                buf += data
-                items = [self._accept(msg) for msg in _frames(buf)]
-                if any(ticket is not None for _, ticket, _ in items):
-                    self.trail.commit()
-                if items:
-                    self.sock.sendall(b"".join(self._ack_frame(item) for item in items))
+            while True:
+                deadline = budget.next_deadline()
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if select.select([self.sock], [], [], wait)[0]:
+                    data = self.sock.recv(MAX_FRAME)
+                    if not data:
+                        break
+                    buf += data
+                now = time.monotonic()
+                items = [self._accept(msg, now) for msg in _frames(buf)]
+                self._commit_and_ack([i for i in items if i is not None], budget.due(now))
         except (OSError, ValueError):
             pass  # a broken or hostile peer: drop the connection
         finally:
+            with contextlib.suppress(OSError, ValueError, AuditUnavailable):
+                self._commit_and_ack([], budget.due(0.0, all_=True), final=True)
             self._close_sock()
 
-    def _accept(self, msg: dict[str, Any]) -> tuple[Any, Ticket | None, str | None]:
+    def _commit_and_ack(self, items: list[tuple[Any, Ticket | None, str | None]],
+                        counted: list[Held], *, final: bool = False) -> None:
+        """Write the counted events and the flood notices, commit once, answer everyone."""
+        budget = self.budget
+        now = time.monotonic()
+        groups = []
+        for held in counted:
+            event = held.event()
+            try:
+                ticket: Ticket | None = self.trail.emit_held(held.type, **event)
+                error = None
+                budget.wrote(held.type, event, now)
+            except (EventError, TypeError, AuditUnavailable) as err:
+                ticket, error = None, f"unavailable: {err}"
+            groups.append((held.tokens, ticket, error))
+        end = budget.final() if final else None
+        for notice in [*budget.notices, *([end] if end else [])]:
+            with contextlib.suppress(EventError, TypeError):
+                items.append((None, self.trail.emit_held(EventType.AUDIT_FLOOD, **notice), None))
+        budget.notices.clear()
+        if pause := budget.wait():
+            time.sleep(pause)  # a flood: slow its acks, and so the proxy, to the budget's rate
+        if any(t is not None for _, t, _ in items) or any(t is not None for _, t, _ in groups):
+            self.trail.commit()
+        frames = [self._ack_frame(item) for item in items if item[0] is not None]
+        for tokens, ticket, error in groups:
+            frames += [self._ack_frame((rid, ticket, error)) for rid in tokens]
+        if frames:
+            self.sock.sendall(b"".join(frames))
+
+    def _accept(self, msg: dict[str, Any], now: float
+                ) -> tuple[Any, Ticket | None, str | None] | None:
+        """The event's ticket (or error); ``None`` when it is held for a counted event."""
         rid, type_, data = msg.get("id"), msg.get("type"), msg.get("data")
         if not isinstance(type_, str) or type_ not in self.allowed:
             return rid, None, f"event type {type_!r} not allowed here"
         if not isinstance(data, dict):
             return rid, None, "data must be an object"
         try:
-            return rid, self.trail.emit_held(type_, **data), None
+            validate(type_, data)  # before the budget: a bad event is not counted
+        except EventError as err:
+            return rid, None, str(err)
+        verdict = self.budget.offer(type_, data, now, rid)
+        if verdict == HOLD:
+            return None
+        if verdict == REFUSE:
+            return rid, None, "unavailable: the sandbox's audit budget is used up"
+        try:
+            ticket = self.trail.emit_held(type_, **data)
         except (EventError, TypeError) as err:
             return rid, None, str(err)
         except AuditUnavailable as err:
             return rid, None, f"unavailable: {err}"
+        self.budget.wrote(type_, data, now)
+        return rid, ticket, None
 
     @staticmethod
     def _ack_frame(item: tuple[Any, Ticket | None, str | None]) -> bytes:
