@@ -151,6 +151,11 @@ async def relay_response(
                 why = check_switch(upgrade, event.headers)
                 if why is not None:
                     raise UpstreamError(502, f"upgrade refused: {why}")
+                if scrub is not None:  # the 101's head; the tunnelled stream is not scrubbed
+                    headers = await scrub.interim(agent, event.headers)
+                    event = h11.InformationalResponse(
+                        status_code=101, headers=headers, reason=event.reason
+                    )
                 return await _switch(agent, upstreams, up, event, decision, fields)
             if event.status_code != 100:
                 interim = forward_headers(event.headers, False)

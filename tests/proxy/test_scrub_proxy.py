@@ -276,3 +276,54 @@ def test_aws_keys_and_session_token_are_scrubbed(make_proxy: Any) -> None:
     assert b"X-Amz-Security-Token: corral-placeholder-aws" in got.content
     assert proxy.sink.of("credential.inject", binding="aws")
     assert _audited(proxy, "aws", "body") >= 2
+
+
+WS_POLICY = """
+name: ws-scrub
+egress:
+  - host: ws.corral.test
+    ports: [PORT]
+    action: inspect
+    credential: key
+    allow_private: true
+credentials:
+  key: {secret: key, header: X-Api-Key, format: "{secret}", plaintext: true}
+"""
+
+
+def test_websocket_101_head_is_scrubbed(make_proxy: Any) -> None:
+    """A WebSocket server that reflects the credential into its 101: the agent gets the
+    placeholder there (the tunnelled frames after it are not scrubbed: docs/security.md)."""
+    from websockets.sync.server import ServerConnection, serve
+
+    def reflect(conn: ServerConnection, request: Any, response: Any) -> None:
+        response.headers["X-Echo-Api-Key"] = request.headers.get("X-Api-Key", "")
+
+    def hold(ws: ServerConnection) -> None:
+        for _ in ws:
+            pass
+
+    with serve(hold, "127.0.0.1", 0, process_response=reflect) as server:
+        import threading
+
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        proxy = make_proxy(WS_POLICY.replace("PORT", str(port)), {"key": KEY},
+                           overrides={"ws.corral.test": ["127.0.0.1"]})
+        request = (
+            b"GET http://ws.corral.test:%d/ HTTP/1.1\r\nHost: ws.corral.test:%d\r\n"
+            b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" % (port, port)
+        )
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                assert chunk, head
+                head += chunk
+            server.shutdown()
+    assert head.startswith(b"HTTP/1.1 101"), head
+    _no_secret(head)
+    assert b"corral-placeholder-key" in head
+    assert _audited(proxy, "key", "header") == 1
