@@ -371,7 +371,7 @@ def _members_after(group: Path, timeout: float) -> list[str]:
 def test_proxy_child_gets_the_launchers_cgroup_rlimits_umask(copy: Copy, outside: Outside,
                                                  own_cgroup: tuple[Path, str]) -> None:
     """What a launcher-forked child inherited, the zygote's child is given: the launcher's
-    cgroup (so its accounting and limits cover its proxy as before), rlimits and umask."""
+    cgroup (until ``start`` moves it into the sandbox's), rlimits and umask."""
     group, shown = own_cgroup
     zpid = copy.start()
     procs = os.fsencode(group / "cgroup.procs")
@@ -389,8 +389,12 @@ def test_proxy_child_gets_the_launchers_cgroup_rlimits_umask(copy: Copy, outside
         assert run.stdout is not None and run.stdout.readline() == "up\n"
         pid, _helper = _proxy_of(run, copy.corral_env["CORRAL_HOME"])
         assert int(_status(pid)["PPid"]) == zpid
-        assert shown not in _cgroups(zpid)  # the zygote is elsewhere; its child followed us
-        assert shown in _cgroups(pid)
+        assert shown not in _cgroups(zpid)  # the zygote is elsewhere; its child followed us,
+        # then, before serving, moved on into its sandbox's group (its limits cover it)
+        import json
+
+        (entry,) = Path(copy.corral_env["CORRAL_HOME"], "sandboxes").glob("*.json")
+        assert f"/corral/{json.loads(entry.read_text())['cgroup']}" in _cgroups(pid)
         limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
         assert [ln.split()[3] for ln in limits if ln.startswith("Max open files")] == ["777"]
         assert _status(pid)["Umask"].strip() == "0027"
