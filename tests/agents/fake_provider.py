@@ -45,11 +45,23 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         self.close_connection = True
 
+    def do_GET(self) -> None:
+        # Model lookups (GET /v1/models/ID, as Claude Code makes at start): any model exists.
+        print(json.dumps({"api": "get", "path": self.path}), flush=True)
+        if self.path.startswith("/v1/models/"):
+            model = self.path.split("?")[0].rsplit("/", 1)[1]
+            self._json(200, {"type": "model", "id": model, "display_name": model,
+                             "created_at": "2025-01-01T00:00:00Z"})
+        else:
+            self._json(404, {"type": "error", "error": {"type": "not_found_error",
+                                                        "message": f"no route {self.path}"}})
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         req = json.loads(self.rfile.read(length) or b"{}")
         stream = bool(req.get("stream"))
-        if self.path == "/v1/messages":
+        path = self.path.split("?")[0]  # Claude Code adds ?beta=true
+        if path == "/v1/messages":
             ok = self.headers.get("x-api-key") == KEYS["anthropic"]
             print(json.dumps({"api": "anthropic", "key_ok": ok, "stream": stream}), flush=True)
             if not ok:
@@ -57,7 +69,7 @@ class Handler(BaseHTTPRequestHandler):
                     "type": "authentication_error", "message": "invalid x-api-key"}})
                 return
             self._anthropic(req, stream)
-        elif self.path == "/v1/chat/completions":
+        elif path == "/v1/chat/completions":
             ok = self.headers.get("Authorization") == f"Bearer {KEYS['openai']}"
             print(json.dumps({"api": "openai", "key_ok": ok, "stream": stream}), flush=True)
             if not ok:
@@ -67,6 +79,7 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._openai(req, stream)
         else:
+            print(json.dumps({"api": "post", "path": self.path}), flush=True)
             self._json(404, {"error": {"message": f"no route {self.path}"}})
 
     def _anthropic(self, req: dict[str, Any], stream: bool) -> None:

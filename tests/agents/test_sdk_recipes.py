@@ -144,3 +144,46 @@ def test_sdk_agent_gets_answers_with_a_key_it_never_sees(
     injected = [json.loads(line) for line in trail.stdout.splitlines() if line.strip()]
     assert len(injected) == 2 and all(api in json.dumps(e) for e in injected), trail.stdout
     assert provider.keys[api] not in trail.stdout
+
+
+def _claude() -> Path | None:
+    """Claude Code from npm (@anthropic-ai/claude-code ships a native binary): on PATH or
+    installed with `npm install --prefix .venv/node @anthropic-ai/claude-code`."""
+    found = shutil.which("claude")
+    local = REPO / ".venv" / "node" / "node_modules" / ".bin" / "claude"
+    path = Path(found) if found else local if local.exists() else None
+    return path.resolve() if path else None
+
+
+def test_claude_code_print_mode_inside_corral_run(
+        provider: Provider, tmp_path: Path, corral_env: dict[str, str]) -> None:
+    """docs/agents.md "Claude Code inside corral run": `claude -p` answers through the proxy
+    with the key injected; it only ever holds the placeholder."""
+    claude = _claude()
+    if claude is None:
+        pytest.skip("Claude Code is not installed (npm install --prefix .venv/node "
+                    "@anthropic-ai/claude-code)")
+    env = {**os.environ, **corral_env}
+    corral = [sys.executable, "-m", "corral"]
+    subprocess.run([*corral, "creds", "set", "anthropic"], input=provider.keys["anthropic"],
+                   text=True, env=env, check=True, capture_output=True)
+    policy = _moved_builtin("anthropic", "api.anthropic.com", provider.ip, provider.ca,
+                            tmp_path / "anthropic.yaml")
+    tools = tmp_path / "tools.yaml"
+    tools.write_text(yaml.safe_dump({"name": "claude-code", "files": {
+        "read": [str(claude.parent)]}}), encoding="utf-8")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    done = subprocess.run(
+        [*corral, "run", "-p", str(policy), "-p", str(tools), "--workspace", str(ws),
+         "--env", f"ANTHROPIC_BASE_URL=https://{provider.ip}",
+         "--env", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1",
+         str(claude), "-p", "Say hello."],
+        env=env, capture_output=True, text=True, timeout=150, check=False)
+    assert done.returncode == 0, done
+    assert "hello from fake anthropic" in done.stdout, done
+    assert provider.keys["anthropic"] not in done.stdout + done.stderr
+    seen = []
+    while not seen or seen[-1].get("api") != "anthropic":
+        seen.append(json.loads(provider.log.stdout.readline()))  # type: ignore[union-attr]
+    assert seen[-1]["key_ok"] is True, seen
