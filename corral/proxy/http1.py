@@ -116,14 +116,11 @@ class Session(AgentConnection):
         decision = decide.request(self.ctx.policy, host, port, method, path)
         offer = None
         if decision.action != "deny":
-            # One pass over the names; the slow checks run only for a request that asks to
-            # upgrade or may carry a method override.
-            flagged = False
-            for name, _ in headers:
-                if name == b"upgrade" or name == b"http2-settings" or b"method" in name:
-                    flagged = True
-                    break
-            if flagged:
+            # The slow checks run only for a request that may ask to upgrade or carry a method
+            # override: three substring searches in C over the joined names (~2x cheaper than
+            # a Python loop over them); a false hit only costs the exact checks.
+            names = b"\n".join([n for n, _ in headers])
+            if b"method" in names or b"upgrade" in names or b"http2-settings" in names:
                 try:
                     decision = override.decide_overrides(
                         self.ctx.policy, host, port, method, path, headers, decision

@@ -13,8 +13,8 @@ Invariants:
   reading is denied, the request is denied, naming that rule and the header.
 - When the request-line decision injects a credential, every reading must be allowed by that
   same rule; otherwise it is refused (403) naming both rules and the header.
-- A request without such headers pays one substring test per header name: the request loop
-  (``http1``) calls in here only when a name contains "method".
+- A request without such headers pays a substring search over its joined header names: the
+  request loop (``http1``) calls in here only when one contains "method".
 """
 
 from __future__ import annotations
