@@ -172,3 +172,143 @@ def test_env_assignments_must_be_named_by_a_pattern() -> None:
     allow = ["env *", "LANG=C git status"]
     assert check_command("env LANG=C git status", allow).allowed
     assert not check_command("env LD_PRELOAD=/x.so git status", allow).allowed
+
+
+# -- expansions bash evaluates where tree-sitter sees text (review findings) -------------------
+
+REVIEW = [
+    "echo ${x-`id`}",
+    "echo ${x:=`cat /etc/hostname`}",
+    "echo ${y:=$'a\\x5b\\x24(touch /workspace/p)\\x5d'} ${z:=abc} ${z:y}",
+]
+UNPROVABLE = ["echo ${z:y}", "echo ${z:1:2}", "echo ${a[$(ls)]}", "echo ${a[1]}", "echo ${!x}",
+              "echo ${!x*}", "echo ${x=1}", "echo ${x@P}", "echo ${x-'a'}", "echo ${x-\"$(ls)\"}",
+              "echo $((1))", "echo $[1]", "echo $\"x\"", "echo \"${x-`ls`}\"",
+              "cat <<EOF\n$[1]\nEOF\n", "cat <<EOF\n${x-`ls`}\nEOF\n", "echo ${x: -1}"]
+SAFE_EXPANSIONS = ["echo $x ${x} \"$x\" ${#x} $1 $@ $? ${x:-a} ${x#*/} ${x%.py} ${x//a/b}",
+                   "echo ${x^^} \"${x:-$y}\" ${x+set} \"a$\" foo$ ${u-${v}}",
+                   "cat <<EOF\nplain $x ${y}\nEOF\n", "cat <<'EOF'\n$[1] `ls` ${x:y}\nEOF\n"]
+
+
+@pytest.mark.parametrize("command", REVIEW + UNPROVABLE)
+def test_unprovable_expansions_held(command: str) -> None:
+    verdict = check_command(command, ["echo *", "cat", "ls"])
+    assert not verdict.allowed, command
+
+
+@pytest.mark.parametrize("command", SAFE_EXPANSIONS)
+def test_plain_expansions_allowed(command: str) -> None:
+    verdict = check_command(command, ["echo *", "cat"])
+    assert verdict.allowed, (command, verdict.reason)
+
+
+# -- built-in denials: option forms that make a tool run programs -------------------------------
+
+TOOLS = ["git *", "find *", "tar *", "sed *", "awk *", "python3 *", "ssh *", "rsync *",
+         "make *", "sort *", "perl *", "vim *", "man *", "zip *"]
+HATCHES = [
+    ("git -c alias.x='!id' x", "git -c"),
+    ("git --no-pager -c core.pager=id log", "git -c"),
+    ("git --config-env=core.sshCommand=X fetch", "--config-env"),
+    ("git --exec-path=/tmp status", "--exec-path"),
+    ("git fetch --upload-pack=id origin", "--upload-pack"),
+    ("git ls-remote --upl=id origin", "--upload-pack"),
+    ("git clone -u id r", "clone -u"),
+    ("git clone -c core.fsmonitor=id r", "clone -c"),
+    ("git push --receive-pack=id", "--receive-pack"),
+    ("git diff --ext-diff", "--ext-diff"),
+    ("git difftool -x id", "difftool -x"),
+    ("git rebase --exec id", "--exec"),
+    ("git grep -Oid x", "grep -O"),
+    ("git bisect run id", "bisect run"),
+    ("git submodule foreach id", "submodule foreach"),
+    ("git filter-branch --tree-filter id", "filter-branch"),
+    ("git config core.pager id", "git config"),
+    ("git init --template=t", "--template"),
+    ("git $X status", "expanded"),
+    ("find . -exec id ';'", "-exec"),
+    ("find . -execdir id +", "-execdir"),
+    ("find . -ok id ';'", "-ok"),
+    ("find . -delete", "-delete"),
+    ("find * -name x", "globbed"),
+    ("tar -xf a.tar --to-command=id", "--to-command"),
+    ("tar xIf id a.tar", "-I"),
+    ("tar -cf a.tar --checkpoint-action=exec=id x", "--checkpoint-action"),
+    ("sed 's/a/b/e' f", "s///e"),
+    ("sed -n '1e id' f", "sed e"),
+    ("sed 's/a/b/w /tmp/x' f", "s///w"),
+    ("sed -f script f", "sed -f"),
+    ("awk 'BEGIN{system(\"id\")}'", "system"),
+    ("awk '{print | \"sh\"}' f", "'|'"),
+    ("awk -f prog.awk f", "awk -f"),
+    ("python3 -c 'import os'", "-c"),
+    ("python3 -Ic 'import os'", "-c"),
+    ("ssh -o ProxyCommand=id host", "-o"),
+    ("rsync -avze id a b:", "-e"),
+    ("rsync --rsh=id a b:", "--rsh"),
+    ("make 'CC=$(shell id)'", "make"),
+    ("make --eval='x:=$(shell id)'", "--eval"),
+    ("sort --compress-program=id f", "--compress-program"),
+    ("perl -e 'system 1'", "-e"),
+    ("vim -c '!id' f", "-c"),
+    ("man -P id ls", "-P"),
+    ("zip -TT id a.zip f", "-TT"),
+    ("env git -c a=b status", "git -c"),
+    ("timeout 5 find . -exec id ';'", "-exec"),
+]
+ORDINARY = ["git status", "git log -c", "git diff HEAD~1 -- a.py", "git -C sub status",
+            "git --no-pager log --oneline", "git config --get user.name", "git clone r",
+            "find . -name '*.py' -type f", "tar -xzf a.tgz", "sed -n 's/[/]/x/gp' f",
+            "sed -e 's/a/b/' -e '/x/d' f", "sed '1a text e w' f", "awk '{print $1}' f",
+            "python3 t.py", "ssh host ls", "rsync -avz a b", "make test", "sort -u f",
+            "perl t.pl", "vim f", "man ls", "zip -r a.zip d"]
+
+
+@pytest.mark.parametrize(("command", "reason"), HATCHES)
+def test_escape_hatches_held_even_if_pattern_matches(command: str, reason: str) -> None:
+    verdict = check_command(command, [*TOOLS, "env *", "timeout *"])
+    assert not verdict.allowed, command
+    assert reason in verdict.reason, (command, verdict.reason)
+
+
+@pytest.mark.parametrize("command", ORDINARY)
+def test_ordinary_tool_uses_allowed(command: str) -> None:
+    verdict = check_command(command, TOOLS)
+    assert verdict.allowed, (command, verdict.reason)
+
+
+def test_subcommand_pattern_does_not_match_global_options() -> None:
+    for command in ("git -c x=y diff", "git --no-pager diff a", "git -C /tmp diff a"):
+        assert not check_command(command, ["git diff *"]).allowed, command
+    assert check_command("git diff a", ["git diff *"]).allowed
+
+
+DENIED_LONG = {"git fetch": ["upload-pack"], "git push": ["receive-pack", "exec"],
+               "git diff": ["ext-diff"], "tar -xf a": ["to-command", "use-compress-program"],
+               "rsync": ["rsh", "rsync-path"], "sort": ["compress-program"],
+               "split": ["filter"]}
+DENIED_SHORT = {"python3": "c", "perl": "eE", "ssh": "oF", "rsync": "e", "tar": "IF"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(DENIED_LONG)), st.data())
+def test_any_abbreviation_of_a_denied_long_option_is_held(tool: str, data: st.DataObject) -> None:
+    """GNU getopt and git accept any unambiguous prefix: every prefix is refused, wherever
+    it stands among ordinary arguments, with or without =value."""
+    name = data.draw(st.sampled_from(DENIED_LONG[tool]))
+    prefix = name[:data.draw(st.integers(1, len(name)))]
+    option = "--" + prefix + data.draw(st.sampled_from(["", "=id"]))
+    args = data.draw(st.lists(st.sampled_from(["a", "-v", "--quiet", "b/c"]), max_size=3))
+    args.insert(data.draw(st.integers(0, len(args))), option)
+    command = " ".join([tool, *args, "id"])
+    assert not check_command(command, [tool.split()[0] + " *"]).allowed, command
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(DENIED_SHORT)), st.data())
+def test_denied_short_option_in_any_cluster_is_held(tool: str, data: st.DataObject) -> None:
+    letter = data.draw(st.sampled_from(DENIED_SHORT[tool]))
+    others = data.draw(st.text(alphabet="avzqnBOW", max_size=3))
+    cut = data.draw(st.integers(0, len(others)))
+    command = f"{tool} -{others[:cut]}{letter}{others[cut:]} id x"
+    assert not check_command(command, [tool + " *"]).allowed, command
