@@ -213,3 +213,9 @@ def show(
     from corral.cli.starter import builtin_text
 
     sys.stdout.write(builtin_text(name))
+
+
+# push/pull talk to corral server; they live in their own module (imported lazily there).
+from corral.cli.policy_remote import register as _register_remote  # noqa: E402
+
+_register_remote(app)

@@ -28,7 +28,7 @@ from corral.policy.types import CredentialBinding, Origin, Rule
 from corral.policy.units import parse_duration, parse_size
 from corral.policy.yamlsrc import Loc, format_loc, parse_yaml
 
-__all__ = ["LoadedPolicy", "load_policy"]
+__all__ = ["LoadedPolicy", "load_policy", "load_policy_text"]
 
 DEFAULT_PORTS = frozenset({80, 443})
 _HINTS = {
@@ -247,6 +247,16 @@ def load_policy(spec: str, text: str | None = None) -> LoadedPolicy:
     except (OSError, UnicodeDecodeError) as err:
         raise PolicyError([f"{source}: cannot read: {err}"]) from None
     trusted = not spec.startswith("builtin:") and is_trusted(path)
+    return _load_text(source, path, text, trusted, spec.startswith("builtin:"))
+
+
+def load_policy_text(source: str, text: str) -> LoadedPolicy:
+    """A policy that is no file on this host (one uploaded to ``corral server``): never
+    trusted, relative paths resolved against no host directory, errors naming ``source``."""
+    return _load_text(source, Path(source), text, False, True)
+
+
+def _load_text(source: str, path: Path, text: str, trusted: bool, builtin: bool) -> LoadedPolicy:
     try:
         data, lines = parse_yaml(text)
     except ValueError as err:
@@ -266,7 +276,7 @@ def load_policy(spec: str, text: str | None = None) -> LoadedPolicy:
         _report_validation(ctx, err)
         raise PolicyError(ctx.problems) from None
     try:
-        loaded = _convert(ctx, model, path, trusted, spec.startswith("builtin:"))
+        loaded = _convert(ctx, model, path, trusted, builtin)
     except ValueError as err:  # a unit re-parsed in _convert; validated already, kept safe
         ctx.error((), str(err))
     if ctx.problems:

@@ -1,0 +1,171 @@
+"""Run and administer corral server: serve, migrate, token create|list|revoke, kek rotate.
+
+Invariants: ``token`` and ``kek`` and ``migrate`` act on the database directly and are
+root-only (they hold the keys to everything); ``token create`` prints the token alone on
+stdout, once. The database URL comes from ``--config`` or ``CORRAL_DB_URL``, never a flag.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from corral.cli.remote import JSON_OPT, show
+from corral.errors import CorralError, UserInputError
+
+if TYPE_CHECKING:
+    from corral.server.config import ServerConfig
+    from corral.server.db import Database
+
+__all__ = ["app"]
+
+app = typer.Typer(no_args_is_help=False, add_completion=False, invoke_without_command=True)
+token_app = typer.Typer(no_args_is_help=True, add_completion=False)
+kek_app = typer.Typer(no_args_is_help=True, add_completion=False)
+app.add_typer(token_app, name="token", help="Service tokens (local, root-only).")
+app.add_typer(kek_app, name="kek", help="The key-encryption key of stored credentials.")
+
+CONFIG = typer.Option(None, "--config", help="server config file (YAML)")
+
+
+def _config(path: Path | None) -> ServerConfig:
+    from corral.server.config import load_config
+
+    return load_config(path)
+
+
+def _db(config: ServerConfig) -> Database:
+    from corral.server.db import Database
+
+    return Database(config.db_url())
+
+
+def _root() -> None:
+    if os.geteuid() != 0:
+        raise CorralError("this reads the server's database directly: run it as root on the "
+                          "server host (try sudo)")
+
+
+def _ttl(text: str) -> dt.timedelta:
+    match = re.fullmatch(r"(\d{1,6})([mhd])", text)
+    if not match:
+        raise UserInputError(f"--ttl {text!r}: a duration like 30m, 12h or 90d")
+    amount, unit = int(match[1]), match[2]
+    unit_name = {"m": "minutes", "h": "hours", "d": "days"}[unit]
+    ttl = dt.timedelta(**{unit_name: amount})
+    if not dt.timedelta(minutes=1) <= ttl <= dt.timedelta(days=3650):
+        raise UserInputError("--ttl: between 1m and 3650d")
+    return ttl
+
+
+@app.callback()
+def serve(ctx: typer.Context,
+          listen: str | None = typer.Option(None, "--listen", help="HOST:PORT (default "
+                                            "127.0.0.1:8470)"),
+          config: Path | None = CONFIG) -> None:
+    """Serve the control plane (the API under /api/v1)."""
+    ctx.obj = config
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+    from sqlalchemy.exc import DBAPIError
+
+    from corral.server.app import create_app
+    from corral.server.migrate import check_schema
+
+    cfg = _config(config)
+    if listen is not None:
+        cfg = cfg.model_validate({**cfg.model_dump(exclude_unset=True), "listen": listen})
+    db = _db(cfg)
+    try:
+        check_schema(db.engine)  # refuse a schema this corral does not know, before serving
+    except DBAPIError:
+        print("corral server: database unreachable; serving 503 until it is back")
+    host, port = cfg.host_port()
+    uvicorn.run(create_app(cfg, db=db), host=host, port=port, log_level="info",
+                server_header=False, proxy_headers=False)
+
+
+@app.command("migrate")
+def migrate(ctx: typer.Context, config: Path | None = CONFIG) -> None:
+    """Apply the database migrations this corral ships."""
+    from corral.server.migrate import upgrade
+
+    _root()
+    db = _db(_config(config or ctx.obj))
+    before, after = upgrade(db.engine)
+    print(f"schema at {after}" + (f" (was {before})" if before != after else " (up to date)"))
+
+
+@token_app.command("create")
+def token_create(ctx: typer.Context,
+                 name: str = typer.Option(..., "--name", help="what the token is for"),
+                 role: str = typer.Option(..., "--role", help="owner, admin, member or viewer"),
+                 team: str | None = typer.Option(None, "--team", help="only this team "
+                                                 "(default: the whole org)"),
+                 ttl: str = typer.Option("90d", "--ttl", help="lifetime, e.g. 12h or 90d"),
+                 config: Path | None = CONFIG) -> None:
+    """Create a service token; prints the token alone, once."""
+    from corral.server.local import create_token
+
+    if role not in ("owner", "admin", "member", "viewer"):
+        raise UserInputError(f"--role {role!r}: owner, admin, member or viewer")
+    _root()
+    db = _db(_config(config or ctx.obj))
+    _check_schema(db)
+    print(create_token(db, name=name, role=role, team=team, ttl=_ttl(ttl)))
+
+
+@token_app.command("list")
+def token_list(ctx: typer.Context, config: Path | None = CONFIG,
+               as_json: bool = JSON_OPT) -> None:
+    """Service and user tokens (never their secrets)."""
+    from corral.server.local import list_tokens
+
+    _root()
+    db = _db(_config(config or ctx.obj))
+    _check_schema(db)
+    rows = list_tokens(db)
+    show(rows, ["id", "name", "kind", "role", "team", "state", "expires_at", "last_used_at"],
+         as_json, {"tokens": rows})
+
+
+@token_app.command("revoke")
+def token_revoke(ctx: typer.Context, token_id: int = typer.Argument(..., min=1),
+                 config: Path | None = CONFIG) -> None:
+    """Revoke a token at once."""
+    from corral.server.local import revoke_token
+
+    _root()
+    db = _db(_config(config or ctx.obj))
+    _check_schema(db)
+    if not revoke_token(db, token_id):
+        raise CorralError(f"no token {token_id}")
+    print(f"revoked token {token_id}")
+
+
+@kek_app.command("rotate")
+def kek_rotate(ctx: typer.Context,
+               new_key_file: Path = typer.Option(..., "--new-key-file",
+                                                 help="32 random bytes, base64"),
+               config: Path | None = CONFIG) -> None:
+    """Rewrap every credential's data key under a new KEK, which then replaces the old."""
+    from corral.server.local import rotate_kek
+
+    _root()
+    cfg = _config(config or ctx.obj)
+    db = _db(cfg)
+    _check_schema(db)
+    count = rotate_kek(db, cfg, new_key_file)
+    print(f"rewrapped {count} credential(s)")
+
+
+def _check_schema(db: Database) -> None:
+    from corral.server.migrate import check_schema
+
+    check_schema(db.engine)

@@ -1,0 +1,26 @@
+"""``corral server``: the control plane (teams, projects, policies, credentials, runs, audit).
+
+Public surface: ``create_app`` (the ASGI app), ``ServerConfig``/``load_config``, ``Database``.
+Nothing on the ``corral run`` launch path imports this package; it may use ``corral.policy``
+and ``corral.audit``, never the sandbox side (an import-linter contract says so).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from corral._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from corral.server.app import create_app
+    from corral.server.config import ServerConfig, load_config
+    from corral.server.db import Database
+
+__all__ = ["Database", "ServerConfig", "create_app", "load_config"]
+
+__getattr__ = lazy_exports("corral.server", {
+    "create_app": "app",
+    "ServerConfig": "config",
+    "load_config": "config",
+    "Database": "db",
+})

@@ -1,0 +1,9 @@
+"""The ``/api/v1`` routers. ``ROUTERS`` is every router the app mounts."""
+
+from __future__ import annotations
+
+from corral.server.api import credentials, me, policies, projects, teams
+
+__all__ = ["ROUTERS"]
+
+ROUTERS = [me.router, teams.router, projects.router, policies.router, credentials.router]
