@@ -11,8 +11,10 @@ Invariants:
   read by the handlers (the stream readers' buffers) never exceed ``buffered`` in total. A
   connection past the connection cap is refused (reset) after the refusal is audited; one
   pushing the buffers past their cap is reset at once. One ``sandbox.limit`` event per burst
-  of refusals (a burst ends after ``BURST_GAP`` s without one), not one per connection. A
-  handler's own parser holds at most one request head (64 KiB) more per connection.
+  of refusals, not one per connection: a burst of connection refusals lasts until a
+  connection is served again, one of buffer resets until ``BURST_GAP`` s pass without one;
+  a burst longer than ``BURST_RENEW`` s gets a further event. A handler's own parser holds
+  at most one request head (64 KiB) more per connection.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from corral.proxy.upstream import STREAM_LIMIT
 __all__ = ["Caps", "configure", "serve"]
 
 BURST_GAP = 1.0
+BURST_RENEW = 60.0
 
 
 class Caps:
@@ -43,7 +46,13 @@ class Caps:
         self.open = 0  # connections being served
         self.held = 0  # bytes in the stream readers' buffers, over all connections
         self.refused = 0
-        self._bursts: dict[str, tuple[float, asyncio.Future[None]]] = {}
+        self._bursts: dict[str, tuple[float, float, asyncio.Future[None]]] = {}
+        self._calm: set[str] = set()  # limits whose burst ended
+
+    def calm(self, limit: str) -> None:
+        """The burst of ``limit`` is over (a connection is served again)."""
+        if limit in self._bursts:
+            self._calm.add(limit)
 
     def refusal(self, ctx: ProxyContext, limit: str, value: int, detail: str
                 ) -> asyncio.Future[None]:
@@ -51,12 +60,15 @@ class Caps:
         rest: one event per burst, and each refusal may wait for it to be durable)."""
         self.refused += 1
         now = time.monotonic()
-        last, fut = self._bursts.get(limit, (0.0, None))
-        if fut is None or now - last > BURST_GAP:
+        started, last, fut = self._bursts.get(limit, (0.0, 0.0, None))
+        if (fut is None or limit in self._calm or now - started > BURST_RENEW
+                or (limit != "proxy.connections" and now - last > BURST_GAP)):
+            self._calm.discard(limit)
+            started = now
             fut = asyncio.ensure_future(ctx.audit.emit(
                 "sandbox.limit", limit=limit, value=str(value), detail=detail))
             fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._bursts[limit] = (now, fut)
+        self._bursts[limit] = (started, now, fut)
         return fut
 
 
@@ -132,6 +144,7 @@ async def _client(
         return
     if caps is not None:
         caps.open += 1
+        caps.calm("proxy.connections")
     try:
         await _serve_client(ctx, reader, writer)
     finally:
