@@ -3,7 +3,8 @@
 Every fenced ``sh`` and ``console`` block of README.md and docs/*.md is read; each ``corral``
 command line in it (``$ `` lines of a console block; in an ``sh`` block, lines that run
 corral, directly, after ``sudo`` or at the end of a pipe) is executed with bash, in a copy of
-docs/examples/, with fresh CORRAL_HOME and CORRAL_CONFIG directories shared by the whole file
+docs/examples/, with fresh CORRAL_HOME and CORRAL_CONFIG directories per document (one
+``corral run -- true`` has run there, so an audit trail exists, as on any machine in use),
 in document order (so ``creds set`` before ``creds list`` works). It must exit 0, or the
 status a trailing ``# exit N`` comment names.
 
@@ -94,17 +95,26 @@ COMMANDS = collect()
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    require_root()
-    base = tmp_path_factory.mktemp("docs")
-    cwd = base / "examples"
-    shutil.copytree(REPO / "docs" / "examples", cwd)
-    (base / "config").mkdir()
-    env = {**os.environ, **SECRETS, "CORRAL_HOME": str(base / "state"),
-           "CORRAL_CONFIG": str(base / "config"), "HOME": str(base / "home"),
-           "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"}
-    (base / "home").mkdir()
-    return cwd, env
+def workdirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict[str, str]]]:
+    """Per document, created on first use: (cwd, environment)."""
+    return {}
+
+
+def _workdir(cache: dict[str, tuple[Path, dict[str, str]]], doc: str,
+             factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    if doc not in cache:
+        base = factory.mktemp("docs")
+        cwd = base / "examples"
+        shutil.copytree(REPO / "docs" / "examples", cwd)
+        for sub in ("config", "home"):
+            (base / sub).mkdir()
+        cache[doc] = cwd, {
+            **os.environ, **SECRETS, "CORRAL_HOME": str(base / "state"),
+            "CORRAL_CONFIG": str(base / "config"), "HOME": str(base / "home"),
+            "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"}
+        subprocess.run(["corral", "run", "--", "true"], cwd=cwd, env=cache[doc][1],
+                       check=True, capture_output=True, timeout=60)
+    return cache[doc]
 
 
 def test_the_docs_have_commands() -> None:
@@ -114,11 +124,14 @@ def test_the_docs_have_commands() -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cmd", COMMANDS, ids=[c.id for c in COMMANDS])
-def test_documented_command(cmd: Command, workdir: tuple[Path, dict[str, str]]) -> None:
+def test_documented_command(cmd: Command, workdirs: dict[str, tuple[Path, dict[str, str]]],
+                            tmp_path_factory: pytest.TempPathFactory) -> None:
     if cmd.expect is None:
         pytest.skip(f"marked not run in the doc: {cmd.text}")
-    cwd, env = workdir
+    require_root()
+    cwd, env = _workdir(workdirs, cmd.doc, tmp_path_factory)
     text = cmd.text.replace("sudo -n ", "").replace("sudo ", "")  # the suite runs as root
+    text = text.replace(".venv/bin/corral", "corral")  # the checkout's, first on PATH
     done = subprocess.run(["bash", "-c", text], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode == cmd.expect, (
