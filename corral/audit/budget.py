@@ -6,7 +6,13 @@ counted event, or refused. Pure logic (the relay owns the clock, the store and t
 the rule is tested on its own (``tests/audit/test_budget.py``).
 
 Rules:
-- Aggregation: events of a type in ``AGGREGATED`` are keyed by their type and their whole
+- Only refusals are folded or slowed: denied requests and DNS queries (``dns.query`` without
+  a ``NOERROR`` answer), limit events and errors (``AGGREGATED``). They cost a looping or
+  hostile agent nothing to produce (no upstream round trip), so they are the flood. Allowed
+  requests, allowed DNS answers, injections and scrubs are always written as their own events
+  at the next group commit, never held or slowed: a busy agent's real work is never delayed
+  by the budget, and its disk use is bounded by the bytes budget below.
+- Aggregation: events that are refusals are keyed by their type and their whole
   payload except the measurements (``VOLATILE``: durations, byte counts, client address).
   In each ``window`` (1 s) a key gets ``burst`` (4) events of its own; later ones with the same
   key are *held* and written once, when the window ends, as one event of that payload with
@@ -35,14 +41,20 @@ import json
 import os
 from typing import Any
 
-__all__ = ["AGGREGATED", "VOLATILE", "Budget", "Held", "from_env"]
+__all__ = ["AGGREGATED", "VOLATILE", "Budget", "Held", "from_env", "refusal"]
 
-AGGREGATED = frozenset({"dns.query", "proxy.allow", "proxy.deny", "proxy.inspect",
-                        "credential.inject", "sandbox.limit", "error"})
+AGGREGATED = frozenset({"dns.query", "proxy.deny", "sandbox.limit", "error"})
 VOLATILE = frozenset({"duration_ms", "bytes_in", "bytes_out", "client"})
 _SUMMED = ("bytes_in", "bytes_out")
 ROW_OVERHEAD = 320  # hash, prev, actor, ids and index entries around an event's payload
 OWN, HOLD, REFUSE = "own", "hold", "refuse"
+
+
+def refusal(type_: str, data: dict[str, Any]) -> bool:
+    """Whether an event records a refusal (what the budget folds and slows)."""
+    if type_ not in AGGREGATED:
+        return False
+    return type_ != "dns.query" or data.get("rcode") != "NOERROR"
 
 
 class Held:
@@ -103,7 +115,7 @@ class Budget:
         if self.exhausted:
             self.refused += 1
             return REFUSE
-        if type_ not in AGGREGATED:
+        if not refusal(type_, data):
             return OWN
         key = self.key(type_, data)
         win = self._windows.get(key)
@@ -142,6 +154,8 @@ class Budget:
         self._refill(now)
         self.written += 1
         self.written_bytes += len(json.dumps(data, default=str)) + len(type_) + ROW_OVERHEAD
+        if not refusal(type_, data):
+            return self._check_bytes()
         self.tokens -= 1
         if self.tokens <= 0 and not self.flooding:
             self.flooding = True
@@ -149,6 +163,9 @@ class Budget:
                                  "bytes": self.written_bytes,
                                  "detail": f"more than {self.rate:g} events/s: repeats are "
                                            "counted, the proxy is slowed"})
+        self._check_bytes()
+
+    def _check_bytes(self) -> None:
         if self.written_bytes >= self.max_bytes and not self.exhausted:
             self.exhausted = True
             self.notices.append({"reason": "bytes", "events": self.written,

@@ -111,3 +111,25 @@ def test_a_flood_of_one_event_writes_a_few_rows_per_window() -> None:
             budget.wrote("dns.query", {"name": "evil.test"}, now)
     rows += len(budget.due(now, all_=True))
     assert rows <= 10 * (4 + 1) + 2, rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(EVENTS, st.sampled_from([0.0, 0.001, 0.05])), max_size=400))
+def test_allowed_work_is_never_held_or_slowed(events: list[Any]) -> None:
+    """Allowed requests, answers and injections are written at once, whatever else floods:
+    only refusals are folded, and only refusals draw on the rate that slows the proxy."""
+    from corral.audit.budget import refusal
+
+    budget = Budget(rate=2.0, max_bytes=10**9, window=1.0, burst=0)
+    now = 0.0
+    for (type_, data), step in events:
+        now += step
+        verdict = budget.offer(type_, data, now)
+        if not refusal(type_, data):
+            assert verdict == OWN, (type_, data)
+            budget.wrote(type_, data, now)
+            assert budget.wait() == 0.0 or budget.tokens < 0
+        elif verdict == OWN:
+            budget.wrote(type_, data, now)
+    if not any(refusal(t, d) for (t, d), _ in events):
+        assert budget.wait() == 0.0 and not budget.flooding
