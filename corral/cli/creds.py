@@ -19,9 +19,17 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
 @app.command("set")
-def set_(name: str = typer.Argument(..., help="credential name", callback=validate_name)) -> None:
-    """Read a secret from stdin into the root-only store."""
+def set_(name: str = typer.Argument(..., help="credential name", callback=validate_name),
+         project: str | None = typer.Option(None, "--project", help="store it on corral "
+                                            "server for this project (not on this host)"),
+         release: bool = typer.Option(False, "--release", help="with --project: released to "
+                                      "the run's proxy for inspect rules"),
+         server: str | None = typer.Option(None, "--server", help="server URL (default: "
+                                           "$CORRAL_SERVER)")) -> None:
+    """Read a secret from stdin into the root-only store (or, with --project, the server's)."""
     validate_name(name)
+    if (release or server) and project is None:
+        raise UserInputError("--release and --server go with --project")
     if sys.stdin.isatty():
         import getpass
 
@@ -31,6 +39,13 @@ def set_(name: str = typer.Argument(..., help="credential name", callback=valida
         value = value[:-1] if value.endswith("\n") else value
     if not value:
         raise UserInputError("no secret on stdin")
+    if project is not None:
+        from corral.cli.remote import client, quote
+
+        client(server).put(f"/projects/{quote(project)}/credentials/{quote(name)}",
+                           {"value": value, "release": release})
+        print(f"stored {name} in project {project}" + (" (release)" if release else ""))
+        return
     CredentialStore().set(name, value)
     print(f"stored {name}")
 
