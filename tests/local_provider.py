@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from corral.tools.executor import Executor, executor_argv
+from corral.tools.executor_client import Executor, executor_argv
 
 
 class LocalProvider:

@@ -64,7 +64,7 @@ class AuditUnavailable(CorralError):
 
 
 def default_path() -> Path:
-    from corral.paths import state_dir
+    from corral.dirs import state_dir
 
     return state_dir() / "audit.db"
 
@@ -202,7 +202,7 @@ class AuditStore:
         if synchronous not in ("NORMAL", "FULL"):
             raise CorralError(f"audit: synchronous must be NORMAL or FULL, not {synchronous!r}")
         if path is None:
-            from corral.paths import ensure_state_dir
+            from corral.dirs import ensure_state_dir
 
             try:
                 ensure_state_dir()

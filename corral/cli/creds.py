@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from corral import paths
+from corral import dirs
 from corral.cli.output import emit_json
 from corral.credentials.store import CredentialStore, validate_name
 from corral.errors import UserInputError
@@ -56,7 +56,7 @@ def _bindings() -> dict[str, list[str]]:
     from corral.policy.builtin import builtin_names
 
     specs = [f"builtin:{n}" for n in builtin_names()]
-    config = paths.config_dir()
+    config = dirs.config_dir()
     if config.is_dir():
         specs += sorted(str(p) for p in Path(config).glob("*.y*ml"))
     found: dict[str, list[str]] = {}

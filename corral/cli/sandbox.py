@@ -54,7 +54,7 @@ def list_(
 @app.command("gc")
 def gc() -> None:
     """Remove what killed launchers left behind (registry entries, cgroups, directories)."""
-    from corral.sandbox.gc import collect
+    from corral.sandbox.reclaim import collect
 
     done = collect()
     for sid in done.removed:

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from corral import paths
+from corral import dirs
 from corral.errors import CorralError, UserInputError
 
 __all__ = ["CredentialStore", "validate_name"]
@@ -32,10 +32,10 @@ def validate_name(name: str) -> str:
 
 class CredentialStore:
     def __init__(self, root: Path | None = None) -> None:
-        self.root = root or paths.state_dir() / "credentials"
+        self.root = root or dirs.state_dir() / "credentials"
 
     def _dir(self) -> Path:
-        paths.ensure_state_dir()
+        dirs.ensure_state_dir()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.root.stat().st_mode & 0o077:
             self.root.chmod(0o700)

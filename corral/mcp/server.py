@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field
 from corral.errors import CorralError
 from corral.mcp.principals import STDIO, Principals, TokenTable
 from corral.tools.approvals import current_user
-from corral.tools.executor import ExecutorGone, ToolFailure
+from corral.tools.executor_client import ExecutorGone, ToolFailure
 from corral.tools.service import Gate, denied_message, pending_message
 
 __all__ = ["ApprovalForm", "build_server"]

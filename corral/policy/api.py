@@ -18,12 +18,16 @@ import pickle
 import stat
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from corral import __version__, paths
+from corral import __version__, dirs
 from corral._digest import sha256
 from corral.policy.builtin import locate
 from corral.policy.errors import PolicyError
 from corral.policy.resolved import ResolvedPolicy
+
+if TYPE_CHECKING:
+    from corral.policy.quick import QuickPolicy
 
 __all__ = ["cache_dir", "resolve"]
 
@@ -33,7 +37,7 @@ _KEEP = 64
 
 
 def cache_dir() -> Path:
-    return paths.state_dir() / "policy-cache"
+    return dirs.state_dir() / "policy-cache"
 
 
 def _read_inputs(specs: list[str]) -> list[tuple[str, Path, bytes]]:
@@ -59,10 +63,14 @@ def _code_stamp() -> bytes:
     return ";".join(stamp).encode()
 
 
-def _key(inputs: list[tuple[str, Path, bytes]], workspace: Path | None = None) -> str:
+def _key(inputs: list[tuple[str, Path, bytes]], workspace: Path | None = None,
+         quick: QuickPolicy | None = None) -> str:
     digest = sha256(_FORMAT + __version__.encode() + sys.version.encode() + _code_stamp())
     digest.update(f"workspace\0{workspace}\0".encode())
-    config = os.path.realpath(paths.config_dir())
+    if quick is not None:  # plain values only: their repr is stable across processes
+        digest.update(f"quick\0{sorted(map(repr, quick.rules))}\0{quick.settings!r}\0"
+                      f"{quick.lists!r}\0".encode())
+    config = os.path.realpath(dirs.config_dir())
     digest.update(config.encode() + b"\0")
     for spec, path, data in inputs:
         real = os.path.realpath(path)
@@ -92,7 +100,7 @@ def _cache_load(key: str) -> ResolvedPolicy | None:
 
 
 def _cache_store(key: str, value: ResolvedPolicy) -> None:
-    state = paths.state_dir()
+    state = dirs.state_dir()
     if not os.access(state, os.W_OK | os.X_OK):
         return
     import tempfile
@@ -114,16 +122,17 @@ def _cache_store(key: str, value: ResolvedPolicy) -> None:
 
 
 def resolve(specs: list[str] | tuple[str, ...], *, workspace: str | Path | None = None,
-            use_cache: bool = True) -> ResolvedPolicy:
+            use_cache: bool = True, quick: QuickPolicy | None = None) -> ResolvedPolicy:
     """Load, validate and compose ``-p`` arguments (paths or ``builtin:NAME``) in order.
 
     Raises ``PolicyError`` (exit 2) naming file:line of each problem or of both conflicting
     rules. ``resolve([])`` is the empty policy: default deny, default limits. ``workspace``
     (``--workspace``) overrides the policies' ``files.workspace``; it is made absolute.
+    ``quick`` (``corral.policy.quick``: ``--allow``, ``--ro``, ...) is composed after them.
     """
     inputs = _read_inputs(list(specs))
     override = None if workspace is None else Path(os.path.abspath(workspace))
-    key = _key(inputs, override) if use_cache else ""
+    key = _key(inputs, override, quick) if use_cache else ""
     if use_cache:
         cached = _cache_load(key)
         if cached is not None:
@@ -142,7 +151,7 @@ def resolve(specs: list[str] | tuple[str, ...], *, workspace: str | Path | None 
             problems += err.problems
     if problems:
         raise PolicyError(problems)
-    result = compose(loaded, workspace=override)
+    result = compose([*loaded, *([quick] if quick is not None else [])], workspace=override)
     if use_cache:
         _cache_store(key, result)
     return result

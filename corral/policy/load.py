@@ -4,7 +4,7 @@ Invariants:
 - Every error names the file, the line and the field, with a one-line hint, and all errors of
   a file are reported together (``PolicyError.problems``).
 - ``env:``/``file:``/``cmd:`` secret sources are accepted only from a policy whose real path
-  is inside ``corral.paths.config_dir()``: a policy passed by path comes from a repo and must
+  is inside ``corral.dirs.config_dir()``: a policy passed by path comes from a repo and must
   not make root read files or run commands. Built-ins are not trusted either.
 - Relative ``files.workspace``/``read``/``hide`` and ``tls_ca`` are resolved against the
   policy file's directory; ``~`` is kept for the sandbox to expand for the invoking user.
@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from corral import paths
+from corral import dirs
 from corral.policy import schema
 from corral.policy.builtin import locate
 from corral.policy.errors import PolicyError
@@ -126,7 +126,7 @@ def _secret_source(ctx: _Ctx, loc: Loc, spec: str, trusted: bool) -> str:
         ctx.error(loc, f"bad secret source {spec!r} (use store:NAME, env:VAR, file:PATH, cmd:CMD)")
     elif scheme != "store" and not trusted:
         ctx.error(loc, f"{scheme}: secret sources are only allowed in policies inside the config "
-                  f"dir {paths.config_dir()}; use store:NAME and 'corral creds set NAME'")
+                  f"dir {dirs.config_dir()}; use store:NAME and 'corral creds set NAME'")
     return f"{scheme}:{rest}"
 
 
@@ -235,7 +235,7 @@ def _convert(ctx: _Ctx, model: schema.PolicyModel, path: Path, trusted: bool,
 
 def is_trusted(path: Path) -> bool:
     real = os.path.realpath(path)
-    root = os.path.realpath(paths.config_dir())
+    root = os.path.realpath(dirs.config_dir())
     return os.path.commonpath([real, root]) == root
 
 

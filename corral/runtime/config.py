@@ -1,4 +1,4 @@
-"""corral's own settings: ``config.yaml`` in ``corral.paths.config_dir()`` (root-owned).
+"""corral's own settings: ``config.yaml`` in ``corral.dirs.config_dir()`` (root-owned).
 
 Keys (all optional)::
 
@@ -16,8 +16,8 @@ cost it ~10 ms.
 from pathlib import Path
 from typing import NamedTuple
 
+from corral.dirs import config_dir
 from corral.errors import CorralError
-from corral.paths import config_dir
 
 __all__ = ["Config", "config_path", "load_config", "upstream_proxy"]
 

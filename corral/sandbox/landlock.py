@@ -1,6 +1,6 @@
 """Landlock feature detection from the host, for pre-flight checks before a sandbox starts.
 
-The shim (``corral/sandbox/shim_main.py``) applies the actual ruleset inside the sandbox; it
+The shim (``corral/sandbox/_privdrop.py``) applies the actual ruleset inside the sandbox; it
 cannot import corral, so it keeps its own copy of the constants below (a test holds the two
 in step).
 

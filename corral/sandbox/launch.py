@@ -117,7 +117,7 @@ class Sandbox:
     def open(cls, spec: SandboxSpec, audit: AuditSink | None = None) -> Sandbox:
         """Build the sandbox (caller must ``close()``); ``create`` is the context-manager form."""
         check()
-        from corral.paths import state_dir
+        from corral.dirs import state_dir
         from corral.sandbox.diskspace import check_free_space
 
         check_free_space(state_dir())  # the audit trail must not fill the host's disk

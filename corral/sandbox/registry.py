@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from corral.paths import ensure_state_dir, state_dir
+from corral.dirs import ensure_state_dir, state_dir
 
 __all__ = [
     "UID_BASE",

@@ -168,7 +168,7 @@ def _cache_dir() -> Path | None:
     """A root-owned, root-only directory for the compiled filter, or None if unusable."""
     if os.geteuid() != 0:
         return None
-    from corral.paths import ensure_state_dir
+    from corral.dirs import ensure_state_dir
 
     try:
         path = ensure_state_dir() / "cache"

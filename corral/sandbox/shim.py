@@ -6,7 +6,7 @@
 
 The shim runs as root inside the sandbox's namespaces, sets ``no_new_privs``, applies Landlock,
 drops every capability and becomes the sandbox uid/gid, then execs CMD (see
-``shim_main.py`` for the exact order and its invariants). ``-I -S`` keep the interpreter from
+``_privdrop.py`` for the exact order and its invariants). ``-I -S`` keep the interpreter from
 reading anything the sandbox could influence (environment, user site, ``sys.path`` entries)
 and keep startup short.
 
@@ -132,7 +132,7 @@ LOADER = (
 @cache
 def shim_source() -> str:
     """The shim's source text, read once per process."""
-    return (Path(__file__).with_name("shim_main.py")).read_text()
+    return (Path(__file__).with_name("_privdrop.py")).read_text()
 
 
 @cache
@@ -144,7 +144,7 @@ def shim_payload() -> tuple[str, str, str]:
     from importlib.machinery import SourceFileLoader
 
     # get_code() reuses (and writes) the __pycache__ bytecode: no compile on every launch
-    path = str(Path(__file__).with_name("shim_main.py"))
+    path = str(Path(__file__).with_name("_privdrop.py"))
     code = SourceFileLoader("corral_shim", path).get_code("corral_shim")
     return str(sys.implementation.cache_tag), marshal.dumps(code).hex(), shim_source()
 

@@ -23,8 +23,8 @@ import pwd
 import stat
 from pathlib import Path
 
+from corral.dirs import config_dir, state_dir
 from corral.errors import CorralError
-from corral.paths import config_dir, state_dir
 from corral.sandbox.spec import SandboxSpec
 
 __all__ = [

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from corral import paths
+from corral import dirs
 from corral.errors import UserInputError
 from corral.policy.yamlsrc import format_loc, parse_yaml
 
@@ -67,10 +67,10 @@ class ServerConfig(_Strict):
         url = self.db or os.environ.get("CORRAL_DB_URL")
         if url:
             return url
-        return f"sqlite:///{paths.state_dir() / 'server.db'}"
+        return f"sqlite:///{dirs.state_dir() / 'server.db'}"
 
     def kek_path(self) -> Path:
-        return self.kek_file or paths.state_dir() / "server.kek"
+        return self.kek_file or dirs.state_dir() / "server.kek"
 
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")

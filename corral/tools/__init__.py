@@ -26,7 +26,7 @@ from corral._lazy import lazy_exports
 if TYPE_CHECKING:
     from corral.tools.approvals import Approval, ApprovalStore, AuditSink, NullAudit
     from corral.tools.cmdcheck import CommandChecker, Verdict, check_command
-    from corral.tools.executor import Executor, ExecutorGone, ToolFailure, executor_argv
+    from corral.tools.executor_client import Executor, ExecutorGone, ToolFailure, executor_argv
     from corral.tools.provision import SandboxProvider
     from corral.tools.service import Gate, ToolPolicy, Tools
     from corral.tools.session import ShellSession

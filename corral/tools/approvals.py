@@ -1,6 +1,6 @@
 """Human approvals for tool calls, persisted so that another process can decide them.
 
-The store is one SQLite file under ``paths.state_dir()/approvals`` (directory 0700, file 0600:
+The store is one SQLite file under ``dirs.state_dir()/approvals`` (directory 0700, file 0600:
 root-only, like the rest of the state dir). ``corral mcp`` writes pending requests there and
 ``corral approvals list|approve|deny`` (a separate process, run by the human) decides them.
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from corral import paths
+from corral import dirs
 from corral.errors import CorralError, UserInputError
 
 __all__ = [
@@ -137,13 +137,13 @@ class ApprovalStore:
     def __init__(
         self, root: Path | None = None, *, ttl: float = DEFAULT_TTL, audit: AuditSink | None = None
     ) -> None:
-        self.root = root if root is not None else paths.state_dir() / "approvals"
+        self.root = root if root is not None else dirs.state_dir() / "approvals"
         self.ttl = ttl
         self.audit: AuditSink = audit or NullAudit()
         self.path = self.root / "approvals.db"
         try:
             if root is None:
-                paths.ensure_state_dir()
+                dirs.ensure_state_dir()
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.root.chmod(0o700)
             fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)

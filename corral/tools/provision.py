@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from corral.tools.executor import Executor, executor_argv
+from corral.tools.executor_client import Executor, executor_argv
 
 __all__ = ["Opened", "SandboxProvider", "open_bare"]
 

@@ -29,7 +29,7 @@ from typing import Any
 from corral.policy.types import ExecConfig, FilesConfig
 from corral.tools.approvals import Approval, ApprovalStore, AuditSink, NullAudit
 from corral.tools.cmdcheck import check_command
-from corral.tools.executor import ToolFailure
+from corral.tools.executor_client import ToolFailure
 from corral.tools.session import ShellSession
 
 __all__ = [

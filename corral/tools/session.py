@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from corral.tools.executor import Executor, ExecutorGone
+from corral.tools.executor_client import Executor, ExecutorGone
 
 __all__ = ["Provider", "ShellSession"]
 

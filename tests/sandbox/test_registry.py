@@ -58,7 +58,7 @@ def test_dead_launcher_keeps_uid_until_gc(corral_env) -> None:
     registry._leases.pop(entry.id)  # as if the launcher had died: its lease fd is gone
     other = registry.reserve([])
     assert other.uid != entry.uid  # the leftover entry still holds its uid
-    from corral.sandbox.gc import collect
+    from corral.sandbox.reclaim import collect
 
     assert entry.id in collect().removed
     assert [e.id for e in registry.entries()] == [other.id]
@@ -74,7 +74,7 @@ def test_gc_removes_empty_cgroups_no_registry_knows(corral_env) -> None:
 
     from corral.policy.types import Limits
     from corral.sandbox.cgroups import Cgroup, list_corral_cgroups
-    from corral.sandbox.gc import collect
+    from corral.sandbox.reclaim import collect
 
     orphan = Cgroup.create(f"corral-t{uuid.uuid4().hex[:8]}", Limits())
     busy = Cgroup.create(f"corral-t{uuid.uuid4().hex[:8]}", Limits())
@@ -111,7 +111,7 @@ def test_gc_unlinks_stray_lease_files_but_never_a_held_one(
     require_root()
     import fcntl
 
-    from corral.sandbox.gc import collect
+    from corral.sandbox.reclaim import collect
 
     monkeypatch.setattr(registry, "LEASE_DIR", tmp_path)
     stray = [tmp_path / f"uid-{registry.UID_BASE + i}.lock" for i in range(5)]

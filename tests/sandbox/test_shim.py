@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import require, require_root, require_tools
 
-from corral.sandbox import landlock, seccomp, shim, shim_main
+from corral.sandbox import _privdrop, landlock, seccomp, shim
 from corral.sandbox.shim import ShimConfig, shim_argv
 
 pytestmark = pytest.mark.root
@@ -309,9 +309,9 @@ def test_shim_config_validation() -> None:
 
 
 def test_constants_agree() -> None:
-    assert shim_main.SYS_LANDLOCK_CREATE_RULESET == landlock.SYS_LANDLOCK_CREATE_RULESET
-    assert shim_main.SCOPE_SIGNAL == landlock.SCOPE_SIGNAL
-    assert shim_main.SCOPE_ABSTRACT_UNIX_SOCKET == landlock.SCOPE_ABSTRACT_UNIX_SOCKET
+    assert _privdrop.SYS_LANDLOCK_CREATE_RULESET == landlock.SYS_LANDLOCK_CREATE_RULESET
+    assert _privdrop.SCOPE_SIGNAL == landlock.SCOPE_SIGNAL
+    assert _privdrop.SCOPE_ABSTRACT_UNIX_SOCKET == landlock.SCOPE_ABSTRACT_UNIX_SOCKET
 
 
 def test_landlock_preflight() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from local_provider import LocalProvider, local_provider
 
-from corral.tools.executor import ExecutorGone, ToolFailure
+from corral.tools.executor_client import ExecutorGone, ToolFailure
 from corral.tools.session import ShellSession
 
 

@@ -1,4 +1,4 @@
-"""The host side of the resident executor: one JSON-lines channel to ``_executor.py``.
+"""The host side of the resident executor: one JSON-lines channel to ``_sandbox_executor.py``.
 
 The executor program is started inside a sandbox (``executor_argv``) by whoever owns the
 sandbox; this module only talks to it over the child's stdin/stdout.
@@ -49,7 +49,7 @@ class ToolFailure(Exception):
 
 
 def executor_source() -> str:
-    return resources.files("corral.tools").joinpath("_executor.py").read_text("utf-8")
+    return resources.files("corral.tools").joinpath("_sandbox_executor.py").read_text("utf-8")
 
 
 def executor_argv(root: str = "/workspace", python: str = "/usr/bin/python3") -> list[str]:
