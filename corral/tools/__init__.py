@@ -53,8 +53,9 @@ __all__ = [
 __getattr__ = lazy_exports("corral.tools", {
     "Approval": "approvals", "ApprovalStore": "approvals", "AuditSink": "approvals",
     "NullAudit": "approvals", "CommandChecker": "cmdcheck", "Verdict": "cmdcheck",
-    "check_command": "cmdcheck", "Executor": "executor",
-    "ExecutorGone": "executor", "ToolFailure": "executor", "executor_argv": "executor",
+    "check_command": "cmdcheck", "Executor": "executor_client",
+    "ExecutorGone": "executor_client", "ToolFailure": "executor_client",
+    "executor_argv": "executor_client",
     "SandboxProvider": "provision", "Gate": "service", "ToolPolicy": "service",
     "Tools": "service", "ShellSession": "session",
 })
