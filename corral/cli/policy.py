@@ -40,11 +40,23 @@ def _fail(err: PolicyError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _resolve(policies: list[str] | None) -> ResolvedPolicy:
+def _resolve(policies: list[str] | None, quick: Any = None) -> ResolvedPolicy:
     try:
-        return resolve(policies or [])
+        return resolve(policies or [], quick=quick)
     except PolicyError as err:
         raise _fail(err) from None
+
+
+def _opt(name: str, metavar: str, text: str) -> Any:
+    return typer.Option(name, metavar=metavar, help=f"{text} (as on corral run).")
+
+
+AllowOpt = Annotated[list[str] | None, _opt("--allow", "HOST[:PORT]", "An inspect rule")]
+RoOpt = Annotated[list[str] | None, _opt("--ro", "PATH", "A read-only path")]
+RwOpt = Annotated[list[str] | None, _opt("--rw", "DIR", "A writable directory")]
+MemoryOpt = Annotated[str | None, _opt("--memory", "SIZE", "limits.memory")]
+TimeoutOpt = Annotated[str | None, _opt("--timeout", "DURATION", "limits.wall")]
+IdleOpt = Annotated[str | None, _opt("--idle", "DURATION", "limits.idle")]
 
 
 @app.command("check")
@@ -95,6 +107,7 @@ def _describe(rp: ResolvedPolicy) -> dict[str, Any]:
         "files.home": origins("files.home")[0],
         "exec.allow": origins("exec.allow") if rp.exec.allow else [],
         "files.read": origins("files.read") if rp.files.read else [],
+        "files.write": origins("files.write") if rp.files.write else [],
         "files.hide": origins("files.hide") if rp.files.hide else [],
     }
     data["sources"] = list(rp.sources)
@@ -106,9 +119,19 @@ def _describe(rp: ResolvedPolicy) -> dict[str, Any]:
 def resolve_cmd(
     policy: PolicyOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    allow: AllowOpt = None, ro: RoOpt = None, rw: RwOpt = None, memory: MemoryOpt = None,
+    timeout: TimeoutOpt = None, idle: IdleOpt = None,
 ) -> None:
-    """Show the composed policy and where every rule and value came from (conflicts: exit 2)."""
-    rp = _resolve(policy)
+    """Show the composed policy and where every rule and value came from (conflicts: exit 2).
+    The quick flags of corral run compose as they do there, each naming itself as origin."""
+    from corral.policy.quick import QuickFlags, quick_policy
+
+    flags = QuickFlags(tuple(allow or ()), tuple(ro or ()), tuple(rw or ()), memory, timeout, idle)
+    try:
+        quick = quick_policy(flags) if flags.given() else None
+    except PolicyError as err:
+        raise _fail(err) from None
+    rp = _resolve(policy, quick)
     data = _describe(rp)
     if as_json:
         print(json.dumps(data, indent=2, sort_keys=True))

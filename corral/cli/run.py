@@ -1,7 +1,11 @@
 """``corral run``: the lean launch path (no typer, no rich, no pydantic unless a policy needs it).
 
-``corral run [-p POLICY]... [--workspace DIR] [--home DIR|NAME] [--env K=V]... [--upstream-proxy
-URL] CMD [ARGS...]`` (the upstream proxy also comes from ``upstream_proxy`` in the config file).
+``corral run [-p POLICY]... [--allow HOST[:PORT]]... [--ro PATH]... [--rw DIR]... [--memory SIZE]
+[--timeout DURATION] [--idle DURATION] [--workspace DIR] [--home DIR|NAME] [--env K=V]...
+[--upstream-proxy URL] [--quiet] CMD [ARGS...]`` (the upstream proxy also comes from
+``upstream_proxy`` in the config file). The quick flags (``--allow`` to ``--idle``) are one more
+policy composed with the ``-p`` ones (``corral.policy.quick``), so they show up in
+``corral policy resolve`` given the same flags, and the strictest limit wins.
 As in ``docker run``, everything from the first positional argument on is the command
 (``corral run ls -la`` needs no ``--``); ``--`` before the command is accepted too.
 
@@ -9,6 +13,9 @@ Bad input of any kind (a missing command, a bad policy, a missing or hidden work
 conflicting flags, an empty value, a malformed upstream proxy) prints one ``corral: ...`` line
 naming the option and exits 125 before anything is created. ``-h``/``--help`` prints the
 options and exits 0.
+
+A run whose stdin is a terminal has no idle limit unless one is set (``--idle`` or a policy's
+``limits.idle``): an interactive shell or agent waits at its prompt as long as its user does.
 
 ``--home`` never creates an arbitrary host path: a path must be an existing directory owned by
 the invoking user; a bare NAME is a home under ``homes_dir()`` (created, owned by that user).
@@ -26,6 +33,7 @@ from typing import TYPE_CHECKING, NoReturn
 from corral.errors import CorralError
 
 if TYPE_CHECKING:
+    from corral.policy.quick import QuickPolicy
     from corral.policy.resolved import ResolvedPolicy
     from corral.runtime.audit import LaunchAudit
     from corral.runtime.proxyproc import ProxyProcess
@@ -66,6 +74,22 @@ def _parser() -> _Parser:
     p.add_argument("-p", "--policy", action="append", default=[], metavar="POLICY",
                    help="A policy file or builtin:NAME; repeat to compose. Without one the "
                    "sandbox has no network egress at all.")
+    p.add_argument("--allow", action="append", default=[], metavar="HOST[:PORT]",
+                   help="Allow requests to HOST (ports 80 and 443, or PORT), inspected and "
+                   "audited: one 'inspect' rule; repeatable, '*.example.com' for subdomains.")
+    p.add_argument("--ro", action="append", default=[], metavar="PATH",
+                   help="Make a host path visible read-only at the same path; repeatable.")
+    p.add_argument("--rw", action="append", default=[], metavar="DIR",
+                   help="Mount a host directory writable at the same path (owned by the agent "
+                   "inside, like the workspace); repeatable.")
+    p.add_argument("--memory", metavar="SIZE", help="Memory limit, e.g. 2GiB (or 'none').")
+    p.add_argument("--timeout", metavar="DURATION",
+                   help="Wall-time limit, e.g. 30m or 2h (exit 124 when reached).")
+    p.add_argument("--idle", metavar="DURATION",
+                   help="Stop after this long without output, input or CPU use, e.g. 10m "
+                   "(default: a policy's limits.idle, 30m; none when stdin is a terminal).")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="No live line on stderr for each denied request.")
     p.add_argument("--workspace", metavar="DIR",
                    help="Host directory mounted writable at /workspace (default: a fresh "
                    "directory removed after the run).")
@@ -96,7 +120,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         cmd = cmd[1:]
     if ns.help:
         return ns, cmd
-    for flag in ("policy", "workspace", "home", "env", "upstream_proxy"):
+    for flag in ("policy", "workspace", "home", "env", "upstream_proxy", "allow", "ro", "rw",
+                 "memory", "timeout", "idle"):
         values = getattr(ns, flag)
         for value in values if isinstance(values, list) else [values]:
             if value is not None and not value.strip():
@@ -140,6 +165,14 @@ def _home(value: str) -> Path:
     return path
 
 
+def quick_flags(ns: argparse.Namespace) -> QuickPolicy | None:
+    """The quick flags as a policy (``None`` if none was given); ``PolicyError`` if bad."""
+    from corral.policy.quick import QuickFlags, quick_policy
+
+    flags = QuickFlags(tuple(ns.allow), tuple(ns.ro), tuple(ns.rw), ns.memory, ns.timeout, ns.idle)
+    return quick_policy(flags) if flags.given() else None
+
+
 def build_spec(ns: argparse.Namespace) -> tuple[SandboxSpec, ResolvedPolicy | None]:
     """The sandbox spec and the resolved policy (``None`` without ``-p``)."""
     from corral.sandbox.spec import SandboxSpec
@@ -157,12 +190,21 @@ def build_spec(ns: argparse.Namespace) -> tuple[SandboxSpec, ResolvedPolicy | No
     rp = None
     policy_ws: Path | None = None
     policy_home: Path | None = None
-    if ns.policy:
+    quick = quick_flags(ns)
+    from corral.policy.settings import Limits
+
+    limits = Limits()
+    if ns.policy or quick is not None:
         from corral.policy import resolve
 
-        rp = resolve(list(ns.policy), workspace=ns.workspace)  # --workspace overrides policies
-        kwargs.update(policies=tuple(rp.names), limits=rp.limits, files=rp.files)
+        # --workspace overrides policies; the quick flags are one more policy
+        rp = resolve(list(ns.policy), workspace=ns.workspace, quick=quick)
+        kwargs.update(policies=tuple(rp.names), files=rp.files)
+        limits = rp.limits
         policy_ws, policy_home = rp.files.workspace, rp.files.home
+    if os.isatty(0) and (rp is None or "limits.idle" not in rp.provenance):
+        limits = limits._replace(idle=None)  # a terminal waits for its user: no default idle
+    kwargs["limits"] = limits
     if ns.workspace and not Path(ns.workspace).is_dir():
         _fail(f"--workspace {ns.workspace}: no such directory")
     workspace = Path(ns.workspace).absolute() if ns.workspace else policy_ws
@@ -199,7 +241,7 @@ def _run_main(argv: list[str]) -> int:
             from corral.runtime.config import upstream_proxy
 
             upstream_proxy(ns.upstream_proxy, exit_code=EXIT_CORRAL_FAILURE)
-        if ns.policy:
+        if ns.policy or ns.allow:
             from corral.runtime.proxyproc import ProxyProcess
 
             # a policy may have egress rules: fork the proxy child before resolving it, so its

@@ -8,22 +8,28 @@ Invariants:
   the globs' literal prefixes diverge (``paths.globs_overlap``).
 - Bindings with one name and different definitions conflict; so do two different
   ``files.workspace`` or ``files.home``.
-- ``exec.allow``, ``files.read``, ``files.hide`` are unions (first origin kept); ``limits``,
-  ``exec.mode`` and ``files.approval`` take the strictest value, with the origin of the winner.
+- ``exec.allow``, ``files.read``, ``files.write`` (``--rw``), ``files.hide`` are unions (first
+  origin kept); ``limits``, ``exec.mode`` and ``files.approval`` take the strictest value, with
+  the origin of the winner.
+- The command line's quick flags (``corral.policy.quick``) arrive as one more policy and are
+  composed by these same rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.policy.errors import PolicyError
 from corral.policy.hosts import patterns_overlap
-from corral.policy.load import LoadedPolicy
 from corral.policy.paths import globs_overlap
 from corral.policy.resolved import ResolvedPolicy
 from corral.policy.types import CredentialBinding, ExecConfig, FilesConfig, Limits, Origin, Rule
+
+if TYPE_CHECKING:  # not at run time: loading it loads pydantic, which quick flags never need
+    from corral.policy.load import LoadedPolicy
+    from corral.policy.quick import QuickPolicy
 
 __all__ = ["compose", "find_conflicts", "rules_overlap"]
 
@@ -99,13 +105,13 @@ def _strictest(key: str, items: list[tuple[Any, Origin]]) -> tuple[Any, Origin]:
     return min(limited, key=lambda item: item[0]) if limited else items[0]
 
 
-def compose(policies: Sequence[LoadedPolicy], *,
+def compose(policies: Sequence[LoadedPolicy | QuickPolicy], *,
             workspace: Path | None = None) -> ResolvedPolicy:
     """``workspace`` is ``--workspace`` from the command line: it overrides every policy's
     ``files.workspace`` (so their disagreement is no conflict) and is recorded as its origin."""
     problems: list[str] = []
     seen: dict[str, str] = {}
-    unique: list[LoadedPolicy] = []
+    unique: list[LoadedPolicy | QuickPolicy] = []
     for pol in policies:
         if pol.name in seen:
             if seen[pol.name] != pol.source:
@@ -148,7 +154,7 @@ def compose(policies: Sequence[LoadedPolicy], *,
         settings[key] = value
         provenance[key] = (origin,)
     unions: dict[str, tuple[Any, ...]] = {}
-    for key in ("exec.allow", "files.read", "files.hide"):
+    for key in ("exec.allow", "files.read", "files.write", "files.hide"):
         merged: dict[Any, Origin] = {}
         for pol in unique:
             for value, origin in pol.lists.get(key, ()):
@@ -161,7 +167,7 @@ def compose(policies: Sequence[LoadedPolicy], *,
     files = FilesConfig(
         approval=settings.get("files.approval", "writes"), workspace=settings.get(
             "files.workspace"), home=settings.get("files.home"),
-        read=unions["files.read"], hide=unions["files.hide"])
+        read=unions["files.read"], write=unions["files.write"], hide=unions["files.hide"])
     exec_config = ExecConfig(mode=settings.get("exec.mode", "approve"), allow=unions["exec.allow"])
     return ResolvedPolicy(
         rules=rules, policy_of=policy_of, names=tuple(p.name for p in unique),

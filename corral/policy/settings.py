@@ -37,4 +37,5 @@ class FilesConfig(NamedTuple):
     workspace: Path | None = None
     home: Path | None = None
     read: tuple[Path, ...] = ()
+    write: tuple[Path, ...] = ()  # ``--rw``: extra writable mounts, ID-mapped
     hide: tuple[Path, ...] = ()

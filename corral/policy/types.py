@@ -48,7 +48,7 @@ class Origin(NamedTuple):
     line: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        return self.file if self.line == 0 else f"{self.file}:{self.line}"  # 0: a flag
 
 
 class Rule(NamedTuple):

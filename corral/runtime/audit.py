@@ -35,6 +35,7 @@ KINDS: dict[str, tuple[str, str | None]] = {
     "sandbox.network": ("sandbox.layer", "network"),
     "sandbox.workspace": ("sandbox.layer", "workspace"),
     "sandbox.home": ("sandbox.layer", "home"),
+    "sandbox.rw": ("sandbox.layer", "rw"),  # a --rw directory
     "sandbox.tmp": ("sandbox.layer", "tmp"),
     "sandbox.limits": ("sandbox.layer", "limits"),
     "sandbox.spawn": ("exec.start", None),

@@ -51,6 +51,7 @@ class Layout(NamedTuple):
     hidden: tuple[Path, ...]
     mask_file: Path
     mask_dir: Path
+    rw: tuple[tuple[Path, Path], ...] = ()  # --rw: (host dir, what bwrap binds there)
 
 
 class Command(NamedTuple):
@@ -80,7 +81,7 @@ def preload() -> None:
         return
 
 
-def shim_prefix(uid: int, gid: int) -> list[str]:
+def shim_prefix(uid: int, gid: int, rw: Sequence[str] = ()) -> list[str]:
     try:
         from corral.sandbox.shim import ShimConfig, shim_argv
     except ImportError as err:
@@ -88,7 +89,7 @@ def shim_prefix(uid: int, gid: int) -> list[str]:
             f"the privilege-drop layer is missing from this corral install ({err})",
             exit_code=EXIT_CORRAL,
         ) from None
-    return list(shim_argv(ShimConfig(uid=uid, gid=gid, writable=(WORKSPACE, HOME, "/tmp"))))
+    return list(shim_argv(ShimConfig(uid=uid, gid=gid, writable=(WORKSPACE, HOME, "/tmp", *rw))))
 
 
 def _seccomp_fd() -> int:
@@ -110,6 +111,8 @@ def build(lay: Layout, argv: Sequence[str], *, tty: bool, cwd: str) -> Command:
     for extra in spec.files.read:
         real = Path(os.path.realpath(expand_user(extra)))
         plan.bind(real, str(real), writable=False)
+    for host, src in lay.rw:  # at their host path, like files.read, but writable
+        plan.bind(src, str(host), writable=True, mapped_from=host)
     passwd, group = passwd_overlay(lay.uid, lay.gid)
     plan.data_file(passwd, "/etc/passwd")
     plan.data_file(group, "/etc/group")
@@ -120,5 +123,5 @@ def build(lay: Layout, argv: Sequence[str], *, tty: bool, cwd: str) -> Command:
     os.set_blocking(info_r, False)
     plan.finish(info_w, _seccomp_fd(), cwd)
     inner = ["/usr/bin/setsid", "--ctty", "--"] if tty else []
-    plan.args += ["--", *inner, *shim_prefix(lay.uid, lay.gid), *argv]
+    plan.args += ["--", *inner, *shim_prefix(lay.uid, lay.gid, [str(h) for h, _ in lay.rw]), *argv]
     return Command(plan.args, plan.fds, info_r)

@@ -90,6 +90,7 @@ class Sandbox:
         self.dir = entry.dir
         self.workspace: Path = Path()
         self.home: Path = Path()
+        self.rw: list[Path] = []  # --rw directories (real host paths), ID-mapped like /workspace
         self._mapped: list[_Mapped] = []
         self._remove: list[Path] = []
         self._netns: NetNamespace | None = None
@@ -169,6 +170,8 @@ class Sandbox:
         self.workspace = self._directory("workspace", spec.workspace, create=False)
         home = spec.home or spec.files.home
         self.home = self._directory("home", expand_user(home) if home else None, create=True)
+        for n, extra in enumerate(spec.files.write):
+            self.rw.append(self._directory(f"rw{n}", extra, create=False))
         lim = spec.limits
         self._audit("sandbox.limits", memory=lim.memory, pids=lim.pids, cpu=lim.cpu)
         preload()  # the spawn's loading (shim, seccomp) while ip and nft still run
@@ -220,7 +223,8 @@ class Sandbox:
                 exit_code=EXIT_CORRAL,
             ) from None
         self._mapped.append(_Mapped(real, stage, fd))
-        self._audit(f"sandbox.{name}", path=str(real), ephemeral=False, owner=st.st_uid)
+        self._audit(f"sandbox.{name}" if name in ("workspace", "home") else "sandbox.rw",
+                    path=str(real), ephemeral=False, owner=st.st_uid)
         return real
 
     def _make_cgroup(self) -> Any:
@@ -260,6 +264,7 @@ class Sandbox:
             self.id, self.uid, self.gid, self.spec, self.workspace,
             self._stage_for(self.workspace), self.home, self._stage_for(self.home),
             tuple(self._hidden), self.dir / "hidden-file", self.dir / "hidden-dir",
+            tuple((p, self._stage_for(p)) for p in self.rw),
         )
         cmd = build(lay, argv, tty=tty, cwd=cwd)
         self._pending_info = cmd.info_fd

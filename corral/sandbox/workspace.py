@@ -10,7 +10,9 @@ Invariants:
 - A workspace or home is mounted writable and ID-mapped to the sandbox user, so it may not be
   ``/``, a system tree (``/etc``, ``/usr``, ``/var/lib`` ...) or anything inside one, nor contain
   a hidden path: a policy from a repository must not hand the agent write access to the host.
-  A ``files.read`` path may not be ``/`` or one of the sandbox's own mount points.
+  A ``files.read`` path may not be ``/`` or one of the sandbox's own mount points. A ``--rw``
+  directory (``files.write``) is mounted writable and ID-mapped at its host path: it is held to
+  the workspace's rules and may not be or lie inside one of the sandbox's own mounts.
 - Host home directories (``/root``, ``/home/*``) are never mounted at their host paths at all;
   a workspace inside one is visible only at ``/workspace``.
 """
@@ -136,6 +138,19 @@ def _check_visible(what: str, path: Path, hidden: list[Path]) -> None:
             )
 
 
+def _check_rw(extra: Path, hidden: list[Path]) -> None:
+    """A ``--rw`` directory is writable and ID-mapped: held to a workspace's rules."""
+    path = _real(expand_user(extra))
+    if not path.is_dir():
+        raise CorralError(f"--rw {extra}: no such directory", exit_code=EXIT_CORRAL)
+    _check_visible("--rw directory", path, hidden)
+    _check_writable_root("--rw directory", path)
+    if path in _SANDBOX_MOUNTS or any(_inside(path, Path(m)) for m in ("/home/corral",
+                                                                         "/workspace")):
+        raise CorralError(f"--rw {extra} would cover the sandbox's own {path}",
+                          exit_code=EXIT_CORRAL)
+
+
 def validate(spec: SandboxSpec) -> list[Path]:
     """Refuse a spec whose visible paths are missing or hidden; return the hidden set."""
     hidden = hidden_paths(spec)
@@ -162,6 +177,8 @@ def validate(spec: SandboxSpec) -> list[Path]:
         if path in _SANDBOX_MOUNTS:
             raise CorralError(f"files.read path {extra} would cover the sandbox's own {path}",
                               exit_code=EXIT_CORRAL)
+    for extra in spec.files.write:
+        _check_rw(extra, hidden)
     for inside in spec.extra_files:
         if not inside.startswith("/") or ".." in inside.split("/"):
             raise CorralError(f"extra file path {inside!r} must be absolute", exit_code=EXIT_CORRAL)

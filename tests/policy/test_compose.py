@@ -167,4 +167,4 @@ def test_command_line_workspace_overrides(tmp_path: Path, corral_env: dict[str, 
     b = _write(tmp_path, "b", "name: b\nfiles: {workspace: /srv/two}\n")
     rp = resolve([a, b], workspace=tmp_path / "ws")
     assert rp.files.workspace == tmp_path / "ws"
-    assert str(rp.provenance["files.workspace"][0]) == "--workspace:0"
+    assert str(rp.provenance["files.workspace"][0]) == "--workspace"
