@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
-import secrets
-from collections.abc import Iterator
-from typing import Any
 
 import typer
 
@@ -17,21 +13,6 @@ from corral.render import visible
 __all__ = ["app"]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
-
-
-@contextlib.contextmanager
-def _store() -> Iterator[Any]:
-    """The approvals store, its decisions audited in a short trail of this invocation."""
-    from corral.audit import Actor, AuditStore
-    from corral.mcp.audit import TrailAudit
-    from corral.tools.approvals import ApprovalStore
-
-    with AuditStore.open() as audit:
-        trail = audit.trail(f"approvals-{secrets.token_hex(4)}", actor=Actor.current())
-        try:
-            yield ApprovalStore(audit=TrailAudit(trail))
-        finally:
-            trail.close(status="ok")
 
 
 def _when(ts: float | None) -> str:
@@ -108,7 +89,9 @@ def approve(
     ),
 ) -> None:
     """Approve one pending request; the agent retries the same call to run it."""
-    with _store() as store:
+    from corral.runtime import approval_store
+
+    with approval_store() as store:
         item = store.decide(ident, approve=True, reason=reason, always=always)
     scope = " (always, for this command here)" if item.always else " (once)"
     print(visible(f"approved {item.id}{scope}: {item.tool} {item.summary}"))
@@ -120,6 +103,8 @@ def deny(
     reason: str | None = typer.Option(None, "--reason", help="Why; shown to the agent."),
 ) -> None:
     """Deny one pending request."""
-    with _store() as store:
+    from corral.runtime import approval_store
+
+    with approval_store() as store:
         item = store.decide(ident, approve=False, reason=reason)
     print(visible(f"denied {item.id}: {item.tool} {item.summary}"))

@@ -23,7 +23,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 
 from corral.mcp.principals import TokenTable
 
-__all__ = ["Guard", "origin_allowed", "serve_http"]
+__all__ = ["Guard", "bind", "origin_allowed", "serve_http"]
 
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 ASGIApp = Callable[..., Any]

@@ -13,6 +13,10 @@ Public API::
     run_command(spec, argv, hooks=EgressHooks(...))   # the same, as ``RunHooks``
     SandboxProvider(spec, opener=proxied_opener(policy, ...))         # the same, for Mode 1
 
+    preflight_mcp(policies, workspace)      # Mode 1 (``corral mcp``): refuse what run refuses
+    serve_mcp(policies, workspace=ws, listen=("127.0.0.1", 0), tokens={}, ...)  # or stdio
+    with approval_store() as store: ...     # ``corral approvals``: decisions audited
+
 Submodules load lazily: ``corral run`` without a policy imports none of the proxy.
 """
 
@@ -24,9 +28,13 @@ from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.runtime.egress import Egress, EgressHooks, proxied_opener
+    from corral.runtime.mode1 import approval_store, preflight_mcp, serve_mcp
 
-__all__ = ["Egress", "EgressHooks", "proxied_opener"]
+__all__ = [
+    "Egress", "EgressHooks", "approval_store", "preflight_mcp", "proxied_opener", "serve_mcp",
+]
 
-__getattr__ = lazy_exports(
-    "corral.runtime", {"Egress": "egress", "EgressHooks": "egress", "proxied_opener": "egress"}
-)
+__getattr__ = lazy_exports("corral.runtime", {
+    "Egress": "egress", "EgressHooks": "egress", "proxied_opener": "egress",
+    "approval_store": "mode1", "preflight_mcp": "mode1", "serve_mcp": "mode1",
+})

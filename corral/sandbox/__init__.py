@@ -11,6 +11,7 @@ Public API::
     # torn down: processes, netns + nft table, cgroup, directories, uid reservation
 
     code = run_command(spec, ["claude"], audit=sink, hooks=proxy_hooks)   # ``corral run``
+    validate(spec)     # refuse missing or hidden visible paths before anything is created
 
 Submodules are imported lazily so that ``corral.sandbox.seccomp`` and friends can be used
 without loading the launcher.
@@ -27,8 +28,11 @@ if TYPE_CHECKING:
     from corral.sandbox.launch import Sandbox
     from corral.sandbox.run import RunHooks, run_command
     from corral.sandbox.spec import SandboxSpec
+    from corral.sandbox.workspace import validate
 
-__all__ = ["AuditSink", "NullSink", "RunHooks", "Sandbox", "SandboxSpec", "run_command"]
+__all__ = [
+    "AuditSink", "NullSink", "RunHooks", "Sandbox", "SandboxSpec", "run_command", "validate",
+]
 
 __getattr__ = lazy_exports("corral.sandbox", {
     "AuditSink": "audit",
@@ -37,4 +41,5 @@ __getattr__ = lazy_exports("corral.sandbox", {
     "SandboxSpec": "spec",
     "RunHooks": "run",
     "run_command": "run",
+    "validate": "workspace",
 })

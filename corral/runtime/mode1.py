@@ -1,0 +1,171 @@
+"""Mode 1 assembled: corral's tools served over MCP to an agent outside (``corral mcp``).
+
+This is where the parts meet for Mode 1, as ``egress`` and ``audit`` are where they meet for
+Mode 2: the resolved policy, one tools sandbox per principal (built on first use with the same
+egress and audit wiring as ``corral run``), the approval store, the MCP server and its
+transport (stdio, or streamable HTTP behind bearer tokens). ``corral.cli.mcp`` only parses
+arguments and prints what ``announce`` is given.
+
+Invariants:
+- ``preflight_mcp`` refuses what ``corral run`` would refuse for the same policies and workspace,
+  with the same messages, before anything is served.
+- There is no unauthenticated HTTP mode: without tokens one is generated and announced.
+- The listening socket is bound before its URL is announced (``127.0.0.1:0`` works).
+- However serving ends (a client hanging up, SIGTERM, SIGHUP, ^C), every principal's sandbox
+  is torn down and the trails are closed before ``serve_mcp`` returns or raises.
+- Approvals decided outside the server (``approval_store``) are audited in a trail of their
+  own, closed when the caller is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from corral.errors import UserInputError
+
+if TYPE_CHECKING:
+    from corral.mcp import Principals
+    from corral.policy import ResolvedPolicy
+    from corral.runtime.audit import LaunchAudit
+    from corral.tools import ApprovalStore, AuditSink
+
+__all__ = ["approval_store", "preflight_mcp", "serve_mcp"]
+
+
+def _resolve(policies: Sequence[str], workspace: Path | None) -> ResolvedPolicy:
+    from corral.policy import resolve
+
+    return resolve(list(policies), workspace=workspace.resolve() if workspace else None)
+
+
+def preflight_mcp(policies: Sequence[str], workspace: Path | None) -> None:
+    """Refuse, as ``UserInputError``, what ``corral run`` refuses before it starts: the
+    policies, the workspace and every path the policy makes visible."""
+    from corral.sandbox import SandboxSpec, validate
+
+    rp = _resolve(policies, workspace)
+    try:
+        validate(SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
+                             workspace=rp.files.workspace))
+    except UserInputError:
+        raise
+    except Exception as err:  # CorralError(exit 125) under run: bad input here, exit 2
+        raise UserInputError(str(err)) from None
+
+
+@contextlib.contextmanager
+def approval_store() -> Iterator[ApprovalStore]:
+    """The approval store, its decisions audited in a short trail of this invocation."""
+    from corral.audit import Actor, AuditStore
+    from corral.runtime.audit import ToolAudit
+    from corral.tools import ApprovalStore
+
+    with AuditStore.open() as audit:
+        trail = audit.trail(f"approvals-{secrets.token_hex(4)}", actor=Actor.current())
+        try:
+            yield ApprovalStore(audit=ToolAudit(trail))
+        finally:
+            trail.close(status="ok")
+
+
+def _principals(rp: ResolvedPolicy, *, store: ApprovalStore, audit: AuditSink,
+                launch: LaunchAudit | None, upstream_proxy: str | None) -> Principals:
+    """One ``Tools`` per principal, each over its own sandbox made on first use."""
+    from corral.mcp import Principals
+    from corral.runtime.egress import proxied_opener
+    from corral.sandbox import SandboxSpec
+    from corral.tools import SandboxProvider, ShellSession, ToolPolicy, Tools
+
+    tool_policy = ToolPolicy.from_resolved(rp)
+    ws = rp.files.workspace
+
+    def factory(principal: str) -> Tools:
+        spec = SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
+                           workspace=ws)
+        opener = proxied_opener(rp, sandbox_audit=launch, upstream_proxy=upstream_proxy,
+                                proxy_audit=launch.proxy_audit if launch is not None else None)
+        session = ShellSession(SandboxProvider(spec, opener=opener), idle=rp.limits.idle)
+        ident = str(ws) if ws is not None else f"ephemeral:{principal}:{os.getpid()}"
+        return Tools(tool_policy, session, store, workspace=ident, audit=audit,
+                     principal=principal)
+
+    return Principals(factory)
+
+
+def _stop_on_signals() -> None:
+    def stop(signum: int, frame: Any) -> None:
+        # An exception, so that serve_mcp's ``finally`` tears the sandboxes down (uvicorn
+        # re-raises the signal it caught once it has shut down).
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+
+
+def serve_mcp(
+    policies: Sequence[str],
+    *,
+    workspace: Path | None,
+    listen: tuple[str, int] | None,
+    tokens: Mapping[str, str],
+    origins: Sequence[str],
+    elicitation: bool,
+    approval_ttl: float,
+    upstream_proxy: str | None = None,
+    audit: AuditSink | None = None,
+    announce: Callable[[str], None] = lambda line: None,
+) -> None:
+    """Serve the tools over stdio (``listen`` None) or streamable HTTP on ``listen``, until
+    the client goes or a signal ends it. ``audit`` replaces the trail (tests)."""
+    import anyio
+
+    from corral.mcp import TokenTable, bind, build_server, serve_http
+    from corral.tools import ApprovalStore
+
+    if os.geteuid() != 0:
+        raise UserInputError("corral mcp must run as root (it builds sandboxes)")
+    _stop_on_signals()
+    rp = _resolve(policies, workspace)
+    launch = None
+    if audit is None:
+        from corral.runtime.audit import open_audit
+
+        # one trail per tools sandbox (lifecycle, exec, proxy), as under `corral run`, and
+        # this server's trail for tool calls and approvals
+        launch = open_audit(rp, mode="mcp")
+        audit = launch.tool_audit(f"mcp-{secrets.token_hex(4)}")
+    store = ApprovalStore(ttl=approval_ttl, audit=audit)
+    principals = _principals(rp, store=store, audit=audit, launch=launch,
+                             upstream_proxy=upstream_proxy)
+    table: TokenTable | None = None
+    if listen is not None:
+        named = dict(tokens) or {"default": secrets.token_urlsafe(32)}
+        if not tokens:
+            announce(f"generated bearer token: {named['default']}")
+        table = TokenTable(named)
+    server = build_server(principals, tokens=table, elicitation=elicitation)
+    try:
+        if listen is None or table is None:
+            anyio.run(server.run_stdio_async)
+        else:
+            host, port = listen
+            shown = f"[{host}]" if ":" in host else host
+            try:
+                sock = bind(host, port)
+            except OSError as err:
+                raise UserInputError(f"--http {shown}:{port}: cannot listen: {err.strerror}") \
+                    from None
+            announce(f"serving http://{shown}:{sock.getsockname()[1]}/mcp")
+            anyio.run(serve_http, server, sock, table, origins)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        principals.close()
+        if launch is not None:
+            launch.close(status="stopped")
