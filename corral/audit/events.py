@@ -119,6 +119,8 @@ SCHEMAS: dict[str, _Spec] = {
         "memory": (_I, False),
         "pids": (_I, False),
         "cpu": (_NUM, False),
+        "wall": (_NUM, False),  # seconds; absent = none
+        "idle": (_NUM, False),
     },
     EventType.SANDBOX_LIMIT: {"limit": (_S, True), "value": (_S, False), "detail": (_S, False),
                               "count": (_I, False)},

@@ -173,7 +173,8 @@ class Sandbox:
         for n, extra in enumerate(spec.files.write):
             self.rw.append(self._directory(f"rw{n}", extra, create=False))
         lim = spec.limits
-        self._audit("sandbox.limits", memory=lim.memory, pids=lim.pids, cpu=lim.cpu)
+        self._audit("sandbox.limits", memory=lim.memory, pids=lim.pids, cpu=lim.cpu, wall=lim.wall,
+                    idle=lim.idle)
         preload()  # the spawn's loading (shim, seccomp) while ip and nft still run
         pending, self._pending_netns = self._pending_netns, None
         self._netns = pending.result()

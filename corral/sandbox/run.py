@@ -142,6 +142,7 @@ def _run(
                 agent_pid=lambda: sb.agent_pid(proc),
                 kill_all=sb.kill_all,
                 on_winch=pty.resize if pty is not None else None,
+                input_activity=pty is not None,  # at a terminal, typing is activity
             )
         finally:
             if pty is not None:
@@ -151,14 +152,15 @@ def _run(
         code = outcome.returncode
         if outcome.timeout == "wall" and lim.wall is not None:
             _say(f"wall-time limit of {_human_time(lim.wall)} reached; the sandbox was stopped "
-                 "(raise limits.wall in a policy to allow more)")
+                 "(raise limits.wall in a policy, or --timeout, to allow more)")
         elif outcome.timeout == "idle" and lim.idle is not None:
-            _say(f"no output and no CPU activity for {_human_time(lim.idle)}; the sandbox was "
-                 "stopped (raise limits.idle in a policy to allow more)")
+            quiet = "no input, output or CPU use" if pty is not None else "no output and no CPU use"
+            _say(f"{quiet} for {_human_time(lim.idle)}; the sandbox was stopped (raise "
+                 "limits.idle in a policy, or --idle, to allow more)")
         elif sb.oom_killed():
             mem = _human_size(lim.memory) if lim.memory else "its memory limit"
             _say(f"the sandbox ran out of memory ({mem}) and was killed "
-                 "(raise limits.memory in a policy to allow more)")
+                 "(raise limits.memory in a policy, or --memory, to allow more)")
             code = EXIT_OOM
         elif sb.pids_exhausted():
             _say(f"note: the sandbox reached its process limit ({lim.pids} pids)")

@@ -3,8 +3,9 @@
 Invariants:
 - Output is copied as it arrives (no buffering beyond one read), so streams stay live.
 - Idle means no output *and* no CPU time used by the sandbox's cgroup for ``limits.idle``
-  seconds; wall is time since start. Either ends the run: every process of the sandbox is
-  killed and the outcome says why (exit 124).
+  seconds (and, with ``input_activity`` — a terminal run — no input either: a user typing at a
+  prompt that does not echo is not idle); wall is time since start. Either ends the run:
+  every process of the sandbox is killed and the outcome says why (exit 124).
 - SIGINT, SIGTERM and SIGHUP received by corral are forwarded to the agent's process (the one
   bwrap reports on its info fd); a third one kills the whole sandbox. SIGWINCH resizes the pty.
   The previous handlers are restored when supervision ends.
@@ -68,11 +69,12 @@ def supervise(
     agent_pid: Callable[[], int | None],
     kill_all: Callable[[], None],
     on_winch: Callable[[], None] | None = None,
+    input_activity: bool = False,
 ) -> Outcome:
     """Run until the child exits or a time limit hits.
 
     ``pumps`` are ``(src, dst, is_output)``; ``src`` must be non-blocking. Output pumps count as
-    activity for the idle timer.
+    activity for the idle timer; input pumps too with ``input_activity``.
     """
     start = last = time.monotonic()
     last_cpu = cpu_usage() if idle is not None else 0
@@ -119,7 +121,7 @@ def supervise(
                     exited = True
                 elif not _pump(sel, key):
                     continue
-                elif key.data[1]:
+                elif key.data[1] or input_activity:
                     last = time.monotonic()
             now = time.monotonic()
             if exited:
