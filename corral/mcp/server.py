@@ -18,9 +18,14 @@ Invariants:
   elicitation) decides nothing: the call stays pending for another approver, and the result
   names the approval id and the ``corral approvals approve ID`` command; a retry after that
   approval runs the call.
+- The tools are the rows of ``TOOLS``: a tool's MCP signature, its approval resolver and the
+  arguments the gate, the approval and the executor see are all made from the same row, so
+  they cannot disagree about a parameter.
 """
 
 
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -39,11 +44,17 @@ from pydantic import BaseModel, Field
 
 from corral.errors import CorralError
 from corral.mcp.principals import STDIO, Principals, TokenTable
-from corral.tools.approvals import current_user
-from corral.tools.executor_client import ExecutorGone, ToolFailure
-from corral.tools.service import Gate, denied_message, pending_message
+from corral.tools import (
+    ExecutorGone,
+    Gate,
+    ToolFailure,
+    Tools,
+    current_user,
+    denied_message,
+    pending_message,
+)
 
-__all__ = ["ApprovalForm", "build_server"]
+__all__ = ["TOOLS", "ApprovalForm", "ToolSpec", "build_server"]
 
 INSTRUCTIONS = (
     "Tools that run inside a corral sandbox: the workspace is /workspace; network access goes "
@@ -70,26 +81,119 @@ class _Held:
     message: str
 
 
-def build_server(
-    principals: Principals,
-    *,
-    tokens: TokenTable | None = None,
-    elicitation: bool = True,
-) -> MCPServer:
-    """An ``MCPServer`` with the seven tools, serving ``principals``."""
-    server: MCPServer = MCPServer(name="corral", instructions=INSTRUCTIONS, log_level="WARNING")
+_REQUIRED = inspect.Parameter.empty
 
-    def principal_of(ctx: Context) -> str:
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: Any
+    default: Any = _REQUIRED
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool: its name, what the client is told, its parameters in schema order."""
+
+    name: str
+    description: str
+    params: tuple[Param, ...]
+
+    def args(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments as the gate and executor take them (lists copied)."""
+        return {p.name: list(v) if isinstance(v := given[p.name], list) else v
+                for p in self.params}
+
+
+TOOLS: tuple[ToolSpec, ...] = (
+    ToolSpec("exec", "Run a bash command inside the sandbox (cwd relative to /workspace). "
+             "Returns exit_code, stdout, stderr (each truncated with a marker past 64 KiB). "
+             "Reports progress.",
+             (Param("command", str), Param("cwd", str, "."), Param("timeout", float, 120.0))),
+    ToolSpec("read", "Read a text file: lines offset.. (1-based), at most limit lines. Paths are "
+             "relative to /workspace; reading outside the workspace needs approval.",
+             (Param("path", str), Param("offset", int, 1), Param("limit", int, 2000))),
+    ToolSpec("write", "Create or overwrite a file in the workspace.",
+             (Param("path", str), Param("content", str))),
+    ToolSpec("edit", "Replace old_string with new_string in a workspace file; fails unless "
+             "old_string occurs exactly once (or replace_all is set).",
+             (Param("path", str), Param("old_string", str), Param("new_string", str),
+              Param("replace_all", bool, False))),
+    ToolSpec("glob", "List files matching a glob pattern (** recurses) under path (default the "
+             "workspace).",
+             (Param("pattern", str), Param("path", str, "."))),
+    ToolSpec("grep", "Search file contents with ripgrep (regex unless fixed_strings); glob "
+             "filters files.",
+             (Param("pattern", str), Param("path", str, "."), Param("glob", list[str], []),
+              Param("ignore_case", bool, False), Param("fixed_strings", bool, False),
+              Param("files_only", bool, False), Param("context", int, 0))),
+    ToolSpec("fetch", "HTTP request from inside the sandbox, through the policy proxy (egress "
+             "policy applies; a denied request returns the proxy's 403 and the rule that denied "
+             "it).",
+             (Param("url", str), Param("method", str, "GET"),
+              Param("headers", dict[str, str], {}), Param("body", str | None, None),
+              Param("timeout", float, 30.0))),
+)
+
+_Outcome = ElicitationResult[ApprovalForm]
+_Decide = Callable[[str, dict[str, Any], Context], Awaitable[Any]]
+_Finish = Callable[[str, dict[str, Any], Context, Any], Awaitable[dict[str, Any]]]
+
+
+def _signed(fn: Callable[..., Any], name: str, params: list[inspect.Parameter],
+            returns: Any) -> Callable[..., Any]:
+    """Give ``fn(**kwargs)`` the named signature the SDK reads (schema, resolvers, context)."""
+    fn.__name__ = fn.__qualname__ = name
+    fn.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
+    fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": returns}
+    return fn
+
+
+def _keyword(name: str, annotation: Any, default: Any = _REQUIRED) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=default)
+
+
+def _tool_function(spec: ToolSpec, decide: _Decide, finish: _Finish) -> Callable[..., Any]:
+    """The tool body and its approval resolver, both taking the row's parameters by name."""
+    params = [_keyword(p.name, p.type, p.default) for p in spec.params]
+
+    async def gate(**given: Any) -> Any:
+        ctx = given.pop("ctx")
+        return await decide(spec.name, spec.args(given), ctx)
+
+    async def tool(**given: Any) -> dict[str, Any]:
+        ctx, approval = given.pop("ctx"), given.pop("approval")
+        return await finish(spec.name, spec.args(given), ctx, approval)
+
+    resolver = _signed(gate, f"gate_{spec.name}", [*params, _keyword("ctx", Context)], Any)
+    outcome = Annotated[_Outcome, Resolve(resolver)]
+    return _signed(tool, f"{spec.name}_tool",
+                   [*params, _keyword("ctx", Context), _keyword("approval", outcome)],
+                   dict[str, Any])
+
+
+class _Calls:
+    """The steps every tool call takes, for one server's principals."""
+
+    def __init__(self, principals: Principals, tokens: TokenTable | None,
+                 elicitation: bool) -> None:
+        self.principals = principals
+        self.tokens = tokens
+        self.elicitation = elicitation
+
+    def principal_of(self, ctx: Context) -> str:
         headers = ctx.headers
-        if headers is None or tokens is None:
+        if headers is None or self.tokens is None:
             return STDIO
-        name = tokens.principal(headers.get("authorization"))
+        name = self.tokens.principal(headers.get("authorization"))
         if name is None:  # the HTTP middleware refuses these before they get here
             raise ToolError("not authenticated")
         return name
 
-    async def decide(tool: str, args: dict[str, Any], ctx: Context) -> Any:
-        tools = principals.tools(principal_of(ctx))
+    async def decide(self, tool: str, args: dict[str, Any], ctx: Context) -> Any:
+        """The resolver: go ahead, held (denied or pending), or ask by elicitation."""
+        tools = self.principals.tools(self.principal_of(ctx))
 
         def check() -> _Go | _Held | tuple[Gate, Any]:
             gate = tools.gate(tool, args)
@@ -108,7 +212,7 @@ def build_server(
             return outcome
         gate, approval = outcome
         caps = ctx.client_capabilities
-        if elicitation and caps is not None and caps.elicitation is not None:
+        if self.elicitation and caps is not None and caps.elicitation is not None:
             return Elicit(
                 f"corral: allow {tool} `{gate.summary}`? It needs approval: {gate.reason}. "
                 f"(approval {approval.id}; workspace {tools.workspace})",
@@ -116,48 +220,66 @@ def build_server(
             )
         return _Held(pending_message(approval, tool))
 
-    async def finish(
-        tool: str, args: dict[str, Any], ctx: Context, outcome: ElicitationResult[Any]
-    ) -> dict[str, Any]:
-        principal = principal_of(ctx)
-        tools = principals.tools(principal)
+    async def finish(self, tool: str, args: dict[str, Any], ctx: Context,
+                     outcome: ElicitationResult[Any]) -> dict[str, Any]:
+        """The tool body: settle the approval outcome, then run the call."""
+        principal = self.principal_of(ctx)
+        tools = self.principals.tools(principal)
         by = f"{principal} via MCP elicitation (server user {current_user()})"
         if isinstance(outcome, CancelledElicitation):
-            def still_pending() -> str:
-                pending = tools.hold(tool, args, tools.gate(tool, args))
-                return pending_message(pending, tool)
-            message = await anyio.to_thread.run_sync(still_pending)
-            raise ToolError("corral: the approval prompt was cancelled, so nothing was decided; "
-                            + message.removeprefix("corral: "))
+            raise await self._still_pending(tools, tool, args)
         if not isinstance(outcome, AcceptedElicitation):
-            def refuse() -> None:
-                gate = tools.gate(tool, args)
-                pending = tools.hold(tool, args, gate)
-                tools.store.decide(pending.id, approve=False, by=by, reason=outcome.action)
-            await anyio.to_thread.run_sync(refuse)
-            raise ToolError(f"the user did not approve this {tool} call ({outcome.action})")
+            raise await self._refused(tools, tool, args, by, outcome.action)
         data = outcome.data
         if isinstance(data, _Held):
             raise ToolError(data.message)
-        if isinstance(data, ApprovalForm):
-            form = data
+        gate = await self._form(tools, tool, args, by, data) \
+            if isinstance(data, ApprovalForm) else data.gate
+        return await self._run(tools, tool, args, gate, ctx)
 
-            def record() -> Gate:
-                gate = tools.gate(tool, args)
-                pending = tools.hold(tool, args, gate)
-                tools.store.decide(pending.id, approve=form.approve, by=by,
-                                   reason=form.reason or None, always=form.always)
-                if form.approve and not tools.authorize(tool, args, gate):
-                    raise ToolError("the approval could not be used; retry the call")
-                return gate
+    @staticmethod
+    async def _still_pending(tools: Tools, tool: str, args: dict[str, Any]) -> ToolError:
+        """A cancel decides nothing: the call stays pending for another approver."""
+        def pending() -> str:
+            return pending_message(tools.hold(tool, args, tools.gate(tool, args)), tool)
 
-            gate = await anyio.to_thread.run_sync(record)
-            if not form.approve:
-                raise ToolError(f"the user denied this {tool} call"
-                                + (f": {form.reason}" if form.reason else ""))
-        else:
-            gate = data.gate
+        message = await anyio.to_thread.run_sync(pending)
+        return ToolError("corral: the approval prompt was cancelled, so nothing was decided; "
+                        + message.removeprefix("corral: "))
 
+    @staticmethod
+    async def _refused(tools: Tools, tool: str, args: dict[str, Any], by: str,
+                       action: str) -> ToolError:
+        """An explicit decline is recorded as a denial."""
+        def refuse() -> None:
+            pending = tools.hold(tool, args, tools.gate(tool, args))
+            tools.store.decide(pending.id, approve=False, by=by, reason=action)
+
+        await anyio.to_thread.run_sync(refuse)
+        return ToolError(f"the user did not approve this {tool} call ({action})")
+
+    @staticmethod
+    async def _form(tools: Tools, tool: str, args: dict[str, Any], by: str,
+                    form: ApprovalForm) -> Gate:
+        """Record the human's answer on the pending approval; a yes is consumed like a grant."""
+        def record() -> Gate:
+            gate = tools.gate(tool, args)
+            pending = tools.hold(tool, args, gate)
+            tools.store.decide(pending.id, approve=form.approve, by=by,
+                               reason=form.reason or None, always=form.always)
+            if form.approve and not tools.authorize(tool, args, gate):
+                raise ToolError("the approval could not be used; retry the call")
+            return gate
+
+        gate = await anyio.to_thread.run_sync(record)
+        if not form.approve:
+            raise ToolError(f"the user denied this {tool} call"
+                            + (f": {form.reason}" if form.reason else ""))
+        return gate
+
+    @staticmethod
+    async def _run(tools: Tools, tool: str, args: dict[str, Any], gate: Gate,
+                   ctx: Context) -> dict[str, Any]:
         def progress(info: dict[str, Any]) -> None:
             anyio.from_thread.run(ctx.report_progress, float(info.get("elapsed") or 0),
                                   info.get("total"), info.get("message"))
@@ -174,108 +296,17 @@ def build_server(
         except CorralError as err:  # a sandbox that cannot start: the reason, not a traceback
             raise ToolError(str(err)) from None
 
-    # -- resolvers: one per tool, taking the tool's arguments by name --------------------------
 
-    async def gate_exec(command: str, cwd: str, timeout: float, ctx: Context) -> Any:
-        return await decide("exec", {"command": command, "cwd": cwd, "timeout": timeout}, ctx)
-
-    async def gate_read(path: str, offset: int, limit: int, ctx: Context) -> Any:
-        return await decide("read", {"path": path, "offset": offset, "limit": limit}, ctx)
-
-    async def gate_write(path: str, content: str, ctx: Context) -> Any:
-        return await decide("write", {"path": path, "content": content}, ctx)
-
-    async def gate_edit(path: str, old_string: str, new_string: str, replace_all: bool,
-                        ctx: Context) -> Any:
-        return await decide("edit", {"path": path, "old_string": old_string,
-                                     "new_string": new_string, "replace_all": replace_all}, ctx)
-
-    async def gate_glob(pattern: str, path: str, ctx: Context) -> Any:
-        return await decide("glob", {"pattern": pattern, "path": path}, ctx)
-
-    async def gate_grep(pattern: str, path: str, glob: list[str], ignore_case: bool,
-                        fixed_strings: bool, files_only: bool, context: int, ctx: Context) -> Any:
-        return await decide("grep", _grep_args(pattern, path, glob, ignore_case, fixed_strings,
-                                               files_only, context), ctx)
-
-    async def gate_fetch(url: str, method: str, headers: dict[str, str], body: str | None,
-                         timeout: float, ctx: Context) -> Any:
-        return await decide("fetch", {"url": url, "method": method, "headers": headers,
-                                      "body": body, "timeout": timeout}, ctx)
-
-    Outcome = ElicitationResult[ApprovalForm]
-
-    @server.tool(name="exec", description=(
-        "Run a bash command inside the sandbox (cwd relative to /workspace). Returns exit_code, "
-        "stdout, stderr (each truncated with a marker past 64 KiB). Reports progress."))
-    async def exec_tool(
-        command: str, ctx: Context, approval: Annotated[Outcome, Resolve(gate_exec)],
-        cwd: str = ".", timeout: float = 120.0,
-    ) -> dict[str, Any]:
-        args = {"command": command, "cwd": cwd, "timeout": timeout}
-        return await finish("exec", args, ctx, approval)
-
-    @server.tool(name="read", description=(
-        "Read a text file: lines offset.. (1-based), at most limit lines. Paths are relative to "
-        "/workspace; reading outside the workspace needs approval."))
-    async def read_tool(
-        path: str, ctx: Context, approval: Annotated[Outcome, Resolve(gate_read)],
-        offset: int = 1, limit: int = 2000,
-    ) -> dict[str, Any]:
-        return await finish("read", {"path": path, "offset": offset, "limit": limit}, ctx,
-                            approval)
-
-    @server.tool(name="write", description="Create or overwrite a file in the workspace.")
-    async def write_tool(
-        path: str, content: str, ctx: Context, approval: Annotated[Outcome, Resolve(gate_write)],
-    ) -> dict[str, Any]:
-        return await finish("write", {"path": path, "content": content}, ctx, approval)
-
-    @server.tool(name="edit", description=(
-        "Replace old_string with new_string in a workspace file; fails unless old_string occurs "
-        "exactly once (or replace_all is set)."))
-    async def edit_tool(
-        path: str, old_string: str, new_string: str, ctx: Context,
-        approval: Annotated[Outcome, Resolve(gate_edit)], replace_all: bool = False,
-    ) -> dict[str, Any]:
-        args = {"path": path, "old_string": old_string, "new_string": new_string,
-                "replace_all": replace_all}
-        return await finish("edit", args, ctx, approval)
-
-    @server.tool(name="glob", description=(
-        "List files matching a glob pattern (** recurses) under path (default the workspace)."))
-    async def glob_tool(
-        pattern: str, ctx: Context, approval: Annotated[Outcome, Resolve(gate_glob)],
-        path: str = ".",
-    ) -> dict[str, Any]:
-        return await finish("glob", {"pattern": pattern, "path": path}, ctx, approval)
-
-    @server.tool(name="grep", description=(
-        "Search file contents with ripgrep (regex unless fixed_strings); glob filters files."))
-    async def grep_tool(
-        pattern: str, ctx: Context, approval: Annotated[Outcome, Resolve(gate_grep)],
-        path: str = ".", glob: list[str] = [], ignore_case: bool = False,  # noqa: B006
-        fixed_strings: bool = False, files_only: bool = False, context: int = 0,
-    ) -> dict[str, Any]:
-        args = _grep_args(pattern, path, glob, ignore_case, fixed_strings, files_only, context)
-        return await finish("grep", args, ctx, approval)
-
-    @server.tool(name="fetch", description=(
-        "HTTP request from inside the sandbox, through the policy proxy (egress policy applies; "
-        "a denied request returns the proxy's 403 and the rule that denied it)."))
-    async def fetch_tool(
-        url: str, ctx: Context, approval: Annotated[Outcome, Resolve(gate_fetch)],
-        method: str = "GET", headers: dict[str, str] = {},  # noqa: B006
-        body: str | None = None, timeout: float = 30.0,
-    ) -> dict[str, Any]:
-        args = {"url": url, "method": method, "headers": headers, "body": body,
-                "timeout": timeout}
-        return await finish("fetch", args, ctx, approval)
-
+def build_server(
+    principals: Principals,
+    *,
+    tokens: TokenTable | None = None,
+    elicitation: bool = True,
+) -> MCPServer:
+    """An ``MCPServer`` with the tools of ``TOOLS``, serving ``principals``."""
+    server: MCPServer = MCPServer(name="corral", instructions=INSTRUCTIONS, log_level="WARNING")
+    calls = _Calls(principals, tokens, elicitation)
+    for spec in TOOLS:
+        server.tool(name=spec.name, description=spec.description)(
+            _tool_function(spec, calls.decide, calls.finish))
     return server
-
-
-def _grep_args(pattern: str, path: str, glob: list[str], ignore_case: bool,
-               fixed_strings: bool, files_only: bool, context: int) -> dict[str, Any]:
-    return {"pattern": pattern, "path": path, "glob": list(glob), "ignore_case": ignore_case,
-            "fixed_strings": fixed_strings, "files_only": files_only, "context": context}

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from corral.tools.approvals import Approval, ApprovalStore, AuditSink, NullAudit
+    from corral.tools.approvals import Approval, ApprovalStore, AuditSink, NullAudit, current_user
     from corral.tools.cmdcheck import CommandChecker, Verdict, check_command
     from corral.tools.executor_client import Executor, ExecutorGone, ToolFailure, executor_argv
-    from corral.tools.provision import SandboxProvider
-    from corral.tools.service import Gate, ToolPolicy, Tools
+    from corral.tools.provision import Opened, SandboxProvider
+    from corral.tools.service import Gate, ToolPolicy, Tools, denied_message, pending_message
     from corral.tools.session import ShellSession
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "ExecutorGone",
     "Gate",
     "NullAudit",
+    "Opened",
     "SandboxProvider",
     "ShellSession",
     "ToolFailure",
@@ -47,15 +48,20 @@ __all__ = [
     "Tools",
     "Verdict",
     "check_command",
+    "current_user",
+    "denied_message",
     "executor_argv",
+    "pending_message",
 ]
 
 __getattr__ = lazy_exports("corral.tools", {
     "Approval": "approvals", "ApprovalStore": "approvals", "AuditSink": "approvals",
-    "NullAudit": "approvals", "CommandChecker": "cmdcheck", "Verdict": "cmdcheck",
+    "NullAudit": "approvals", "current_user": "approvals", "CommandChecker": "cmdcheck",
+    "Verdict": "cmdcheck",
     "check_command": "cmdcheck", "Executor": "executor_client",
     "ExecutorGone": "executor_client", "ToolFailure": "executor_client",
     "executor_argv": "executor_client",
-    "SandboxProvider": "provision", "Gate": "service", "ToolPolicy": "service",
-    "Tools": "service", "ShellSession": "session",
+    "SandboxProvider": "provision", "Opened": "provision", "Gate": "service",
+    "ToolPolicy": "service", "Tools": "service", "denied_message": "service",
+    "pending_message": "service", "ShellSession": "session",
 })
