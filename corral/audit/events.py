@@ -57,6 +57,7 @@ class EventType(enum.StrEnum):
     SANDBOX_LIMIT = "sandbox.limit"
     SANDBOX_EXIT = "sandbox.exit"
     SANDBOX_TEARDOWN = "sandbox.teardown"
+    SANDBOX_KILL = "sandbox.kill"  # corral sandbox kill: a user ended a live sandbox
     POLICY_RESOLVED = "policy.resolved"
     EXEC_START = "exec.start"
     DNS_QUERY = "dns.query"
@@ -137,6 +138,7 @@ SCHEMAS: dict[str, _Spec] = {
         "leftovers": (_L, False),
         "errors": (_L, False),
     },
+    EventType.SANDBOX_KILL: {"by": (_S, False), "processes": (_I, False)},
     EventType.POLICY_RESOLVED: {"digest": (_S, True), "sources": (_L, True)},
     EventType.EXEC_START: {
         "argv": (_L, True),

@@ -295,6 +295,7 @@ class Sandbox:
             raise CorralError("no command given", exit_code=EXIT_CORRAL)
         # exec.start is durable before the command can start (audit before action)
         self._audit("sandbox.spawn", argv=list(argv), tty=tty, cwd=cwd)
+        self._record_for_exec(argv, self.environment(env))
         args, fds = self.bwrap_argv(argv, tty=tty, cwd=cwd)
         info_r = self._pending_info
         netns_fd = self._netns.fd
@@ -353,6 +354,19 @@ class Sandbox:
             threading.Thread(target=importlib.import_module, args=("shutil",), daemon=True,
                              name="corral-preload").start()
         return proc
+
+    def _record_for_exec(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        """What ``corral sandbox list`` shows and ``corral sandbox exec`` needs: the command and
+        workspace in the entry; the first command's environment and the writable paths in the
+        sandbox's own root-only directory (``corral.sandbox.enter``). Once, at the first spawn."""
+        if self._entry.command:
+            return
+        self._entry.command, self._entry.workspace = list(argv), str(self.workspace)
+        registry.update(self._entry)
+        fd = os.open(self.dir / "exec.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"env": dict(env), "rw": [str(p) for p in self.rw]}, f)
 
     def agent_pid(self, proc: subprocess.Popen[bytes]) -> int | None:
         """The host pid of the command's process, once known.

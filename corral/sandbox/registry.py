@@ -66,18 +66,21 @@ class Entry:
     round-trips it, and an unknown key in a file makes the entry unreadable (``TypeError``).
     """
 
-    __slots__ = ("cgroup", "child_pid", "created", "gid", "helper_uids", "id", "pid",
-                 "pid_start", "policies", "uid")
+    __slots__ = ("cgroup", "child_pid", "command", "created", "gid", "helper_uids", "id", "pid",
+                 "pid_start", "policies", "uid", "workspace")
 
     def __init__(self, id: str, uid: int, gid: int, pid: int, pid_start: int, created: float,
                  policies: list[str] | None = None, cgroup: str | None = None,
-                 child_pid: int | None = None, helper_uids: list[int] | None = None) -> None:
+                 child_pid: int | None = None, helper_uids: list[int] | None = None,
+                 command: list[str] | None = None, workspace: str | None = None) -> None:
         self.id, self.uid, self.gid = id, uid, gid
         self.pid, self.pid_start, self.created = pid, pid_start, created
         self.policies: list[str] = list(policies or ())
         self.cgroup = cgroup
         self.child_pid = child_pid
         self.helper_uids: list[int] = list(helper_uids or ())
+        self.command: list[str] = list(command or ())  # the first command started inside
+        self.workspace = workspace  # host directory at /workspace
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELDS}
@@ -96,7 +99,7 @@ class Entry:
 
 
 _FIELDS = ("id", "uid", "gid", "pid", "pid_start", "created", "policies", "cgroup", "child_pid",
-           "helper_uids")
+           "helper_uids", "command", "workspace")
 
 
 def registry_dir() -> Path:
