@@ -90,6 +90,61 @@ def op_ping(req: Req) -> Res:
     return {"pid": os.getpid(), "uid": os.getuid(), "root": ROOT}
 
 
+class _Capture:
+    """Both output streams of a command, each kept to ``limit + 1`` bytes, totals counted."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], limit: int) -> None:
+        self.limit = limit
+        self.bufs = {"stdout": bytearray(), "stderr": bytearray()}
+        self.totals = {"stdout": 0, "stderr": 0}
+        self.pumps = [threading.Thread(target=self._pump, args=(n, s), daemon=True)
+                      for n, s in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+        for t in self.pumps:
+            t.start()
+
+    def _pump(self, name: str, stream: IO[bytes]) -> None:
+        while True:
+            chunk = stream.read1(65536)  # type: ignore[attr-defined]
+            if not chunk:
+                break
+            self.totals[name] += len(chunk)
+            room = self.limit + 1 - len(self.bufs[name])
+            if room > 0:
+                self.bufs[name] += chunk[:room]
+
+    def text(self, name: str) -> str:
+        """The stream, capped with a marker that names its full size."""
+        self.join()
+        text, cut = cap(bytes(self.bufs[name]), self.limit)
+        if cut:
+            text = text.replace(f"of {self.limit + 1} bytes", f"of {self.totals[name]} bytes")
+        return text
+
+    def join(self) -> None:
+        for t in self.pumps:
+            t.join(timeout=2)
+
+
+def _wait(proc: subprocess.Popen[bytes], req: Req, start: float, timeout: float,
+          capture: _Capture) -> bool:
+    """Wait for the command, reporting progress each second; True if it timed out."""
+    next_progress = start + 1.0
+    while True:
+        try:
+            proc.wait(timeout=0.05)
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if now - start > timeout:
+            return True
+        if now >= next_progress:
+            next_progress = now + 1.0
+            send({"id": req["id"], "progress": {
+                "elapsed": round(now - start, 1), "total": timeout,
+                "message": f"running {now - start:.0f}s, {capture.totals['stdout']} bytes out"}})
+
+
 def op_exec(req: Req) -> Res:
     command = req["command"]
     timeout = min(max(float(req.get("timeout") or 120), 0.1), 86400.0)
@@ -102,52 +157,13 @@ def op_exec(req: Req) -> Res:
         ["/bin/bash", "--noprofile", "--norc", "-c", command], cwd=cwd, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
-    bufs = {"stdout": bytearray(), "stderr": bytearray()}
-    totals = {"stdout": 0, "stderr": 0}
-
-    def pump(name: str, stream: IO[bytes]) -> None:
-        while True:
-            chunk = stream.read1(65536)  # type: ignore[attr-defined]
-            if not chunk:
-                break
-            totals[name] += len(chunk)
-            room = limit + 1 - len(bufs[name])
-            if room > 0:
-                bufs[name] += chunk[:room]
-
-    pumps = [threading.Thread(target=pump, args=(n, s), daemon=True)
-             for n, s in (("stdout", proc.stdout), ("stderr", proc.stderr))]
-    for t in pumps:
-        t.start()
-    timed_out = False
-    next_progress = start + 1.0
-    while True:
-        try:
-            proc.wait(timeout=0.05)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        now = time.monotonic()
-        if now - start > timeout:
-            timed_out = True
-            break
-        if now >= next_progress:
-            next_progress = now + 1.0
-            send({"id": req["id"], "progress": {
-                "elapsed": round(now - start, 1), "total": timeout,
-                "message": f"running {now - start:.0f}s, {totals['stdout']} bytes out"}})
+    capture = _Capture(proc, limit)
+    timed_out = _wait(proc, req, start, timeout, capture)
     # The command's whole session goes when it ends (background jobs included) or times out.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    for t in pumps:
-        t.join(timeout=2)
-    out, out_cut = cap(bytes(bufs["stdout"]), limit)
-    err, err_cut = cap(bytes(bufs["stderr"]), limit)
-    if out_cut:
-        out = out.replace(f"of {limit + 1} bytes", f"of {totals['stdout']} bytes")
-    if err_cut:
-        err = err.replace(f"of {limit + 1} bytes", f"of {totals['stderr']} bytes")
+    out, err = capture.text("stdout"), capture.text("stderr")
     code = 124 if timed_out else proc.returncode
     if code < 0:
         code = 128 - code
