@@ -1,3 +1,5 @@
+"""``python -m corral`` (``corral/__main__.py``) is the same command as the ``corral`` script."""
+
 from __future__ import annotations
 
 import subprocess
