@@ -17,6 +17,9 @@ options and exits 0.
 A run whose stdin is a terminal has no idle limit unless one is set (``--idle`` or a policy's
 ``limits.idle``): an interactive shell or agent waits at its prompt as long as its user does.
 
+With stderr on a terminal, each request the proxy denies is also shown as it happens, one
+``corral: denied ...`` line (``corral.cli.denials``); ``--quiet`` turns that off.
+
 ``--home`` never creates an arbitrary host path: a path must be an existing directory owned by
 the invoking user; a bare NAME is a home under ``homes_dir()`` (created, owned by that user).
 """
@@ -219,7 +222,7 @@ def run_main(argv: list[str]) -> int:
     # No garbage collections while the sandbox is set up (a few ms of scanning short-lived
     # launch objects); ``run_command`` turns them back on once the command runs, so a long run
     # still collects. At the end everything is frozen: the interpreter's exit then skips its
-    # final full collection (~10 ms), the process being about to end anyway.
+    # final full collection, the process being about to end anyway.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -245,7 +248,7 @@ def _run_main(argv: list[str]) -> int:
             from corral.runtime.proxyproc import ProxyProcess
 
             # a policy may have egress rules: fork the proxy child before resolving it, so its
-            # imports (~70 ms, the CA's critical path) overlap ours; it waits for the policy
+            # imports (the CA's critical path) overlap ours; it waits for the policy
             # and is killed if no proxy is needed. It holds nothing but its control sockets.
             early = ProxyProcess()
         spec, policy = build_spec(ns)
@@ -275,6 +278,10 @@ def _run_main(argv: list[str]) -> int:
         try:
             if hooks is not None:
                 hooks.proxy_audit = audit.proxy_audit  # this run's trail
+                if os.isatty(2) and not ns.quiet:
+                    from corral.cli.denials import echo_denials
+
+                    hooks.proxy_audit = echo_denials(audit.proxy_audit)
                 hooks.configure()
                 spec = hooks.prepare(spec)
             from corral.sandbox.run import run_command
