@@ -1,14 +1,14 @@
 """Entry point of the ``corral`` command.
 
 ``corral run`` is the hot path: it must start a sandbox fast, so it is dispatched before the
-typer command tree is imported (typer, rich and pydantic together cost ~150 ms). Every other
+typer command tree is imported (typer, rich and pydantic are slow to import). Every other
 command goes through the typer app.
 
 When ``main`` is the process's own entry (``argv`` not given: the ``corral`` script, ``python -m
 corral``) and ``corral run`` returned, the process ends with ``os._exit`` once what a normal
 exit does that anyone can observe is done: non-daemon threads joined, ``atexit`` handlers run
 (weakref finalizers included), stdout and stderr flushed. What it skips is the interpreter
-freeing every object one by one (~6 ms measured after a run). Called with ``argv`` (tests,
+freeing every object one by one. Called with ``argv`` (tests,
 embedding), ``main`` returns as usual; an exception, or a flush that fails, leaves the exit to
 the interpreter as before.
 """

@@ -23,8 +23,8 @@ Invariants (any step failing exits 125 before CMD runs; nothing is silently skip
 - CMD not found exits 127, not executable 126, each with one ``corral: <cmd>: ...`` line.
 """
 
-# Only built-in and C modules: ``_ctypes`` not ``ctypes`` (~2 ms), ``posix`` not ``os``
-# (~1.2 ms), ``_json``'s scanner not ``json`` (~10 ms), ``_signal`` not ``signal`` (~4 ms).
+# Only built-in and C modules (``_ctypes``, ``posix``, ``_json``'s scanner, ``_signal``): their
+# pure-Python wrappers import more modules on every launch (docs/benchmarks.md).
 import _ctypes
 import posix as os
 import sys
@@ -161,7 +161,7 @@ def fs_rights(abi: int) -> int:
 
 def parse_config(text: str) -> object:
     # The C scanner behind the json module, without importing json (whose import pulls in
-    # and compiles regular expressions: ~10 ms on the launch path).
+    # and compiles regular expressions on the launch path).
     try:
         import _json
     except ImportError:  # pragma: no cover - CPython always ships it
@@ -310,7 +310,7 @@ def _exists(path: str) -> bool:
 
 
 def execute(argv: list[str]) -> None:
-    import _signal  # the C module: ``signal`` imports enum, ~4 ms
+    import _signal  # the C module: ``signal`` imports enum
 
     for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):
         _signal.signal(signum, _signal.SIG_DFL)

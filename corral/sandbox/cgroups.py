@@ -16,8 +16,8 @@ Invariants:
   ``destroy`` kills and removes and may be called any number of times.
 """
 
-# No ``from __future__ import annotations`` here: a NamedTuple compiles each string annotation
-# into a ForwardRef when its class is made, ~0.1 ms a field on every corral run.
+# No ``from __future__ import annotations``: a NamedTuple would compile a ForwardRef per field,
+# on every launch (docs/benchmarks.md, "Launch-path choices").
 
 import contextlib
 import os
@@ -295,8 +295,8 @@ class Cgroup:
 
 class _Backoff:
     """Sleeps of 0.5 ms doubling to 5 ms: the tasks of a sandbox whose command just ended
-    usually leave its group within a millisecond or two (a fixed 5 ms poll added up to
-    ~7 ms to about one teardown in ten)."""
+    usually leave its group within a millisecond or two, so a fixed long poll would only
+    delay the teardown."""
 
     def __init__(self) -> None:
         self.delay = 0.0005

@@ -1,7 +1,7 @@
 """The command line of one spawn: bwrap's arguments, the shim, the seccomp program, the env.
 
 (Records here and in the modules it uses are named tuples or plain classes, not dataclasses:
-``corral run`` imports them on every launch and ``dataclasses`` alone costs it ~10 ms.)
+``corral run`` imports them on every launch, and importing ``dataclasses`` is not free.)
 
 Invariants: the environment inside starts from ``BASE_ENV`` (never the launcher's own, which
 may hold secrets); only terminal description variables pass through. Every command runs behind
@@ -9,8 +9,8 @@ the privilege-drop shim and under the seccomp filter; a missing layer module ref
 The info pipe's read end is returned to the caller, who must close it.
 """
 
-# No ``from __future__ import annotations`` here: a NamedTuple compiles each string annotation
-# into a ForwardRef when its class is made, ~0.1 ms a field on every corral run.
+# No ``from __future__ import annotations``: a NamedTuple would compile a ForwardRef per field,
+# on every launch (docs/benchmarks.md, "Launch-path choices").
 
 import os
 from collections.abc import Mapping, Sequence

@@ -186,14 +186,13 @@ class Sandbox:
     def warm_cgroup_attach() -> None:
         """Pay the kernel's cgroup-migration wait on a helper thread, off the critical path.
 
-        The first cgroup migration after a quiet spell waits for an RCU grace period (5-15 ms
-        measured here, cgroups v1) while the kernel's threadgroup lock switches to its writer
-        side; migrations shortly after are fast (<0.5 ms). Writing our own pid into the cgroup
-        we are already in is a no-op migration that takes that lock, so the command's own join
-        (``Cgroup.attach_self`` before bwrap) finds it warm. The lock stays warm for about one
-        more grace period after the warm-up's own: measured here, a join 12-24 ms after the
-        warm-up starts takes ~3.5 ms (the fork included), 8 ms after ~9 ms, 40 ms after ~20 ms
-        (cold again). Call it ~one grace period (10-15 ms) before ``spawn``.
+        The first cgroup migration after a quiet spell waits for an RCU grace period while the
+        kernel's threadgroup lock switches to its writer side; migrations shortly after are
+        fast. Writing our own pid into the cgroup we are already in is a no-op migration that
+        takes that lock, so the command's own join (``Cgroup.attach_self`` before bwrap) finds
+        it warm. The lock stays warm for about one more grace period, so call this about one
+        grace period before ``spawn`` (the measurements: docs/benchmarks.md, "Launch-path
+        choices").
         Best effort: an error only leaves the wait where it was.
         """
         threading.Thread(target=_noop_migration, daemon=True, name="corral-cgroup-warm").start()

@@ -1,7 +1,9 @@
 """Refuse to start when the machine cannot give every isolation layer (fail closed).
 
-Checked once per process: root, bubblewrap, nft, ip, the kernel's Landlock ABI, ID-mapped
-mounts, cgroups. A missing piece is reported in one line naming what to install or enable.
+Checked once per process: root, bubblewrap, nft, ip, the kernel's Landlock ABI, the cgroup
+filesystem, network and user namespaces. A missing piece is reported in one line naming what
+to install or enable. ID-mapped mounts are not checked here: the first mount that needs one
+fails the sandbox's creation (exit 125) with the kernel's reason.
 """
 
 from __future__ import annotations

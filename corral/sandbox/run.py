@@ -34,8 +34,10 @@ class RunHooks(Protocol):
     """Where the launcher plugs in the proxy (and anything else living beside a run).
 
     ``started`` runs once every layer exists and before the command starts: create listeners
-    with ``sb.run_in_netns`` on ``spec.proxy_port``/``spec.dns_port``, start serving, and
-    return extra environment for the agent (proxy and CA variables, placeholders). Raising
+    with ``sb.run_in_netns`` on ``spec.proxy_port``/``spec.dns_port`` and hand them to what
+    serves them (serving may be ready only after the command started: connections wait in the
+    kernel's backlog), and return environment to add for the command (the launcher's egress
+    puts its proxy and CA variables in the spec beforehand and adds none here). Raising
     aborts the run (exit 125) with full teardown. ``finished`` runs after the command ended,
     before teardown, also when it failed.
     """

@@ -14,8 +14,8 @@ Invariants: the uid/gid are never 0; every path handed to Landlock is absolute; 
 one JSON argv element, so no value in it is ever interpreted by a shell.
 """
 
-# No ``from __future__ import annotations`` here: a NamedTuple compiles each string annotation
-# into a ForwardRef when its class is made, ~0.1 ms a field on every corral run.
+# No ``from __future__ import annotations``: a NamedTuple would compile a ForwardRef per field,
+# on every launch (docs/benchmarks.md, "Launch-path choices").
 
 import json
 from functools import cache
@@ -118,8 +118,8 @@ class ShimConfig(_ShimFields):
 
 
 # The -c program: run the shim from bytecode compiled here when the sandbox's interpreter has
-# the same bytecode format (cache tag), else compile the source shipped beside it. Compiling
-# the shim costs ~2.5 ms per launch; unmarshalling it ~0.1 ms.
+# the same bytecode format (cache tag), else compile the source shipped beside it: unmarshalling
+# is far cheaper than compiling on every launch.
 LOADER = (
     "import sys,marshal\n"
     "t,c,s=sys.argv[1:4]\n"

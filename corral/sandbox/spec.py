@@ -1,15 +1,15 @@
 """What a sandbox is made of: the launcher's input, plain data with no behaviour.
 
 Invariants: a ``SandboxSpec`` is complete before any resource is created (validation happens in
-``workspace.validate`` and ``preflight`` first), so a bad spec never leaves anything behind.
+``workspace.validate`` and ``preflight.check`` first), so a bad spec never leaves anything behind.
 Paths are absolute host paths; ``extra_files`` keys are absolute paths inside the sandbox. A
 spec is immutable (a named tuple whose mappings are read-only by type; the empty defaults are
 read-only proxies): derive a changed one with ``spec._replace(...)``. It is not a dataclass so
-that ``corral run`` never loads ``dataclasses`` (~10 ms of its start).
+that ``corral run`` never loads ``dataclasses``.
 """
 
-# No ``from __future__ import annotations`` here: a NamedTuple compiles each string annotation
-# into a ForwardRef when its class is made, ~0.1 ms a field on every corral run.
+# No ``from __future__ import annotations``: a NamedTuple would compile a ForwardRef per field,
+# on every launch (docs/benchmarks.md, "Launch-path choices").
 
 from collections.abc import Mapping
 from pathlib import Path

@@ -11,8 +11,8 @@ Invariants:
   The previous handlers are restored when supervision ends.
 """
 
-# No ``from __future__ import annotations`` here: a NamedTuple compiles each string annotation
-# into a ForwardRef when its class is made, ~0.1 ms a field on every corral run.
+# No ``from __future__ import annotations``: a NamedTuple would compile a ForwardRef per field,
+# on every launch (docs/benchmarks.md, "Launch-path choices").
 
 import contextlib
 import errno
