@@ -130,12 +130,15 @@ def concurrent_blocking(base: Path, n: int, threads: int) -> float:
 
 
 def relay_from_child(base: Path, n: int, threads: int) -> float:
-    """The proxy's path: a separate process with ``threads`` concurrent requests, each waiting
-    for its event's commit ack through AuditRelay (launcher) / RemoteTrail (proxy)."""
+    """The proxy's path: a separate process with ``threads`` concurrent requests on one event
+    loop, each awaiting its event's commit ack through AuditRelay (launcher) / RelayAudit
+    (the proxy's client)."""
+    import asyncio
     import multiprocessing
     import socket
 
-    from corral.audit import AuditRelay, RemoteTrail
+    from corral.audit import AuditRelay
+    from corral.proxy.audit import RelayAudit
 
     store = AuditStore.open(base / "relay.db")
     trail = store.trail("bench-relay")
@@ -145,21 +148,21 @@ def relay_from_child(base: Path, n: int, threads: int) -> float:
     parent_end, child_end = ctx.Pipe()
 
     def child() -> None:
-        remote = RemoteTrail(b)
         per = n // threads
 
-        def work() -> None:
-            for _ in range(per):
-                remote.emit("proxy.inspect", **EVENT)
+        async def main() -> None:
+            remote = RelayAudit(b)
+            await remote.open()
 
-        workers = [threading.Thread(target=work) for _ in range(threads)]
-        t0 = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        child_end.send((per * threads, time.perf_counter() - t0))
-        remote.close()
+            async def work() -> None:
+                for _ in range(per):
+                    await remote.emit("proxy.inspect", **EVENT)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(work() for _ in range(threads)))
+            child_end.send((per * threads, time.perf_counter() - t0))
+
+        asyncio.run(main())
 
     proc = ctx.Process(target=child)
     proc.start()

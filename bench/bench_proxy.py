@@ -16,6 +16,10 @@ Latencies come from hey's per-request CSV (``-o csv``, rounded by hey to 0.1 ms)
 percentiles interpolated within their 0.1 ms step, the same way for every config.
 Targets: (b) >= 5x (c) requests/s; (b) p50 added latency < 0.5 ms over (a); (d) >= 50% of (a).
 
+Both corral proxies are started as ``corral run`` starts them (``ProxyProcess``: through the
+pre-started helper when one answers, privileges dropped to nobody); the audited one gets the
+audit store's trail, served through the relay exactly as in a run.
+
 Run: .venv/bin/python bench/bench_proxy.py   (needs root for the proxy's uid drop; writes
 bench/results/proxy.json)
 """
@@ -43,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from corral.policy import resolve
-from corral.proxy import ProxyService
+from corral.runtime.proxyproc import ProxyProcess
 
 ROOT = Path(__file__).resolve().parent
 MITM_VENV = ROOT / ".venv-mitm"
@@ -224,6 +228,17 @@ def start_mitm(tmp: Path, ca: Path, port: int) -> subprocess.Popen[bytes] | None
     return proc
 
 
+def start_corral(policy: Path, listener: socket.socket, audit: Any) -> ProxyProcess:
+    """A corral proxy on ``listener``, started as ``corral run`` starts one."""
+    proc = ProxyProcess(resolve([str(policy)], use_cache=False))
+    try:
+        proc.configure({"tok": "bench-secret"})
+        proc.start([listener], [], run_as=(65534, 65534), audit=audit)
+    finally:
+        listener.close()
+    return proc
+
+
 def main() -> int:
     for tool in ("nginx", "hey", "curl"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -248,22 +263,16 @@ egress:
 credentials:
   tok: {{secret: tok, header: Authorization, format: "Bearer {{secret}}"}}
 """)
-        svc = ProxyService(policy=resolve([str(policy)], use_cache=False),
-                           secrets={"tok": "bench-secret"})
         listener = socket.create_server(("127.0.0.1", 0))
         corral = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        handle = svc.start([listener], run_as=(65534, 65534))
-        listener.close()
+        handle = start_corral(policy, listener, None)
         from corral.audit import AuditStore
 
         store_dir = Path(tempfile.mkdtemp(prefix="corral-bench-audit-", dir="/var/tmp"))
         store = AuditStore.open(store_dir / "audit.db")
-        audited_svc = ProxyService(policy=resolve([str(policy)], use_cache=False),
-                                   secrets={"tok": "bench-secret"}, audit=store.trail("bench"))
         listener = socket.create_server(("127.0.0.1", 0))
         audited = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        audited_handle = audited_svc.start([listener], run_as=(65534, 65534))
-        listener.close()
+        audited_handle = start_corral(policy, listener, store.trail("bench"))
         mitm_port = free_port()
         mitm_proc = start_mitm(tmp, ca, mitm_port)
         if mitm_proc is not None:

@@ -18,8 +18,8 @@ Public API (everything else in this package is internal)::
     # A process that must not open the store (the proxy after its uid drop):
     a, b = socket.socketpair()
     relay = AuditRelay(trail, a)              # launcher side, bound to this one trail
-    remote = RemoteTrail(b)                   # or RemoteTrail.from_fd(fd) in the child
-    remote.emit("proxy.allow", host=..., rule=...)   # returns after the relay's commit ack
+    # the other end: corral.proxy.audit.RelayAudit(b), on the proxy's event loop:
+    # await audit.emit("proxy.allow", host=..., rule=...)  returns after the commit ack
 
     print(summary(sandbox_id))                # one-screen summary after `corral run`
 
@@ -65,7 +65,7 @@ from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.audit.events import SCHEMAS, Actor, EventError, EventType
-    from corral.audit.relay import AuditRelay, RemoteTrail
+    from corral.audit.relay import AuditRelay
     from corral.audit.store import AuditStore, AuditUnavailable, Ticket, Trail
 
 # ``summary`` is bound eagerly: it shares its name with its submodule, which importing would
@@ -76,7 +76,7 @@ from corral.audit.summary import summary
 # before its command starts.
 __getattr__ = lazy_exports("corral.audit", {
     "SCHEMAS": "events", "Actor": "events", "EventError": "events", "EventType": "events",
-    "AuditRelay": "relay", "RemoteTrail": "relay", "AuditStore": "store",
+    "AuditRelay": "relay", "AuditStore": "store",
     "AuditUnavailable": "store", "Ticket": "store", "Trail": "store",
 })
 
@@ -89,7 +89,6 @@ __all__ = [
     "AuditUnavailable",
     "EventError",
     "EventType",
-    "RemoteTrail",
     "Ticket",
     "Trail",
     "summary",

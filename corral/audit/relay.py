@@ -8,10 +8,14 @@ Protocol: each frame is a 4-byte big-endian length and a JSON object. Client -> 
 Invariants:
 - The relay is bound to one ``Trail``: the client cannot choose the sandbox, the actor or the
   sequence, only the event type (within ``allowed``) and a payload the registry validates.
-- An ack is sent only after the event's group committed, so ``RemoteTrail.emit`` has the same
-  durability as ``Trail.emit``. A dead relay or a failed store raises ``AuditUnavailable`` in
-  the client, which must stop the action (the proxy stops egress).
-- Frames are bounded (``MAX_FRAME``); a malformed frame closes the connection.
+- An ack is sent only after the event's group committed, so the client's awaited emit
+  (``corral.proxy.audit.RelayAudit``, the one client) has the same durability as
+  ``Trail.emit``. A dead relay or a failed store is an error in the client, which must stop
+  the action (the proxy stops egress).
+- Frames are handled in arrival order and acknowledged in that order: an ack for one event
+  means every event sent before it on the socket was committed (or refused) too.
+- Frames (``corral._frames``) are bounded (``MAX_FRAME``); a malformed frame closes the
+  connection.
 - The sandbox's audit budget (``corral.audit.budget``) applies here: repeats are held and
   written as one counted event at their window's end (and acknowledged only then), a flood
   writes one ``audit.flood`` event and is slowed, a sandbox past its bytes budget gets its
@@ -21,24 +25,21 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, BinaryIO
+from typing import Any
 
+from corral._frames import frame_json, load_object, split
 from corral.audit.budget import HOLD, REFUSE, Budget, Held, from_env
 from corral.audit.events import EventError, EventType, validate
 from corral.audit.store import AuditUnavailable, Ticket, Trail
 
-__all__ = ["PROXY_EVENTS", "AuditRelay", "RemoteTrail"]
+__all__ = ["MAX_FRAME", "PROXY_EVENTS", "AuditRelay"]
 
 MAX_FRAME = 256 * 1024
-_LEN = struct.Struct(">I")
 
 PROXY_EVENTS = frozenset(
     {
@@ -54,31 +55,6 @@ PROXY_EVENTS = frozenset(
 )
 
 
-def _send(sock: socket.socket, obj: dict[str, Any]) -> None:
-    sock.sendall(_frame(obj))
-
-
-def _recv(rfile: BinaryIO) -> dict[str, Any] | None:
-    head = rfile.read(4)
-    if len(head) < 4:
-        return None
-    (n,) = _LEN.unpack(head)
-    if n > MAX_FRAME:
-        raise ValueError(f"audit relay frame of {n} bytes exceeds {MAX_FRAME}")
-    body = rfile.read(n)
-    if len(body) < n:
-        return None
-    obj = json.loads(body)
-    if not isinstance(obj, dict):
-        raise ValueError("audit relay frame is not an object")
-    return obj
-
-
-def _frame(obj: dict[str, Any]) -> bytes:
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    return _LEN.pack(len(data)) + data
-
-
 class AuditRelay:
     """Serve ``sock`` (one end of a socketpair) for ``trail`` in one daemon thread.
 
@@ -88,10 +64,13 @@ class AuditRelay:
     next group, so a busy proxy still gets group commits."""
 
     def __init__(
-        self, trail: Trail, sock: socket.socket, allowed: Iterable[str] = PROXY_EVENTS,
+        self, trail: Trail | Any, sock: socket.socket, allowed: Iterable[str] = PROXY_EVENTS,
         budget: Budget | None = None,
     ) -> None:
-        self.trail, self.sock = trail, sock
+        """``trail``: a ``Trail``, or any sink with ``emit(type, **fields)`` (tests, embedded
+        use: it has the event once ``emit`` returns)."""
+        self.trail: Any = trail if hasattr(trail, "emit_held") else _SinkTrail(trail)
+        self.sock = sock
         self.allowed = frozenset(str(t) for t in allowed)
         self.budget = budget if budget is not None else from_env(time.monotonic())
         self._thread = threading.Thread(target=self._serve, name="corral-audit-relay",
@@ -111,7 +90,7 @@ class AuditRelay:
                         break
                     buf += data
                 now = time.monotonic()
-                items = [self._accept(msg, now) for msg in _frames(buf)]
+                items = [self._accept(load_object(body), now) for body in split(buf, MAX_FRAME)]
                 self._commit_and_ack([i for i in items if i is not None], budget.due(now))
         except (OSError, ValueError):
             pass  # a broken or hostile peer: drop the connection
@@ -181,10 +160,10 @@ class AuditRelay:
         rid, ticket, error = item
         if ticket is not None:
             try:
-                return _frame({"id": rid, "seq": ticket.wait()})
+                return frame_json({"id": rid, "seq": ticket.wait()})
             except AuditUnavailable as err:
                 error = f"unavailable: {err}"
-        return _frame({"id": rid, "error": error})
+        return frame_json({"id": rid, "error": error})
 
     def _close_sock(self) -> None:
         with contextlib.suppress(OSError):
@@ -198,89 +177,34 @@ class AuditRelay:
         self._thread.join(timeout)
 
 
-def _frames(buf: bytearray) -> list[dict[str, Any]]:
-    """The complete frames at the start of ``buf``, removed from it (a partial one stays)."""
-    out: list[dict[str, Any]] = []
-    pos = 0
-    while len(buf) - pos >= 4:
-        (n,) = _LEN.unpack_from(buf, pos)
-        if n > MAX_FRAME:
-            raise ValueError(f"audit relay frame of {n} bytes exceeds {MAX_FRAME}")
-        if len(buf) - pos - 4 < n:
-            break
-        obj = json.loads(bytes(buf[pos + 4 : pos + 4 + n]))
-        if not isinstance(obj, dict):
-            raise ValueError("audit relay frame is not an object")
-        out.append(obj)
-        pos += 4 + n
-    del buf[:pos]
-    return out
+class _Done:
+    """A ticket already settled (the sink emitted synchronously)."""
+
+    done = True
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.seq
 
 
-class RemoteTrail:
-    """The client end: ``emit(type, **data) -> seq`` returns after the relay's commit ack.
+class _SinkTrail:
+    """A plain sink served like a trail: the sink has the event the moment it returns."""
 
-    Thread-safe and pipelined: concurrent emitters share the relay's group commits.
-    """
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.count = 0
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._ids = itertools.count(1)
-        self._send_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self._waiting: dict[int, list[Any]] = {}  # id -> [event, result, error]
-        self._dead: str | None = None
-        self._reader = threading.Thread(target=self._read, name="corral-audit-remote", daemon=True)
-        self._reader.start()
-
-    @classmethod
-    def from_fd(cls, fd: int) -> RemoteTrail:
-        return cls(socket.socket(fileno=fd))
-
-    def emit(self, type_: str | EventType, /, **data: Any) -> int:
-        slot: list[Any] = [threading.Event(), None, None]
-        with self._lock:
-            if self._dead is not None:
-                raise AuditUnavailable(self._dead)
-            rid = next(self._ids)
-            self._waiting[rid] = slot
+    def emit_held(self, event_type: str, /, **fields: Any) -> _Done:
         try:
-            with self._send_lock:
-                _send(self.sock, {"id": rid, "type": str(type_), "data": data})
-        except (OSError, TypeError, ValueError) as err:
-            with self._lock:
-                self._waiting.pop(rid, None)
-            if isinstance(err, OSError):
-                raise AuditUnavailable(f"audit relay unreachable: {err}") from None
-            raise EventError(f"{type_}: payload is not JSON: {err}") from None
-        slot[0].wait()
-        if slot[2] is not None:
-            if str(slot[2]).startswith("unavailable") or slot[2] == "relay gone":
-                raise AuditUnavailable(f"audit relay: {slot[2]}")
-            raise EventError(slot[2])
-        return int(slot[1])
+            self.sink.emit(event_type, **fields)
+        except (EventError, TypeError):
+            raise
+        except Exception as err:
+            raise AuditUnavailable(f"audit sink failed: {err}") from None
+        self.count += 1
+        return _Done(self.count)
 
-    def _read(self) -> None:
-        reason = "relay gone"
-        try:
-            with self.sock.makefile("rb") as rfile:
-                while (msg := _recv(rfile)) is not None:
-                    with self._lock:
-                        slot = self._waiting.pop(msg.get("id"), None)  # type: ignore[arg-type]
-                    if slot is not None:
-                        slot[1], slot[2] = msg.get("seq"), msg.get("error")
-                        slot[0].set()
-        except (OSError, ValueError):
-            pass
-        with self._lock:
-            self._dead = reason
-            waiting, self._waiting = self._waiting, {}
-        for slot in waiting.values():
-            slot[2] = reason
-            slot[0].set()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self._reader.join(5)
-        self.sock.close()
+    def commit(self) -> None:
+        pass

@@ -6,7 +6,7 @@ Public API::
     CredentialStore().set/get/remove/names
 """
 
-from corral.credentials.resolve import resolve_binding, resolve_secrets
+from corral.credentials.bindings import resolve_binding, resolve_secrets
 from corral.credentials.sources import SecretError, read_source
 from corral.credentials.store import CredentialStore
 

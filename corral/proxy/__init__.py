@@ -1,12 +1,12 @@
 """The egress proxy: every connection out of a sandbox is decided, audited and maybe injected.
 
-Public surface for the launcher: ``ProxyService`` (build with the resolved policy and the
-resolved secrets; ``.ca.cert_pem``, ``.agent_env()``, ``.trust_bundle()``, ``.start()``,
-``.serve_child()``), the light ``agent_env``/``trust_bundle`` helpers of
-``corral.proxy.agentenv``, and the audit sink protocol ``AuditSink``.
+It runs in a child process of the launcher, started only by
+``corral.runtime.proxyproc.ProxyProcess`` (which calls ``ProxyService.serve_child`` in the
+child); its audit events go to the launcher's relay through ``RelayAudit``. The light
+``agent_env``/``trust_bundle`` helpers compute what the sandbox gets without importing
+asyncio, dnspython or cryptography.
 
-Submodules load on first use, so the launcher can compute the agent's environment without
-importing asyncio, dnspython or cryptography.
+Submodules load on first use.
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ from typing import TYPE_CHECKING
 from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from corral.proxy.events import AuditSink
-    from corral.proxy.service import ProxyHandle, ProxyService
+    from corral.proxy.agentenv import agent_env, trust_bundle
+    from corral.proxy.audit import NullAudit, RelayAudit
+    from corral.proxy.service import ProxyService, inspected_hosts
 
-__all__ = ["AuditSink", "ProxyHandle", "ProxyService"]
+__all__ = ["NullAudit", "ProxyService", "RelayAudit", "agent_env", "inspected_hosts",
+           "trust_bundle"]
 
 __getattr__ = lazy_exports(
-    "corral.proxy", {"AuditSink": "events", "ProxyHandle": "service", "ProxyService": "service"}
+    "corral.proxy", {"NullAudit": "audit", "ProxyService": "service", "RelayAudit": "audit",
+                     "agent_env": "agentenv", "inspected_hosts": "service",
+                     "trust_bundle": "agentenv"}
 )

@@ -27,7 +27,7 @@ from corral.proxy import decide, deny
 from corral.proxy.agent_parser import Request
 from corral.proxy.context import ProxyContext
 from corral.proxy.http1 import BadRequest, Pinned, Session, normalise_host
-from corral.proxy.resolve import Refused, is_ip
+from corral.proxy.lookup import Refused, is_ip
 from corral.proxy.sni import NotTLS, parse_sni
 from corral.proxy.streams import RawStream, Stream, TLSStream
 from corral.proxy.tunnel import pipe

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.proxy.events import AsyncAudit
+from corral.proxy.audit import NullAudit, RelayAudit
+from corral.proxy.lookup import Resolver
 from corral.proxy.names import SyntheticNames
-from corral.proxy.resolve import Resolver
 from corral.proxy.tls import CertificateAuthority, UpstreamContexts
 from corral.proxy.upstream import UpstreamProxy
 
@@ -27,7 +27,7 @@ class ProxyContext:
     policy: Any
     ca: CertificateAuthority
     secrets: Mapping[str, Mapping[str, str]]
-    audit: AsyncAudit = field(default_factory=AsyncAudit)
+    audit: NullAudit | RelayAudit = field(default_factory=NullAudit)
     resolver: Resolver = field(default_factory=Resolver)
     upstream_tls: UpstreamContexts = field(default_factory=UpstreamContexts)
     upstream_proxy: UpstreamProxy | None = None

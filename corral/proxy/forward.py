@@ -3,10 +3,8 @@
 Invariants:
 - Only requests the policy already allowed in full (host, port, method, path) come here.
 - The headers sent are the agent's minus hop-by-hop, with Host rebuilt from the decided target
-  (first), and a credential only as ``inject.plan`` allows it (audited as
-  ``credential.inject`` before the request leaves).
-- An AWS request is re-signed for the decided target; its body is buffered (bounded by
-  ``sigv4.MAX_BUFFERED_BODY``) only when the signature needs the body's hash.
+  (first), and a credential only as ``inject.plan`` allows it, put in by ``inject.apply``
+  (header or AWS signature; audited as ``credential.inject`` before the request leaves).
 - An upgrade request arrives here only as a WebSocket handshake ``http1`` checked
   (``upgrade.offer``); its 101 is checked against it in ``respond``.
 - Ordinary exchanges go to an llhttp upstream (``upstream_http``); HEAD, Upgrade, Expect and
@@ -23,7 +21,7 @@ from typing import Any
 import h11
 
 from corral.policy.types import Decision
-from corral.proxy import decide, inject, scrub, sigv4
+from corral.proxy import decide, inject, scrub
 from corral.proxy.agent import AgentConnection
 from corral.proxy.agent_parser import Request
 from corral.proxy.headers import request_headers
@@ -33,21 +31,7 @@ from corral.proxy.response_scrub import ResponseScrub, identity
 from corral.proxy.upgrade import Offer
 from corral.proxy.upstream_pool import Upstreams
 
-__all__ = ["forward", "read_body"]
-
-
-async def read_body(agent: AgentConnection, limit: int) -> list[bytes]:
-    """The whole request body, for a signature over its hash; over ``limit`` is refused."""
-    chunks: list[bytes] = []
-    size = 0
-    while (chunk := await agent.next_body_chunk()) is not None:
-        size += len(chunk)
-        if size > limit:
-            raise sigv4.SigV4Error(
-                f"body over {limit} bytes needs x-amz-content-sha256 from the client"
-            )
-        chunks.append(chunk)
-    return chunks
+__all__ = ["forward"]
 
 
 async def forward(
@@ -74,23 +58,8 @@ async def forward(
     scrubber = None
     if plan is not None:
         scrubber = ResponseScrub(scrub.scrubber_for(plan.binding, plan.secret), host)
-        headers = identity(headers)
-    if plan is not None and plan.binding.kind == "aws":
-        body = None
-        if sigv4.needs_body(headers):
-            buffered = await read_body(agent, sigv4.MAX_BUFFERED_BODY)
-            body = b"".join(buffered)
-        url = f"{'https' if tls else 'http'}://{target.authority}{origin}"
-        headers = sigv4.resign(method, url, headers, plan.secret, body)
-    elif plan is not None:
-        headers = inject.set_header(headers, plan)
-    if plan is not None:
-        await ctx.audit.emit(
-            "credential.inject",
-            binding=plan.binding.name,
-            host=host,
-            header=plan.binding.header if plan.binding.kind == "header" else "Authorization",
-            rule=decision.origin,
+        headers, buffered = await inject.apply(
+            agent, plan, decision, target, origin, method, identity(headers)
         )
     if agent.waiting_for_100_continue:
         agent.response.informational(100, [])

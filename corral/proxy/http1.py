@@ -41,6 +41,7 @@ from corral.proxy.agent import AgentConnection
 from corral.proxy.agent_parser import Request
 from corral.proxy.context import ProxyContext
 from corral.proxy.forward import forward
+from corral.proxy.lookup import Refused
 from corral.proxy.request_head import (
     BadRequest,
     HostMismatch,
@@ -49,7 +50,6 @@ from corral.proxy.request_head import (
     normalise_host,
     request_target,
 )
-from corral.proxy.resolve import Refused
 from corral.proxy.respond import allow_kind
 from corral.proxy.streams import Stream
 from corral.proxy.upstream import UpstreamError

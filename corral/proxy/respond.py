@@ -2,7 +2,11 @@
 
 Invariants:
 - An allowed exchange is audited (``proxy.allow`` or ``proxy.inspect``: status, declared
-  length, time to the head) before the agent sees a byte of the response.
+  length, time to the head) before the agent sees a byte of the response, except when the
+  request carried an injected credential: its ``credential.inject`` record was durable before
+  the request left, so this one is written without waiting (``RelayAudit.send``; committed in
+  order before any later event, and a refusal fails the proxy closed from then on). Every
+  request so waits for exactly one relay round trip.
 - The response is rebuilt from events by ``agent_writer`` (status, headers without hop-by-hop,
   body data re-framed), never copied raw. Header names llhttp parsed are tokens (its check);
   values and reason are checked here for control bytes (h11-parsed ones were checked by h11).
@@ -58,20 +62,25 @@ async def _audit_head(
     headers: Sequence[tuple[bytes, bytes]],
     started: float,
     fields: dict[str, Any],
+    recorded: bool = False,
 ) -> None:
+    """``recorded``: the request already has a durable record (its ``credential.inject``)."""
     length = None
     for name, value in headers:
         if name == b"content-length":
             length = value
             break
-    await agent.ctx.audit.emit(
-        allow_kind(decision),
-        rule=decision.origin,
-        status=status,
-        bytes_in=int(length) if length is not None and length.isdigit() else None,
-        duration_ms=round((time.monotonic() - started) * 1000, 3),
+    event = {
+        "rule": decision.origin,
+        "status": status,
+        "bytes_in": int(length) if length is not None and length.isdigit() else None,
+        "duration_ms": round((time.monotonic() - started) * 1000, 3),
         **fields,
-    )
+    }
+    if recorded:
+        agent.ctx.audit.send(allow_kind(decision), **event)
+    else:
+        await agent.ctx.audit.emit(allow_kind(decision), **event)
 
 
 async def _end(
@@ -107,7 +116,8 @@ async def relay_fast_response(
             headers = forward_headers(item[2], False)
             if any(n == b"transfer-encoding" for n, _ in headers):
                 headers = [(n, v) for n, v in headers if n != b"content-length"]
-            await _audit_head(agent, decision, status, headers, started, fields)
+            await _audit_head(agent, decision, status, headers, started, fields,
+                              scrub is not None)
             # llhttp validated names (tokens); values and the reason are checked for control
             # bytes here (h11's rule: none but tab).
             if any_control_bytes(headers, item[3]):
@@ -165,7 +175,8 @@ async def relay_response(
             continue
         if isinstance(event, h11.Response):
             status = event.status_code
-            await _audit_head(agent, decision, status, event.headers, started, fields)
+            await _audit_head(agent, decision, status, event.headers, started, fields,
+                              scrub is not None)
             # Parsed and validated by h11 from the upstream; hop-by-hop removed.
             headers, reason = forward_headers(event.headers, False), event.reason
             if scrub is not None:

@@ -8,7 +8,7 @@ harness's sandbox id, actor = ``Actor.current()``), and is at once:
   are mapped onto the audit registry's types (``KINDS``); the first event of a sandbox opens its
   trail and records ``policy.resolved`` (digest, sources) first;
 - the proxy's audit (``proxy_audit(sandbox_id)`` -> that sandbox's trail, which
-  ``ProxyService`` serves to its unprivileged child through ``corral.audit.AuditRelay``);
+  ``ProxyProcess`` serves to its unprivileged child through ``corral.audit.AuditRelay``);
 - the tools' and approvals' sink (``ToolAudit``: tool.call, approval.*) for ``corral mcp``.
 
 Invariants:

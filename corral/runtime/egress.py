@@ -135,7 +135,7 @@ class Egress:
 
     def configure(self) -> None:
         """Resolve the policy's secrets on the host and hand them to the proxy child."""
-        from corral.credentials.resolve import resolve_secrets
+        from corral.credentials import resolve_secrets
 
         upstream_proxy, resolve_overrides = self._settings
         try:

@@ -1,5 +1,6 @@
-"""The proxy child, forked early: it imports the proxy and makes the CA while the launcher
-builds the sandbox (DESIGN "Performance notes": the launch path imports only what it needs).
+"""The one way a proxy starts: its child, forked early, imports the proxy and makes the CA
+while the launcher builds the sandbox (the launch path imports only what it needs). ``corral
+run``, ``corral mcp``, the proxy tests and the proxy benchmark all start it here.
 
 Sequence::
 
@@ -8,8 +9,11 @@ Sequence::
     proc.configure(secrets, upstream_proxy=..., resolve_overrides=...)
     pem = proc.ca_pem()        # the child's CA certificate (never its key)
     ... build the sandbox, create the listeners inside its netns ...
-    handle = proc.start(listen, dns, run_as=(uid, uid), audit=trail)   # returns once serving
-    handle.stop()
+    proc.start(listen, dns, run_as=(uid, uid), audit=trail)   # returns once serving
+    proc.stop()
+
+``audit``: the sandbox's ``Trail`` (or any sink with ``emit(type, **fields)``), served to the
+child through ``corral.audit.AuditRelay`` on the lifeline socket.
 
 The child is forked by the pre-started helper (``corral.runtime.zygote``: its imports are done,
 so the per-run CPU is a fork and the CA) when one answers, else here; the protocol with the
@@ -41,10 +45,10 @@ import os
 import select
 import signal
 import socket
-import struct
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from corral._frames import HEADER, recv_frame, send_frame
 from corral.errors import CorralError
 
 if TYPE_CHECKING:
@@ -52,23 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ProxyProcess"]
 
-_LEN = struct.Struct(">I")
 _MAX_FDS = 8
-
-
-def _inspected_hosts(policy: Any) -> list[str]:
-    rules = getattr(policy, "rules", None) or []
-    return [r.host for r in rules if r.action == "inspect"] or ["invalid.corral"]
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError("proxy control socket closed")
-        data += chunk
-    return data
 
 
 class ProxyProcess:
@@ -154,19 +142,22 @@ class ProxyProcess:
 
         self._settle()
         try:
-            _send_frame(self._ctl, pickle.dumps(policy, protocol=pickle.HIGHEST_PROTOCOL))
+            send_frame(self._ctl, pickle.dumps(policy, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as err:
             self.kill()
             raise CorralError(f"the egress proxy failed to start: {err}") from None
 
     def configure(self, secrets: Mapping[str, Any], *, upstream_proxy: str | None = None,
-                  resolve_overrides: Mapping[str, list[str]] | None = None) -> None:
-        """Send the resolved secrets and settings (JSON over the private control socket)."""
+                  resolve_overrides: Mapping[str, list[str]] | None = None,
+                  idle_timeout: float | None = None) -> None:
+        """Send the resolved secrets and settings (JSON over the private control socket).
+        ``idle_timeout``: seconds an agent connection may stay silent (default 300)."""
         self._settle()
         msg = json.dumps({"secrets": dict(secrets), "upstream_proxy": upstream_proxy,
-                          "overrides": dict(resolve_overrides or {})}).encode()
+                          "overrides": dict(resolve_overrides or {}),
+                          "idle_timeout": idle_timeout}).encode()
         try:
-            _send_frame(self._ctl, msg)
+            send_frame(self._ctl, msg)
         except OSError as err:
             self.kill()
             raise CorralError(f"the egress proxy failed to start: {err}") from None
@@ -175,8 +166,7 @@ class ProxyProcess:
         ready, _, _ = select.select([self._ctl], [], [], self.timeout)
         if not ready:
             raise CorralError("the egress proxy did not start in time")
-        (n,) = _LEN.unpack(_recv_exact(self._ctl, 4))
-        return _recv_exact(self._ctl, n)
+        return recv_frame(self._ctl)
 
     def ca_pem(self) -> bytes:
         """The sandbox CA's certificate, once the child made it (an error line if it failed)."""
@@ -205,6 +195,7 @@ class ProxyProcess:
         from corral.audit.relay import PROXY_EVENTS, AuditRelay  # not the proxy: ~100 ms
 
         self._settle()
+        self.ca_pem()  # the child's first frame: read before its ready byte
         socks = [*listen, *dns]
         if len(socks) > _MAX_FDS:
             raise ValueError("too many listeners")
@@ -213,7 +204,7 @@ class ProxyProcess:
         try:
             if adopt is not None:
                 adopt(self.pid)  # still root, waiting for this message: nothing served yet
-            socket.send_fds(self._ctl, [_LEN.pack(len(msg)) + msg], [s.fileno() for s in socks])
+            socket.send_fds(self._ctl, [HEADER.pack(len(msg)) + msg], [s.fileno() for s in socks])
         except (OSError, CorralError) as err:
             self.kill()
             raise CorralError(f"the egress proxy failed to start: {err}") from None
@@ -298,15 +289,6 @@ def _wait_exit(pid: int, timeout: float) -> None:
         os.close(pidfd)
 
 
-def _send_frame(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(_LEN.pack(len(data)) + data)
-
-
-def _recv_frame(sock: socket.socket) -> bytes:
-    (n,) = _LEN.unpack(_recv_exact(sock, 4))
-    return _recv_exact(sock, n)
-
-
 def _child(ctl: socket.socket, life: socket.socket, policy: Any, *,
            setup: Callable[[], None] | None = None, upstream_tls: Any = None) -> None:
     """The child's body (forked here or by the zygote). ``setup``: applied first, once only
@@ -320,16 +302,11 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any, *,
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
-    keep = sorted({0, 1, 2, ctl.fileno(), life.fileno()})
-    low = 0
-    for fd in keep:
-        if fd > low:
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 65536)
+    _close_other_fds({0, 1, 2, ctl.fileno(), life.fileno()})
     try:
         if setup is not None:
             setup()
+        from corral.proxy.service import inspected_hosts
         from corral.proxy.tls import CertificateAuthority
 
         if policy is None:  # forked before the launcher resolved it: now it comes
@@ -337,23 +314,24 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any, *,
 
             try:
                 # trusted: the launcher's own resolved policy on our private socketpair
-                policy = pickle.loads(_recv_frame(ctl))
+                policy = pickle.loads(recv_frame(ctl))
             except EOFError:
                 return  # no proxy needed after all (or the launcher is gone)
-        ca = CertificateAuthority(_inspected_hosts(policy))
-        _send_frame(ctl, ca.cert_pem)  # first, so the launcher can build the sandbox meanwhile
+        ca = CertificateAuthority(inspected_hosts(policy))
+        send_frame(ctl, ca.cert_pem)  # first, so the launcher can build the sandbox meanwhile
         from corral.proxy.service import ProxyService
     except Exception as err:
         with contextlib.suppress(OSError):
-            _send_frame(ctl, f"{type(err).__name__}: {err}".encode())
+            send_frame(ctl, f"{type(err).__name__}: {err}".encode())
         raise
     try:
-        conf = json.loads(_recv_frame(ctl))  # secrets and settings, from the launcher
+        conf = json.loads(recv_frame(ctl))  # secrets and settings, from the launcher
     except EOFError:
         return  # the launcher is gone before configuring us
     service = ProxyService(policy, secrets=conf["secrets"], upstream_proxy=conf["upstream_proxy"],
                            resolve_overrides=conf["overrides"], ca=ca,
-                           upstream_tls=upstream_tls)
+                           upstream_tls=upstream_tls,
+                           idle_timeout=float(conf.get("idle_timeout") or 300.0))
     gc.freeze()  # the imported modules: long-lived, not worth scanning
     gc.enable()
     head, received = b"", []
@@ -363,7 +341,7 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any, *,
             return  # the launcher is gone before starting us
         head += data
         received += fds
-    (n,) = _LEN.unpack(head[:4])
+    (n,) = HEADER.unpack(head[:4])
     body = head[4:]
     while len(body) < n:
         more = ctl.recv(n - len(body))
@@ -373,8 +351,7 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any, *,
     cfg = json.loads(body)
     socks = [socket.socket(fileno=fd) for fd in received]
     listen, dns = socks[: cfg["listen"]], socks[cfg["listen"]:]
-    if cfg["audit"]:
-        service.audit = _RelayMarker()  # events go through the relay on ``life``
+    service.audited = bool(cfg["audit"])  # events go through the relay on ``life``
     if cfg.get("caps"):
         from corral.proxy.server import configure
 
@@ -384,8 +361,10 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any, *,
                         (int(cfg["uid"]), int(cfg["gid"])))
 
 
-class _RelayMarker:
-    """Tells ``ProxyService`` its events go to the launcher's relay (the sink lives there)."""
-
-    def emit(self, event_type: str, /, **fields: Any) -> None:
-        raise RuntimeError("the proxy child emits through the relay only")
+def _close_other_fds(keep: set[int]) -> None:
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)

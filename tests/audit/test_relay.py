@@ -1,30 +1,35 @@
-"""The relay lets an unprivileged process (the proxy after its uid drop) write one trail."""
+"""The relay lets an unprivileged process (the proxy after its uid drop) write one trail.
+
+Its one client is the proxy's ``corral.proxy.audit.RelayAudit`` (asyncio), driven here as the
+proxy drives it: concurrent awaited emits, batches with one ack, unawaited sends.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import require_root
 
-from corral.audit import AuditRelay, AuditStore, AuditUnavailable, EventError, RemoteTrail
+from corral.audit import AuditRelay, AuditStore
 from corral.audit.verify import verify
+from corral.proxy.audit import RelayAudit
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
 # Runs as root, imports what it needs, then really drops to nobody (as the proxy does after
 # setup): the interpreter lives under /root, which nobody could not even exec.
 CHILD = r"""
-import os, sqlite3, sys
-from corral.audit import RemoteTrail, EventError
+import asyncio, os, socket, sqlite3, sys
+from corral.proxy.audit import RelayAudit
 db = sys.argv[2]
 os.setgroups([])
 os.setgid(65534)
@@ -38,13 +43,16 @@ for attempt in attempts:
         print("denied:", type(err).__name__)
     else:
         print("OPENED THE STORE")
-remote = RemoteTrail.from_fd(int(sys.argv[1]))
-print("seq", remote.emit("proxy.deny", host="evil.example", rule="default deny", method="GET"))
-try:
-    remote.emit("sandbox.exit", status=0)
-except EventError as err:
-    print("refused:", err)
-remote.close()
+async def main():
+    remote = RelayAudit(socket.socket(fileno=int(sys.argv[1])))
+    await remote.open()
+    await remote.emit("proxy.deny", host="evil.example", rule="default deny", method="GET")
+    print("acked")
+    try:
+        await remote.emit("sandbox.exit", status=0)
+    except ConnectionError as err:
+        print("refused:", err)
+asyncio.run(main())
 """
 
 
@@ -57,49 +65,107 @@ def open_base() -> Iterator[Path]:
     shutil.rmtree(base)
 
 
+def _seqs(store: AuditStore, sandbox: str) -> list[int]:
+    return [r[0] for r in store.reader().execute(
+        "SELECT seq FROM events WHERE sandbox=? ORDER BY seq", (sandbox,))]
+
+
 def test_round_trip_in_process(store: AuditStore) -> None:
     trail = store.trail("sb-r")
     a, b = socket.socketpair()
     relay = AuditRelay(trail, a)
-    remote = RemoteTrail(b)
-    seqs: list[int] = []
-    lock = threading.Lock()
 
-    def work() -> None:
-        for i in range(100):
-            s = remote.emit("proxy.allow", host="h.example", rule="r:1", path=f"/{i}")
-            with lock:
-                seqs.append(s)
+    async def main() -> list[str]:
+        remote = RelayAudit(b)
+        await remote.open()
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(seqs) == list(range(1, 401))
-    with pytest.raises(EventError, match="unknown field"):
-        remote.emit("credential.inject", binding="gh", host="x", secret="s3cr3t")
-    with pytest.raises(EventError, match="unknown field '_lead'"):
-        remote.emit("dns.query", name="x", rcode="NOERROR", _lead=True)
-    with pytest.raises(EventError, match="unknown field 'type_'"):
-        remote.emit("dns.query", name="x", rcode="NOERROR", type_="sandbox.exit")
-    with pytest.raises(EventError, match="not allowed"):
-        remote.emit("policy.resolved", digest="x", sources=[])
-    remote.close()
+        async def work(n: int) -> None:
+            for i in range(100):
+                await remote.emit("proxy.allow", host="h.example", rule="r:1", path=f"/{n}/{i}")
+
+        await asyncio.gather(*(work(n) for n in range(4)))
+        refused = []
+        for event in [("credential.inject", {"binding": "gh", "host": "x", "secret": "s3cr3t"}),
+                      ("dns.query", {"name": "x", "rcode": "NOERROR", "_lead": True}),
+                      ("dns.query", {"name": "x", "rcode": "NOERROR", "type_": "sandbox.exit"}),
+                      ("policy.resolved", {"digest": "x", "sources": []})]:
+            with pytest.raises(ConnectionError) as err:
+                await remote.emit(event[0], **event[1])
+            refused.append(str(err.value))
+        return refused
+
+    refused = asyncio.run(main())
+    assert "unknown field 'secret'" in refused[0]
+    assert "unknown field '_lead'" in refused[1]
+    assert "unknown field 'type_'" in refused[2]
+    assert "not allowed" in refused[3]
     relay.close()
+    assert _seqs(store, "sb-r") == list(range(1, 401))
     assert verify(store.reader()).ok
+
+
+def test_batch_is_durable_at_once_and_in_order(store: AuditStore) -> None:
+    """``emit(first=...)``: one write, one group, every event durable when it returns."""
+    trail = store.trail("sb-batch")
+    a, b = socket.socketpair()
+    relay = AuditRelay(trail, a)
+
+    async def main() -> list[int]:
+        remote = RelayAudit(b)
+        await remote.open()
+        seen = []
+        for i in range(20):
+            await remote.emit("proxy.inspect", host="h", rule="r:1", path=f"/{i}",
+                              first=[("credential.inject", {"binding": "b", "host": "h"})])
+            seen.append(len(_seqs(store, "sb-batch")))  # both committed before emit returned
+        return seen
+
+    assert asyncio.run(main()) == list(range(2, 41, 2))
+    types = [r[0] for r in store.reader().execute(
+        "SELECT type FROM events WHERE sandbox='sb-batch' ORDER BY seq")]
+    assert types == ["credential.inject", "proxy.inspect"] * 20
+    relay.close()
+
+
+def test_refused_unawaited_send_fails_every_later_event(store: AuditStore) -> None:
+    """``send`` does not wait, but a refusal of it fails the proxy closed from then on."""
+    trail = store.trail("sb-send")
+    a, b = socket.socketpair()
+    relay = AuditRelay(trail, a)
+
+    async def main() -> str:
+        remote = RelayAudit(b)
+        await remote.open()
+        remote.send("proxy.inspect", host="h", rule="r:1", status=200)
+        await remote.emit("dns.query", name="x", rcode="NOERROR")  # the send is durable too
+        assert len(_seqs(store, "sb-send")) == 2
+        remote.send("sandbox.exit", status=0)  # not a proxy event: refused by the relay
+        with pytest.raises(ConnectionError) as err:
+            await remote.emit("dns.query", name="y", rcode="NOERROR")
+        with pytest.raises(ConnectionError):
+            remote.send("dns.query", name="z", rcode="NOERROR")
+        return str(err.value)
+
+    assert "not allowed" in asyncio.run(main())
+    relay.close()
 
 
 def test_dead_relay_means_audit_unavailable(store: AuditStore) -> None:
     trail = store.trail("sb-dead")
     a, b = socket.socketpair()
     relay = AuditRelay(trail, a)
-    remote = RemoteTrail(b)
-    assert remote.emit("dns.query", name="x", rcode="NXDOMAIN") == 1
-    relay.close()
-    with pytest.raises(AuditUnavailable):
-        remote.emit("dns.query", name="y", rcode="NXDOMAIN")
-    remote.close()
+
+    async def main() -> None:
+        remote = RelayAudit(b)
+        await remote.open()
+        await remote.emit("dns.query", name="x", rcode="NXDOMAIN")
+        relay.close()
+        await asyncio.wait_for(remote.closed.wait(), 5)
+        with pytest.raises(ConnectionError):
+            await remote.emit("dns.query", name="y", rcode="NXDOMAIN")
+
+    asyncio.run(main())
+    assert _seqs(store, "sb-dead") == [1]
 
 
 def _run_child(fd: int, db: Path) -> list[str]:
@@ -134,14 +200,14 @@ def test_unprivileged_process_writes_through_relay_but_cannot_open_store(open_ba
         # 1. the default layout: 0700 state dir, 0600 files
         lines = _run_child(b.fileno(), state / "audit.db")
         assert lines[:2] == ["denied: PermissionError", "denied: OperationalError"], lines
-        assert lines[2] == "seq 2"
-        assert lines[3].startswith("refused: event type 'sandbox.exit' not allowed")
+        assert lines[2] == "acked"
+        assert lines[3].startswith("refused: audit: event type 'sandbox.exit' not allowed")
         # 2. the file modes hold on their own, even if the directory is opened up
         state.chmod(0o755)
         c, d = socket.socketpair()
         relay2 = AuditRelay(trail, c)
         lines = _run_child(d.fileno(), state / "audit.db")
-        assert lines[:3] == ["denied: PermissionError", "denied: OperationalError", "seq 3"]
+        assert lines[:3] == ["denied: PermissionError", "denied: OperationalError", "acked"]
         relay2.close()
         d.close()
     finally:

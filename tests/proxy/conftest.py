@@ -1,9 +1,11 @@
 """Fixtures for proxy tests: an outside host in its own network namespace and a real proxy.
 
 The outside host is a TLS + plain HTTP server (``outside_server.py``) with its own test CA,
-reachable only over a veth pair from the host namespace (10.250.N.0/30). The proxy runs as the
-real forked, privilege-dropped service on loopback; tests drive it with real clients and
-assert the audit events it emitted, so a request that never reached the proxy cannot pass.
+reachable only over a veth pair from the host namespace (10.250.N.0/30). The proxy is started
+the way ``corral run`` starts it (``start_proxy``: ``corral.runtime.proxyproc.ProxyProcess``,
+through the pre-started helper when one answers, privileges dropped, events through the audit
+relay) on loopback; tests drive it with real clients and assert the audit events it emitted,
+so a request that never reached the proxy cannot pass.
 Everything is removed in finalizers.
 """
 
@@ -32,7 +34,8 @@ from cryptography.x509.oid import NameOID
 
 from corral.audit.events import validate
 from corral.policy import resolve
-from corral.proxy import ProxyService
+from corral.proxy import agent_env, trust_bundle
+from corral.runtime.proxyproc import ProxyProcess
 
 NAMES = ("api.corral.test", "other.corral.test", "git.corral.test", "ws.corral.test")
 NOBODY = (65534, 65534)
@@ -174,10 +177,35 @@ class ListSink:
         ]
 
 
+def start_proxy(
+    policy: Any,
+    listen: list[socket.socket],
+    dns: list[socket.socket] | None = None,
+    *,
+    secrets: dict[str, Any] | None = None,
+    audit: Any = None,
+    run_as: tuple[int, int] = NOBODY,
+    overrides: dict[str, list[str]] | None = None,
+    upstream_proxy: str | None = None,
+    zygote: bool | None = None,
+) -> tuple[ProxyProcess, bytes]:
+    """Start a proxy the production way; returns it (``.pid``, ``.stop()``) and its CA PEM.
+    ``zygote=False`` for a policy object the pre-started helper cannot unpickle."""
+    proc = ProxyProcess(policy, zygote=zygote)
+    try:
+        proc.configure(secrets or {}, upstream_proxy=upstream_proxy, resolve_overrides=overrides)
+        pem = proc.ca_pem()
+        proc.start(listen, dns or [], run_as=run_as, audit=audit)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, pem
+
+
 @dataclass
 class RunningProxy:
     port: int
-    service: ProxyService
+    policy: Any
     sink: ListSink
     bundle: Path
     env: dict[str, str]
@@ -202,7 +230,7 @@ def make_proxy(
         policy_yaml: str,
         secrets: dict[str, Any] | None = None,
         *,
-        run_as: tuple[int, int] | None = NOBODY,
+        run_as: tuple[int, int] = NOBODY,
         overrides: dict[str, list[str]] | None = None,
         policy: Any = None,
         upstream_proxy: str | None = None,
@@ -216,21 +244,18 @@ def make_proxy(
         sink = ListSink()
         names = {n: [outside.ip] for n in NAMES}
         names.update(overrides or {})
-        service = ProxyService(
-            policy=rp,
-            secrets=secrets or {},
-            audit=sink,
-            upstream_proxy=upstream_proxy,
-            resolve_overrides=names,
-        )
         listener = socket.create_server(("127.0.0.1", 0))
         port = listener.getsockname()[1]
-        handle = service.start(listen_socks=[listener], run_as=run_as)
-        listener.close()
+        try:
+            handle, pem = start_proxy(rp, [listener], secrets=secrets, audit=sink, run_as=run_as,
+                                      overrides=names, upstream_proxy=upstream_proxy,
+                                      zygote=False if policy is not None else None)
+        finally:
+            listener.close()
         bundle = tmp_path / f"bundle{len(started)}.pem"
-        bundle.write_bytes(service.trust_bundle())
-        env = service.agent_env(port, bundle_path=str(bundle))
-        proxy = RunningProxy(port, service, sink, bundle, env, handle)
+        bundle.write_bytes(trust_bundle(pem))
+        env = agent_env(rp, port, bundle_path=str(bundle))
+        proxy = RunningProxy(port, rp, sink, bundle, env, handle)
         started.append(proxy)
         return proxy
 

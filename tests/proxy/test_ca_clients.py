@@ -251,7 +251,7 @@ def test_rejected_certificate_is_named_in_the_trail_and_summary(
     proxy: RunningProxy = make_proxy(MIXED)
     # The agent trusts only some other CA: it must refuse corral's certificate.
     distrust = {k: (str(outside.ca) if k in _CA_VARS else v) for k, v in proxy.env.items()}
-    done = curl(RunningProxy(proxy.port, proxy.service, proxy.sink, proxy.bundle, distrust,
+    done = curl(RunningProxy(proxy.port, proxy.policy, proxy.sink, proxy.bundle, distrust,
                              proxy.handle), "https://api.corral.test/echo")
     assert done.returncode == 60, done.stderr
     # Bun resets the connection and node closes it, neither with an alert: still named.

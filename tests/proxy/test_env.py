@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from corral.policy import resolve
-from corral.proxy import ProxyService
+from corral.proxy import ProxyService, agent_env, trust_bundle
 
 POLICY = """
 name: env
@@ -24,7 +24,7 @@ def test_agent_env_and_bundle(tmp_path: Path) -> None:
     secrets = {"gh": "REAL-GH", "aws": {"access_key_id": "AKIAREAL", "secret_access_key": "S",
                                         "session_token": "T"}}
     svc = ProxyService(policy=resolve([str(path)], use_cache=False), secrets=secrets)
-    env = svc.agent_env(3128)
+    env = agent_env(svc.policy, 3128)
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         assert env[var] == "http://127.0.0.1:3128"
     assert env["NO_PROXY"] == env["no_proxy"] == "localhost,127.0.0.1,::1"
@@ -36,7 +36,7 @@ def test_agent_env_and_bundle(tmp_path: Path) -> None:
     text = repr(env)
     for secret in ("REAL-GH", "AKIAREAL"):
         assert secret not in text
-    bundle = svc.trust_bundle()
+    bundle = trust_bundle(svc.ca.cert_pem)
     assert bundle.endswith(svc.ca.cert_pem) and b"PRIVATE KEY" not in bundle
     assert bundle.count(b"BEGIN CERTIFICATE") > 10  # the system CAs are kept
     # Name constraints follow the inspected hosts of the policy.

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from corral.policy import resolve
+from corral.proxy import agent_env, trust_bundle
 
-from .conftest import RunningProxy, curl, wait_for
+from .conftest import RunningProxy, curl, start_proxy, wait_for
 
 POLICY = """
 name: svc
@@ -91,21 +92,16 @@ class FailingSink:
 
 def test_audit_failure_stops_the_request(make_proxy, outside) -> None:  # type: ignore[no-untyped-def]
     proxy: RunningProxy = make_proxy(POLICY)
-    from corral.proxy import ProxyService
-
     sink = FailingSink()
-    svc = ProxyService(
-        policy=proxy.service.policy, audit=sink,
-        resolve_overrides={"api.corral.test": [outside.ip]},
-    )
     import socket
 
     listener = socket.create_server(("127.0.0.1", 0))
-    handle = svc.start([listener], run_as=(65534, 65534))
+    handle, pem = start_proxy(proxy.policy, [listener], audit=sink,
+                              overrides={"api.corral.test": [outside.ip]})
     try:
         proxy.port = listener.getsockname()[1]
-        proxy.env = svc.agent_env(proxy.port, bundle_path=str(proxy.bundle))
-        proxy.bundle.write_bytes(svc.trust_bundle())
+        proxy.env = agent_env(proxy.policy, proxy.port, bundle_path=str(proxy.bundle))
+        proxy.bundle.write_bytes(trust_bundle(pem))
         done = curl(proxy, "-i", "https://api.corral.test/echo")
         assert done.stdout.count("HTTP/1.1 200") == 1  # the CONNECT answer only
         assert '"path"' not in done.stdout  # no response body reached the agent
@@ -119,10 +115,11 @@ def test_proxy_exits_when_launcher_dies(tmp_path: Path, corral_env: dict[str, st
     script.write_text(textwrap.dedent("""
         import os, socket
         from corral.policy import resolve
-        from corral.proxy import ProxyService
-        svc = ProxyService(policy=resolve([], use_cache=False))
-        handle = svc.start([socket.create_server(("127.0.0.1", 0))], run_as=(65534, 65534))
-        print(handle.pid, flush=True)
+        from corral.runtime.proxyproc import ProxyProcess
+        proc = ProxyProcess(resolve([], use_cache=False))
+        proc.configure({})
+        proc.start([socket.create_server(("127.0.0.1", 0))], [], run_as=(65534, 65534))
+        print(proc.pid, flush=True)
         os._exit(0)
     """))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
@@ -145,22 +142,21 @@ def test_real_audit_trail_as_sink(tmp_path: Path, outside, corral_env) -> None: 
 
     from corral.audit import AuditStore
     from corral.audit.query import iter_events, open_read
-    from corral.proxy import ProxyService
 
     store = AuditStore.open(tmp_path / "audit.db")
     trail = store.trail("proxy-test")
     path = tmp_path / "p.yaml"
     path.write_text(POLICY.replace("OUTSIDE_CA", str(outside.ca)))
-    svc = ProxyService(policy=resolve([str(path)], use_cache=False), audit=trail,
-                       resolve_overrides={"api.corral.test": [outside.ip]})
+    policy = resolve([str(path)], use_cache=False)
     listener = socket.create_server(("127.0.0.1", 0))
-    handle = svc.start([listener], run_as=(65534, 65534))
+    handle, pem = start_proxy(policy, [listener], audit=trail,
+                              overrides={"api.corral.test": [outside.ip]})
     try:
         bundle = tmp_path / "bundle.pem"
-        bundle.write_bytes(svc.trust_bundle())
-        proxy = RunningProxy(listener.getsockname()[1], svc, None,  # type: ignore[arg-type]
-                             bundle, svc.agent_env(listener.getsockname()[1],
-                                                   bundle_path=str(bundle)), handle)
+        bundle.write_bytes(trust_bundle(pem))
+        proxy = RunningProxy(listener.getsockname()[1], policy, None,  # type: ignore[arg-type]
+                             bundle, agent_env(policy, listener.getsockname()[1],
+                                               bundle_path=str(bundle)), handle)
         assert curl(proxy, "https://api.corral.test/echo").returncode == 0
         assert "403" in curl(proxy, "-i", "https://evil.corral.test/").stdout
     finally:
@@ -177,11 +173,12 @@ def test_real_audit_trail_as_sink(tmp_path: Path, outside, corral_env) -> None: 
 def test_idle_agent_connection_is_closed(corral_env: dict[str, str]) -> None:
     import socket
 
-    from corral.proxy import ProxyService
+    from corral.runtime.proxyproc import ProxyProcess
 
-    svc = ProxyService(policy=resolve([], use_cache=False), idle_timeout=0.5)
     listener = socket.create_server(("127.0.0.1", 0))
-    handle = svc.start([listener], run_as=(65534, 65534))
+    handle = ProxyProcess(resolve([], use_cache=False))
+    handle.configure({}, idle_timeout=0.5)
+    handle.start([listener], [], run_as=(65534, 65534))
     try:
         with socket.create_connection(listener.getsockname(), timeout=5) as sock:
             started = time.monotonic()

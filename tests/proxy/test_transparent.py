@@ -25,10 +25,10 @@ import dns.rcode
 import pytest
 
 from corral.policy import resolve
-from corral.proxy import ProxyService
+from corral.proxy import trust_bundle
 from corral.proxy.names import V4_POOL
 
-from .conftest import NAMES, ListSink, Outside
+from .conftest import NAMES, ListSink, Outside, start_proxy
 
 POLICY = """
 name: cap
@@ -130,16 +130,15 @@ def captured(outside: Outside, tmp_path: Path, corral_env: dict[str, str]) -> It
         netns_etc.mkdir(parents=True)
         (netns_etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         sink = ListSink()
-        svc = ProxyService(
-            policy=resolve([str(policy_file)], use_cache=False),
-            secrets={"tok": SECRET}, audit=sink,
-            resolve_overrides={n: [outside.ip] for n in NAMES},
-        )
-        handle = svc.start(listen, dns_socks, run_as=(65534, 65534))
-        for sock in listen + dns_socks:
-            sock.close()
+        try:
+            handle, pem = start_proxy(resolve([str(policy_file)], use_cache=False), listen,
+                                      dns_socks, secrets={"tok": SECRET}, audit=sink,
+                                      overrides={n: [outside.ip] for n in NAMES})
+        finally:
+            for sock in listen + dns_socks:
+                sock.close()
         bundle = tmp_path / "bundle.pem"
-        bundle.write_bytes(svc.trust_bundle())
+        bundle.write_bytes(trust_bundle(pem))
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
                "NODE_EXTRA_CA_CERTS": str(bundle), "SSL_CERT_FILE": str(bundle),
                "CURL_CA_BUNDLE": str(bundle)}

@@ -1,6 +1,6 @@
 """``--upstream-proxy`` and ``upstream_proxy`` in config.yaml: all egress of a real ``corral run``
 leaves through a chained (corporate) proxy on loopback; bad values are one line naming
-file:line. The corporate proxy is corral's own ProxyService (a real forward proxy) recording
+file:line. The corporate proxy is corral's own proxy (a real forward proxy) recording
 what it carried."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import require_root, require_tools
-from proxy.conftest import ListSink, Outside
+from proxy.conftest import ListSink, Outside, start_proxy
 
 from corral.runtime.config import load_config
 
@@ -26,15 +26,13 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(90)]
 def corporate(outside: Outside, tmp_path: Path, corral_env: dict[str, str],
               ) -> Iterator[tuple[str, ListSink]]:
     from corral.policy import resolve
-    from corral.proxy import ProxyService
 
     path = tmp_path / "corp.yaml"
     path.write_text(f"name: corp\negress:\n  - {{host: {outside.ip}, ports: [443],"
                     " action: direct, allow_private: true}\n")
     sink = ListSink()
-    service = ProxyService(resolve([str(path)], use_cache=False), audit=sink)
     listener = socket.create_server(("127.0.0.1", 0))
-    handle = service.start([listener], run_as=(65534, 65534))
+    handle, _pem = start_proxy(resolve([str(path)], use_cache=False), [listener], audit=sink)
     try:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}", sink
     finally:

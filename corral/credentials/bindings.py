@@ -2,7 +2,7 @@
 
 Returns ``{binding name: value}`` for header bindings and
 ``{binding name: {"access_key_id", "secret_access_key"[, "session_token"]}}`` for AWS ones:
-exactly what ``corral.proxy.ProxyService(secrets=...)`` takes.
+exactly what ``corral.runtime.proxyproc.ProxyProcess.configure`` hands the proxy child.
 
 Invariant: a missing or unreadable secret aborts the run with one line naming the binding and
 where it is defined; the value is never part of any message.

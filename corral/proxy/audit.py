@@ -1,0 +1,125 @@
+"""The proxy's audit side: its end of the launcher's audit relay.
+
+The proxy runs as its own unprivileged uid in a child process; the audit store is root-only in
+the launcher. Events travel over a socketpair to ``corral.audit.AuditRelay`` (the one relay of
+corral), bound in the launcher to this sandbox's trail and to the proxy's event types only; it
+acknowledges an event only once its group committed (the event is durable), in the order the
+events were sent. ``RelayAudit`` is the one client of that relay.
+
+Invariants:
+- ``await emit(...)`` returns only after the launcher acknowledged the event, so an action
+  never completes before its record is durable. If the relay is gone or refused the event,
+  ``emit`` raises ``ConnectionError`` and the proxy fails closed (the connection is dropped;
+  the child exits when the relay closes).
+- ``emit(..., first=[...])`` writes several events in one frame batch and waits for one ack
+  window: they are committed in one group, in order, and ``emit`` returns once all are
+  durable (the relay acks in order, so the last ack covers the batch).
+- ``send(...)`` writes an event without waiting for its ack: only for a record whose action
+  already has a durable record of its own (a response status after the request's
+  ``credential.inject``). It is still committed in order before any later event; an error ack
+  for it makes every later ``emit`` and ``send`` raise (fail closed from then on).
+- Fields are JSON-serialisable scalars; secrets never appear (bindings by name only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from corral._frames import frame_json, load_object, read_frame
+
+__all__ = ["NullAudit", "RelayAudit"]
+
+Event = tuple[str, dict[str, Any]]
+
+
+class NullAudit:
+    """No audit trail (a proxy started without one): every emit is a no-op."""
+
+    enabled = False
+
+    async def emit(self, event_type: str, /, *, first: Sequence[Event] = (),
+                   **fields: Any) -> None:
+        return None
+
+    def send(self, event_type: str, /, **fields: Any) -> None:
+        return None
+
+
+class RelayAudit(NullAudit):
+    """Speaks the relay's frames on the proxy's event loop, so an event costs no thread hop.
+    ``open()`` once the loop runs; ``closed`` is set when the relay goes away."""
+
+    enabled = True
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.waiters: dict[int, asyncio.Future[None]] = {}
+        self.seq = 0
+        self.writer: asyncio.StreamWriter | None = None
+        self.closed = asyncio.Event()
+        self.failed: str | None = None  # an unawaited event was refused: fail closed
+
+    async def open(self) -> None:
+        reader, self.writer = await asyncio.open_connection(sock=self.sock)
+        asyncio.get_running_loop().create_task(self._acks(reader))
+
+    async def _acks(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                msg = load_object(await read_frame(reader))
+                waiter = self.waiters.pop(int(msg.get("id", 0)), None)
+                error = msg.get("error")
+                if waiter is None:  # an event ``send`` did not wait for
+                    if error is not None:
+                        self.failed = self.failed or f"audit: {error}"
+                elif waiter.done():
+                    pass
+                elif error is not None:
+                    waiter.set_exception(ConnectionError(f"audit: {error}"))
+                else:
+                    waiter.set_result(None)
+        except (asyncio.IncompleteReadError, OSError, ValueError):
+            pass
+        finally:
+            self.failed = self.failed or "audit relay closed"
+            for waiter in self.waiters.values():
+                if not waiter.done():
+                    waiter.set_exception(ConnectionError("audit relay closed"))
+            self.waiters.clear()
+            self.closed.set()
+
+    def _frame(self, event_type: str, fields: dict[str, Any]) -> tuple[int, bytes]:
+        self.seq += 1
+        data = {k: v for k, v in fields.items() if v is not None}
+        return self.seq, frame_json({"id": self.seq, "type": event_type, "data": data})
+
+    def _writable(self) -> asyncio.StreamWriter:
+        if self.writer is None or self.closed.is_set():
+            raise ConnectionError("audit relay closed")
+        if self.failed is not None:
+            raise ConnectionError(self.failed)
+        return self.writer
+
+    async def emit(self, event_type: str, /, *, first: Sequence[Event] = (),
+                   **fields: Any) -> None:
+        """Write ``first`` and this event in one batch; return once all are durable."""
+        writer = self._writable()
+        loop = asyncio.get_running_loop()
+        frames, waiters = [], []
+        for type_, data in [*first, (event_type, fields)]:
+            seq, body = self._frame(type_, data)
+            waiter: asyncio.Future[None] = loop.create_future()
+            self.waiters[seq] = waiter
+            frames.append(body)
+            waiters.append(waiter)
+        writer.write(b"".join(frames))  # one write: the relay commits them as one group
+        for waiter in waiters:  # acks come in order: the last one is usually all we wait for
+            await waiter
+        if self.failed is not None:  # a ``send`` before this one was refused (acks in order)
+            raise ConnectionError(self.failed)
+
+    def send(self, event_type: str, /, **fields: Any) -> None:
+        self._writable().write(self._frame(event_type, fields)[1])
