@@ -17,17 +17,80 @@ import typer
 from corral.errors import CorralError
 
 __all__ = [
-    "approval_id", "audit_ident", "choice", "db_path", "endpoint", "event_types", "http_method",
-    "ledger_head", "origins", "sandbox_id", "when",
+    "agent_name", "approval_id", "audit_ident", "choice", "db_path", "duration", "email",
+    "endpoint", "event_types", "http_method", "ledger_head", "listen", "origins",
+    "resource_name", "role",
+    "sandbox_id", "server_url", "when",
 ]
 
 _SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # as corral.audit.events
 _APPROVAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _TCHAR = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # RFC 9110 token
+# As corral server's API accepts them (corral/server/api/schemas.py).
+_RESOURCE = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
+_AGENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,49}(/[a-z0-9][a-z0-9._-]{0,49})?")
+_EMAIL = re.compile(r"[^@\s/]{1,200}@[^@\s/]{1,200}")
+_DURATION = re.compile(r"[1-9][0-9]{0,5}[smhd]")
 
 
 def _bad(message: str) -> typer.BadParameter:
     return typer.BadParameter(message)
+
+
+def resource_name(value: str | None) -> str | None:
+    """A team, project or token name on corral server."""
+    if value is not None and not _RESOURCE.fullmatch(value):
+        raise _bad(f"{value!r} is not a name (lower-case letters, digits, '.', '_', '-')")
+    return value
+
+
+def agent_name(value: str | None) -> str | None:
+    if value is not None and not _AGENT.fullmatch(value):
+        raise _bad(f"{value!r} is not an agent name (e.g. release-bot or alice/claude)")
+    return value
+
+
+def email(value: str | None) -> str | None:
+    if value is not None and not _EMAIL.fullmatch(value):
+        raise _bad(f"{value!r} is not an email address")
+    return value
+
+
+def role(value: str | None) -> str | None:
+    if value is not None and value not in ("owner", "admin", "member", "viewer"):
+        raise _bad(f"{value!r}: one of owner, admin, member, viewer")
+    return value
+
+
+def duration(value: str | None) -> str | None:
+    if value is not None and not _DURATION.fullmatch(value):
+        raise _bad(f"{value!r} is not a duration such as 12h or 90d")
+    return value
+
+
+def listen(value: str | None) -> str | None:
+    """HOST:PORT for a server to listen on ([::1]:8080 for IPv6)."""
+    if value is None:
+        return value
+    host, _, port = value.rpartition(":")
+    if (not host or not port.isdigit() or not 0 < int(port) < 65536
+            or not re.fullmatch(r"\[[0-9A-Fa-f:.]+\]|[0-9A-Za-z.-]+", host)):
+        raise _bad(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    return value
+
+
+def server_url(value: str | None) -> str | None:
+    """An http(s) URL with a host; plain http only on loopback (as the client enforces)."""
+    if value is None:
+        return value
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise _bad(f"{value!r} is not a URL") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise _bad(f"{value!r} is not an http(s) URL such as https://corral.example.com")
+    return value
 
 
 def sandbox_id(value: str | None) -> str | None:

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from corral import dirs
+from corral.cli import checks
 from corral.cli.output import emit_json
 from corral.credentials.store import CredentialStore, validate_name
 from corral.errors import UserInputError
@@ -21,11 +22,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 @app.command("set")
 def set_(name: str = typer.Argument(..., help="credential name", callback=validate_name),
          project: str | None = typer.Option(None, "--project", help="store it on corral "
-                                            "server for this project (not on this host)"),
+                                            "server for this project (not on this host)",
+                                            callback=checks.resource_name),
          release: bool = typer.Option(False, "--release", help="with --project: released to "
                                       "the run's proxy for inspect rules"),
          server: str | None = typer.Option(None, "--server", help="server URL (default: "
-                                           "$CORRAL_SERVER)")) -> None:
+                                           "$CORRAL_SERVER)", callback=checks.server_url)
+         ) -> None:
     """Read a secret from stdin into the root-only store (or, with --project, the server's)."""
     validate_name(name)
     if (release or server) and project is None:

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import typer
 
+from corral.cli import checks
 from corral.cli.remote import SERVER_OPT, client, quote
 from corral.errors import UserInputError
 
 __all__ = ["register"]
 
 
-def push(file: Path = typer.Argument(..., help="policy file"),
-         project: str | None = typer.Option(None, "--project", help="attach to this project"),
+def push(file: Path = typer.Argument(..., help="policy file", exists=True, dir_okay=False),
+         project: str | None = typer.Option(None, "--project", help="attach to this project",
+                                            callback=checks.resource_name),
          org: bool = typer.Option(False, "--org", help="org-mandatory: composed into every "
                                   "project"),
          server: str | None = SERVER_OPT) -> None:
@@ -36,7 +38,8 @@ def push(file: Path = typer.Argument(..., help="policy file"),
     print(f"pushed {row['name']} version {row['version']} to {where} (sha256 {row['digest']})")
 
 
-def pull(project: str = typer.Option(..., "--project", help="project name"),
+def pull(project: str = typer.Option(..., "--project", help="project name",
+                                     callback=checks.resource_name),
          output: Path | None = typer.Option(None, "-o", "--output", help="write here (default "
                                             "stdout)"),
          server: str | None = SERVER_OPT) -> None:

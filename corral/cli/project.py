@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from corral.cli import checks
 from corral.cli.remote import JSON_OPT, SERVER_OPT, client, quote, show
 
 __all__ = ["app"]
@@ -12,8 +13,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
 @app.command("create")
-def create(name: str = typer.Argument(..., help="project name"),
-           team: str = typer.Option(..., "--team", help="the team that owns it"),
+def create(name: str = typer.Argument(..., help="project name", callback=checks.resource_name),
+           team: str = typer.Option(..., "--team", help="the team that owns it",
+                                    callback=checks.resource_name),
            require_server: bool = typer.Option(
                False, "--require-server", help="runs refuse to start without the server"),
            server: str | None = SERVER_OPT) -> None:

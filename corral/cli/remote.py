@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from corral.cli import checks
 from corral.errors import UserInputError
 from corral.render import visible
 
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["JSON_OPT", "SERVER_OPT", "client", "quote", "show"]
 
-SERVER_OPT = typer.Option(None, "--server", help="server URL (default: $CORRAL_SERVER)")
+SERVER_OPT = typer.Option(None, "--server", help="server URL (default: $CORRAL_SERVER)",
+                          callback=checks.server_url)
 JSON_OPT = typer.Option(False, "--json", help="print JSON")
 
 

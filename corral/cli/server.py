@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from corral.cli import checks
 from corral.cli.remote import JSON_OPT, show
 from corral.errors import CorralError, UserInputError
 
@@ -65,7 +66,8 @@ def _ttl(text: str) -> dt.timedelta:
 
 @app.callback()
 def serve(ctx: typer.Context,
-          listen: str | None = typer.Option(None, "--listen", help="HOST:PORT (default "
+          listen: str | None = typer.Option(None, "--listen", callback=checks.listen,
+                                            help="HOST:PORT (default "
                                             "127.0.0.1:8470)"),
           config: Path | None = CONFIG) -> None:
     """Serve the control plane (the API under /api/v1)."""
@@ -104,11 +106,15 @@ def migrate(ctx: typer.Context, config: Path | None = CONFIG) -> None:
 
 @token_app.command("create")
 def token_create(ctx: typer.Context,
-                 name: str = typer.Option(..., "--name", help="what the token is for"),
-                 role: str = typer.Option(..., "--role", help="owner, admin, member or viewer"),
+                 name: str = typer.Option(..., "--name", help="what the token is for",
+                                          callback=checks.resource_name),
+                 role: str = typer.Option(..., "--role", help="owner, admin, member or viewer",
+                                          callback=checks.role),
                  team: str | None = typer.Option(None, "--team", help="only this team "
-                                                 "(default: the whole org)"),
-                 ttl: str = typer.Option("90d", "--ttl", help="lifetime, e.g. 12h or 90d"),
+                                                 "(default: the whole org)",
+                                                 callback=checks.resource_name),
+                 ttl: str = typer.Option("90d", "--ttl", help="lifetime, e.g. 12h or 90d",
+                                         callback=checks.duration),
                  config: Path | None = CONFIG) -> None:
     """Create a service token; prints the token alone, once."""
     from corral.server.local import create_token
@@ -152,7 +158,8 @@ def token_revoke(ctx: typer.Context, token_id: int = typer.Argument(..., min=1),
 @kek_app.command("rotate")
 def kek_rotate(ctx: typer.Context,
                new_key_file: Path = typer.Option(..., "--new-key-file",
-                                                 help="32 random bytes, base64"),
+                                                 help="32 random bytes, base64",
+                                                 exists=True, dir_okay=False),
                config: Path | None = CONFIG) -> None:
     """Rewrap every credential's data key under a new KEK, which then replaces the old."""
     from corral.server.local import rotate_kek
