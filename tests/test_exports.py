@@ -1,4 +1,5 @@
-"""Every name a corral package lists in ``__all__`` resolves.
+"""Every name a corral package lists in ``__all__`` resolves (an attribute, or a submodule, as
+``from package import *`` would find it).
 
 Packages export lazily (``corral._lazy``): a renamed or moved module leaves the export table
 pointing at nothing, and nothing fails until a caller first asks for that name. Each package is
@@ -27,6 +28,11 @@ missing = []
 for name in getattr(pkg, "__all__", ()):
     try:
         getattr(pkg, name)
+    except AttributeError:
+        try:
+            importlib.import_module(f"{sys.argv[1]}.{name}")
+        except Exception as err:
+            missing.append(f"{name}: {type(err).__name__}: {err}")
     except Exception as err:
         missing.append(f"{name}: {type(err).__name__}: {err}")
 print("\\n".join(missing))

@@ -257,6 +257,11 @@ class AuditStore:
         ticket.wait()
         return t
 
+    @property
+    def failure(self) -> str | None:
+        """Why the store stopped taking events (every later emit raises), or None."""
+        return self._broken
+
     def close(self) -> None:
         """Flush what is queued, stop the writer and close the database."""
         with self._lock:

@@ -86,7 +86,7 @@ def mcp(
 ) -> None:
     """Serve the exec/read/write/edit/glob/grep/fetch tools from a corral sandbox."""
     from corral.runtime import preflight_mcp, serve_mcp
-    from corral.runtime.config import upstream_proxy as configured_upstream
+    from corral.runtime import upstream_proxy as configured_upstream
 
     upstream = configured_upstream(upstream_proxy)  # refuse bad input before serving anything
     preflight_mcp(policy, workspace)

@@ -38,8 +38,7 @@ from corral.errors import CorralError
 if TYPE_CHECKING:
     from corral.policy.quick import QuickPolicy
     from corral.policy.resolved import ResolvedPolicy
-    from corral.runtime.audit import LaunchAudit
-    from corral.runtime.proxyproc import ProxyProcess
+    from corral.runtime import LaunchAudit, ProxyProcess
     from corral.sandbox.spec import SandboxSpec
 
 __all__ = ["EXIT_CORRAL_FAILURE", "build_spec", "homes_dir", "parse", "run_main"]
@@ -137,7 +136,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def homes_dir() -> Path:
     """Where ``--home NAME`` homes live: ``CORRAL_HOMES``, else the invoking user's
     ``~/.local/share/corral/homes``."""
-    from corral.sandbox.workspace import invoking_user
+    from corral.sandbox import invoking_user
 
     override = os.environ.get("CORRAL_HOMES")
     return Path(override) if override else Path(invoking_user()[2], ".local/share/corral/homes")
@@ -145,7 +144,7 @@ def homes_dir() -> Path:
 
 def _home(value: str) -> Path:
     """``--home``: an existing directory of the invoking user's, or a NAME under ``homes_dir``."""
-    from corral.sandbox.workspace import expand_user, invoking_user
+    from corral.sandbox import expand_user, invoking_user
 
     uid, gid, _ = invoking_user()
     if "/" not in value and value[0] not in ".~" and set(value) <= _HOME_NAME_CHARS:
@@ -241,25 +240,24 @@ def _run_main(argv: list[str]) -> int:
             sys.stdout.write(help_text())
             return 0
         if ns.upstream_proxy is not None:  # bad input first, whether or not a policy needs it
-            from corral.runtime.config import upstream_proxy
+            from corral.runtime import upstream_proxy
 
             upstream_proxy(ns.upstream_proxy, exit_code=EXIT_CORRAL_FAILURE)
         if ns.policy or ns.allow:
-            from corral.runtime.proxyproc import ProxyProcess
+            from corral.runtime import ProxyProcess
 
             # a policy may have egress rules: fork the proxy child before resolving it, so its
             # imports (the CA's critical path) overlap ours; it waits for the policy
             # and is killed if no proxy is needed. It holds nothing but its control sockets.
             early = ProxyProcess()
         spec, policy = build_spec(ns)
-        from corral.runtime.audit import open_audit
-        from corral.sandbox.preflight import check
+        from corral.runtime import open_audit
+        from corral.sandbox import check_host
 
-        check()  # root, tools, kernel: say what is missing before touching the audit store
+        check_host()  # root, tools, kernel: say what is missing before touching the audit store
         hooks = None
         if policy is not None and policy.rules:
-            from corral.runtime.config import upstream_proxy
-            from corral.runtime.egress import EgressHooks
+            from corral.runtime import EgressHooks, upstream_proxy
 
             upstream = upstream_proxy(ns.upstream_proxy, exit_code=EXIT_CORRAL_FAILURE)
             # egress rules: the proxy and DNS stub come along. The proxy child (forked above:
@@ -299,7 +297,7 @@ def _run_main(argv: list[str]) -> int:
         print("corral: interrupted; the sandbox was torn down", file=sys.stderr)
         return 130
     except Exception as err:
-        from corral.sandbox.run import Terminated
+        from corral.sandbox import Terminated
 
         if not isinstance(err, Terminated):
             raise
@@ -312,7 +310,7 @@ def _run_main(argv: list[str]) -> int:
 
 def _after_run(audit: LaunchAudit) -> None:
     """Close the trails and the store, say whether auditing failed, print the summary."""
-    broken = getattr(audit.store, "_broken", None)
+    broken = audit.store.failure
     sandboxes = list(audit.seen)
     try:
         audit.close()

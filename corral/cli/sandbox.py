@@ -63,9 +63,9 @@ def list_(
 @app.command("gc")
 def gc() -> None:
     """Remove what killed launchers left behind (registry entries, cgroups, directories)."""
-    from corral.sandbox.reclaim import collect
+    from corral.sandbox import collect_leftovers
 
-    done = collect()
+    done = collect_leftovers()
     for sid in done.removed:
         typer.echo(f"removed sandbox {sid}")
     if not done.removed:
@@ -91,8 +91,8 @@ def kill(sandbox_id: IdArg) -> None:
     """End a live sandbox: kill its processes; its launcher tears it down (audited)."""
     import os
 
-    from corral.sandbox.enter import find_entry
-    from corral.sandbox.enter import kill as kill_sandbox
+    from corral.sandbox import find_entry
+    from corral.sandbox import kill as kill_sandbox
 
     entry = find_entry(sandbox_id)
     by = os.environ.get("SUDO_USER") or str(os.getuid())
@@ -114,8 +114,7 @@ def exec_(
     import os
     import subprocess
 
-    from corral.sandbox.enter import enter_command, find_entry
-    from corral.sandbox.supervise import supervise
+    from corral.sandbox import enter_command, find_entry, supervise
 
     entry = find_entry(sandbox_id)
     argv = command[1:] if command[:1] == ["--"] else command
@@ -125,7 +124,7 @@ def exec_(
     pty = None
     try:
         if tty:
-            from corral.sandbox.pty import Pty
+            from corral.sandbox import Pty
 
             pty = Pty(0)
             stdio = (pty.slave, pty.slave, pty.slave)

@@ -18,8 +18,10 @@ from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.policy.api import resolve
-    from corral.policy.builtin import builtin_names, describe_builtins
+    from corral.policy.builtin import builtin_names, builtin_path, describe_builtins
     from corral.policy.errors import PolicyError
+    from corral.policy.load import LoadedPolicy, load_policy, load_policy_text
+    from corral.policy.quick import QuickFlags, QuickPolicy, quick_policy
     from corral.policy.resolved import ResolvedPolicy
     from corral.policy.types import (
         Action,
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
         Origin,
         Rule,
     )
+    from corral.policy.units import parse_duration, parse_size
 
 __all__ = [
     "Action",
@@ -39,12 +42,21 @@ __all__ = [
     "ExecConfig",
     "FilesConfig",
     "Limits",
+    "LoadedPolicy",
     "Origin",
     "PolicyError",
+    "QuickFlags",
+    "QuickPolicy",
     "ResolvedPolicy",
     "Rule",
     "builtin_names",
+    "builtin_path",
     "describe_builtins",
+    "load_policy",
+    "load_policy_text",
+    "parse_duration",
+    "parse_size",
+    "quick_policy",
     "resolve",
 ]
 
@@ -53,7 +65,16 @@ __all__ = [
 __getattr__ = lazy_exports("corral.policy", {
     "resolve": "api",
     "builtin_names": "builtin",
+    "builtin_path": "builtin",
     "describe_builtins": "builtin",
+    "LoadedPolicy": "load",
+    "load_policy": "load",
+    "load_policy_text": "load",
+    "QuickFlags": "quick",
+    "QuickPolicy": "quick",
+    "quick_policy": "quick",
+    "parse_duration": "units",
+    "parse_size": "units",
     "PolicyError": "errors",
     "ResolvedPolicy": "resolved",
     **{name: "types" for name in (

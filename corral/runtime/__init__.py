@@ -6,6 +6,8 @@ packages it assembles never import it (DESIGN "The house": dependencies point do
 
 Public API::
 
+    audit = open_audit(policy, mode="run", command=argv)   # the store, or CorralError (one line)
+    proc = ProxyProcess()                   # fork the proxy child early (``corral run``)
     egress = Egress(policy, proxy_audit=trail_for, upstream_proxy=url)   # secrets resolved, CA made
     spec = egress.prepare(spec)             # proxy/DNS ports, proxy + CA env, trust bundle
     egress.attach(sb)                       # listeners in sb's netns; proxy serves as its own uid
@@ -27,14 +29,20 @@ from typing import TYPE_CHECKING
 from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from corral.runtime.audit import LaunchAudit, open_audit
+    from corral.runtime.config import upstream_proxy
     from corral.runtime.egress import Egress, EgressHooks, proxied_opener
     from corral.runtime.mode1 import approval_store, preflight_mcp, serve_mcp
+    from corral.runtime.proxyproc import ProxyProcess
 
 __all__ = [
-    "Egress", "EgressHooks", "approval_store", "preflight_mcp", "proxied_opener", "serve_mcp",
+    "Egress", "EgressHooks", "LaunchAudit", "ProxyProcess", "approval_store", "open_audit",
+    "preflight_mcp", "proxied_opener", "serve_mcp", "upstream_proxy",
 ]
 
 __getattr__ = lazy_exports("corral.runtime", {
     "Egress": "egress", "EgressHooks": "egress", "proxied_opener": "egress",
     "approval_store": "mode1", "preflight_mcp": "mode1", "serve_mcp": "mode1",
+    "LaunchAudit": "audit", "open_audit": "audit", "upstream_proxy": "config",
+    "ProxyProcess": "proxyproc",
 })

@@ -12,6 +12,8 @@ Public API::
 
     code = run_command(spec, ["claude"], audit=sink, hooks=proxy_hooks)   # ``corral run``
     validate(spec)     # refuse missing or hidden visible paths before anything is created
+    check_host()       # root, tools, kernel features; CorralError naming what is missing
+    collect_leftovers()                 # ``corral sandbox gc``: what dead launchers left
 
 Submodules are imported lazily so that ``corral.sandbox.seccomp`` and friends can be used
 without loading the launcher.
@@ -25,13 +27,21 @@ from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.sandbox.audit import AuditSink, NullSink
+    from corral.sandbox.enter import enter_command, find_entry, kill
     from corral.sandbox.launch import Sandbox
-    from corral.sandbox.run import RunHooks, run_command
+    from corral.sandbox.preflight import check_host
+    from corral.sandbox.pty import Pty
+    from corral.sandbox.reclaim import collect_leftovers
+    from corral.sandbox.run import RunHooks, Terminated, run_command
     from corral.sandbox.spec import SandboxSpec
-    from corral.sandbox.workspace import validate
+    from corral.sandbox.supervise import supervise
+    from corral.sandbox.workspace import expand_user, invoking_user, validate
 
+# ``registry`` is exported as a module (``corral sandbox ls`` reads its entries).
 __all__ = [
-    "AuditSink", "NullSink", "RunHooks", "Sandbox", "SandboxSpec", "run_command", "validate",
+    "AuditSink", "NullSink", "Pty", "RunHooks", "Sandbox", "SandboxSpec", "Terminated",
+    "check_host", "collect_leftovers", "enter_command", "expand_user", "find_entry",
+    "invoking_user", "kill", "registry", "run_command", "supervise", "validate",
 ]
 
 __getattr__ = lazy_exports("corral.sandbox", {
@@ -41,5 +51,15 @@ __getattr__ = lazy_exports("corral.sandbox", {
     "SandboxSpec": "spec",
     "RunHooks": "run",
     "run_command": "run",
+    "Terminated": "run",
     "validate": "workspace",
+    "expand_user": "workspace",
+    "invoking_user": "workspace",
+    "check_host": "preflight",
+    "collect_leftovers": "reclaim",
+    "enter_command": "enter",
+    "find_entry": "enter",
+    "kill": "enter",
+    "Pty": "pty",
+    "supervise": "supervise",
 })

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from corral.errors import CorralError
 from corral.sandbox.mounts import HOME, SANDBOX_USER, WORKSPACE, BwrapPlan, passwd_overlay
-from corral.sandbox.preflight import EXIT_CORRAL, check
+from corral.sandbox.preflight import EXIT_CORRAL, check_host
 from corral.sandbox.spec import SandboxSpec
 from corral.sandbox.workspace import expand_user
 
@@ -104,7 +104,7 @@ def _seccomp_fd() -> int:
 def build(lay: Layout, argv: Sequence[str], *, tty: bool, cwd: str) -> Command:
     """The full bwrap command line for ``argv`` in the sandbox described by ``lay``."""
     spec = lay.spec
-    plan = BwrapPlan(args=[check()["bwrap"]])
+    plan = BwrapPlan(args=[check_host()["bwrap"]])
     plan.base(lay.sandbox_id, spec.tmp_size, new_session=not tty)
     plan.bind(lay.workspace_src, WORKSPACE, writable=True, mapped_from=lay.workspace)
     plan.bind(lay.home_src, HOME, writable=True, mapped_from=lay.home)

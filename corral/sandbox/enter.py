@@ -106,7 +106,7 @@ def enter_command(entry: registry.Entry, argv: Sequence[str], *, tty: bool
     starts it with ``cgroup.attach_self`` as its preexec step and closes the fds after."""
     from corral.sandbox.command import shim_prefix
     from corral.sandbox.mounts import WORKSPACE
-    from corral.sandbox.preflight import check
+    from corral.sandbox.preflight import check_host
     from corral.sandbox.seccomp import build_filter
 
     if not argv:
@@ -119,7 +119,7 @@ def enter_command(entry: registry.Entry, argv: Sequence[str], *, tty: bool
     fd = os.memfd_create("corral-seccomp", 0)
     os.write(fd, build_filter())
     os.lseek(fd, 0, os.SEEK_SET)
-    check()
+    check_host()
     import shutil
 
     nsenter = shutil.which("nsenter", path="/usr/bin:/bin:/usr/sbin:/sbin")

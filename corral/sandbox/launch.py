@@ -36,7 +36,7 @@ from corral.sandbox.command import BASE_ENV, Layout, build, environment, preload
 from corral.sandbox.idmap import clone_tree, idmapped_tree
 from corral.sandbox.mounts import WORKSPACE
 from corral.sandbox.netns import NetNamespace, Pending
-from corral.sandbox.preflight import EXIT_CORRAL, check
+from corral.sandbox.preflight import EXIT_CORRAL, check_host
 from corral.sandbox.spec import SandboxSpec
 from corral.sandbox.workspace import expand_user, invoking_user, validate
 
@@ -117,7 +117,7 @@ class Sandbox:
     @classmethod
     def open(cls, spec: SandboxSpec, audit: AuditSink | None = None) -> Sandbox:
         """Build the sandbox (caller must ``close()``); ``create`` is the context-manager form."""
-        check()
+        check_host()
         from corral.dirs import state_dir
         from corral.sandbox.diskspace import check_free_space
 
@@ -154,7 +154,7 @@ class Sandbox:
     def _build(self) -> None:
         spec = self.spec
         # the netns (two tool runs) builds on its own thread while the rest is set up here
-        tools = check()
+        tools = check_host()
         self._pending_netns = NetNamespace.start(
             self.uid, spec.proxy_port, spec.dns_port, ip=tools["ip"], nft=tools["nft"]
         )

@@ -13,7 +13,7 @@ import os
 
 from corral.errors import CorralError
 
-__all__ = ["EXIT_CORRAL", "check", "find_tool"]
+__all__ = ["EXIT_CORRAL", "check_host", "find_tool"]
 
 EXIT_CORRAL = 125
 
@@ -31,7 +31,7 @@ def _fail(msg: str) -> CorralError:
 
 
 @functools.cache
-def check() -> dict[str, str]:
+def check_host() -> dict[str, str]:
     """Return the tool paths; raise ``CorralError`` (exit 125) naming what is missing."""
     if os.geteuid() != 0:
         raise _fail("corral run needs root (it creates namespaces, netfilter rules and cgroups)")

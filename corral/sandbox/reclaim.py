@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from corral.sandbox import registry
 
-__all__ = ["Collected", "collect"]
+__all__ = ["Collected", "collect_leftovers"]
 
 
 @dataclass
@@ -72,7 +72,7 @@ def _orphan_cgroups(known: set[str], min_age: float) -> list[str]:
     return removed
 
 
-def collect(min_age: float = ORPHAN_MIN_AGE) -> Collected:
+def collect_leftovers(min_age: float = ORPHAN_MIN_AGE) -> Collected:
     out = Collected()
     known: set[str] = set()
     for entry in registry.entries():

@@ -1,7 +1,8 @@
 """What a sandbox is made of: the launcher's input, plain data with no behaviour.
 
 Invariants: a ``SandboxSpec`` is complete before any resource is created (validation happens in
-``workspace.validate`` and ``preflight.check`` first), so a bad spec never leaves anything behind.
+``workspace.validate`` and ``preflight.check_host`` first), so a bad spec never leaves anything
+behind.
 Paths are absolute host paths; ``extra_files`` keys are absolute paths inside the sandbox. A
 spec is immutable (a named tuple whose mappings are read-only by type; the empty defaults are
 read-only proxies): derive a changed one with ``spec._replace(...)``. It is not a dataclass so

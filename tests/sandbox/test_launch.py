@@ -42,13 +42,13 @@ def test_broken_netfilter_aborts_and_cleans_up(ready, monkeypatch: pytest.Monkey
 def test_missing_landlock_refuses(ready, monkeypatch: pytest.MonkeyPatch) -> None:
     import corral.sandbox.landlock as landlock
 
-    preflight.check.cache_clear()
+    preflight.check_host.cache_clear()
     monkeypatch.setattr(landlock, "landlock_abi", lambda: 0)
     try:
         with pytest.raises(CorralError, match="no Landlock"):
             Sandbox.open(SandboxSpec())
     finally:
-        preflight.check.cache_clear()
+        preflight.check_host.cache_clear()
     assert _registry(ready) == []
 
 

@@ -58,9 +58,9 @@ def test_dead_launcher_keeps_uid_until_gc(corral_env) -> None:
     registry._leases.pop(entry.id)  # as if the launcher had died: its lease fd is gone
     other = registry.reserve([])
     assert other.uid != entry.uid  # the leftover entry still holds its uid
-    from corral.sandbox.reclaim import collect
+    from corral.sandbox import collect_leftovers
 
-    assert entry.id in collect().removed
+    assert entry.id in collect_leftovers().removed
     assert [e.id for e in registry.entries()] == [other.id]
     registry.release(other)
 
@@ -73,16 +73,16 @@ def test_gc_removes_empty_cgroups_no_registry_knows(corral_env) -> None:
     import uuid
 
     from corral.policy.types import Limits
+    from corral.sandbox import collect_leftovers
     from corral.sandbox.cgroups import Cgroup, list_corral_cgroups
-    from corral.sandbox.reclaim import collect
 
     orphan = Cgroup.create(f"corral-t{uuid.uuid4().hex[:8]}", Limits())
     busy = Cgroup.create(f"corral-t{uuid.uuid4().hex[:8]}", Limits())
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
         busy.attach(sleeper.pid)
-        assert collect().removed == []  # both are younger than the default minimum age
-        removed = collect(min_age=0).removed
+        assert collect_leftovers().removed == []  # both are younger than the default minimum age
+        removed = collect_leftovers(min_age=0).removed
         assert f"cgroup {orphan.name}" in removed
         assert f"cgroup {busy.name}" not in removed
         names = list_corral_cgroups()
@@ -111,7 +111,7 @@ def test_gc_unlinks_stray_lease_files_but_never_a_held_one(
     require_root()
     import fcntl
 
-    from corral.sandbox.reclaim import collect
+    from corral.sandbox import collect_leftovers
 
     monkeypatch.setattr(registry, "LEASE_DIR", tmp_path)
     stray = [tmp_path / f"uid-{registry.UID_BASE + i}.lock" for i in range(5)]
@@ -122,7 +122,7 @@ def test_gc_unlinks_stray_lease_files_but_never_a_held_one(
     held = registry._lease(registry.UID_BASE + 7)
     assert held >= 0
     try:
-        done = collect()
+        done = collect_leftovers()
         assert done.leases == 5, done
         assert not any(p.exists() for p in stray)
         assert other.exists()
