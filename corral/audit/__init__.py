@@ -64,8 +64,9 @@ from typing import TYPE_CHECKING
 from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from corral.audit import events, export, query, verify
     from corral.audit.events import SCHEMAS, Actor, EventError, EventType
-    from corral.audit.relay import AuditRelay
+    from corral.audit.relay import PROXY_EVENTS, AuditRelay
     from corral.audit.store import AuditStore, AuditUnavailable, Ticket, Trail
 
 # ``summary`` is bound eagerly: it shares its name with its submodule, which importing would
@@ -76,12 +77,16 @@ from corral.audit.summary import summary
 # before its command starts.
 __getattr__ = lazy_exports("corral.audit", {
     "SCHEMAS": "events", "Actor": "events", "EventError": "events", "EventType": "events",
-    "AuditRelay": "relay", "AuditStore": "store",
+    "AuditRelay": "relay", "PROXY_EVENTS": "relay", "AuditStore": "store",
     "AuditUnavailable": "store", "Ticket": "store", "Trail": "store",
 })
 
 
+# ``events`` (the registry and the chain's hashing, which the control plane re-checks),
+# ``export``, ``query`` and ``verify`` are public submodules: their own ``__all__`` is part of
+# this package's surface (``from corral.audit.query import iter_events``).
 __all__ = [
+    "PROXY_EVENTS",
     "SCHEMAS",
     "Actor",
     "AuditRelay",
@@ -91,5 +96,9 @@ __all__ = [
     "EventType",
     "Ticket",
     "Trail",
+    "events",
+    "export",
+    "query",
     "summary",
+    "verify",
 ]

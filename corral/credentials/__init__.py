@@ -8,6 +8,7 @@ Public API::
 
 from corral.credentials.bindings import resolve_binding, resolve_secrets
 from corral.credentials.sources import SecretError, read_source
-from corral.credentials.store import CredentialStore
+from corral.credentials.store import CredentialStore, validate_name
 
-__all__ = ["CredentialStore", "SecretError", "read_source", "resolve_binding", "resolve_secrets"]
+__all__ = ["CredentialStore", "SecretError", "read_source", "resolve_binding", "resolve_secrets",
+           "validate_name"]

@@ -16,15 +16,19 @@ from typing import TYPE_CHECKING
 from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from corral.proxy import sigv4
     from corral.proxy.agentenv import agent_env, trust_bundle
     from corral.proxy.audit import NullAudit, RelayAudit
     from corral.proxy.service import ProxyService, inspected_hosts
+    from corral.proxy.tls import CertificateAuthority, UpstreamContexts
 
-__all__ = ["NullAudit", "ProxyService", "RelayAudit", "agent_env", "inspected_hosts",
-           "trust_bundle"]
+# ``sigv4`` is a public submodule (the helper preloads it before a drop of privileges).
+__all__ = ["CertificateAuthority", "NullAudit", "ProxyService", "RelayAudit", "UpstreamContexts",
+           "agent_env", "inspected_hosts", "sigv4", "trust_bundle"]
 
 __getattr__ = lazy_exports(
     "corral.proxy", {"NullAudit": "audit", "ProxyService": "service", "RelayAudit": "audit",
                      "agent_env": "agentenv", "inspected_hosts": "service",
-                     "trust_bundle": "agentenv"}
+                     "trust_bundle": "agentenv", "CertificateAuthority": "tls",
+                     "UpstreamContexts": "tls"}
 )

@@ -32,7 +32,7 @@ from corral.proxy.audit import NullAudit, RelayAudit
 from corral.proxy.context import ProxyContext
 from corral.proxy.dns import serve_dns
 from corral.proxy.lookup import Resolver
-from corral.proxy.server import serve
+from corral.proxy.server import configure, serve
 from corral.proxy.tls import CertificateAuthority, UpstreamContexts
 from corral.proxy.upstream import UpstreamProxy
 
@@ -117,6 +117,7 @@ class ProxyService:
         self.policy = policy
         self.secrets = _normalise_secrets(secrets or {})
         self.audited = audited  # events go to the launcher's relay on the lifeline socket
+        self.caps: dict[str, int] = {}  # ``connections``, ``buffered``: see server.configure
         try:
             self.upstream_proxy = UpstreamProxy.parse(upstream_proxy) if upstream_proxy else None
         except ValueError as err:
@@ -164,6 +165,8 @@ class ProxyService:
         """Run the proxy child's body in this (already forked) process: relay or lifeline on
         ``lifeline``, drop to ``run_as`` before serving, write ``b"1"`` to ``ready_w`` once it
         serves, return when stopped (SIGTERM) or when the launcher is gone."""
+        if self.caps:
+            configure(**self.caps)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(self._child(listen, dns_socks, lifeline, ready_w, run_as))
 

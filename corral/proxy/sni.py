@@ -24,9 +24,6 @@ class _Seen(Exception):
     pass
 
 
-_CONTEXT = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-
-
 def parse_sni(data: bytes) -> tuple[bool, str | None]:
     if not data:
         return False, None

@@ -5,7 +5,8 @@ towards the upstream the proxy only writes requests it has already validated and
 responses, so a C parser (httptools, i.e. llhttp) carries that half of the hot path.
 
 Only "plain" exchanges come here: no HEAD (llhttp cannot be told a body is absent), no
-CONNECT, no Upgrade, no Expect; those keep the h11 client in ``http1``.
+CONNECT, no Upgrade, no Expect, no re-signed AWS request; ``forward`` sends those to the h11
+client (``upstream_h11``).
 
 Invariants:
 - The request line and headers written are exactly those the agent parser accepted (minus

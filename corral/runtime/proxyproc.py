@@ -352,10 +352,7 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any, *,
     socks = [socket.socket(fileno=fd) for fd in received]
     listen, dns = socks[: cfg["listen"]], socks[cfg["listen"]:]
     service.audited = bool(cfg["audit"])  # events go through the relay on ``life``
-    if cfg.get("caps"):
-        from corral.proxy.server import configure
-
-        configure(**cfg["caps"])
+    service.caps = dict(cfg.get("caps") or {})
     # serve_child writes b"1" on ``ready_w`` once serving: here, straight to the launcher
     service.serve_child(listen, dns, life, os.dup(ctl.fileno()),
                         (int(cfg["uid"]), int(cfg["gid"])))
