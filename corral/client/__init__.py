@@ -1,6 +1,8 @@
 """What launchers and the CLI use to talk to ``corral server``: stdlib only, loaded lazily.
 
-Public surface: ``Client`` (JSON over ``http.client``), ``ClientError``, ``check_url``.
+Public surface: ``Client`` (JSON over ``http.client``), ``ClientError`` and its two kinds
+``ServerUnavailable`` (retry later) and ``Refused``, ``check_url``; for launchers,
+``ServerRun`` (register, heartbeat, ship_events, cursor, approvals, end) and ``fetch_policy``.
 Importing this package loads nothing else: ``http.client`` loads with the first ``Client``.
 """
 
@@ -11,10 +13,14 @@ from typing import TYPE_CHECKING
 from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from corral.client.http import Client, ClientError, check_url
+    from corral.client.http import Client, ClientError, Refused, ServerUnavailable, check_url
+    from corral.client.runs import Decision, Heartbeat, ServerRun, fetch_policy
 
-__all__ = ["Client", "ClientError", "check_url"]
+__all__ = ["Client", "ClientError", "Decision", "Heartbeat", "Refused", "ServerRun",
+           "ServerUnavailable", "check_url", "fetch_policy"]
 
 __getattr__ = lazy_exports("corral.client", {
-    "Client": "http", "ClientError": "http", "check_url": "http",
+    "Client": "http", "ClientError": "http", "Refused": "http", "ServerUnavailable": "http",
+    "check_url": "http", "Decision": "runs", "Heartbeat": "runs", "ServerRun": "runs",
+    "fetch_policy": "runs",
 })

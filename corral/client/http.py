@@ -4,8 +4,13 @@ Invariants:
 - ``http://`` is refused unless the host is loopback (a token must not cross a network in
   clear); ``https://`` verifies the server's certificate with the system's trust store.
 - The token travels only in the ``Authorization`` header and never appears in an error.
-- Every failure is a ``ClientError`` (a ``CorralError``: one line for the CLI): the server's
-  own ``{"error": {"code", "message"}}`` when it sent one, else what went wrong on the way.
+- Every failure is a ``ClientError`` (a ``CorralError``: one line for the CLI): ``Refused``
+  when the server answered with an error (its own ``{"error": {"code", "message"}}``; a
+  resend will not help), ``ServerUnavailable`` when it could not be reached, timed out, or
+  answered 502/503/504 (retry later: a launcher keeps its events and goes on).
+- One ``Client`` keeps one connection open (keep-alive) and is not thread-safe. A request on
+  a reused connection that the server had already closed is sent again once on a new one
+  (the server closed it before reading the request, so nothing was done twice).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 from corral.errors import CorralError
 
-__all__ = ["Client", "ClientError", "check_url"]
+__all__ = ["Client", "ClientError", "Refused", "ServerUnavailable", "check_url"]
 
 MAX_RESPONSE = 64 * 1024 * 1024
 
@@ -27,6 +32,19 @@ class ClientError(CorralError):
     def __init__(self, message: str, *, status: int = 0, code: str = "") -> None:
         super().__init__(message)
         self.status, self.code = status, code
+
+
+class ServerUnavailable(ClientError):
+    """The server could not be reached or is temporarily unable to answer: retry later."""
+
+
+class Refused(ClientError):
+    """The server answered with an error: the request itself was refused."""
+
+
+_UNAVAILABLE = (502, 503, 504)
+# What a keep-alive connection closed by the server looks like on the next request.
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 def _loopback(host: str) -> bool:
@@ -51,10 +69,12 @@ def check_url(url: str) -> urllib.parse.SplitResult:
 
 
 class Client:
-    def __init__(self, url: str, token: str | None, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str | None, *, timeout: float = 30.0,
+                 user_agent: str = "corral-cli") -> None:
         self.parts = check_url(url)
         self.base = self.parts.path.rstrip("/")
-        self.token, self.timeout = token, timeout
+        self.token, self.timeout, self.user_agent = token, timeout, user_agent
+        self._conn: http.client.HTTPConnection | None = None
 
     def _connection(self) -> http.client.HTTPConnection:
         host, port = self.parts.hostname or "", self.parts.port
@@ -65,38 +85,68 @@ class Client:
                                                context=ssl.create_default_context())
         return http.client.HTTPConnection(host, port, timeout=self.timeout)
 
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _exchange(self, method: str, target: str, data: bytes | None,
+                  headers: dict[str, str]) -> tuple[int, str, bytes]:
+        for attempt in (0, 1):
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = self._connection()
+            try:
+                self._conn.request(method, target, body=data, headers=headers)
+                resp = self._conn.getresponse()
+                raw = resp.read(MAX_RESPONSE + 1)
+            except _STALE as err:
+                self.close()
+                if reused and attempt == 0:
+                    continue
+                raise self._unreachable(err) from None
+            except (TimeoutError, OSError, http.client.HTTPException) as err:
+                self.close()
+                raise self._unreachable(err) from None
+            if resp.will_close or len(raw) > MAX_RESPONSE:
+                self.close()
+            return resp.status, resp.reason, raw
+        raise AssertionError("unreachable")
+
+    def _unreachable(self, err: BaseException) -> ServerUnavailable:
+        return ServerUnavailable(f"cannot reach the server at {self.parts.netloc}: "
+                                 f"{getattr(err, 'strerror', None) or err or type(err).__name__}")
+
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Accept": "application/json", "User-Agent": "corral-cli"}
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        conn = self._connection()
-        try:
-            conn.request(method, self.base + "/api/v1" + path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read(MAX_RESPONSE + 1)
-        except (TimeoutError, OSError, http.client.HTTPException) as err:
-            where = self.parts.netloc
-            raise ClientError(f"cannot reach the server at {where}: "
-                              f"{getattr(err, 'strerror', None) or err}") from None
-        finally:
-            conn.close()
+        status, reason, raw = self._exchange(method, self.base + "/api/v1" + path, data,
+                                             headers)
         if len(raw) > MAX_RESPONSE:
             raise ClientError("the server's answer is too large")
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:
             payload = None
-        if 200 <= resp.status < 300:
+        if 200 <= status < 300:
             return payload
+        kind = ServerUnavailable if status in _UNAVAILABLE else Refused
         error = payload.get("error") if isinstance(payload, dict) else None
         if isinstance(error, dict):
-            raise ClientError(f"server: {error.get('message')} ({resp.status})",
-                              status=resp.status, code=str(error.get("code", "")))
-        raise ClientError(f"server answered {resp.status} {resp.reason}", status=resp.status)
+            raise kind(f"server: {error.get('message')} ({status})", status=status,
+                       code=str(error.get("code", "")))
+        raise kind(f"server answered {status} {reason}", status=status)
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)

@@ -9,7 +9,9 @@ Invariants:
   principal and filter what they show by ``visible_teams``.
 - A principal with no role at all in a resource's team gets 404, exactly as for a resource that
   does not exist (no probing names across teams); one with a role that is too low gets 403.
-- Sandbox tokens reach only ``run`` routes of their own run. A user's stored login token cannot
+- Sandbox tokens reach only ``run`` routes of their own run: another run's route is a 403
+  that says so (``require`` checks the path before resolving it, so it tells nothing about
+  the other run); every other route is the outsider's 404. A user's stored login token cannot
   use a ``step_up`` permission (policies, credentials, memberships, budgets, approvals): an
   agent running as that user must not widen its own reach.
 """
@@ -22,7 +24,7 @@ from typing import NamedTuple
 
 from corral.server.errors import ApiError
 
-__all__ = ["Permission", "Principal", "Role", "decide", "visible_teams"]
+__all__ = ["Permission", "Principal", "Role", "decide", "other_run", "visible_teams"]
 
 
 class Role(enum.IntEnum):
@@ -68,6 +70,7 @@ class Permission(enum.Enum):
     RUN_READ = _Spec("team", Role.VIEWER)
     RUN_KILL = _Spec("team", Role.ADMIN)
     RUN_REPORT = _Spec("run", Role.VIEWER)  # heartbeat, end, audit ingest: the run's own token
+    APPROVAL_DECIDE = _Spec("team", Role.ADMIN, True)  # never a sandbox token
 
     @property
     def spec(self) -> _Spec:
@@ -101,6 +104,11 @@ def visible_teams(principal: Principal) -> set[int] | None:
     return set(principal.team_roles)
 
 
+def other_run(principal: Principal) -> ApiError:
+    return ApiError(403, "wrong_run", f"this sandbox token belongs to run {principal.run_id}; "
+                    "it reports for that run only")
+
+
 def _not_found() -> ApiError:
     return ApiError(404, "not_found", "no such resource")
 
@@ -110,8 +118,10 @@ def decide(principal: Principal, permission: Permission, *, team_id: int | None 
     """Return if allowed; raise ``ApiError`` 404 (outside the team) or 403 otherwise."""
     spec = permission.spec
     if spec.scope == "run":
-        if principal.kind != "sandbox" or run_id is None or principal.run_id != run_id:
+        if principal.kind != "sandbox" or run_id is None:
             raise _not_found()
+        if principal.run_id != run_id:
+            raise other_run(principal)
         return
     if principal.kind == "sandbox":
         raise _not_found()

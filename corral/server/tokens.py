@@ -7,6 +7,9 @@ Invariants:
 - ``authenticate`` refuses an unknown, expired or revoked token with a reason meant for the
   caller (``TokenRefused``), and a token of a disabled user; it never says whether an unknown
   token ever existed.
+- A sandbox token (issued at run registration) carries its run and the audience
+  ``SANDBOX_AUDIENCE``; it lives ``SANDBOX_TTL`` past the last heartbeat and is revoked when
+  its run ends, so a replay after the end is refused saying so.
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ from sqlalchemy.orm import Session
 from corral.errors import CorralError
 from corral.server.models import Token, User, utcnow
 
-__all__ = ["TOKEN_RE", "TokenRefused", "find", "hash_token", "issue", "new_secret"]
+__all__ = ["SANDBOX_AUDIENCE", "SANDBOX_TTL", "TOKEN_RE", "TokenRefused", "find", "hash_token",
+           "issue", "new_secret"]
 
 TOKEN_RE = re.compile(r"crl_[A-Za-z0-9_-]{43}")
 KINDS = ("service", "user", "sandbox")
+# A sandbox token lives this long past the last heartbeat, and only for this audience.
+SANDBOX_TTL = dt.timedelta(minutes=15)
+SANDBOX_AUDIENCE = "corral-server/run"
 
 
 class TokenRefused(CorralError):
@@ -63,8 +70,15 @@ def find(session: Session, secret: str) -> Token:
     row = session.scalars(select(Token).where(Token.secret_hash == hash_token(secret))).first()
     if row is None:
         raise TokenRefused("unknown token")
+    if row.kind == "sandbox" and row.revoked_at is not None:
+        raise TokenRefused(f"the sandbox token of run {row.run_id} is dead: the run ended "
+                           f"at {row.revoked_at.isoformat(timespec='seconds')}", row)
     if row.revoked_at is not None:
         raise TokenRefused(f"token {row.id} ({row.name}) was revoked", row)
+    if row.kind == "sandbox" and row.expires_at <= utcnow():
+        raise TokenRefused(f"the sandbox token of run {row.run_id} expired at "
+                           f"{row.expires_at.isoformat(timespec='seconds')} (no heartbeat "
+                           f"for {SANDBOX_TTL.seconds // 60} min)", row)
     if row.expires_at <= utcnow():
         raise TokenRefused(f"token {row.id} ({row.name}) expired at "
                            f"{row.expires_at.isoformat(timespec='seconds')}", row)

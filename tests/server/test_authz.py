@@ -14,7 +14,8 @@ from corral.server.authz import Permission, Principal, Role, decide
 from corral.server.errors import ApiError
 from tests.server.conftest import Served
 
-PARAMS = {"team": "web", "project": "shop", "email": "a@example.com", "name": "github"}
+PARAMS = {"team": "web", "project": "shop", "email": "a@example.com", "name": "github",
+          "approval": "0" * 32}
 
 
 def _permissions(dependant: Any) -> list[Permission]:
@@ -111,7 +112,7 @@ def test_decide_over_every_role_and_scope() -> None:
 
 def _check_one(p: Principal, perm: Permission, spec: Any, team: int | None, run: str) -> None:
     if spec.scope == "run":
-        want = 200 if p.kind == "sandbox" and p.run_id == run else 404
+        want = (200 if p.run_id == run else 403) if p.kind == "sandbox" else 404
     elif p.kind == "sandbox":
         want = 404
     else:

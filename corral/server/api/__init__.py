@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from corral.server.api import credentials, me, policies, projects, teams
+from corral.server.api import (
+    approvals,
+    audit,
+    credentials,
+    me,
+    policies,
+    projects,
+    runs,
+    teams,
+)
 
 __all__ = ["ROUTERS"]
 
-ROUTERS = [me.router, teams.router, projects.router, policies.router, credentials.router]
+ROUTERS = [me.router, teams.router, projects.router, policies.router, credentials.router,
+           runs.router, audit.router, approvals.router]

@@ -2,8 +2,10 @@
 
 Invariants: every route under ``/api/v1`` takes ``require(Permission.X, ...)``, which
 authenticates (401 with a reason, recorded as ``auth.refused``) and then calls
-``authz.decide`` with the team of the resource named in the path. The resolver that finds
-that team is the same one the handler then uses, so the checked resource is the served one.
+``authz.decide`` with the team of the resource named in the path; a refusal by ``decide``
+(and a sandbox token on another run's route) is recorded as ``authz.refused``. The resolver
+that finds that team is the same one the handler then uses, so the checked resource is the
+served one.
 """
 
 from __future__ import annotations
@@ -11,18 +13,18 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from corral.server.admin_log import record_now
-from corral.server.authz import Permission, Principal, Role, decide
+from corral.server.authz import Permission, Principal, Role, decide, other_run
 from corral.server.db import Database
 from corral.server.errors import ApiError
-from corral.server.models import Membership, Token, User, utcnow
-from corral.server.tokens import TokenRefused, find
+from corral.server.models import Membership, Run, Token, User, utcnow
+from corral.server.tokens import SANDBOX_AUDIENCE, TokenRefused, find
 
 __all__ = ["Access", "Resolved", "get_session", "principal_for", "require"]
 
@@ -41,8 +43,10 @@ def get_session(request: Request) -> Iterator[Session]:
 def principal_for(session: Session, token: Token) -> Principal:
     role = Role.parse(token.role)
     if token.kind == "sandbox":
-        return Principal(actor=f"run:{token.run_id}", kind="sandbox", token_id=token.id,
-                         run_id=token.run_id)
+        # The launching human is the actor of everything the run's token does.
+        run = session.get(Run, token.run_id) if token.run_id else None
+        return Principal(actor=run.human if run else f"run:{token.run_id}", kind="sandbox",
+                         token_id=token.id, run_id=token.run_id)
     if token.kind == "user" and token.user_id is not None:
         user = session.get(User, token.user_id)
         assert user is not None
@@ -68,6 +72,8 @@ def _authenticate(request: Request, session: Session) -> Principal:
         if scheme.lower() != "bearer":
             raise TokenRefused("not a bearer token")
         token = find(session, secret.strip())
+        if token.kind == "sandbox" and token.audience != SANDBOX_AUDIENCE:
+            raise TokenRefused(f"token {token.id} is not meant for this server's API", token)
     except TokenRefused as err:
         client = request.client.host if request.client else "?"
         record_now(get_db(request), "anonymous", "auth.refused",
@@ -78,6 +84,15 @@ def _authenticate(request: Request, session: Session) -> Principal:
     if token.last_used_at is None or now - token.last_used_at > dt.timedelta(minutes=1):
         token.last_used_at = now  # committed with the request's own changes, if any
     return principal_for(session, token)
+
+
+def _refuse(request: Request, session: Session, principal: Principal, err: ApiError) -> NoReturn:
+    """Record an authorization refusal in a transaction of its own, then raise it."""
+    session.rollback()  # drop last_used_at: its write lock would block the record on SQLite
+    record_now(get_db(request), principal.actor, "authz.refused",
+               f"{request.method} {request.url.path}", status=err.status, reason=err.message,
+               token_id=principal.token_id, kind=principal.kind, run=principal.run_id)
+    raise err
 
 
 @dataclass
@@ -102,11 +117,18 @@ def require(permission: Permission, resolve: Resolver | None = None) -> Any:
 
     def dependency(request: Request, session: Session = Depends(get_session)) -> Access:
         principal = _authenticate(request, session)
+        if permission.spec.scope == "run" and principal.kind == "sandbox" and \
+                request.path_params.get("run") != principal.run_id:
+            # Refused before resolving, so the answer says nothing about the other run.
+            _refuse(request, session, principal, other_run(principal))
         # A resolver raises 404 for an absent resource; decide raises the same 404 for one
-        # outside the principal's teams, so the two look alike.
+        # outside the principal's teams, so the two look alike (only the second is recorded).
         found = resolve(session, dict(request.path_params)) if resolve is not None else None
-        decide(principal, permission, team_id=found.team_id if found else None,
-               run_id=found.run_id if found else None)
+        try:
+            decide(principal, permission, team_id=found.team_id if found else None,
+                   run_id=found.run_id if found else None)
+        except ApiError as err:
+            _refuse(request, session, principal, err)
         return Access(principal, session, found.resource if found else None)
 
     dependency.corral_permission = permission  # type: ignore[attr-defined]

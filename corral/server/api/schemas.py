@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["AgentIn", "CredentialIn", "MemberIn", "PolicyIn", "ProjectIn", "TeamIn"]
+__all__ = ["AgentIn", "ApprovalIn", "BatchIn", "CredentialIn", "DecisionIn", "EndIn", "EventIn",
+           "KillIn", "MemberIn", "PolicyIn", "ProjectIn", "RunIn", "TeamIn"]
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")]
 RoleName = Literal["owner", "admin", "member", "viewer"]
@@ -42,3 +43,51 @@ class PolicyIn(_In):
 class CredentialIn(_In):
     value: Annotated[str, Field(min_length=1, max_length=64 * 1024)]
     release: bool = False
+
+
+Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Text500 = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class RunIn(_In):
+    host: Annotated[str, Field(min_length=1, max_length=255)]
+    sandbox: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+    policy_digest: Hex64
+    human: Annotated[str, Field(pattern=r"^[^\s]{1,320}$")] | None = None
+    agent: Annotated[str, Field(max_length=101)] | None = None
+    command: Annotated[list[Annotated[str, Field(max_length=4096)]],
+                       Field(max_length=256)] = Field(default_factory=list)
+
+
+class EndIn(_In):
+    exit_status: Annotated[int, Field(ge=-255, le=255)] | None = None
+    reason: Text500 | None = None
+
+
+class KillIn(_In):
+    reason: Text500 | None = None
+
+
+class EventIn(_In):
+    seq: Annotated[int, Field(ge=1, le=2**62)]
+    ts: Annotated[int, Field(ge=0, le=2**62)]
+    type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.]{0,63}$")]
+    actor: Annotated[str, Field(min_length=2, max_length=4096)]
+    data: Annotated[str, Field(min_length=2, max_length=256 * 1024)]
+    v: Annotated[int, Field(ge=1, le=1000)]
+    prev: Hex64
+    hash: Hex64
+
+
+class BatchIn(_In):
+    events: Annotated[list[EventIn], Field(min_length=1, max_length=500)]
+
+
+class ApprovalIn(_In):
+    tool: Annotated[str, Field(min_length=1, max_length=200)]
+    args: dict[str, object] = Field(default_factory=dict)
+    rule: Text500 | None = None
+
+
+class DecisionIn(_In):
+    reason: Text500 | None = None

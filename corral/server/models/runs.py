@@ -33,6 +33,8 @@ class Run(Base):
     policy_digest: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="running")  # running|ended|lost
     exit_status: Mapped[int | None]
+    command: Mapped[list[str] | None] = mapped_column(JSON)
+    end_reason: Mapped[str | None] = mapped_column(String(500))
     started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     last_heartbeat_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -1,0 +1,131 @@
+"""Audit ingest: a run's events, shipped in batches, checked link by link, stored once.
+
+Invariants:
+- A batch is stored whole or not at all, under a lock on its run's row (taken by a write
+  before anything is read, on SQLite and PostgreSQL alike), so two copies of a batch sent at
+  once cannot both pass the cursor check.
+- Every event's hash is recomputed with corral's own ``event_body``/``event_hash`` (the run's
+  registered sandbox id in the body) and its ``prev`` must be the hash before it: the server
+  never trusts a hash it was sent. ``actor`` and ``data`` must be canonical JSON objects, as
+  the local store writes them, so what is stored is what was hashed and reads back as JSON.
+- seq runs 1, 2, 3... without a gap. A batch whose seqs are not consecutive, or that starts
+  past the cursor + 1, is refused 422 (a forged seq or lost events); events at or below the
+  cursor must equal what is stored, content and hash (then they are acknowledged again and
+  nothing is added: idempotent on (run, seq)), else 409; a batch that does not link or whose
+  content does not match its hashes is refused 409. A refusal changes nothing already stored.
+- The answer's ``acked`` is the run's cursor after the batch: every event up to it is
+  committed (the transaction committed before the answer is sent).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from corral.audit.events import GENESIS, canonical_json, event_body, event_hash
+from corral.server.errors import ApiError
+from corral.server.models import AuditEvent, Run
+
+__all__ = ["BatchRefused", "EventRow", "ingest"]
+
+MAX_BATCH = 500
+
+
+class BatchRefused(ApiError):
+    """A batch refused for its content; ``detail`` goes into the server's admin event."""
+
+    def __init__(self, status: int, code: str, message: str, **detail: Any) -> None:
+        super().__init__(status, code, message)
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    seq: int
+    ts: int
+    type: str
+    actor: str
+    data: str
+    v: int
+    prev: str
+    hash: str
+
+
+def _canonical_object(text: str) -> bool:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and canonical_json(value) == text
+
+
+def _lock(session: Session, run: Run) -> None:
+    """Hold the run's row (PostgreSQL: row lock; SQLite: the database write lock)."""
+    session.execute(update(Run).where(Run.id == run.id).values(events=Run.events))
+    session.refresh(run)
+
+
+def _prev_and_overlap(session: Session, run: Run, events: list[EventRow]) -> str:
+    """Events at or below the cursor must be exactly the stored ones; returns the hash the
+    batch's first event must link to."""
+    first = events[0].seq
+    if first > run.events:
+        return run.head
+    stored = dict(session.execute(select(AuditEvent.seq, AuditEvent.hash).where(
+        AuditEvent.run_id == run.id, AuditEvent.seq >= first - 1,
+        AuditEvent.seq <= min(events[-1].seq, run.events))).all())
+    for e in events:
+        if e.seq <= run.events and stored.get(e.seq) != e.hash:
+            raise BatchRefused(409, "conflict", f"event seq {e.seq} differs from the one "
+                               "already acknowledged (a trail is never rewritten)",
+                               seq=e.seq, reason="rewrite")
+    return GENESIS if first == 1 else stored[first - 1]
+
+
+def _check_links(run: Run, events: list[EventRow], prev: str) -> None:
+    for e in events:
+        if e.prev != prev:
+            raise BatchRefused(409, "chain_broken", f"event seq {e.seq} does not link to the "
+                               "event before it (prev hash differs)", seq=e.seq,
+                               reason="link")
+        if not _canonical_object(e.actor) or not _canonical_object(e.data):
+            raise BatchRefused(422, "invalid", f"event seq {e.seq}: actor and data must be "
+                               "canonical JSON objects", seq=e.seq, reason="form")
+        body = event_body(actor=e.actor, data=e.data, prev=e.prev, sandbox=run.sandbox,
+                          seq=e.seq, ts=e.ts, type_=e.type, v=e.v)
+        if event_hash(body) != e.hash:
+            raise BatchRefused(409, "chain_broken", f"event seq {e.seq}: its content does "
+                               "not match its hash", seq=e.seq, reason="hash")
+        prev = e.hash
+
+
+def ingest(session: Session, run: Run, events: list[EventRow]) -> dict[str, int | str]:
+    """Check and store one batch (caller commits); ``BatchRefused`` says why not."""
+    first = events[0].seq
+    for i, e in enumerate(events):
+        if e.seq != first + i:
+            raise BatchRefused(422, "bad_seq", f"seq {e.seq} at position {i} of a batch "
+                               f"starting at {first}: a batch's seqs are consecutive",
+                               seq=e.seq, reason="seq")
+    _lock(session, run)
+    if run.status != "running":
+        raise BatchRefused(409, "run_ended", f"run {run.id} has ended", reason="ended")
+    if first > run.events + 1:
+        raise BatchRefused(422, "gap", f"the batch starts at seq {first} but the server has "
+                           f"events up to seq {run.events}: events {run.events + 1}.."
+                           f"{first - 1} are missing", seq=first, reason="gap")
+    # Resent events are re-checked too: an acknowledgement vouches for what was sent.
+    _check_links(run, events, _prev_and_overlap(session, run, events))
+    new = [e for e in events if e.seq > run.events]
+    if new:
+        session.execute(insert(AuditEvent), [
+            {"run_id": run.id, "project_id": run.project_id, "seq": e.seq, "ts_us": e.ts,
+             "type": e.type, "actor": e.actor, "data": e.data, "v": e.v, "prev": e.prev,
+             "hash": e.hash} for e in new])
+        run.events, run.head = new[-1].seq, new[-1].hash
+    return {"acked": run.events, "head": run.head, "stored": len(new),
+            "duplicates": len(events) - len(new)}
