@@ -1,0 +1,53 @@
+"""Approvals held on the server, on SQLite and PostgreSQL: a run asks with its sandbox token
+and long-polls; a team admin decides; the run's own token, a member and another team cannot."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from corral.client import ServerRun
+from tests.server.conftest import Served
+
+
+def test_a_run_asks_a_human_decides_the_run_cannot(server: Served) -> None:
+    owner = server.token()
+    with server.client(owner) as c:
+        for team, project in (("web", "shop"), ("other", "elsewhere")):
+            assert c.post("/teams", json={"name": team}).status_code == 201
+            assert c.post(f"/teams/{team}/projects", json={"name": project}).status_code == 201
+    run = ServerRun.register(server.url, owner, "shop", host="h", sandbox="sb-1",
+                             policy_digest="ef" * 32)
+    ident = run.request_approval("bash", {"command": "rm -rf build"}, rule="p.yaml:9")
+    assert run.wait_decision(ident, 0).status == "pending"
+    decide = f"/projects/shop/approvals/{ident}/approve"
+    # The run's own token: never. Nor a member, nor another team's admin.
+    with server.client(run.client.token) as c:
+        assert c.post(decide, json={}).status_code == 404
+        assert c.post(f"/projects/shop/approvals/{ident}/deny", json={}).status_code == 404
+        assert c.get("/projects/shop/approvals").status_code == 404
+    with server.client(server.token("member", team="web")) as c:
+        assert c.get("/projects/shop/approvals").json()["approvals"][0]["id"] == ident
+        assert c.post(decide, json={}).status_code == 403
+    with server.client(server.token("admin", team="other")) as c:
+        assert c.post(decide, json={}).status_code == 404
+    assert run.wait_decision(ident, 0).status == "pending"
+
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(run.wait_decision(ident, 20)))
+    waiter.start()
+    time.sleep(0.5)  # let the poll start waiting; the answer must not wait for its timeout
+    admin = server.token("admin", team="web")
+    started = time.monotonic()
+    with server.client(admin) as c:
+        resp = c.post(decide, json={"reason": "build dir only"})
+        assert resp.status_code == 200, resp.text
+        assert c.post(decide, json={}).status_code == 409  # decided once
+    waiter.join(20)
+    assert got and got[0].status == "approved" and got[0].decided_by == "token:test-admin"
+    assert time.monotonic() - started < 5
+    with server.client(owner) as c:
+        assert c.get("/projects/shop/approvals").json()["approvals"] == []
+        listed = c.get("/projects/shop/approvals?all=true").json()["approvals"]
+        assert listed[0]["reason"] == "build dir only"
+    run.end(0)
