@@ -130,11 +130,12 @@ def _documented_stricter(pieces: list[bytes]) -> bool:
         return True
     if parts[0] not in _KNOWN_METHODS:
         return True  # llhttp's registry differs from h11's "any token"
-    if parts[0] != b"CONNECT":
-        try:
-            httptools.parse_url(parts[1])
-        except httptools.HttpParserInvalidURLError:
-            return True  # llhttp's URL parser refuses the target
+    # llhttp's URL parser reads a CONNECT target as an authority, any other as a URL.
+    target = b"http://" + parts[1] if parts[0] == b"CONNECT" else parts[1]
+    try:
+        httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return True  # llhttp's URL parser refuses the target
     for field in fields.split(b"\r\n"):
         if any((b < 0x20 and b != 0x09) or b == 0x7F for b in field):
             return True
