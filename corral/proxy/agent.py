@@ -132,7 +132,8 @@ class AgentConnection:
     # -- local answers -----------------------------------------------------------------
 
     async def simple(
-        self, status: int, text: str, extra: list[tuple[str, str]] | None = None
+        self, status: int, text: str, extra: list[tuple[str, str]] | None = None,
+        reason: bytes = b"",
     ) -> None:
         body = text.encode()
         headers = [
@@ -153,7 +154,7 @@ class AgentConnection:
                 % (status, len(body), body)
             )
         else:
-            self.response.head(status, headers)
+            self.response.head(status, headers, reason)
             self.response.data(body)
             self.response.end()
         await self.client.drain()
@@ -164,7 +165,8 @@ class AgentConnection:
             "proxy.deny", rule=decision.origin, reason=text, status=decision.status, **fields
         )
         body = text.encode()
-        await self.simple(decision.status, text, deny_response.response_headers(decision, body))
+        await self.simple(decision.status, text, deny_response.response_headers(decision, body),
+                          deny_response.reason_phrase(decision))
 
     async def bad_request(self, err: BaseException) -> None:
         await self.ctx.audit.emit(

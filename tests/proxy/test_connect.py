@@ -153,6 +153,19 @@ def test_connect_refusals(proxy: RunningProxy, target: str, why: str) -> None:
     assert why in proxy.sink.of("proxy.deny", method="CONNECT")[0]["reason"]
 
 
+def test_refused_connect_names_the_rule_in_its_status_line(proxy: RunningProxy) -> None:
+    """urllib (and curl) show only the status line of a refused CONNECT: it says why."""
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"https": proxy.url}),
+        urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(proxy.bundle))))
+    with pytest.raises(OSError) as info:
+        opener.open("https://evil.corral.test/x", timeout=10)
+    assert "Tunnel connection failed: 403 Forbidden by corral (default deny)" in str(info.value)
+    sock, head = _connect(proxy, "ws.corral.test:443")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 403 Forbidden by corral (rule "), head
+
+
 def test_redirect_to_denied_host(proxy: RunningProxy) -> None:
     done = curl(proxy, "-L", "https://api.corral.test/redirect?to=https://evil.corral.test/x")
     assert done.returncode == 56  # CONNECT refused with 403
