@@ -31,11 +31,13 @@ import gc
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from corral.errors import CorralError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from corral.policy.quick import QuickPolicy
     from corral.policy.resolved import ResolvedPolicy
     from corral.runtime import LaunchAudit, ProxyProcess
@@ -251,45 +253,16 @@ def _run_main(argv: list[str]) -> int:
             # and is killed if no proxy is needed. It holds nothing but its control sockets.
             early = ProxyProcess()
         spec, policy = build_spec(ns)
-        from corral.runtime import open_audit
-        from corral.sandbox import check_host
+        from corral.runtime import run_agent
 
-        check_host()  # root, tools, kernel: say what is missing before touching the audit store
-        hooks = None
-        if policy is not None and policy.rules:
-            from corral.runtime import EgressHooks, upstream_proxy
+        wrap: Callable[[Any], Any] | None = None
+        if os.isatty(2) and not ns.quiet:
+            from corral.cli.denials import echo_denials
 
-            upstream = upstream_proxy(ns.upstream_proxy, exit_code=EXIT_CORRAL_FAILURE)
-            # egress rules: the proxy and DNS stub come along. The proxy child (forked above:
-            # it imports and makes its CA meanwhile) gets secrets only once audit is open.
-            proc, early = early, None
-            hooks = EgressHooks(policy, upstream_proxy=upstream, configure=False, proc=proc)
-        if early is not None:
-            early.kill()  # no egress rules: no proxy
-            early = None
-        try:
-            audit = open_audit(policy, mode="run", command=list(cmd))  # before anything else
-        except BaseException:
-            if hooks is not None:
-                hooks.detach()
-            raise
-        try:
-            if hooks is not None:
-                hooks.proxy_audit = audit.proxy_audit  # this run's trail
-                if os.isatty(2) and not ns.quiet:
-                    from corral.cli.denials import echo_denials
-
-                    hooks.proxy_audit = echo_denials(audit.proxy_audit)
-                hooks.configure()
-                spec = hooks.prepare(spec)
-            from corral.sandbox.run import run_command
-
-            code = run_command(spec, cmd, audit=audit, hooks=hooks)
-            return EXIT_CORRAL_FAILURE if hooks is not None and hooks.failed else code
-        finally:
-            if hooks is not None:
-                hooks.detach()  # a no-op after the run; stops an unattached proxy child
-            _after_run(audit)
+            wrap = echo_denials  # a live line on stderr for each denied request
+        proxy, early = early, None  # run_agent owns the child from here
+        return run_agent(spec, cmd, policy=policy, proxy=proxy, upstream_proxy=ns.upstream_proxy,
+                         finish=_after_run, wrap_proxy_audit=wrap)
     except (CorralError, OSError) as err:
         print(f"corral: {err}", file=sys.stderr)
         return EXIT_CORRAL_FAILURE

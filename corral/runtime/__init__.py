@@ -15,6 +15,7 @@ Public API::
     run_command(spec, argv, hooks=EgressHooks(...))   # the same, as ``RunHooks``
     SandboxProvider(spec, opener=proxied_opener(policy, ...))         # the same, for Mode 1
 
+    run_agent(spec, argv, policy=rp, proxy=proc, upstream_proxy=url, finish=close)  # Mode 2
     preflight_mcp(policies, workspace)      # Mode 1 (``corral mcp``): refuse what run refuses
     serve_mcp(policies, workspace=ws, listen=("127.0.0.1", 0), tokens={}, ...)  # or stdio
     with approval_store() as store: ...     # ``corral approvals``: decisions audited
@@ -33,16 +34,17 @@ if TYPE_CHECKING:
     from corral.runtime.config import upstream_proxy
     from corral.runtime.egress import Egress, EgressHooks, proxied_opener
     from corral.runtime.mode1 import approval_store, preflight_mcp, serve_mcp
+    from corral.runtime.mode2 import run_agent
     from corral.runtime.proxyproc import ProxyProcess
 
 __all__ = [
     "Egress", "EgressHooks", "LaunchAudit", "ProxyProcess", "approval_store", "open_audit",
-    "preflight_mcp", "proxied_opener", "serve_mcp", "upstream_proxy",
+    "preflight_mcp", "proxied_opener", "run_agent", "serve_mcp", "upstream_proxy",
 ]
 
 __getattr__ = lazy_exports("corral.runtime", {
     "Egress": "egress", "EgressHooks": "egress", "proxied_opener": "egress",
     "approval_store": "mode1", "preflight_mcp": "mode1", "serve_mcp": "mode1",
     "LaunchAudit": "audit", "open_audit": "audit", "upstream_proxy": "config",
-    "ProxyProcess": "proxyproc",
+    "ProxyProcess": "proxyproc", "run_agent": "mode2",
 })
