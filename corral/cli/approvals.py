@@ -7,12 +7,15 @@ import json
 
 import typer
 
-from corral.cli.checks import approval_id
+from corral.cli.checks import approval_id, resource_name
+from corral.cli.remote import SERVER_OPT
 from corral.render import visible
 
 __all__ = ["app"]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
+PROJECT_OPT = typer.Option(None, "--project", callback=resource_name,
+                           help="Requests held on corral server for this project.")
 
 
 def _when(ts: float | None) -> str:
@@ -25,8 +28,15 @@ def _when(ts: float | None) -> str:
 def list_(
     all_: bool = typer.Option(False, "--all", help="Include decided and expired requests."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    project: str | None = PROJECT_OPT,
+    server: str | None = SERVER_OPT,
 ) -> None:
     """List pending approval requests (ID, tool, what, why, expiry)."""
+    if project is not None:
+        from corral.cli.remote_runs import approvals_list
+
+        approvals_list(project, all_, server, as_json)
+        return
     from corral.tools.approvals import ApprovalStore
 
     items = ApprovalStore().list(include_decided=all_)
@@ -87,8 +97,15 @@ def approve(
     always: bool = typer.Option(
         False, "--always", help="Always allow this command in this workspace under this policy."
     ),
+    project: str | None = PROJECT_OPT,
+    server: str | None = SERVER_OPT,
 ) -> None:
     """Approve one pending request; the agent retries the same call to run it."""
+    if project is not None:
+        from corral.cli.remote_runs import approvals_decide
+
+        approvals_decide(project, ident, True, reason, server)
+        return
     from corral.runtime import approval_store
 
     with approval_store() as store:
@@ -101,8 +118,15 @@ def approve(
 def deny(
     ident: str = typer.Argument(..., metavar="ID", callback=approval_id),
     reason: str | None = typer.Option(None, "--reason", help="Why; shown to the agent."),
+    project: str | None = PROJECT_OPT,
+    server: str | None = SERVER_OPT,
 ) -> None:
     """Deny one pending request."""
+    if project is not None:
+        from corral.cli.remote_runs import approvals_decide
+
+        approvals_decide(project, ident, False, reason, server)
+        return
     from corral.runtime import approval_store
 
     with approval_store() as store:

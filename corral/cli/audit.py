@@ -52,6 +52,10 @@ TypeOpt = Annotated[list[str] | None, typer.Option(
     "--type", "-t", help="Event type, e.g. proxy.deny or proxy.*", callback=checks.event_types)]
 SinceOpt = Annotated[str | None, typer.Option(help="e.g. 1h, 30m, 7d or an ISO date",
                                               callback=checks.when)]
+ProjectOpt = Annotated[str | None, typer.Option(
+    "--project", help="The project's trail on corral server", callback=checks.resource_name)]
+ServerOpt = Annotated[str | None, typer.Option(
+    "--server", help="server URL (default: $CORRAL_SERVER)", callback=checks.server_url)]
 
 
 def _db_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -126,8 +130,19 @@ def list_(
     limit: Annotated[int, typer.Option(help="Show at most the last N events (0: all)")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
     db: DbOpt = None,
+    project: ProjectOpt = None,
+    human: Annotated[str | None, typer.Option("--human", help="With --project: runs launched "
+                                              "by this person", callback=checks.email)] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="With --project: runs of this "
+                                              "agent", callback=checks.agent_name)] = None,
+    server: ServerOpt = None,
 ) -> None:
-    """List audit events."""
+    """List audit events (with --project: the project's central trail on corral server)."""
+    if project is not None:
+        from corral.cli.remote_runs import audit_list
+
+        audit_list(project, human, agent, type_, limit, server, as_json)
+        return
     since_us = parse_time(since) if since else None
     con = open_read(db)
     stats = ReadStats()
@@ -249,8 +264,16 @@ def verify(
     ] = None,
     db: DbOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report")] = False,
+    project: ProjectOpt = None,
+    server: ServerOpt = None,
 ) -> None:
-    """Walk every chain and the ledger; name the first broken link; exit 1 on failure."""
+    """Walk every chain and the ledger; name the first broken link; exit 1 on failure.
+    With --project: the server's copy of the project's runs, and this host's heads."""
+    if project is not None:
+        from corral.cli.remote_runs import audit_verify
+
+        audit_verify(project, server, as_json)
+        return
     from corral.audit.verify import verify as run_verify
 
     con = open_read(db)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from corral.cli import checks
 from corral.cli.output import emit_json, plain
+from corral.cli.remote import SERVER_OPT
 from corral.errors import CorralError
 from corral.render import console, visible
 
@@ -32,9 +33,18 @@ def _age(seconds: float) -> str:
 @app.command("list")
 def list_(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    project: str | None = typer.Option(None, "--project", callback=checks.resource_name,
+                                       help="List this project's runs on corral server."),
+    all_: bool = typer.Option(False, "--all", help="With --project: ended runs too."),
+    server: str | None = SERVER_OPT,
 ) -> None:
     """Show sandboxes in the registry: id, command, workspace, policies, uid, launcher pid, age,
-    state."""
+    state. With --project, the project's runs on corral server."""
+    if project is not None:
+        from corral.cli.remote_runs import sandbox_list
+
+        sandbox_list(project, all_, server, as_json)
+        return
     from corral.sandbox import registry
 
     try:
@@ -87,8 +97,25 @@ def _audit(sandbox_id: str, type_: str, **data: object) -> None:
 
 
 @app.command("kill")
-def kill(sandbox_id: IdArg) -> None:
-    """End a live sandbox: kill its processes; its launcher tears it down (audited)."""
+def kill(
+    sandbox_id: IdArg,
+    project: str | None = typer.Option(None, "--project", callback=checks.resource_name,
+                                       help="The run is on corral server (implied by a "
+                                       "server run id)."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (server runs; shown to "
+                                      "the launcher and recorded)."),
+    server: str | None = SERVER_OPT,
+) -> None:
+    """End a live sandbox: kill its processes; its launcher tears it down (audited). A server
+    run id (or --project) asks that run's launcher to stop it at its next heartbeat."""
+    from corral.cli.remote_runs import is_run_id, sandbox_kill
+
+    if project is not None or is_run_id(sandbox_id):
+        if not is_run_id(sandbox_id):
+            raise typer.BadParameter(f"{sandbox_id!r} is not a server run id (see "
+                                     "corral sandbox list --project P)", param_hint="ID")
+        sandbox_kill(sandbox_id, reason, server)
+        return
     import os
 
     from corral.sandbox import find_entry

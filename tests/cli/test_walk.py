@@ -29,6 +29,7 @@ VALID = {"files": "builtin:github", "url": "https://api.github.com/", "name": "t
 # Free text: any non-empty string is a legitimate value, so "garbage" is not an error.
 FREE_TEXT = {("approvals", "approve", "reason"), ("approvals", "deny", "reason"),
              ("audit", "export", "output"), ("policy", "init", "path"),
+             ("sandbox", "kill", "reason"),
              ("policy", "pull", "output"), ("sandbox", "exec", "command")}
 # Commands whose option values are not validated yet: walked for unknown options and
 # commands only. Keep this empty.
