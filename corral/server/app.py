@@ -56,6 +56,12 @@ def create_app(config: ServerConfig, *, db: Database | None = None) -> FastAPI:
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router, prefix="/api/v1")
+    from corral.server.oidc import Idp
+    from corral.server.web import ROUTERS as WEB_ROUTERS
+
+    app.state.idp = Idp(config.oidc) if config.oidc else None
+    for router in WEB_ROUTERS:
+        app.include_router(router)
 
     @app.middleware("http")
     async def _schema_gate(request: Request,

@@ -71,6 +71,8 @@ class Permission(enum.Enum):
     RUN_KILL = _Spec("team", Role.ADMIN)
     RUN_REPORT = _Spec("run", Role.VIEWER)  # heartbeat, end, audit ingest: the run's own token
     APPROVAL_DECIDE = _Spec("team", Role.ADMIN, True)  # never a sandbox token
+    TOKEN_SELF = _Spec("any", Role.VIEWER)  # list and revoke the caller's own tokens
+    USER_MANAGE = _Spec("org", Role.ADMIN, True)  # disable a user (revokes every token)
 
     @property
     def spec(self) -> _Spec:
@@ -88,6 +90,10 @@ class Principal:
     team_roles: dict[int, Role] = field(default_factory=dict)
     run_id: str | None = None
     step_up: bool = False
+    # The human behind a user principal (a sandbox's launching human, later), for every event
+    # the server stores: the IdP subject and the email.
+    subject: str | None = None
+    email: str | None = None
 
     def role_in(self, team_id: int | None) -> Role | None:
         team = self.team_roles.get(team_id) if team_id is not None else None

@@ -5,14 +5,15 @@ Invariants:
 - The database URL comes from the file's ``db`` or from ``CORRAL_DB_URL``, never from the
   command line (a password there would show in ``ps``); neither set means SQLite at
   ``$CORRAL_HOME/server.db``.
-- ``oidc`` is validated now although SSO lands later, so a deployment's file does not start
-  failing when it does.
+- ``oidc`` configures SSO (``corral.server.oidc``); an ``http://`` issuer is refused unless
+  it is on a loopback address (a local IdP, tests).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import urllib.parse
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -39,8 +40,38 @@ class OidcConfig(_Strict):
     client_id: str = Field(min_length=1)
     client_secret_file: Path | None = None
     groups_claim: str = "groups"
-    # IdP group -> {team: role}
+    # IdP group -> {team: role}; a group absent here makes its holder a member of the team
+    # of the same name, if there is one.
     group_map: dict[str, dict[str, str]] = Field(default_factory=dict)
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        # A token-signing authority reached in clear only where no network is crossed.
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+            raise ValueError(f"issuer {value!r}: http:// only on a loopback address; "
+                             "use https://")
+        return value.rstrip("/")
+
+    @field_validator("group_map")
+    @classmethod
+    def _roles(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for group, teams in value.items():
+            for team, role in teams.items():
+                if role not in ("owner", "admin", "member", "viewer"):
+                    raise ValueError(f"group_map.{group}.{team}: unknown role {role!r}")
+        return value
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class RelayConfig(_Strict):
@@ -62,6 +93,12 @@ class ServerConfig(_Strict):
     relay: RelayConfig = Field(default_factory=RelayConfig)
     prices_file: Path | None = None
     max_body: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    # The URL users reach this server at (behind a load balancer or TLS proxy); the IdP's
+    # redirect URI is <public_url>/auth/callback. Default: http://<listen>.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+/?$")
+
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.listen}").rstrip("/")
 
     def db_url(self) -> str:
         url = self.db or os.environ.get("CORRAL_DB_URL")

@@ -6,6 +6,7 @@ from corral.server.api import (
     approvals,
     audit,
     credentials,
+    logins,
     me,
     policies,
     projects,
@@ -16,4 +17,4 @@ from corral.server.api import (
 __all__ = ["ROUTERS"]
 
 ROUTERS = [me.router, teams.router, projects.router, policies.router, credentials.router,
-           runs.router, audit.router, approvals.router]
+           runs.router, audit.router, approvals.router, logins.router]

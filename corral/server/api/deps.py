@@ -26,7 +26,7 @@ from corral.server.errors import ApiError
 from corral.server.models import Membership, Run, Token, User, utcnow
 from corral.server.tokens import SANDBOX_AUDIENCE, TokenRefused, find
 
-__all__ = ["Access", "Resolved", "get_session", "principal_for", "require"]
+__all__ = ["Access", "Resolved", "get_session", "principal_for", "require", "user_principal"]
 
 
 def get_db(request: Request) -> Database:
@@ -50,11 +50,7 @@ def principal_for(session: Session, token: Token) -> Principal:
     if token.kind == "user" and token.user_id is not None:
         user = session.get(User, token.user_id)
         assert user is not None
-        teams = {m.team_id: Role.parse(m.role) for m in session.scalars(
-            select(Membership).where(Membership.user_id == user.id))}
-        org = Role.parse(user.org_role) if user.org_role else None
-        return Principal(actor=user.email, kind="user", token_id=token.id, org_role=org,
-                         team_roles=teams, step_up=token.step_up)
+        return user_principal(session, user, token_id=token.id, step_up=token.step_up)
     if token.team_id is not None:
         return Principal(actor=f"token:{token.name}", kind=token.kind, token_id=token.id,
                          team_roles={token.team_id: role})
@@ -62,10 +58,26 @@ def principal_for(session: Session, token: Token) -> Principal:
                      org_role=role)
 
 
+def user_principal(session: Session, user: User, *, token_id: int | None,
+                   step_up: bool) -> Principal:
+    teams = {m.team_id: Role.parse(m.role) for m in session.scalars(
+        select(Membership).where(Membership.user_id == user.id))}
+    org = Role.parse(user.org_role) if user.org_role else None
+    return Principal(actor=user.email, kind="user", token_id=token_id, org_role=org,
+                     team_roles=teams, step_up=step_up, subject=user.idp_subject,
+                     email=user.email)
+
+
 def _authenticate(request: Request, session: Session) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     if not header:
+        from corral.server.web.session import api_principal
+
+        # The web UI calls the same API with its session cookie (and CSRF token).
+        by_cookie = api_principal(request, session)
+        if by_cookie is not None:
+            return by_cookie
         raise ApiError(401, "unauthorized", "no token: send 'Authorization: Bearer <token>' "
                        "(CORRAL_TOKEN for the CLI)")
     try:
@@ -74,6 +86,10 @@ def _authenticate(request: Request, session: Session) -> Principal:
         token = find(session, secret.strip())
         if token.kind == "sandbox" and token.audience != SANDBOX_AUDIENCE:
             raise TokenRefused(f"token {token.id} is not meant for this server's API", token)
+        if token.kind == "user" and token.idp_refresh:
+            from corral.server.oidc.recheck import recheck
+
+            recheck(request, session, token)  # the IdP still knows the user, groups follow
     except TokenRefused as err:
         client = request.client.host if request.client else "?"
         record_now(get_db(request), "anonymous", "auth.refused",

@@ -21,6 +21,7 @@ def whoami(access: Access = require(Permission.WHOAMI)) -> dict[str, Any]:
     p = access.principal
     names = {i: n for i, n in access.session.execute(
         select(Team.id, Team.name).where(Team.id.in_(p.team_roles)))}
-    return {"actor": p.actor, "kind": p.kind,
+    return {"actor": p.actor, "kind": p.kind, "email": p.email, "subject": p.subject,
+            "token_id": p.token_id, "step_up": p.step_up,
             "org_role": p.org_role.label if p.org_role else None,
             "teams": {names.get(t, str(t)): r.label for t, r in p.team_roles.items()}}

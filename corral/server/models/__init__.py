@@ -16,6 +16,7 @@ from corral.server.models.projects import (
 )
 from corral.server.models.runs import AdminEvent, Approval, AuditEvent, LedgerEntry, Run
 from corral.server.models.spend import Budget, SpendRow
+from corral.server.models.sso import LoginAttempt, LoginFlow
 
 __all__ = [
     "AdminEvent",
@@ -26,6 +27,8 @@ __all__ = [
     "Budget",
     "Credential",
     "LedgerEntry",
+    "LoginAttempt",
+    "LoginFlow",
     "Membership",
     "Org",
     "PolicyAttachment",

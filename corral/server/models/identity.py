@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.server.models.base import Base, UtcDateTime, utcnow
@@ -87,3 +87,7 @@ class Token(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    # A login token's IdP refresh token (sealed under the KEK) and when the IdP last vouched
+    # for its user: a user the IdP drops loses the token at the next check.
+    idp_refresh: Mapped[str | None] = mapped_column(Text)
+    idp_checked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
