@@ -87,12 +87,18 @@ def _prev_and_overlap(session: Session, run: Run, events: list[EventRow]) -> str
 
 
 def _check_links(run: Run, events: list[EventRow], prev: str) -> None:
+    canonical: set[str] = set()  # a run's actor repeats on every event: check it once
     for e in events:
         if e.prev != prev:
             raise BatchRefused(409, "chain_broken", f"event seq {e.seq} does not link to the "
                                "event before it (prev hash differs)", seq=e.seq,
                                reason="link")
-        if not _canonical_object(e.actor) or not _canonical_object(e.data):
+        if e.actor not in canonical:
+            if not _canonical_object(e.actor):
+                raise BatchRefused(422, "invalid", f"event seq {e.seq}: actor and data must be "
+                                   "canonical JSON objects", seq=e.seq, reason="form")
+            canonical.add(e.actor)
+        if not _canonical_object(e.data):
             raise BatchRefused(422, "invalid", f"event seq {e.seq}: actor and data must be "
                                "canonical JSON objects", seq=e.seq, reason="form")
         body = event_body(actor=e.actor, data=e.data, prev=e.prev, sandbox=run.sandbox,
@@ -101,6 +107,24 @@ def _check_links(run: Run, events: list[EventRow], prev: str) -> None:
             raise BatchRefused(409, "chain_broken", f"event seq {e.seq}: its content does "
                                "not match its hash", seq=e.seq, reason="hash")
         prev = e.hash
+
+
+_COLUMNS = ("run_id", "project_id", "seq", "ts_us", "type", "actor", "data", "v", "prev", "hash")
+
+
+def _insert(session: Session, run: Run, events: list[EventRow]) -> None:
+    rows = [(run.id, run.project_id, e.seq, e.ts, e.type, e.actor, e.data, e.v, e.prev, e.hash)
+            for e in events]
+    if session.get_bind().dialect.name == "postgresql":
+        # COPY, in the session's own transaction: on PostgreSQL it is several times quicker
+        # than an executemany of INSERTs, and this is the path every event takes.
+        driver = session.connection().connection.driver_connection
+        with driver.cursor() as cur, cur.copy(  # type: ignore[union-attr]
+                f"COPY audit_events ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    session.execute(insert(AuditEvent), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
 
 
 def ingest(session: Session, run: Run, events: list[EventRow]) -> dict[str, int | str]:
@@ -122,10 +146,7 @@ def ingest(session: Session, run: Run, events: list[EventRow]) -> dict[str, int 
     _check_links(run, events, _prev_and_overlap(session, run, events))
     new = [e for e in events if e.seq > run.events]
     if new:
-        session.execute(insert(AuditEvent), [
-            {"run_id": run.id, "project_id": run.project_id, "seq": e.seq, "ts_us": e.ts,
-             "type": e.type, "actor": e.actor, "data": e.data, "v": e.v, "prev": e.prev,
-             "hash": e.hash} for e in new])
+        _insert(session, run, new)
         run.events, run.head = new[-1].seq, new[-1].hash
     return {"acked": run.events, "head": run.head, "stored": len(new),
             "duplicates": len(events) - len(new)}

@@ -7,7 +7,10 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from corral.server.admin_log import record_now
 from corral.server.api import resolve
@@ -23,9 +26,24 @@ __all__ = ["router"]
 router = APIRouter(tags=["audit"])
 
 
-@router.post("/runs/{run}/events")
-def ship(request: Request, body: BatchIn,
-         access: Access = require(Permission.RUN_REPORT, resolve.run)) -> dict[str, Any]:
+_BATCH_SCHEMA = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": BatchIn.model_json_schema()}}}}
+
+
+@router.post("/runs/{run}/events", openapi_extra=_BATCH_SCHEMA)
+async def ship(request: Request, access: Access = require(Permission.RUN_REPORT, resolve.run)
+               ) -> dict[str, Any]:
+    """Store a batch of the run's events (``BatchIn``); answers the run's cursor."""
+    # Parsed straight from the bytes (pydantic-core): a third of the time of json.loads
+    # followed by validation, on the path every event of every run takes.
+    try:
+        body = BatchIn.model_validate_json(await request.body())
+    except ValidationError as err:
+        raise RequestValidationError(err.errors()) from None
+    return await run_in_threadpool(_store, request, access, body)
+
+
+def _store(request: Request, access: Access, body: BatchIn) -> dict[str, Any]:
     run = access.resource
     events = [EventRow(e.seq, e.ts, e.type, e.actor, e.data, e.v, e.prev, e.hash)
               for e in body.events]
