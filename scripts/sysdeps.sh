@@ -4,7 +4,7 @@ set -euo pipefail
 declare -A need=(
   [bwrap]=bubblewrap [nft]=nftables [iptables]=iptables [ip]=iproute2 [setpriv]=util-linux
   [curl]=curl [git]=git [node]=nodejs [nginx]=nginx-light [hey]=hey [wrk]=wrk [rg]=ripgrep
-  [tmux]=tmux [openssl]=openssl [strace]=strace
+  [tmux]=tmux [openssl]=openssl [strace]=strace [npm]=npm [chromium]=chromium
 )
 missing=()
 for cmd in "${!need[@]}"; do

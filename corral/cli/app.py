@@ -28,7 +28,7 @@ __all__ = ["app", "command", "main"]
 # Group name -> module exposing ``app: typer.Typer``. A group is wired in once its module exists,
 # so the tree grows as features land without a central edit per command.
 GROUPS = ("policy", "creds", "audit", "sandbox", "mcp", "approvals", "server", "team", "project",
-          "agent")
+          "agent", "token")
 
 app = typer.Typer(
     name="corral",
@@ -73,6 +73,13 @@ for _name in GROUPS:
     if importlib.util.find_spec(_module_name) is not None:
         _module = importlib.import_module(_module_name)
         app.add_typer(_module.app, name=_name, help=(_module.__doc__ or "").strip().split("\n")[0])
+
+# SSO login to corral server: top-level verbs, not a group.
+if importlib.util.find_spec("corral.cli.login") is not None:
+    from corral.cli import login as _login
+
+    for _verb in ("login", "logout", "whoami"):
+        app.command(_verb)(getattr(_login, _verb))
 
 
 def command() -> typer.core.TyperGroup:

@@ -1,7 +1,8 @@
 """Shared by the commands that talk to ``corral server``: the client and plain listings.
 
 Invariants: the server URL comes from ``--server`` or ``CORRAL_SERVER`` and the token from
-``CORRAL_TOKEN`` (never a command-line flag: it would show in ``ps``); listings print
+``CORRAL_TOKEN`` or else the stored login of ``corral login`` (never a command-line flag: it
+would show in ``ps``); listings print
 ``visible`` text (names come from other users) or, with ``--json``, the server's JSON.
 """
 
@@ -32,11 +33,20 @@ def client(server: str | None) -> Client:
     from corral.client import Client
 
     url = server or os.environ.get("CORRAL_SERVER")
-    if not url:
-        raise UserInputError("no server: pass --server URL or set CORRAL_SERVER")
     token = os.environ.get("CORRAL_TOKEN")
     if not token:
-        raise UserInputError("no token: set CORRAL_TOKEN (see 'corral server token create')")
+        from corral.cli.login import load
+
+        # The stored login (corral login), for the server it was made for.
+        stored = load()
+        if stored is not None and (url is None or url.rstrip("/") ==
+                                   str(stored.get("server", "")).rstrip("/")):
+            url, token = url or str(stored["server"]), str(stored["token"])
+    if not url:
+        raise UserInputError("no server: pass --server URL or set CORRAL_SERVER")
+    if not token:
+        raise UserInputError("no token: run 'corral login --server URL' or set CORRAL_TOKEN "
+                             "(see 'corral server token create')")
     return Client(url, token)
 
 

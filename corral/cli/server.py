@@ -69,8 +69,15 @@ def serve(ctx: typer.Context,
           listen: str | None = typer.Option(None, "--listen", callback=checks.listen,
                                             help="HOST:PORT (default "
                                             "127.0.0.1:8470)"),
-          config: Path | None = CONFIG) -> None:
-    """Serve the control plane (the API under /api/v1)."""
+          config: Path | None = CONFIG,
+          oidc_issuer: str | None = typer.Option(None, "--oidc-issuer", callback=checks.server_url,
+                                                 help="SSO: the OpenID provider's issuer URL"),
+          oidc_client_id: str | None = typer.Option(None, "--oidc-client-id",
+                                                    help="SSO: this server's client id"),
+          oidc_client_secret_file: Path | None = typer.Option(
+              None, "--oidc-client-secret-file", exists=True, dir_okay=False,
+              help="SSO: a file holding the client secret")) -> None:
+    """Serve the control plane (the API under /api/v1, SSO login at /login)."""
     ctx.obj = config
     if ctx.invoked_subcommand is not None:
         return
@@ -83,6 +90,8 @@ def serve(ctx: typer.Context,
     cfg = _config(config)
     if listen is not None:
         cfg = cfg.model_validate({**cfg.model_dump(exclude_unset=True), "listen": listen})
+    if oidc_issuer or oidc_client_id or oidc_client_secret_file:
+        cfg = _with_oidc(cfg, oidc_issuer, oidc_client_id, oidc_client_secret_file)
     db = _db(cfg)
     try:
         check_schema(db.engine)  # refuse a schema this corral does not know, before serving
@@ -91,6 +100,23 @@ def serve(ctx: typer.Context,
     host, port = cfg.host_port()
     uvicorn.run(create_app(cfg, db=db), host=host, port=port, log_level="info",
                 server_header=False, proxy_headers=False)
+
+
+def _with_oidc(cfg: ServerConfig, issuer: str | None, client_id: str | None,
+               secret_file: Path | None) -> ServerConfig:
+    """The config with the --oidc-* flags laid over its ``oidc`` section."""
+    from pydantic import ValidationError
+
+    oidc = cfg.oidc.model_dump(exclude_unset=True) if cfg.oidc else {}
+    given = {"issuer": issuer, "client_id": client_id, "client_secret_file": secret_file}
+    oidc.update({k: v for k, v in given.items() if v is not None})
+    try:
+        return cfg.model_validate({**cfg.model_dump(exclude_unset=True), "oidc": oidc})
+    except ValidationError as err:
+        problems = "; ".join(f"--oidc-{'-'.join(str(p) for p in e['loc'][1:]).replace('_', '-')}"
+                             f": {str(e['msg']).removeprefix('Value error, ')}"
+                             for e in err.errors())
+        raise UserInputError(problems) from None
 
 
 @app.command("migrate")

@@ -67,9 +67,11 @@ class Idp:
             raise IdpUnavailable(f"the identity provider's {url} is not a JSON object")
         return doc
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self, fresh: bool = False) -> dict[str, Any]:
+        """Discovery; ``fresh`` asks the IdP now (a login checks it is up before sending a
+        browser there, so an outage is a clear error page of ours)."""
         with self._lock:
-            if self._meta and time.monotonic() - self._meta[0] < CACHE_FOR:
+            if not fresh and self._meta and time.monotonic() - self._meta[0] < CACHE_FOR:
                 return self._meta[1]
         doc = self._get(self.issuer + "/.well-known/openid-configuration")
         if doc.get("issuer") != self.issuer:
@@ -106,7 +108,8 @@ class Idp:
         with self._client(redirect_uri=redirect_uri, scope=" ".join(self.config.scopes),
                           code_challenge_method="S256") as client:
             url, _ = client.create_authorization_url(
-                str(self.metadata()["authorization_endpoint"]), state=state, nonce=nonce,
+                str(self.metadata(fresh=True)["authorization_endpoint"]), state=state,
+                nonce=nonce,
                 code_verifier=verifier)
         return str(url)
 

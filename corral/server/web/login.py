@@ -77,6 +77,7 @@ def start_flow(request: Request, session: Session, kind: str, extra: dict[str, A
         return pages.message(request, 502, "Sign-in is unavailable", str(err))
     flows.put(session, kind, state, {"nonce": nonce, "verifier": verifier,
                                      "binding": flows.digest(binding), **extra})
+    session.commit()
     response = RedirectResponse(url, status_code=303)
     response.set_cookie(BIND_COOKIE, binding, max_age=int(flows.FLOW_TTL.total_seconds()),
                         path=CALLBACK, httponly=True, samesite="lax",
