@@ -47,9 +47,8 @@ Event types and their fields are registered in ``corral.audit.events`` (``EventT
     error             component* message*
     (* required; trail.close is written by Trail.close())
 
-Wiring notes: the launcher's kinds map as sandbox.network/workspace/home/tmp/limits ->
-``sandbox.layer(layer=<suffix>, ...)``, sandbox.spawn -> ``exec.start``, sandbox.close ->
-``sandbox.teardown(ok=not errors, errors=...)``, sandbox.exit(code=) -> ``sandbox.exit(status=)``.
+Wiring notes: the sandbox harness emits these types itself (``corral.sandbox.launch``), one
+``sandbox.layer`` per layer; ``corral.runtime.audit.LaunchAudit`` adds the run's mode and command.
 ``Trail.emit`` returns the seq (an int), so a ``Protocol`` declaring ``-> None`` needs a
 one-line adapter. The relay socket goes to the proxy only, never into the sandbox. A trail left
 open by a killed launcher is closed later with ``store.trail(id).close(status="crashed")``.

@@ -4,9 +4,10 @@
 stops the run: one line, exit 125, nothing created), keeps one trail per sandbox (id = the
 harness's sandbox id, actor = ``Actor.current()``), and is at once:
 
-- the sandbox harness's ``AuditSink`` (``emit(sandbox_id, kind, fields)``): the harness's kinds
-  are mapped onto the audit registry's types (``KINDS``); the first event of a sandbox opens its
-  trail and records ``policy.resolved`` (digest, sources) first;
+- the sandbox harness's ``AuditSink`` (``emit(sandbox_id, kind, fields)``): the harness emits
+  the audit registry's own types (``sandbox.layer``, ``exec.start``, ...), this adds the run's
+  mode and command; the first event of a sandbox opens its trail and records
+  ``policy.resolved`` (digest, sources) first;
 - the proxy's audit (``proxy_audit(sandbox_id)`` -> that sandbox's trail, which
   ``ProxyProcess`` serves to its unprivileged child through ``corral.audit.AuditRelay``);
 - the tools' and approvals' sink (``ToolAudit``: tool.call, approval.*) for ``corral mcp``.
@@ -27,22 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from corral.audit.store import AuditStore, Trail
 
-__all__ = ["KINDS", "LaunchAudit", "ToolAudit", "open_audit"]
-
-# harness kind -> (audit type, the sandbox.layer name or None)
-KINDS: dict[str, tuple[str, str | None]] = {
-    "sandbox.create": ("sandbox.create", None),
-    "sandbox.network": ("sandbox.layer", "network"),
-    "sandbox.workspace": ("sandbox.layer", "workspace"),
-    "sandbox.home": ("sandbox.layer", "home"),
-    "sandbox.rw": ("sandbox.layer", "rw"),  # a --rw directory
-    "sandbox.tmp": ("sandbox.layer", "tmp"),
-    "sandbox.limits": ("sandbox.layer", "limits"),
-    "sandbox.spawn": ("exec.start", None),
-    "sandbox.exit": ("sandbox.exit", None),
-    "sandbox.close": ("sandbox.teardown", None),
-}
-
+__all__ = ["LaunchAudit", "ToolAudit", "open_audit"]
 
 def open_audit(policy: Any = None, *, mode: str = "run", command: list[str] | None = None,
                path: Any = None) -> LaunchAudit:
@@ -100,25 +86,15 @@ class LaunchAudit:
     # -- the harness's AuditSink --------------------------------------------------------------
 
     def emit(self, sandbox_id: str, kind: str, fields: dict[str, Any]) -> None:
-        type_, layer = KINDS.get(kind, ("error", None))
         data = {k: v for k, v in fields.items() if v is not None}
-        if type_ == "error":
-            data = {"component": "sandbox", "message": f"{kind}: {data}"}
-        elif layer is not None:
-            data["layer"] = layer
-        elif type_ == "sandbox.create":
+        if kind == "sandbox.create":
             data.update(mode=self.mode, command=self.command)
-        elif type_ == "exec.start":
+        elif kind == "exec.start":
             data["via"] = self.mode
-        elif type_ == "sandbox.exit":
-            code = data.pop("code", None)
-            data["status"] = int(code) if code is not None else -1
+        elif kind == "sandbox.exit":
             self.status[sandbox_id] = f"exit {data['status']}"
-        elif type_ == "sandbox.teardown":
-            errors = [str(e) for e in data.get("errors") or []]
-            data = {"ok": not errors, "errors": errors}
-        self.trail(sandbox_id).emit(type_, **{k: v for k, v in data.items() if v is not None})
-        if type_ == "sandbox.teardown":
+        self.trail(sandbox_id).emit(kind, **{k: v for k, v in data.items() if v is not None})
+        if kind == "sandbox.teardown":
             self.close_trail(sandbox_id, self.status.pop(sandbox_id, "torn down"))
 
     # -- Mode 1 -------------------------------------------------------------------------------

@@ -173,13 +173,13 @@ class Sandbox:
         for n, extra in enumerate(spec.files.write):
             self.rw.append(self._directory(f"rw{n}", extra, create=False))
         lim = spec.limits
-        self._audit("sandbox.limits", memory=lim.memory, pids=lim.pids, cpu=lim.cpu, wall=lim.wall,
-                    idle=lim.idle)
+        self._audit("sandbox.layer", layer="limits", memory=lim.memory, pids=lim.pids,
+                    cpu=lim.cpu, wall=lim.wall, idle=lim.idle)
         preload()  # the spawn's loading (shim, seccomp) while ip and nft still run
         pending, self._pending_netns = self._pending_netns, None
         self._netns = pending.result()
         self._audit(
-            "sandbox.network", proxy_port=spec.proxy_port, dns_port=spec.dns_port
+            "sandbox.layer", layer="network", proxy_port=spec.proxy_port, dns_port=spec.dns_port
         )
 
     @staticmethod
@@ -204,7 +204,7 @@ class Sandbox:
             path.mkdir(mode=0o700)
             os.chown(path, self.uid, self.gid)
             self._remove.append(path)
-            self._audit(f"sandbox.{name}", path=str(path), ephemeral=True)
+            self._audit("sandbox.layer", layer=name, path=str(path), ephemeral=True)
             return path
         if create and not host.exists():
             uid, gid, _ = invoking_user()
@@ -223,7 +223,7 @@ class Sandbox:
                 exit_code=EXIT_CORRAL,
             ) from None
         self._mapped.append(_Mapped(real, stage, fd))
-        self._audit(f"sandbox.{name}" if name in ("workspace", "home") else "sandbox.rw",
+        self._audit("sandbox.layer", layer=name if name in ("workspace", "home") else "rw",
                     path=str(real), ephemeral=False, owner=st.st_uid)
         return real
 
@@ -293,7 +293,7 @@ class Sandbox:
         if not argv:
             raise CorralError("no command given", exit_code=EXIT_CORRAL)
         # exec.start is durable before the command can start (audit before action)
-        self._audit("sandbox.spawn", argv=list(argv), tty=tty, cwd=cwd)
+        self._audit("exec.start", argv=list(argv), tty=tty, cwd=cwd)
         self._record_for_exec(argv, self.environment(env))
         args, fds = self.bwrap_argv(argv, tty=tty, cwd=cwd)
         info_r = self._pending_info
@@ -448,7 +448,7 @@ class Sandbox:
             step("cgroup", self._cgroup.destroy)
         step("directories", self._remove_dir)
         step("registry", lambda: registry.release(self._entry))
-        self._audit("sandbox.close", errors=errors)
+        self._audit("sandbox.teardown", ok=not errors, errors=errors)
 
     def _remove_dir(self) -> None:
         import shutil  # loaded on a thread while the command ran (a few ms of every launch)

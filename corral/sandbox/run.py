@@ -166,7 +166,7 @@ def _run(
             code = EXIT_OOM
         elif sb.pids_exhausted():
             _say(f"note: the sandbox reached its process limit ({lim.pids} pids)")
-        sb._audit("sandbox.exit", code=code, timeout=outcome.timeout)
+        sb._audit("sandbox.exit", status=code, timeout=outcome.timeout)
         return code
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import require_root, require_tools
 
+from corral.audit import SCHEMAS
 from corral.errors import CorralError
 from corral.sandbox import Sandbox, SandboxSpec, netns, preflight
 from corral.sandbox.cgroups import list_corral_cgroups
@@ -68,10 +69,13 @@ def test_lifecycle_audit_and_close(ready) -> None:
         fd, sid, cg = sb.netns_fd, sb.id, f"corral-{sb.id}"
         assert cg in list_corral_cgroups()
     kinds = [k for _, k, _ in rec.events]
-    assert kinds == ["sandbox.create", "sandbox.workspace", "sandbox.home", "sandbox.limits",
-                     "sandbox.network", "sandbox.spawn", "sandbox.close"]
+    assert kinds == ["sandbox.create", "sandbox.layer", "sandbox.layer", "sandbox.layer",
+                     "sandbox.layer", "exec.start", "sandbox.teardown"]
+    assert set(kinds) <= set(SCHEMAS)  # the harness emits the registry's own types
+    layers = [f["layer"] for _, k, f in rec.events if k == "sandbox.layer"]
+    assert layers == ["workspace", "home", "limits", "network"]
     assert {s for s, _, _ in rec.events} == {sid}
-    assert rec.events[-1][2] == {"errors": []}
+    assert rec.events[-1][2] == {"ok": True, "errors": []}
     assert cg not in list_corral_cgroups()
     assert _registry(ready) == []
     with pytest.raises(OSError):

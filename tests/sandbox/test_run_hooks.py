@@ -78,8 +78,8 @@ def test_failing_hook_aborts_before_the_command(corral_env) -> None:
 
     with pytest.raises(CorralError, match="proxy failed"):
         run_command(SandboxSpec(), ["true"], hooks=Failing(), audit=Sink())
-    assert "sandbox.spawn" not in kinds  # the command never started
-    assert kinds[-1] == "sandbox.close"
+    assert "exec.start" not in kinds  # the command never started
+    assert kinds[-1] == "sandbox.teardown"
 
 
 class SelfTerminating:
