@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from corral.policy.resolved import ResolvedPolicy
     from corral.policy.types import (
         Action,
+        BudgetEntry,
         CredentialBinding,
         Decision,
         ExecConfig,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Action",
+    "BudgetEntry",
     "CredentialBinding",
     "Decision",
     "ExecConfig",
@@ -78,7 +80,7 @@ __getattr__ = lazy_exports("corral.policy", {
     "PolicyError": "errors",
     "ResolvedPolicy": "resolved",
     **{name: "types" for name in (
-        "Action", "CredentialBinding", "Decision", "ExecConfig", "FilesConfig", "Limits",
-        "Origin", "Rule",
+        "Action", "BudgetEntry", "CredentialBinding", "Decision", "ExecConfig", "FilesConfig",
+        "Limits", "Origin", "Rule",
     )},
 })

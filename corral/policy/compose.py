@@ -163,6 +163,11 @@ def compose(policies: Sequence[LoadedPolicy | QuickPolicy], *,
         provenance[key] = tuple(merged.values())
     if problems:
         raise PolicyError(problems)
+    # Budgets only add up: every entry of every policy applies, so composing a policy can
+    # never lift another's budget.
+    budgets = tuple(b for pol in unique for b in pol.budgets)
+    if budgets:
+        provenance["budgets"] = tuple(b.origin for b in budgets)
     limits = Limits(**{k[7:]: v for k, v in settings.items() if k.startswith("limits.")})
     files = FilesConfig(
         approval=settings.get("files.approval", "writes"), workspace=settings.get(
@@ -173,4 +178,4 @@ def compose(policies: Sequence[LoadedPolicy | QuickPolicy], *,
         rules=rules, policy_of=policy_of, names=tuple(p.name for p in unique),
         sources=tuple(p.source for p in unique), descriptions=tuple(p.description for p in unique),
         credentials=credentials, limits=limits, files=files, exec=exec_config,
-        provenance=provenance)
+        provenance=provenance, budgets=budgets)

@@ -24,7 +24,7 @@ from corral import dirs
 from corral.policy import schema
 from corral.policy.builtin import locate
 from corral.policy.errors import PolicyError
-from corral.policy.types import CredentialBinding, Origin, Rule
+from corral.policy.types import BudgetEntry, CredentialBinding, Origin, Rule
 from corral.policy.units import parse_duration, parse_size
 from corral.policy.yamlsrc import Loc, format_loc, parse_yaml
 
@@ -48,6 +48,9 @@ _HINTS = {
     "cpu": "a number of CPUs like 2 or 'none'",
     "wall": "a duration like '2h' or 'none'",
     "idle": "a duration like '30m' or 'none'",
+    "meter": "one of: anthropic, openai",
+    "amount": "US dollars, e.g. 5 or 0.5",
+    "period": "one of: run, day, week, month",
 }
 
 
@@ -64,6 +67,7 @@ class LoadedPolicy:
     settings: dict[str, tuple[Any, Origin]] = field(default_factory=dict)
     # "exec.allow", "files.read", "files.hide" -> items
     lists: dict[str, tuple[tuple[Any, Origin], ...]] = field(default_factory=dict)
+    budgets: tuple[BudgetEntry, ...] = ()
 
 
 class _Ctx:
@@ -87,9 +91,10 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
         (): schema.PolicyModel, ("egress", int): schema.EgressRule,
         ("credentials", str): schema.CredentialModel, ("exec",): schema.ExecModel,
         ("files",): schema.FilesModel, ("limits",): schema.LimitsModel,
+        ("budgets", int): schema.BudgetModel,
     }
-    shape = tuple(p if p in ("egress", "credentials", "exec", "files", "limits") else type(p)
-                  for p in loc)
+    shape = tuple(p if p in ("egress", "credentials", "exec", "files", "limits", "budgets")
+                  else type(p) for p in loc)
     return table.get(shape)
 
 
@@ -178,7 +183,7 @@ def _convert(ctx: _Ctx, model: schema.PolicyModel, path: Path, trusted: bool,
                     ctx.error((*loc, key), f"{key!r} needs action: inspect or deny "
                               "(a direct tunnel cannot see requests)")
         if rule.action != "inspect":
-            for key in ("credential", "tls_ca"):
+            for key in ("credential", "tls_ca", "meter"):
                 if getattr(rule, key) is not None:
                     ctx.error((*loc, key), f"{key!r} needs action: inspect")
         if rule.credential is not None and rule.credential not in model.credentials:
@@ -190,7 +195,7 @@ def _convert(ctx: _Ctx, model: schema.PolicyModel, path: Path, trusted: bool,
             methods=frozenset(rule.methods) if rule.methods else None,
             paths=tuple(rule.paths) if rule.paths else None, credential=rule.credential,
             tls_ca=_rel(base, rule.tls_ca) if rule.tls_ca else None,
-            allow_private=rule.allow_private, reason=rule.reason,
+            allow_private=rule.allow_private, reason=rule.reason, meter=rule.meter,
         ))
     settings: dict[str, tuple[Any, Origin]] = {}
     lists: dict[str, tuple[tuple[Any, Origin], ...]] = {}
@@ -228,9 +233,11 @@ def _convert(ctx: _Ctx, model: schema.PolicyModel, path: Path, trusted: bool,
         for key in ("read", "hide"):
             lists[f"files.{key}"] = tuple((_rel(base, item), ctx.origin(("files", key, i)))
                                           for i, item in enumerate(getattr(f, key)))
+    budgets = tuple(BudgetEntry(float(b.amount), b.period, ctx.origin(("budgets", i)), model.name)
+                    for i, b in enumerate(model.budgets))
     return LoadedPolicy(model.name, model.description, ctx.source, None if builtin else path,
                         trusted, tuple(rules),
-                        creds, settings, lists)
+                        creds, settings, lists, budgets)
 
 
 def is_trusted(path: Path) -> bool:

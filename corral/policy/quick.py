@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from corral.policy.errors import PolicyError
-from corral.policy.types import CredentialBinding, Origin, Rule
+from corral.policy.types import BudgetEntry, CredentialBinding, Origin, Rule
 
 __all__ = ["QUICK_NAME", "QuickFlags", "QuickPolicy", "quick_policy"]
 
@@ -57,6 +57,7 @@ class QuickPolicy(NamedTuple):
     credentials: dict[str, CredentialBinding]
     settings: dict[str, tuple[Any, Origin]]
     lists: dict[str, tuple[tuple[Any, Origin], ...]]
+    budgets: tuple[BudgetEntry, ...] = ()  # no flag sets one; compose reads every policy's
 
 
 def _bad(flag: str, value: str, why: str) -> PolicyError:

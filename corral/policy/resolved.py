@@ -6,7 +6,8 @@ cheaply.
 
 Invariants: ``decide_connect``/``decide_request`` never raise (an internal error denies);
 ``digest`` is the sha256 of the canonical JSON of everything that affects behaviour (rules,
-bindings, limits, files, exec, policy names) and not of where it came from.
+bindings, limits, files, exec, budgets, policy names) and not of where it came from; a rule
+without ``meter`` and a policy without budgets hash as they did before those keys existed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from corral._digest import sha256
 from corral.policy.match import Matcher
 from corral.policy.types import (
+    BudgetEntry,
     CredentialBinding,
     Decision,
     ExecConfig,
@@ -33,8 +35,12 @@ __all__ = ["ResolvedPolicy"]
 def _flat(obj: Any) -> dict[str, Any]:
     """A record's fields, one level: never the record itself, which (a tuple) would serialise
     as a JSON list."""
-    assert isinstance(obj, Origin | Rule | CredentialBinding | Limits | FilesConfig | ExecConfig)
-    return obj._asdict()
+    assert isinstance(obj, Origin | Rule | CredentialBinding | Limits | FilesConfig | ExecConfig
+                      | BudgetEntry)
+    fields = obj._asdict()
+    if isinstance(obj, Rule) and fields["meter"] is None:
+        del fields["meter"]  # digests of policies without meters stay what they were
+    return fields
 
 
 def _plain(value: Any) -> Any:
@@ -56,7 +62,8 @@ class ResolvedPolicy:
                  names: tuple[str, ...], sources: tuple[str, ...],
                  descriptions: tuple[str, ...], credentials: dict[str, CredentialBinding],
                  limits: Limits, files: FilesConfig, exec: ExecConfig,
-                 provenance: dict[str, tuple[Origin, ...]]) -> None:
+                 provenance: dict[str, tuple[Origin, ...]],
+                 budgets: tuple[BudgetEntry, ...] = ()) -> None:
         self.rules = rules
         self.names = names
         self.sources = sources
@@ -66,6 +73,7 @@ class ResolvedPolicy:
         self.files = files
         self.exec = exec
         self.provenance = provenance
+        self.budgets = budgets
         self._matcher = Matcher(rules, policy_of, names)
         # The proxy calls these per request: bind straight to the matcher (saves a call).
         self.decide_connect = self._matcher.connect  # type: ignore[method-assign]
@@ -75,7 +83,9 @@ class ResolvedPolicy:
         ).hexdigest()
 
     def canonical(self) -> dict[str, Any]:
+        extra = {"budgets": [_plain(_flat(b)) for b in self.budgets]} if self.budgets else {}
         return {
+            **extra,
             "names": list(self.names),
             "rules": [_plain(_flat(r)) for r in self.rules],
             "credentials": {k: _plain(_flat(v)) for k, v in sorted(self.credentials.items())},

@@ -20,7 +20,8 @@ from corral.policy.hosts import normalize_pattern
 from corral.policy.paths import validate_glob
 from corral.policy.units import parse_duration, parse_size
 
-__all__ = ["CredentialModel", "EgressRule", "ExecModel", "FilesModel", "LimitsModel", "PolicyModel"]
+__all__ = ["BudgetModel", "CredentialModel", "EgressRule", "ExecModel", "FilesModel", "LimitsModel",
+           "PolicyModel"]
 
 _METHOD_WORDS = "GET HEAD POST PUT PATCH DELETE OPTIONS TRACE CONNECT PROPFIND PROPPATCH MKCOL \
 COPY MOVE LOCK UNLOCK REPORT SEARCH QUERY"
@@ -44,6 +45,7 @@ class EgressRule(_Strict):
     tls_ca: str | None = None
     allow_private: bool = False
     reason: str | None = None
+    meter: Literal["anthropic", "openai"] | None = None
 
     @field_validator("host")
     @classmethod
@@ -167,6 +169,20 @@ class LimitsModel(_Strict):
         return value
 
 
+class BudgetModel(_Strict):
+    amount: int | float
+    period: Literal["run", "day", "week", "month"]
+
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, value: float) -> float:
+        # A budget of 0 is allowed (it refuses every metered request); a million dollars is
+        # far above any agent's budget and keeps micro-dollar arithmetic exact.
+        if isinstance(value, bool) or not 0 <= value <= 1_000_000 or value != value:
+            raise ValueError("amount is US dollars between 0 and 1000000, e.g. 5 or 0.5")
+        return value
+
+
 class PolicyModel(_Strict):
     name: str
     description: str = ""
@@ -175,6 +191,7 @@ class PolicyModel(_Strict):
     exec: ExecModel | None = None
     files: FilesModel | None = None
     limits: LimitsModel | None = None
+    budgets: list[BudgetModel] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod

@@ -30,6 +30,7 @@ from corral.policy.settings import FilesConfig, Limits
 
 __all__ = [
     "Action",
+    "BudgetEntry",
     "CredentialBinding",
     "Decision",
     "ExecConfig",
@@ -65,6 +66,17 @@ class Rule(NamedTuple):
     tls_ca: Path | None = None
     allow_private: bool = False
     reason: str | None = None
+    meter: Literal["anthropic", "openai"] | None = None  # the API whose spend this rule meters
+
+
+class BudgetEntry(NamedTuple):
+    """One ``budgets:`` entry: at most ``amount`` US dollars of metered spend per ``period``
+    (run, day, week, month on the UTC calendar)."""
+
+    amount: float
+    period: Literal["run", "day", "week", "month"]
+    origin: Origin
+    policy: str
 
 
 class Decision(NamedTuple):
