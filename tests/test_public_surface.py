@@ -43,6 +43,8 @@ KNOWN: set[tuple[str, str, str]] = {
     ('corral.server.config', 'corral.policy.yamlsrc', 'format_loc'),
     ('corral.server.config', 'corral.policy.yamlsrc', 'parse_yaml'),
     ('corral.server.policies', 'corral.policy.compose', 'compose'),
+    ('corral.runtime.project', 'corral.policy.compose', 'compose'),
+    ('corral.runtime.trust', 'corral.policy.yamlsrc', 'parse_yaml'),
 }
 
 

@@ -2,10 +2,15 @@
 
 ``corral run [-p POLICY]... [--allow HOST[:PORT]]... [--ro PATH]... [--rw DIR]... [--memory SIZE]
 [--timeout DURATION] [--idle DURATION] [--workspace DIR] [--home DIR|NAME] [--env K=V]...
-[--upstream-proxy URL] [--quiet] CMD [ARGS...]`` (the upstream proxy also comes from
+[--upstream-proxy URL] [--quiet] [--project P [--agent A] [--server URL]] CMD [ARGS...]`` (the
+upstream proxy also comes from
 ``upstream_proxy`` in the config file). The quick flags (``--allow`` to ``--idle``) are one more
 policy composed with the ``-p`` ones (``corral.policy.quick``), so they show up in
 ``corral policy resolve`` given the same flags, and the strictest limit wins.
+With ``--project P`` the policy is project P's on ``corral server`` (``corral.runtime.project``:
+held to the trust rules, the local ``-p``/quick flags/``--workspace`` may only narrow it) and
+the run registers there, heartbeats and ships its audit trail (``corral.runtime.report``);
+``http.client`` and the server client load only then.
 As in ``docker run``, everything from the first positional argument on is the command
 (``corral run ls -la`` needs no ``--``); ``--`` before the command is accepted too.
 
@@ -41,6 +46,8 @@ if TYPE_CHECKING:
     from corral.policy.quick import QuickPolicy
     from corral.policy.resolved import ResolvedPolicy
     from corral.runtime import LaunchAudit, ProxyProcess
+    from corral.runtime.project import ProjectPolicy
+    from corral.runtime.report import Reporter
     from corral.sandbox.spec import SandboxSpec
 
 __all__ = ["EXIT_CORRAL_FAILURE", "build_spec", "homes_dir", "parse", "run_main"]
@@ -105,6 +112,12 @@ def _parser() -> _Parser:
     p.add_argument("--upstream-proxy", metavar="URL",
                    help="Send all egress through this HTTP proxy, http://HOST:PORT (default: "
                    "upstream_proxy in config.yaml).")
+    p.add_argument("--project", metavar="P",
+                   help="Run under project P's policy from corral server and report the run "
+                   "there (local -p and quick flags may only narrow it).")
+    p.add_argument("--agent", metavar="A", help="The project's agent identity this run is.")
+    p.add_argument("--server", metavar="URL",
+                   help="corral server's URL (default: $CORRAL_SERVER); token: $CORRAL_TOKEN.")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]",
                    help="The command to run and its arguments.")
     return p
@@ -125,13 +138,15 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if ns.help:
         return ns, cmd
     for flag in ("policy", "workspace", "home", "env", "upstream_proxy", "allow", "ro", "rw",
-                 "memory", "timeout", "idle"):
+                 "memory", "timeout", "idle", "project", "agent", "server"):
         values = getattr(ns, flag)
         for value in values if isinstance(values, list) else [values]:
             if value is not None and not value.strip():
                 _fail(f"--{flag.replace('_', '-')}: must not be empty")
     if not cmd:
         _fail(f"no command given (usage: {_USAGE})")
+    if not ns.project and (ns.agent or ns.server):
+        _fail(f"--{'agent' if ns.agent else 'server'} needs --project")
     return ns, cmd
 
 
@@ -198,7 +213,13 @@ def build_spec(ns: argparse.Namespace) -> tuple[SandboxSpec, ResolvedPolicy | No
     from corral.policy.settings import Limits
 
     limits = Limits()
-    if ns.policy or quick is not None:
+    if ns.project:
+        project = _project_policy(ns, quick)
+        rp = project.policy
+        kwargs.update(policies=tuple(rp.names), files=rp.files)
+        limits = rp.limits
+        policy_ws, policy_home = rp.files.workspace, rp.files.home
+    elif ns.policy or quick is not None:
         from corral.policy import resolve
 
         # --workspace overrides policies; the quick flags are one more policy
@@ -217,6 +238,24 @@ def build_spec(ns: argparse.Namespace) -> tuple[SandboxSpec, ResolvedPolicy | No
         raise CorralError("--workspace and --home must be different directories",
                           exit_code=EXIT_CORRAL_FAILURE)
     return SandboxSpec(workspace=workspace, home=home, **kwargs), rp  # type: ignore[arg-type]
+
+
+def _project_policy(ns: argparse.Namespace, quick: QuickPolicy | None) -> ProjectPolicy:
+    """``--project``: the server's policy, narrowed by the local input (125 if it widens)."""
+    from corral.policy import PolicyError
+    from corral.policy.load import load_policy
+    from corral.runtime.project import project_policy, target
+
+    try:
+        local = [load_policy(spec) for spec in ns.policy]
+    except PolicyError as err:
+        _fail("; ".join(err.problems))
+    t = target(ns.project, ns.agent, ns.server)
+    found = project_policy(t, local, quick, ns.workspace)
+    if found.offline:
+        print(f"corral: --project {ns.project}: {found.offline}", file=sys.stderr)
+    ns.project_found, ns.project_target = found, t
+    return found
 
 
 def run_main(argv: list[str]) -> int:
@@ -245,7 +284,7 @@ def _run_main(argv: list[str]) -> int:
             from corral.runtime import upstream_proxy
 
             upstream_proxy(ns.upstream_proxy, exit_code=EXIT_CORRAL_FAILURE)
-        if ns.policy or ns.allow:
+        if ns.policy or ns.allow or ns.project:
             from corral.runtime import ProxyProcess
 
             # a policy may have egress rules: fork the proxy child before resolving it, so its
@@ -262,7 +301,7 @@ def _run_main(argv: list[str]) -> int:
             wrap = echo_denials  # a live line on stderr for each denied request
         proxy, early = early, None  # run_agent owns the child from here
         return run_agent(spec, cmd, policy=policy, proxy=proxy, upstream_proxy=ns.upstream_proxy,
-                         finish=_after_run, wrap_proxy_audit=wrap)
+                         finish=_after_run, wrap_proxy_audit=wrap, report=_reporter(ns, cmd))
     except (CorralError, OSError) as err:
         print(f"corral: {err}", file=sys.stderr)
         return EXIT_CORRAL_FAILURE
@@ -279,6 +318,16 @@ def _run_main(argv: list[str]) -> int:
     finally:
         if early is not None:  # bad input or a failed check before the proxy was needed
             early.kill()
+
+
+def _reporter(ns: argparse.Namespace, cmd: list[str]) -> Reporter | None:
+    if not ns.project:
+        return None
+    from corral.runtime.report import Reporter
+
+    found: ProjectPolicy = ns.project_found
+    return Reporter(ns.project_target, digest=found.digest, command=cmd,
+                    require_server=found.require_server)
 
 
 def _after_run(audit: LaunchAudit) -> None:

@@ -20,6 +20,8 @@ Public API::
     serve_mcp(policies, workspace=ws, listen=("127.0.0.1", 0), tokens={}, ...)  # or stdio
     with approval_store() as store: ...     # ``corral approvals``: decisions audited
 
+    project, report                         # --project: the server's policy; the run reported
+
 Submodules load lazily: ``corral run`` without a policy imports none of the proxy.
 """
 
@@ -39,7 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Egress", "EgressHooks", "LaunchAudit", "ProxyProcess", "approval_store", "open_audit",
-    "preflight_mcp", "proxied_opener", "run_agent", "serve_mcp", "upstream_proxy",
+    "preflight_mcp", "project", "proxied_opener", "report", "run_agent", "serve_mcp",
+    "upstream_proxy",
 ]
 
 __getattr__ = lazy_exports("corral.runtime", {

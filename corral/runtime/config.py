@@ -3,6 +3,7 @@
 Keys (all optional)::
 
     upstream_proxy: http://proxy.corp.example:3128   # all egress leaves through this proxy
+    project_allow_private: [10.20.0.0/16]   # private ranges a server's project policy may open
 
 A command-line flag overrides the file. A bad file is one line naming ``file:line`` and the fix;
 an absent file is no settings. The file is only read when it exists, so a run without one pays
@@ -21,11 +22,12 @@ from corral.errors import CorralError
 
 __all__ = ["Config", "config_path", "load_config", "upstream_proxy"]
 
-KEYS = ("upstream_proxy",)
+KEYS = ("upstream_proxy", "project_allow_private")
 
 
 class Config(NamedTuple):
     upstream_proxy: str | None = None
+    project_allow_private: tuple[str, ...] = ()
 
 
 def config_path() -> Path:
@@ -87,7 +89,29 @@ def load_config(path: Path | None = None, *, exit_code: int = 2) -> Config:
             _check_upstream(upstream)
         except ValueError as err:
             raise CorralError(f"{where}: upstream_proxy {err}", exit_code=exit_code) from None
-    return Config(upstream_proxy=upstream)
+    return Config(upstream_proxy=upstream,
+                  project_allow_private=_ranges(data, lines, path, exit_code))
+
+
+def _ranges(data: dict[str, object], lines: dict[tuple[str | int, ...], int], path: Path,
+            exit_code: int) -> tuple[str, ...]:
+    """``project_allow_private``: a list of CIDRs (``ip_network`` accepts each)."""
+    import ipaddress
+
+    value = data.get("project_allow_private")
+    if value is None:
+        return ()
+    where = f"{path}:{lines.get(('project_allow_private',), 1)}"
+    if not isinstance(value, list):
+        raise CorralError(f"{where}: project_allow_private must be a list of CIDRs like "
+                          "[10.20.0.0/16]", exit_code=exit_code)
+    for item in value:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError as err:
+            raise CorralError(f"{where}: project_allow_private: {err}",
+                              exit_code=exit_code) from None
+    return tuple(str(item) for item in value)
 
 
 def upstream_proxy(flag: str | None, *, exit_code: int = 2) -> str | None:

@@ -15,6 +15,8 @@ Invariants:
   ``open_audit``), so no request can be made before its record can be.
 - A proxy that fails during the run makes the run's status 125, whatever the command returned.
 - However the run ends, the proxy is stopped and ``finish(audit)`` runs (closing the trails).
+- With a ``report`` (``--project``), the run registers with the server once the sandbox exists
+  and ends there after ``finish(audit)`` closed the local trail, so its last events ship too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from corral.runtime.audit import LaunchAudit
     from corral.runtime.egress import EgressHooks
     from corral.runtime.proxyproc import ProxyProcess
+    from corral.runtime.report import Reporter
     from corral.sandbox import SandboxSpec
 
 __all__ = ["run_agent"]
@@ -63,6 +66,7 @@ def run_agent(
     upstream_proxy: str | None,
     finish: Callable[[LaunchAudit], None],
     wrap_proxy_audit: Callable[[Any], Any] | None = None,
+    report: Reporter | None = None,
 ) -> int:
     """Run ``argv`` in a sandbox made from ``spec``; the command's exit status (125 when
     corral's own part failed). ``wrap_proxy_audit`` wraps the proxy's trail (a live echo of
@@ -77,15 +81,23 @@ def run_agent(
         if hooks is not None:
             hooks.detach()
         raise
+    code = EXIT_CORRAL
     try:
         if hooks is not None:
             sink = audit.proxy_audit  # this run's trail
             hooks.proxy_audit = wrap_proxy_audit(sink) if wrap_proxy_audit else sink
             hooks.configure()
             spec = hooks.prepare(spec)
-        code = run_command(spec, argv, audit=audit, hooks=hooks)
-        return EXIT_CORRAL if hooks is not None and hooks.failed else code
+        run_hooks: Any = hooks
+        if report is not None:
+            report.store, report.inner = audit.store.path, hooks
+            run_hooks = report
+        code = run_command(spec, argv, audit=audit, hooks=run_hooks)
+        code = EXIT_CORRAL if hooks is not None and hooks.failed else code
+        return code
     finally:
         if hooks is not None:
             hooks.detach()  # a no-op after the run; stops an unattached proxy child
         finish(audit)
+        if report is not None:
+            report.end(code)

@@ -1,0 +1,235 @@
+"""A project's policy from ``corral server`` for a launcher (``corral run|mcp --project P``).
+
+``project_policy(target, local)`` pulls the project's resolved policy (or, with the server
+unreachable, its last pulled copy), holds it to the trust rules (``corral.runtime.trust``),
+checks that the local input only narrows it, and composes the two.
+
+Invariants:
+- The server URL comes from ``--server`` or ``CORRAL_SERVER``, the token from ``CORRAL_TOKEN``
+  or the stored login (``stored_login_token``); neither is ever a command-line value.
+- Each policy document is loaded with ``load_policy_text`` (never trusted: no ``env:``,
+  ``file:`` or ``cmd:`` source) and the composition's digest must equal the digest the server
+  sent: a stream that was cut or altered on the way is refused.
+- The cache (``$CORRAL_HOME/projects/NAME.json``) is written 0600 in a 0700 directory owned by
+  root and read back only from such a file; it is used only when the server cannot be reached,
+  it is younger than the project's ``max_offline`` and the project does not require the server.
+  Everything read from it goes through the same trust rules as a fresh pull.
+- Every refusal is a ``CorralError`` with exit status 125 and one line naming the rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from corral import dirs
+from corral.errors import CorralError
+
+if TYPE_CHECKING:
+    from corral.policy.load import LoadedPolicy
+    from corral.policy.quick import QuickPolicy
+    from corral.policy.resolved import ResolvedPolicy
+
+__all__ = ["ProjectPolicy", "Target", "cache_path", "project_policy", "stored_login_token",
+           "target"]
+
+EXIT_CORRAL = 125
+DEFAULT_MAX_OFFLINE = 24 * 3600
+
+
+def _fail(message: str) -> CorralError:
+    return CorralError(message, exit_code=EXIT_CORRAL)
+
+
+class Target(NamedTuple):
+    url: str
+    token: str
+    project: str
+    agent: str | None
+
+
+class ProjectPolicy(NamedTuple):
+    policy: ResolvedPolicy  # the project's, composed with the local input
+    digest: str  # the project's policy digest as the server computed it (registered)
+    require_server: bool
+    offline: str | None  # why the cached copy is used, or None when pulled just now
+
+
+def stored_login_token() -> str | None:
+    """The token ``corral login`` stored for this user (the SSO hook).
+
+    ``corral login`` (corral/cli/login.py) is not in this tree yet: until it is, there is no
+    stored login and ``CORRAL_TOKEN`` is the only source."""
+    return None
+
+
+def target(project: str, agent: str | None, server: str | None) -> Target:
+    url = server or os.environ.get("CORRAL_SERVER")
+    if not url:
+        raise _fail(f"--project {project}: no server (pass --server URL or set CORRAL_SERVER)")
+    token = os.environ.get("CORRAL_TOKEN") or stored_login_token()
+    if not token:
+        raise _fail(f"--project {project}: no token (set CORRAL_TOKEN, or 'corral login')")
+    from corral.client import check_url
+
+    try:
+        check_url(url)
+    except CorralError as err:
+        raise _fail(str(err)) from None
+    return Target(url, token, project, agent)
+
+
+# -- the cache ---------------------------------------------------------------------------------
+
+def cache_path(project: str) -> Path:
+    return dirs.state_dir() / "projects" / f"{project}.json"
+
+
+def _owned(st: os.stat_result) -> bool:
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def _cache_write(project: str, answer: dict[str, Any], info: dict[str, Any]) -> None:
+    folder = dirs.ensure_state_dir() / "projects"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if not _owned(folder.stat()):
+        raise _fail(f"{folder}: must be owned by uid {os.geteuid()} and mode 0700")
+    tmp = folder / f".{project}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"pulled_at": time.time(), "policy": answer, "project": info}, out)
+    os.replace(tmp, cache_path(project))
+
+
+def _cache_read(project: str) -> dict[str, Any] | None:
+    path = cache_path(project)
+    try:
+        if not _owned(path.parent.stat()):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd) as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode) or not _owned(st):
+            return None
+        try:
+            data = json.load(handle)
+        except ValueError:
+            return None
+    return data if isinstance(data, dict) else None
+
+
+# -- pull --------------------------------------------------------------------------------------
+
+def _pull(t: Target) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """(resolved policy answer, project info, offline reason)."""
+    from corral.client import Client, ClientError, ServerUnavailable
+
+    path = "/projects/" + _quote(t.project)
+    try:
+        with Client(t.url, t.token, timeout=10.0, user_agent="corral-launcher") as client:
+            info = client.get(path)
+            answer = client.get(path + "/policy")
+    except ServerUnavailable as err:
+        return _offline(t, str(err))
+    except ClientError as err:
+        raise _fail(f"--project {t.project}: {err}") from None
+    _cache_write(t.project, answer, info)
+    return answer, info, None
+
+
+def _offline(t: Target, why: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    cached = _cache_read(t.project)
+    if cached is None:
+        raise _fail(f"--project {t.project}: {why}; and no policy of it was pulled on this host "
+                    "before, so nothing can run")
+    info = cached.get("project") or {}
+    if info.get("require_server"):
+        raise _fail(f"--project {t.project}: {why}; the project requires the server "
+                    "(--require-server), so nothing runs without it")
+    limit = info.get("max_offline_s") or DEFAULT_MAX_OFFLINE
+    age = time.time() - float(cached.get("pulled_at", 0))
+    if not 0 <= age <= limit:
+        raise _fail(f"--project {t.project}: {why}; the policy pulled {int(age)} s ago is older "
+                    f"than the project's max_offline ({int(limit)} s), so nothing runs")
+    return cached["policy"], info, f"{why}; using the policy pulled {int(age)} s ago"
+
+
+def _quote(segment: str) -> str:
+    import urllib.parse
+
+    return urllib.parse.quote(segment, safe="")
+
+
+def _documents(project: str, answer: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, text) per policy of the stream, split on the headers the server wrote."""
+    text = str(answer.get("yaml", ""))
+    heads = []
+    for v in answer.get("policies", []):
+        scope = "org" if v["scope"] == "org" else project
+        heads.append((f"{scope}/{v['filename']}",
+                      f"# {scope}/{v['name']} version {v['version']} ({v['filename']}, "
+                      f"sha256 {v['digest']})\n"))
+    out, pos = [], 0
+    starts = []
+    for source, head in heads:
+        at = text.find(head, pos)
+        if at < 0:
+            raise _fail(f"--project {project}: the server's policy stream is malformed")
+        starts.append((source, at, at + len(head)))
+        pos = at + len(head)
+    for i, (source, _at, body) in enumerate(starts):
+        end = starts[i + 1][1] if i + 1 < len(starts) else len(text)
+        doc = text[body:end]
+        if i + 1 < len(starts):
+            doc = doc.removesuffix("---\n")
+        out.append((f"server:{source}", doc))
+    return out
+
+
+def _load_server(project: str, answer: dict[str, Any]) -> tuple[list[LoadedPolicy],
+                                                                   list[str]]:
+    from corral.policy import PolicyError, load_policy_text
+    from corral.policy.compose import compose
+
+    loaded, texts = [], []
+    for source, text in _documents(project, answer):
+        try:
+            loaded.append(load_policy_text(source, text))
+        except PolicyError as err:
+            raise _fail(f"--project {project}: refused the server's policy: "
+                        f"{'; '.join(err.problems)}") from None
+        texts.append(text)
+    try:
+        digest = compose(loaded).digest
+    except PolicyError as err:
+        raise _fail(f"--project {project}: {'; '.join(err.problems)}") from None
+    if digest != answer.get("digest"):
+        raise _fail(f"--project {project}: the server's policy does not match its digest "
+                    "(altered or cut on the way); refused")
+    return loaded, texts
+
+
+def project_policy(t: Target, local: list[LoadedPolicy], quick: QuickPolicy | None,
+                   workspace: str | None) -> ProjectPolicy:
+    """Pull (or read the cached) project policy, hold it to the trust rules, check that the
+    local input only narrows it, and compose them (``CorralError`` 125 naming the rule)."""
+    from corral.policy import PolicyError
+    from corral.policy.compose import compose
+    from corral.runtime import trust
+
+    answer, info, offline = _pull(t)
+    server, texts = _load_server(t.project, answer)
+    server = trust.check_server(server, texts, workspace)
+    trust.check_narrows(server, local, quick, workspace)
+    try:
+        rp = compose([*server, *local, *([quick] if quick is not None else [])],
+                     workspace=Path(os.path.abspath(workspace)) if workspace else None)
+    except PolicyError as err:
+        raise _fail("; ".join(err.problems)) from None
+    return ProjectPolicy(rp, str(answer["digest"]), bool(info.get("require_server")), offline)

@@ -1,0 +1,209 @@
+"""A run reporting to ``corral server``: register, heartbeat, ship its audit trail, end.
+
+``Reporter`` sits beside the sandbox as a ``RunHooks`` wrapper: when every layer exists
+(``started``, the sandbox id known) it registers the run and starts one thread that ships the
+run's committed events from the local store and heartbeats; ``end(status)`` (after the local
+trail is closed) ships the rest and ends the run on the server.
+
+Invariants:
+- The local store stays the write-ahead record: nothing here writes to it, and the shipper
+  reads only committed rows (its own read connection). The server is never in the way of a
+  local record.
+- Shipping resumes from the server's cursor after any failure (``ServerRun.cursor``), and the
+  server is idempotent on (run, seq): a server down mid-run loses nothing and counts nothing
+  twice. The run goes on while the server is away.
+- A kill request that comes with a heartbeat kills the sandbox's processes at once; the run
+  then ends with the reason on stderr and on the server.
+- While any event is not acknowledged or the run is not ended on the server, a leftover file
+  (``$CORRAL_HOME/leftovers/SANDBOX.json``, root-only, no token in it) says so;
+  ``corral audit push`` ships from it with the launching user's own token. A run that could not
+  even register at start leaves one with no run id (unless the project requires the server:
+  then the run is refused, 125).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from corral import dirs
+from corral.errors import CorralError
+
+if TYPE_CHECKING:
+    from corral.client import ServerRun
+    from corral.runtime.project import Target
+
+__all__ = ["COLS", "Reporter", "leftover_dir", "local_events"]
+
+EXIT_CORRAL = 125
+COLS = "seq, ts_us, type, actor, data, v, prev, hash"
+SHIP_S = 0.5
+
+
+def _interval(name: str, default: float) -> float:
+    try:
+        return max(0.05, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def leftover_dir() -> Path:
+    return dirs.state_dir() / "leftovers"
+
+
+def local_events(db: Path, sandbox: str, after: int, limit: int = 500) -> list[dict[str, Any]]:
+    """Committed events of ``sandbox`` with seq > ``after``, in seq order."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5.0)
+    try:
+        con.row_factory = sqlite3.Row
+        rows = con.execute(f"SELECT {COLS} FROM events WHERE sandbox=? AND seq>? ORDER BY seq "
+                           "LIMIT ?", (sandbox, after, limit)).fetchall()
+        return [dict(r) for r in rows]
+    finally:
+        con.close()
+
+
+class Reporter:
+    def __init__(self, target: Target, *, digest: str, command: Sequence[str],
+                 require_server: bool, store: Path | None = None, inner: Any = None) -> None:
+        self.target, self.digest, self.command = target, digest, list(command)
+        self.store, self.require_server, self.inner = store or Path(), require_server, inner
+        self.run: ServerRun | None = None
+        self.sandbox: str | None = None
+        self.acked = 0
+        self.kill_reason: str | None = None
+        self.refused: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one request at a time on the run's connection
+
+    # -- RunHooks ---------------------------------------------------------------------------
+
+    def started(self, sb: Any) -> Mapping[str, str]:
+        env = dict(self.inner.started(sb)) if self.inner is not None else {}
+        self.sandbox = sb.id
+        self._register(sb.id)
+        self._thread = threading.Thread(target=self._loop, args=(sb,), daemon=True,
+                                        name="corral-report")
+        self._thread.start()
+        return env
+
+    def finished(self, sb: Any) -> None:
+        if self.inner is not None:
+            self.inner.finished(sb)
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def _register(self, sandbox: str) -> None:
+        from corral.client import ClientError, ServerRun, ServerUnavailable
+
+        t = self.target
+        try:
+            self.run = ServerRun.register(t.url, t.token, t.project, host=socket.gethostname(),
+                                          sandbox=sandbox, policy_digest=self.digest,
+                                          agent=t.agent, command=self.command)
+        except ServerUnavailable as err:
+            if self.require_server:
+                raise CorralError(f"--project {t.project}: {err}; the project requires the "
+                                  "server", exit_code=EXIT_CORRAL) from None
+            _say(f"{err}; the run goes on, its trail waits for 'corral audit push'")
+        except ClientError as err:
+            raise CorralError(f"--project {t.project}: registering the run: {err}",
+                              exit_code=EXIT_CORRAL) from None
+        self._leftover(None)
+
+    def _leftover(self, exit_status: int | None, reason: str | None = None) -> None:
+        folder = dirs.ensure_state_dir() / "leftovers"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        body = {"sandbox": self.sandbox, "run": self.run.id if self.run else None,
+                "server": self.target.url, "project": self.target.project,
+                "agent": self.target.agent, "digest": self.digest, "command": self.command,
+                "host": socket.gethostname(), "store": str(self.store),
+                "exit_status": exit_status, "reason": reason, "ended": exit_status is not None}
+        tmp = folder / f".{self.sandbox}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(body, out)
+        os.replace(tmp, folder / f"{self.sandbox}.json")
+
+    def _ship(self) -> None:
+        """Ship what is committed locally past the server's cursor (caller holds the lock)."""
+        assert self.run is not None and self.sandbox is not None
+        while True:
+            batch = local_events(self.store, self.sandbox, self.acked)
+            if not batch:
+                return
+            self.acked = self.run.ship_events(batch)
+
+    def _loop(self, sb: Any) -> None:
+        from corral.client import Refused, ServerUnavailable
+
+        beat_s = _interval("CORRAL_HEARTBEAT_S", 15.0)
+        ship_s = min(SHIP_S, beat_s)
+        next_beat = 0.0
+        away = False
+        import time
+
+        while not self._stop.wait(ship_s) and self.run is not None and self.refused is None:
+            try:
+                with self._lock:
+                    if away:
+                        self.acked = self.run.cursor()  # resume from what the server holds
+                    self._ship()
+                    if time.monotonic() >= next_beat:
+                        next_beat = time.monotonic() + beat_s
+                        beat = self.run.heartbeat()
+                        if beat.kill_reason is not None and self.kill_reason is None:
+                            self.kill_reason = f"{beat.kill_reason} (by {beat.killed_by})"
+                            _say(f"run {self.run.id} killed from the server: "
+                                 f"{self.kill_reason}")
+                            sb.kill_all()
+                if away:
+                    _say(f"the server is back; shipped the trail up to event {self.acked}")
+                away = False
+            except ServerUnavailable as err:
+                if not away:
+                    _say(f"{err}; the run goes on, its trail waits")
+                away = True
+            except Refused as err:
+                self.refused = str(err)
+                _say(f"the server refused this run's report ({err}); its trail waits for "
+                     "'corral audit push'")
+
+    def end(self, exit_status: int) -> None:
+        """After the local trail is closed: ship the rest and end the run on the server."""
+        from corral.client import ClientError
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.sandbox is None:
+            return
+        reason = f"killed from the server: {self.kill_reason}" if self.kill_reason else None
+        if self.run is None or self.refused is not None:
+            self._leftover(exit_status, reason)
+            return
+        try:
+            with self._lock:
+                self.acked = self.run.cursor()
+                self._ship()
+                self.run.end(exit_status, reason)
+        except ClientError as err:
+            self._leftover(exit_status, reason)
+            _say(f"{err}; this run's trail waits for 'corral audit push'")
+            return
+        finally:
+            self.run.close()
+        (leftover_dir() / f"{self.sandbox}.json").unlink(missing_ok=True)
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"\r\ncorral: {message}\n" if os.isatty(2) else f"corral: {message}\n")
+    sys.stderr.flush()

@@ -1,0 +1,197 @@
+"""The trust rules for a policy that came from ``corral server`` (PLATFORM.md "Policies from the
+server are not trusted like local config"), and the rule that local input only narrows it.
+
+A project policy is treated like a policy passed by path, and less: whoever controls the
+server (or its database) must not be able to make a launcher read root's files, run commands,
+or reach this host's private network.
+
+Invariants (each refusal is a ``CorralError`` 125 naming the rule's ``file:line``):
+- no ``env:``/``file:``/``cmd:`` secret source (the loader refuses them for an untrusted
+  policy; checked again here on the loaded bindings);
+- ``files.read``, ``files.home`` and ``files.workspace`` name only paths inside the invoking
+  user's home (never root's: a run by root has no home exemption) or inside the workspace,
+  judged after ``~`` expansion, ``..`` and symlinks;
+- ``tls_ca`` is inline PEM, written to a root-only file named by its SHA-256; a path is refused;
+- ``allow_private``, and a rule for a non-global IP literal (which reaches that address), only
+  for an IP literal inside a range the host's own ``config.yaml`` lists under
+  ``project_allow_private``;
+- local input (``-p`` files, quick flags, ``--workspace``) may add deny rules, hidden paths and
+  stricter limits, modes and approvals; a rule that allows, a credential, a readable or
+  writable path, an exec allow-list entry, another workspace or home widens and is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from corral import dirs
+from corral.errors import CorralError
+
+if TYPE_CHECKING:
+    from corral.policy.load import LoadedPolicy
+    from corral.policy.quick import QuickPolicy
+    from corral.policy.types import Rule
+
+__all__ = ["check_narrows", "check_server", "private_ranges"]
+
+EXIT_CORRAL = 125
+_PEM = "-----BEGIN CERTIFICATE-----"
+
+
+def _refuse(message: str) -> CorralError:
+    return CorralError(f"refused the project's policy: {message}", exit_code=EXIT_CORRAL)
+
+
+def _widens(message: str) -> CorralError:
+    return CorralError(f"--project: local input may only narrow the project's policy; {message} "
+                       "widens it", exit_code=EXIT_CORRAL)
+
+
+def private_ranges() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``project_allow_private`` of the host's config.yaml (empty when absent)."""
+    from corral.runtime.config import load_config
+
+    return [ipaddress.ip_network(c, strict=False)
+            for c in load_config(exit_code=EXIT_CORRAL).project_allow_private]
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    text = os.path.normpath(str(path))
+    real = os.path.realpath(text)
+    return any(os.path.commonpath([p, str(r)]) == str(r) for r in roots for p in (text, real))
+
+
+def _roots(workspace: str | None, policy_ws: Path | None) -> list[Path]:
+    from corral.sandbox import expand_user, invoking_user
+
+    uid, _gid, home = invoking_user()
+    roots = [] if uid == 0 else [Path(os.path.realpath(home))]
+    for ws in (Path(workspace) if workspace else None, policy_ws):
+        if ws is not None:
+            roots.append(Path(os.path.realpath(expand_user(ws).absolute())))
+    return roots
+
+
+def _check_paths(server: list[LoadedPolicy], workspace: str | None) -> None:
+    from corral.sandbox import expand_user, invoking_user
+
+    _uid, _gid, home = invoking_user()
+    homes = _roots(None, None)
+    ws_setting = next((p.settings["files.workspace"] for p in server
+                       if "files.workspace" in p.settings), None)
+    for pol in server:
+        for key in ("files.workspace", "files.home"):
+            if key in pol.settings:
+                value, origin = pol.settings[key]
+                if not _inside(expand_user(Path(value)), homes):
+                    raise _refuse(f"{origin}: {key}: {value} is outside the invoking user's "
+                                  f"home ({home if homes else 'none: run by root'})")
+    roots = _roots(workspace, ws_setting[0] if ws_setting else None)
+    for pol in server:
+        for value, origin in pol.lists.get("files.read", ()):
+            if not _inside(expand_user(Path(value)), roots):
+                raise _refuse(f"{origin}: files.read: {value} is outside the invoking user's "
+                              "home and the workspace")
+
+
+def _raw_tls_ca(text: str) -> dict[int, Any]:
+    """egress index -> the rule's ``tls_ca`` exactly as written (the loader made it a Path)."""
+    from corral.policy.yamlsrc import parse_yaml
+
+    data, _lines = parse_yaml(text)
+    egress = data.get("egress") if isinstance(data, dict) else None
+    return {i: r.get("tls_ca") for i, r in enumerate(egress or []) if isinstance(r, dict)}
+
+
+def _pem_file(pem: str) -> Path:
+    folder = dirs.ensure_state_dir() / "projects" / "ca"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(pem.encode()).hexdigest()}.pem"
+    if not path.exists():
+        tmp = folder / f".{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(pem)
+        os.replace(tmp, path)
+    return path
+
+
+def _check_rule(rule: Rule, ranges: list[Any], raw_ca: Any) -> Rule:
+    try:
+        addr: Any = ipaddress.ip_address(rule.host.strip("[]"))
+    except ValueError:
+        addr = None
+    # an IP-literal rule reaches that address even when private (the proxy's rule), so a
+    # private literal is held to the same ranges as allow_private
+    if rule.allow_private or (addr is not None and not addr.is_global):
+        what = "allow_private" if rule.allow_private else "a private address"
+        if addr is None:
+            raise _refuse(f"{rule.origin}: allow_private on {rule.host}: only an IP address "
+                          "inside the host's project_allow_private ranges may be private")
+        if not any(addr in net for net in ranges):
+            raise _refuse(f"{rule.origin}: {what} {rule.host}: not in this host's "
+                          f"project_allow_private ({', '.join(map(str, ranges)) or 'none'}; "
+                          f"{dirs.config_dir() / 'config.yaml'})")
+    if rule.tls_ca is not None:
+        if not isinstance(raw_ca, str) or not raw_ca.lstrip().startswith(_PEM):
+            raise _refuse(f"{rule.origin}: tls_ca: a project policy gives the CA inline (PEM), "
+                          "not a path on this host")
+        from cryptography import x509
+
+        try:
+            x509.load_pem_x509_certificates(raw_ca.encode())
+        except ValueError as err:
+            raise _refuse(f"{rule.origin}: tls_ca: not a PEM certificate ({err})") from None
+        return rule._replace(tls_ca=_pem_file(raw_ca))
+    return rule
+
+
+def check_server(server: list[LoadedPolicy], texts: list[str],
+                 workspace: str | None) -> list[LoadedPolicy]:
+    """The server's policies held to the trust rules; inline CAs replaced by root-only files."""
+    for pol in server:
+        for binding in pol.credentials.values():
+            for src in (binding.secret, binding.aws_access_key_id,
+                        binding.aws_secret_access_key, binding.aws_session_token):
+                if src is not None and not src.startswith("store:"):
+                    raise _refuse(f"{binding.origin}: credentials.{binding.name}: "
+                                  f"{src.split(':', 1)[0]}: secret sources are refused")
+    _check_paths(server, workspace)
+    ranges = private_ranges()
+    out = []
+    for pol, text in zip(server, texts, strict=True):
+        raw = _raw_tls_ca(text) if any(r.tls_ca for r in pol.rules) else {}
+        rules = tuple(_check_rule(r, ranges, raw.get(i)) for i, r in enumerate(pol.rules))
+        out.append(dataclasses.replace(pol, rules=rules))
+    return out
+
+
+def check_narrows(server: list[LoadedPolicy], local: list[LoadedPolicy],
+                  quick: QuickPolicy | None, workspace: str | None) -> None:
+    """Refuse local input that would widen the project's policy, naming it."""
+    pols: list[LoadedPolicy | QuickPolicy] = [*local, *([quick] if quick is not None else [])]
+    for pol in pols:
+        for rule in pol.rules:
+            if rule.action != "deny":
+                raise _widens(f"{rule.origin}: an egress rule for {rule.host} ({rule.action})")
+        for name, binding in pol.credentials.items():
+            raise _widens(f"{binding.origin}: credentials.{name}")
+        for key in ("files.read", "files.write", "exec.allow"):
+            for value, origin in pol.lists.get(key, ()):
+                raise _widens(f"{origin}: {key}: {value}")
+        for key in ("files.workspace", "files.home"):
+            if key in pol.settings:
+                value, origin = pol.settings[key]
+                theirs = [p.settings[key][0] for p in server if key in p.settings]
+                if theirs[:1] != [value]:
+                    raise _widens(f"{origin}: {key}: {value}")
+    theirs_ws = [p.settings["files.workspace"][0] for p in server
+                 if "files.workspace" in p.settings]
+    if workspace and theirs_ws and Path(os.path.abspath(workspace)) != Path(theirs_ws[0]):
+        raise _widens(f"--workspace {workspace} (the project's files.workspace is "
+                      f"{theirs_ws[0]})")
