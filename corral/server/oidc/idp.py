@@ -54,6 +54,7 @@ class Idp:
         self._lock = threading.Lock()
         self._meta: tuple[float, dict[str, Any]] | None = None
         self._jwks: tuple[float, KeySet] | None = None
+        self._refetched = -JWKS_MIN_REFETCH
 
     def _get(self, url: str) -> dict[str, Any]:
         try:
@@ -84,9 +85,14 @@ class Idp:
     def keys(self, refetch: bool) -> KeySet:
         with self._lock:
             cached = self._jwks
-        if cached and (time.monotonic() - cached[0] < (JWKS_MIN_REFETCH if refetch
-                                                         else CACHE_FOR)):
-            return cached[1]
+            now = time.monotonic()
+            if refetch:
+                # At most one forced refetch per JWKS_MIN_REFETCH, however many kids arrive.
+                if cached and now - self._refetched < JWKS_MIN_REFETCH:
+                    return cached[1]
+                self._refetched = now
+            elif cached and now - cached[0] < CACHE_FOR:
+                return cached[1]
         doc = self._get(str(self.metadata()["jwks_uri"]))
         try:
             keyset = KeySet.import_key_set(doc)  # type: ignore[arg-type]
