@@ -1,7 +1,8 @@
 """Spend: meter LLM responses, price them, and keep budgets (docs/spend.md).
 
 Pure functions and in-process state only (no I/O but reading the price table): the proxy and
-the server's relay drive it. Typical use, per metered request::
+the server's relay drive it, through ``Spend.begin`` and ``Exchange`` (``exchange.py``) or
+piece by piece. Per metered request::
 
     api = endpoint_api("openai", method, path)        # None: not priced -> deny (unless free)
     est = estimate(prices, "openai", api, body)       # EstimateError -> 400 in provider shape
@@ -16,6 +17,7 @@ Imports nothing of corral but its own modules (``.importlinter``: the bottom lay
 
 from __future__ import annotations
 
+from corral.spend.exchange import Exchange, Spend, UsageRecord
 from corral.spend.ledger import (
     PERIODS,
     Budget,
@@ -40,8 +42,9 @@ from corral.spend.request import (
 from corral.spend.usage import MICRO, Tokens, Usage, format_usd
 
 __all__ = [
-    "MAX_BODY", "MICRO", "PERIODS", "Api", "Budget", "Estimate", "EstimateError", "Ledger",
-    "LocalLedger", "Meter", "Period", "Price", "PriceError", "PriceTable", "Refusal", "Reply",
-    "Reservation", "Tokens", "Usage", "add_include_usage", "budget_reply", "endpoint_api",
+    "MAX_BODY", "MICRO", "PERIODS", "Api", "Budget", "Estimate", "EstimateError", "Exchange",
+    "Ledger", "LocalLedger", "Meter", "Period", "Price", "PriceError", "PriceTable", "Refusal",
+    "Reply", "Reservation", "Spend", "Tokens", "Usage", "UsageRecord", "add_include_usage",
+    "budget_reply", "endpoint_api",
     "error_reply", "estimate", "format_usd", "load_prices", "meter_for", "window_of",
 ]
