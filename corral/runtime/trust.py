@@ -62,8 +62,10 @@ def private_ranges() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
 
 def _inside(path: Path, roots: list[Path]) -> bool:
     text = os.path.normpath(str(path))
-    real = os.path.realpath(text)
-    return any(os.path.commonpath([p, str(r)]) == str(r) for r in roots for p in (text, real))
+    real = os.path.realpath(path)  # not of ``text``: 'link/..' is the link's parent
+    # both as written (after ``..``) and as the sandbox will bind it (symlinks followed)
+    return all(any(os.path.commonpath([p, str(r)]) == str(r) for r in roots)
+               for p in (text, real))
 
 
 def _roots(workspace: str | None, policy_ws: Path | None) -> list[Path]:
