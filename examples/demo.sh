@@ -3,7 +3,9 @@
 # sandbox under examples/demo/policy.yaml plus builtin:pypi, next to a demo HTTPS API that lives
 # in a network namespace this script creates (the only "outside host" it talks to, besides the
 # package index pip itself is configured with). Shows allowed, denied and credential-injected
-# traffic, then the audit trail. Everything it creates is removed on exit.
+# traffic, then the audit trail. The run is registered with an embedded `corral server` (SQLite
+# in a temp dir, on loopback) that holds the project's policy and receives the run's trail.
+# Everything it creates is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORRAL=.venv/bin/corral
@@ -15,6 +17,8 @@ bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 
 cleanup() {
   [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null || true
+  [ -n "${CTL_PID:-}" ] && kill "$CTL_PID" 2>/dev/null || true
+  [ -n "${CTL_HOME:-}" ] && rm -rf "$CTL_HOME" "$CTL_CONFIG"
   ip netns del "$NS" 2>/dev/null || true
   ip link del cdemo0 2>/dev/null || true
 }
@@ -50,15 +54,40 @@ bold "3. The policy the agent runs under"
 INDEX=$(.venv/bin/python -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')
 $CORRAL policy resolve -p "$DEMO/policy.yaml" -p builtin:pypi
 
-bold "4. The agent runs in a sandbox: corral run -p $DEMO/policy.yaml -p builtin:pypi -- python3 agent.py"
+bold "4. The control plane: an embedded corral server (SQLite in a temp dir) holds that policy"
+CTL_HOME=$(mktemp -d) CTL_CONFIG=$(mktemp -d)
+PORT=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+CORRAL_HOME="$CTL_HOME" $CORRAL server --listen "127.0.0.1:$PORT" >"$CTL_HOME/server.log" 2>&1 &
+CTL_PID=$!
+export CORRAL_SERVER="http://127.0.0.1:$PORT"
+for _ in $(seq 100); do curl -sf "$CORRAL_SERVER/healthz" >/dev/null && break; sleep 0.1; done
+CORRAL_TOKEN=$(CORRAL_HOME="$CTL_HOME" $CORRAL server token create --name demo --role owner)
+export CORRAL_TOKEN
+$CORRAL team create demo
+$CORRAL project create demo-project --team demo
+# A project policy is not trusted like local config: its tls_ca is inline PEM, not a path.
+.venv/bin/python - "$DEMO/policy.yaml" "$RUN/ca.pem" "$RUN/project.yaml" <<'PY'
+import sys
+policy, ca, out = sys.argv[1:]
+pem = open(ca).read().strip().replace("\n", "\n      ")
+import re
+text = re.sub(r"tls_ca: \.run/ca\.pem.*", "tls_ca: |\n      " + pem, open(policy).read())
+open(out, "w").write(text)
+PY
+$CORRAL policy push "$RUN/project.yaml" --project demo-project
+$CORRAL policy push corral/policy/builtin/pypi.yaml --project demo-project
+# ...and it reaches a private address only in ranges this host's own config permits.
+echo "project_allow_private: [$API_IP/32]" > "$CTL_CONFIG/config.yaml"
+
+bold "5. The agent runs in a sandbox: corral run --project demo-project -- python3 agent.py"
 set +e
-$CORRAL run -p "$DEMO/policy.yaml" -p builtin:pypi --env "DEMO_INDEX=$INDEX" \
+CORRAL_CONFIG="$CTL_CONFIG" $CORRAL run --project demo-project --env "DEMO_INDEX=$INDEX" \
   --env "DEMO_API=https://$API_IP:8443" -- /usr/bin/python3 - < "$DEMO/agent.py"
 status=$?
 set -e
 echo "   agent exit status: $status"
 
-bold "5. The audit trail of that run (tamper-evident: corral audit verify)"
+bold "6. The audit trail of that run on this host (tamper-evident: corral audit verify)"
 SANDBOX=$($CORRAL audit list --type sandbox.create --limit 1 --json 2>/dev/null | .venv/bin/python -c '
 import json, sys
 lines = [line for line in sys.stdin if line.strip()]
@@ -69,4 +98,8 @@ if [ -n "$SANDBOX" ]; then
 else
   echo "   (no audit trail recorded for this run)"
 fi
+
+bold "7. The same run on the server: registered, its trail shipped and verified there"
+$CORRAL sandbox list --project demo-project --all
+$CORRAL audit verify --project demo-project
 exit "$status"

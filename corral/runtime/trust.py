@@ -144,12 +144,15 @@ def _check_rule(rule: Rule, ranges: list[Any], raw_ca: Any) -> Rule:
             raise _refuse(f"{rule.origin}: tls_ca: a project policy gives the CA inline (PEM), "
                           "not a path on this host")
         from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
 
         try:
-            x509.load_pem_x509_certificates(raw_ca.encode())
+            certs = x509.load_pem_x509_certificates(raw_ca.encode())
         except ValueError as err:
             raise _refuse(f"{rule.origin}: tls_ca: not a PEM certificate ({err})") from None
-        return rule._replace(tls_ca=_pem_file(raw_ca))
+        # only the certificates, re-encoded: text around them never reaches the proxy
+        pem = "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
+        return rule._replace(tls_ca=_pem_file(pem))
     return rule
 
 
