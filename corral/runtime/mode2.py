@@ -13,6 +13,8 @@ Invariants:
   egress rules, and is stopped otherwise or when anything before the run fails.
 - The proxy child gets the secrets only once the audit store is open (``configure`` after
   ``open_audit``), so no request can be made before its record can be.
+- Without egress rules there is no proxy, but the run's network attempts are still recorded
+  (``corral.runtime.attempts``: DNS names asked, destinations refused) in its trail.
 - A proxy that fails during the run makes the run's status 125, whatever the command returned.
 - However the run ends, the proxy is stopped and ``finish(audit)`` runs (closing the trails).
 - With a ``report`` (``--project``), the run registers with the server once the sandbox exists
@@ -88,9 +90,14 @@ def run_agent(
             hooks.proxy_audit = wrap_proxy_audit(sink) if wrap_proxy_audit else sink
             hooks.configure()
             spec = hooks.prepare(spec)
-        run_hooks: Any = hooks
+            run_hooks: Any = hooks
+        else:
+            from corral.runtime.attempts import Attempts
+
+            run_hooks = Attempts(audit.trail)
+            spec = run_hooks.prepare(spec)
         if report is not None:
-            report.store, report.inner = audit.store.path, hooks
+            report.store, report.inner = audit.store.path, run_hooks
             run_hooks = report
         code = run_command(spec, argv, audit=audit, hooks=run_hooks)
         code = EXIT_CORRAL if hooks is not None and hooks.failed else code

@@ -156,7 +156,8 @@ class Sandbox:
         # the netns (two tool runs) builds on its own thread while the rest is set up here
         tools = check_host()
         self._pending_netns = NetNamespace.start(
-            self.uid, spec.proxy_port, spec.dns_port, ip=tools["ip"], nft=tools["nft"]
+            self.uid, spec.proxy_port, spec.dns_port, ip=tools["ip"], nft=tools["nft"],
+            log_group=spec.refusal_log,
         )
         # The cgroup before the directories, so that its attach warm-up starts about one RCU
         # grace period before the command joins it (see ``warm_cgroup_attach``); after the

@@ -7,7 +7,10 @@ Invariants (per sandbox uid, IPv4 and IPv6 alike, in the ``inet`` family):
   UDP/TCP to port 53 to the DNS stub, when those ports are given; without them that traffic is
   rejected like everything else;
 - every other packet the sandbox user sends is rejected (TCP reset, else ICMP port-unreachable),
-  and the output policy is ``drop`` so a packet owned by nobody else leaves either.
+  and the output policy is ``drop`` so a packet owned by nobody else leaves either;
+- with a ``log_group``, each packet of the sandbox user about to be rejected is first copied to
+  that NFLOG group (at most 100 a second: the kernel drops the rest of a burst), so a recorder in
+  the launcher can audit the attempt (``corral.runtime.attempts``); the verdict is unchanged.
 Redirected packets are accepted by ``ct status dnat`` rather than by ``oifname "lo"``: the
 output hooks see the device chosen before the redirect, the reroute to ``lo`` comes after them.
 Only this table's ``redirect`` rules can DNAT in the sandbox netns.
@@ -21,7 +24,8 @@ __all__ = ["TABLE", "ruleset"]
 TABLE = "corral"
 
 
-def ruleset(uid: int, proxy_port: int | None, dns_port: int | None) -> str:
+def ruleset(uid: int, proxy_port: int | None, dns_port: int | None,
+            log_group: int | None = None) -> str:
     nat: list[str] = []
     if proxy_port is not None:
         nat += [
@@ -34,6 +38,8 @@ def ruleset(uid: int, proxy_port: int | None, dns_port: int | None) -> str:
             f"meta skuid {uid} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns_port}"
         )
     nat_body = "".join(f"    {r}\n" for r in nat)
+    log = ("" if log_group is None else
+           f"    meta skuid {uid} limit rate 100/second burst 100 packets log group {log_group}\n")
     return (
         f"table inet {TABLE} {{\n"
         "  chain nat_output {\n"
@@ -45,6 +51,7 @@ def ruleset(uid: int, proxy_port: int | None, dns_port: int | None) -> str:
         '    oifname "lo" accept\n'
         "    ct status dnat accept\n"
         "    ct state established,related accept\n"
+        f"{log}"
         f"    meta skuid {uid} meta l4proto tcp reject with tcp reset\n"
         f"    meta skuid {uid} reject with icmpx type port-unreachable\n"
         "  }\n"

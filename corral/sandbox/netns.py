@@ -79,14 +79,14 @@ class NetNamespace:
     @classmethod
     def create(
         cls, uid: int, proxy_port: int | None, dns_port: int | None, *, ip: str = "ip",
-        nft: str = "nft"
+        nft: str = "nft", log_group: int | None = None
     ) -> NetNamespace:
-        return cls.start(uid, proxy_port, dns_port, ip=ip, nft=nft).result()
+        return cls.start(uid, proxy_port, dns_port, ip=ip, nft=nft, log_group=log_group).result()
 
     @classmethod
     def start(
         cls, uid: int, proxy_port: int | None, dns_port: int | None, *, ip: str = "ip",
-        nft: str = "nft"
+        nft: str = "nft", log_group: int | None = None
     ) -> Pending[NetNamespace]:
         """Build the namespace in the background (the launcher does other setup meanwhile)."""
         def build() -> int:
@@ -94,7 +94,8 @@ class NetNamespace:
             fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 _run([ip, "-batch", "-"], _IP_BATCH, "network setup (ip)")
-                _run([nft, "-f", "-"], ruleset(uid, proxy_port, dns_port).encode(), "nft")
+                rules = ruleset(uid, proxy_port, dns_port, log_group)
+                _run([nft, "-f", "-"], rules.encode(), "nft")
             except BaseException:
                 os.close(fd)
                 raise

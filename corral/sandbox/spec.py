@@ -32,6 +32,8 @@ class SandboxSpec(NamedTuple):
     ``proxy_port``/``dns_port`` are ports of listeners the proxy creates inside the sandbox netns
     (via ``Sandbox.run_in_netns``); TCP 80/443 and DNS of the sandbox user are redirected there.
     ``extra_files`` are read-only files placed at absolute paths inside (CA bundle, resolv.conf).
+    ``refusal_log``: an NFLOG group the netns rules copy the sandbox user's refused packets to
+    (``corral.runtime.attempts`` records them when there is no proxy).
     """
 
     policies: tuple[str, ...] = ()
@@ -44,3 +46,4 @@ class SandboxSpec(NamedTuple):
     proxy_port: int | None = None
     dns_port: int | None = None
     tmp_size: int = 1024**3
+    refusal_log: int | None = None
