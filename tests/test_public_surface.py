@@ -15,9 +15,8 @@ The rule, checked over every module of ``corral/`` (parsed with ``ast``, nothing
 - Imports under ``if TYPE_CHECKING:`` follow the same rule (a type in a signature is part of
   the contract too).
 
-``KNOWN`` lists the violations in packages other engineers are still reworking (cli, mcp,
-tools, sandbox, server); the test fails on any violation not listed, and on a listed one that
-is gone (so the list only shrinks).
+``KNOWN`` lists accepted violations (none now); the test fails on any violation not listed,
+and on a listed one that is gone (so the list only shrinks).
 """
 
 from __future__ import annotations
@@ -28,24 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "corral"
 
-# (importing module, imported module, name). Left for the packages' owners: cli and server are
-# being reworked (Mode 1 assembly, the control plane); runtime.config needs policy to export
-# its YAML and host helpers (or list those modules as public).
-KNOWN: set[tuple[str, str, str]] = {
-    ('corral.cli.server', 'corral.server.local', 'create_token'),
-    ('corral.cli.server', 'corral.server.local', 'list_tokens'),
-    ('corral.cli.server', 'corral.server.local', 'revoke_token'),
-    ('corral.cli.server', 'corral.server.local', 'rotate_kek'),
-    ('corral.cli.server', 'corral.server.migrate', 'check_schema'),
-    ('corral.cli.server', 'corral.server.migrate', 'upgrade'),
-    ('corral.runtime.config', 'corral.policy.hosts', 'normalize_host'),
-    ('corral.runtime.config', 'corral.policy.yamlsrc', 'parse_yaml'),
-    ('corral.server.config', 'corral.policy.yamlsrc', 'format_loc'),
-    ('corral.server.config', 'corral.policy.yamlsrc', 'parse_yaml'),
-    ('corral.server.policies', 'corral.policy.compose', 'compose'),
-    ('corral.runtime.project', 'corral.policy.compose', 'compose'),
-    ('corral.runtime.trust', 'corral.policy.yamlsrc', 'parse_yaml'),
-}
+# (importing module, imported module, name): none left. A new violation fails the test; export
+# the name from the owning package (or list its module as a public submodule) instead.
+KNOWN: set[tuple[str, str, str]] = set()
 
 
 def _module_name(path: Path, root: Path) -> str:

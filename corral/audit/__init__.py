@@ -82,8 +82,9 @@ __getattr__ = lazy_exports("corral.audit", {
 
 
 # ``events`` (the registry and the chain's hashing, which the control plane re-checks),
-# ``export``, ``query`` and ``verify`` are public submodules: their own ``__all__`` is part of
-# this package's surface (``from corral.audit.query import iter_events``).
+# ``export``, ``query``, ``verify`` and ``budget`` (the refusal budget, which the launcher's
+# recorder of a run without egress rules applies too) are public submodules: their own
+# ``__all__`` is part of this package's surface (``from corral.audit.query import iter_events``).
 __all__ = [
     "PROXY_EVENTS",
     "SCHEMAS",
@@ -95,6 +96,7 @@ __all__ = [
     "EventType",
     "Ticket",
     "Trail",
+    "budget",
     "events",
     "export",
     "query",

@@ -41,7 +41,8 @@ import json
 import os
 from typing import Any
 
-__all__ = ["AGGREGATED", "VOLATILE", "Budget", "Held", "from_env", "refusal"]
+__all__ = ["AGGREGATED", "HOLD", "OWN", "REFUSE", "VOLATILE", "Budget", "Held", "from_env",
+           "refusal"]
 
 AGGREGATED = frozenset({"dns.query", "proxy.deny", "sandbox.limit", "error"})
 VOLATILE = frozenset({"duration_ms", "bytes_in", "bytes_out", "client"})

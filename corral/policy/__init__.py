@@ -53,13 +53,16 @@ __all__ = [
     "Rule",
     "builtin_names",
     "builtin_path",
+    "compose",  # public submodules: compose(), the YAML reader, host names (the server uses them)
     "describe_builtins",
+    "hosts",
     "load_policy",
     "load_policy_text",
     "parse_duration",
     "parse_size",
     "quick_policy",
     "resolve",
+    "yamlsrc",
 ]
 
 # Exports load on first use (PEP 562): ``corral run`` imports ``corral.policy.types`` on every

@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from corral.proxy.service import ProxyService, inspected_hosts
     from corral.proxy.tls import CertificateAuthority, UpstreamContexts
 
-# ``sigv4`` is a public submodule (the helper preloads it before a drop of privileges).
+# ``sigv4`` (the helper preloads it before a drop of privileges) and ``dns`` (its answer() serves
+# a run without egress rules too) are public submodules.
 __all__ = ["CertificateAuthority", "NullAudit", "ProxyService", "RelayAudit", "UpstreamContexts",
-           "agent_env", "inspected_hosts", "sigv4", "trust_bundle"]
+           "agent_env", "dns", "inspected_hosts", "sigv4", "trust_bundle"]
 
 __getattr__ = lazy_exports(
     "corral.proxy", {"NullAudit": "audit", "ProxyService": "service", "RelayAudit": "audit",

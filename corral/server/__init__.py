@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from corral.server.config import ServerConfig, load_config
     from corral.server.db import Database
 
-__all__ = ["Database", "ServerConfig", "create_app", "load_config"]
+# ``local`` (tokens and KEK rotation on this host) and ``migrate`` (schema) are public
+# submodules: ``corral server``'s CLI calls them.
+__all__ = ["Database", "ServerConfig", "create_app", "load_config", "local", "migrate"]
 
 __getattr__ = lazy_exports("corral.server", {
     "create_app": "app",
