@@ -12,9 +12,13 @@ STAMP := $(VENV)/.installed
 EDITABLE := -e '.[dev]' --config-settings editable_mode=compat
 OLD_FINDER := $(wildcard $(VENV)/lib/python3*/site-packages/__editable___corral_*_finder.py)
 
-.PHONY: setup sysdeps run test lint bench clean FORCE
+.PHONY: setup sysdeps web-assets run test lint bench clean FORCE
 
-setup: sysdeps $(STAMP)
+setup: sysdeps $(STAMP) web-assets
+
+# The web UI's vendor files (npm ci into corral/server/web/assets-src; quick when done).
+web-assets: sysdeps
+	@bash scripts/web_assets.sh
 
 sysdeps:
 	@bash scripts/sysdeps.sh

@@ -20,7 +20,7 @@ from corral.audit.events import GENESIS, event_body, event_hash
 from corral.server import ledger
 from corral.server.models import AuditEvent, Project, Run
 
-__all__ = ["TrailCheck", "verify_project"]
+__all__ = ["TrailCheck", "verify_project", "verify_run"]
 
 
 @dataclass
@@ -83,4 +83,15 @@ def verify_project(session: Session, project: Project) -> TrailCheck:
                                .order_by(Run.started_at)):
         check.runs += 1
         _chain(session, run, led.anchored.get(run.id), check)
+    return check
+
+
+def verify_run(session: Session, run: Run) -> TrailCheck:
+    """One run's chain, and the ledger it is anchored in (the web UI's run page)."""
+    check = TrailCheck()
+    led = ledger.verify(session)
+    check.ledger_entries, check.ledger_head = led.entries, led.head
+    check.problems += led.problems
+    check.runs = 1
+    _chain(session, run, led.anchored.get(run.id), check)
     return check

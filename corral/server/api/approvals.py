@@ -27,7 +27,7 @@ from corral.server.authz import Permission
 from corral.server.errors import ApiError
 from corral.server.models import Approval, Run, utcnow
 
-__all__ = ["router"]
+__all__ = ["decide_request", "router"]
 
 router = APIRouter(tags=["approvals"])
 ApprovalId = Path(pattern=r"^[0-9a-f]{32}$")
@@ -91,7 +91,8 @@ def list_approvals(all_: bool = Query(False, alias="all"),
                           for a, h in access.session.execute(query)]}
 
 
-def _decide(access: Access, approval: str, decision: str, reason: str | None) -> dict[str, Any]:
+def decide_request(access: Access, approval: str, decision: str,
+                   reason: str | None) -> dict[str, Any]:
     session, project = access.session, access.resource
     row = session.get(Approval, approval)
     run = session.get(Run, row.run_id) if row is not None else None
@@ -113,11 +114,11 @@ def _decide(access: Access, approval: str, decision: str, reason: str | None) ->
 def approve(body: DecisionIn, approval: str = ApprovalId,
             access: Access = require(Permission.APPROVAL_DECIDE, resolve.project)
             ) -> dict[str, Any]:
-    return _decide(access, approval, "approved", body.reason)
+    return decide_request(access, approval, "approved", body.reason)
 
 
 @router.post("/projects/{project}/approvals/{approval}/deny")
 def deny(body: DecisionIn, approval: str = ApprovalId,
          access: Access = require(Permission.APPROVAL_DECIDE, resolve.project)
          ) -> dict[str, Any]:
-    return _decide(access, approval, "denied", body.reason)
+    return decide_request(access, approval, "denied", body.reason)

@@ -20,7 +20,7 @@ import urllib.parse
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from corral.server.api.deps import get_session
@@ -137,16 +137,6 @@ def callback(request: Request, state: str = "", code: str = "", iss: str | None 
     response.delete_cookie(BIND_COOKIE, path=CALLBACK)
     session.commit()
     return response
-
-
-@router.get("/", response_class=HTMLResponse)
-def home(request: Request, session: Session = Depends(get_session)) -> Response:
-    current = websession.current(request, session)
-    if current is None:
-        return RedirectResponse("/login?next=/", status_code=303)
-    session.commit()
-    return pages.render(request, "home.html", {"user": current.user, "csrf": current.csrf,
-                                               "step_up": current.step_up})
 
 
 @router.post("/logout")

@@ -1,7 +1,9 @@
 """Server-rendered pages (Jinja2 templates shipped in the package), with strict headers.
 
-Invariants: templates autoescape everything (user names come from the IdP); every page is
-sent with a Content-Security-Policy that allows no script and no framing, and is not cached.
+Invariants: templates autoescape everything (user names come from the IdP, paths and
+arguments from agents); every page is sent with a Content-Security-Policy that allows scripts
+and styles only from this server's own static files (no inline script or style, no eval), no
+framing, and is not cached.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-__all__ = ["HEADERS", "message", "render"]
+__all__ = ["HEADERS", "env", "message", "render"]
 
 _env = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
                    autoescape=select_autoescape(default=True), auto_reload=False)
+env = _env
 
 HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self'; connect-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

@@ -27,7 +27,7 @@ def test_login_lands_on_a_page_with_the_users_name(sso_server: SsoServer) -> Non
         page = client.get(sso_server.url + "/")
         assert page.status_code == 200
         assert "Alice Liddell" in page.text
-        assert "script-src" not in page.headers["content-security-policy"]
+        assert "unsafe-inline" not in page.headers["content-security-policy"]
         who = client.get(sso_server.url + "/api/v1/whoami").json()
         assert who["email"] == "alice@example.com" and who["subject"] == "alice"
         assert who["teams"] == {}  # no team named "web" yet

@@ -1,0 +1,163 @@
+"""The web UI over HTTP, signed in through the real OpenID provider, on SQLite and PostgreSQL:
+every page for the roles that should see it, the outsider's 404 on each, CSRF on every
+change, agent-controlled text inert, credential values never in any response, headers."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.server.web.conftest import Ui
+
+CSP = "content-security-policy"
+
+# Pages of team web's resources: alice (admin) and carol (viewer) see them; bob (only in
+# team other) gets the not-found page for every one.
+TEAM_PAGES = ["/projects/shop", "/teams/web", "/policies/shop", "/credentials?project=shop",
+              "/audit?project=shop", "/sandboxes/{run}", "/sandboxes/{run}/verify",
+              "/policies/shop/explain?url=https://example.com/", "/audit/export.jsonl?project=shop",
+              "/policies/shop/diff?policy=p&version=1"]
+LIST_PAGES = ["/", "/sandboxes", "/approvals", "/policies", "/projects", "/teams",
+              "/credentials", "/spend", "/audit", "/tokens"]
+
+
+def _push(ui: Ui, client: httpx.Client, csrf: str, text: str) -> httpx.Response:
+    return client.post(ui.url + "/policies/shop/push", data={"filename": "p.yaml", "text": text},
+                       headers={"X-CSRF-Token": csrf, "HX-Request": "true"})
+
+
+POLICY = "name: p\negress:\n  - host: api.example.com\n    action: inspect\n"
+
+
+def test_role_matrix(ui: Ui) -> None:
+    run = ui.start_run(agent="claude-code")
+    run.ship(("proxy.deny", {"host": "evil.example", "rule": "default deny", "method": "GET",
+                             "path": "/x"}))
+    with httpx.Client(timeout=30) as alice, httpx.Client(timeout=30) as bob, \
+            httpx.Client(timeout=30) as carol:
+        token = ui.login(alice, "alice")
+        assert _push(ui, alice, token, POLICY).status_code == 200
+        ui.login(bob, "bob")
+        ui.login(carol, "carol")
+        for path in LIST_PAGES:
+            for who in (alice, bob, carol):
+                resp = who.get(ui.url + path)
+                assert resp.status_code == 200, (path, resp.status_code)
+                assert "script-src 'self'" in resp.headers[CSP]
+        for raw in TEAM_PAGES:
+            path = raw.format(run=run.id)
+            for who in (alice, carol):
+                assert who.get(ui.url + path).status_code == 200, path
+            resp = bob.get(ui.url + path)
+            assert resp.status_code == 404, (path, resp.status_code)
+            assert "shop" not in resp.text and run.id not in resp.text
+        # Listings show bob nothing of team web.
+        for path in ("/sandboxes", "/projects", "/policies", "/audit", "/"):
+            text = bob.get(ui.url + path).text
+            assert run.id not in text and ">shop<" not in text, path
+        assert run.id in alice.get(ui.url + "/sandboxes").text
+        assert bob.get(ui.url + "/policies/org").status_code == 404  # no org-wide role
+
+
+def test_signed_out_goes_to_login_and_changes_need_csrf(ui: Ui) -> None:
+    run = ui.start_run()
+    with httpx.Client(timeout=30) as anon:
+        resp = anon.get(ui.url + f"/sandboxes/{run.id}", follow_redirects=False)
+        assert resp.status_code == 303
+        assert resp.headers["location"].startswith("/login?next=%2Fsandboxes%2F")
+        assert anon.post(ui.url + f"/sandboxes/{run.id}/kill").status_code == 401
+    with httpx.Client(timeout=30) as alice:
+        csrf = ui.login(alice, "alice")
+        changes = [(f"/sandboxes/{run.id}/kill", {"reason": "x"}),
+                   ("/policies/shop/push", {"filename": "p.yaml", "text": POLICY}),
+                   ("/credentials/shop", {"name": "gh", "value": "v"}),
+                   ("/teams/web/members", {"email": "dan@example.com", "role": "admin"}),
+                   ("/projects/shop/agents", {"agent": "new"}),
+                   ("/policies/shop/validate", {"text": POLICY})]
+        for path, form in changes:
+            for headers in ({}, {"X-CSRF-Token": "0" * 64}):
+                resp = alice.post(ui.url + path, data=form, headers=headers)
+                assert resp.status_code == 403, (path, headers, resp.status_code)
+                assert "CSRF" in resp.text
+        # nothing changed
+        page = alice.get(ui.url + f"/sandboxes/{run.id}").text
+        assert "kill requested" not in page
+        assert "dan@example.com" not in alice.get(ui.url + "/teams/web").text
+        resp = alice.post(ui.url + f"/sandboxes/{run.id}/kill", data={"reason": "stop"},
+                          headers={"X-CSRF-Token": csrf})
+        assert resp.status_code == 200 and "kill requested" in resp.text
+
+
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>"\'&'
+
+
+def test_agent_controlled_text_renders_inert(ui: Ui) -> None:
+    run = ui.start_run(command=["sh", "-c", HOSTILE])
+    run.ship(("proxy.deny", {"host": "h.example", "rule": "p.yaml:3", "method": "GET",
+                             "path": "/" + HOSTILE}),
+             ("exec.start", {"argv": ["curl", HOSTILE], "path": "/usr/bin/curl"}),
+             ("tool.call", {"tool": HOSTILE, "status": "ok"}))
+    approval = run.ask(HOSTILE, {"cmd": HOSTILE}, rule=HOSTILE)
+    with httpx.Client(timeout=30) as alice:
+        ui.login(alice, "alice")
+        for path in (f"/sandboxes/{run.id}", "/sandboxes", "/approvals", "/",
+                     "/audit?project=shop"):
+            text = alice.get(ui.url + path).text
+            assert "<script>alert" not in text and "<img src=x" not in text, path
+            assert "&lt;script&gt;alert(" in text, path
+        assert approval in alice.get(ui.url + "/approvals").text
+
+
+def test_a_credential_value_never_appears_in_a_response(ui: Ui) -> None:
+    secret = "sk-live-" + "q7Zx" * 8
+    with httpx.Client(timeout=30) as alice:
+        csrf = ui.login(alice, "alice")
+        seen: list[httpx.Response] = []
+        alice.event_hooks["response"] = [lambda r: seen.append(r)]
+        resp = alice.post(ui.url + "/credentials/shop", data={"name": "github", "value": secret},
+                          headers={"X-CSRF-Token": csrf, "HX-Request": "true"})
+        assert resp.status_code == 200 and "github set" in resp.text
+        for path in [*LIST_PAGES, "/credentials?project=shop", "/projects/shop",
+                     "/audit/export.jsonl?project=shop"]:
+            alice.get(ui.url + path)
+        alice.get(ui.url + "/api/v1/projects/shop/credentials")
+        for r in seen:
+            r.read()
+            assert secret not in r.text, r.url
+        assert len(seen) >= 14
+        assert "github" in alice.get(ui.url + "/credentials?project=shop").text
+    with ui.db().session() as s:
+        from sqlalchemy import text
+
+        for row in s.execute(text("SELECT detail FROM admin_events")):
+            assert secret not in str(row[0])
+
+
+def test_security_headers_and_static_files(ui: Ui) -> None:
+    with httpx.Client(timeout=30) as alice:
+        ui.login(alice, "alice")
+        resp = alice.get(ui.url + "/")
+        csp = resp.headers[CSP]
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert "frame-ancestors 'none'" in csp and resp.headers["x-frame-options"] == "DENY"
+        assert "<script>" not in resp.text and " style=" not in resp.text
+        for name in ("app.js", "app.css", "vendor/htmx.min.js", "vendor/sse.min.js",
+                     "vendor/chart.umd.js"):
+            got = alice.get(ui.url + "/static/" + name)
+            assert got.status_code == 200 and got.headers["x-content-type-options"] == "nosniff"
+        for bad in ("../app.py", "vendor/../../ui.py", "%2e%2e/ui.py", "templates/ui/run.html"):
+            assert alice.get(ui.url + "/static/" + bad).status_code == 404
+
+
+@pytest.mark.parametrize("user", ["carol", "bob"])
+def test_a_viewer_or_outsider_cannot_decide_or_push(ui: Ui, user: str) -> None:
+    run = ui.start_run()
+    approval = run.ask("shell", {"cmd": "ls"}, rule="p.yaml:9")
+    with httpx.Client(timeout=30) as who:
+        csrf = ui.login(who, user)
+        headers = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+        resp = who.post(ui.url + f"/approvals/{approval}/approve", headers=headers)
+        assert resp.status_code == (403 if user == "carol" else 404)
+        assert _push(ui, who, csrf, POLICY).status_code == (403 if user == "carol" else 404)
+    with run.api() as c:
+        assert c.get(f"/runs/{run.id}/approvals/{approval}").json()["status"] == "pending"
