@@ -40,6 +40,9 @@ Event types and their fields are registered in ``corral.audit.events`` (``EventT
                       duration_ms reason mode client
     credential.inject binding* host* header rule
     credential.scrub  binding* host* count* where* (header|body)
+    llm.usage         host* rule* api* model* input_tokens* output_tokens* cache_write_tokens*
+                      cache_read_tokens* cost_usd* complete* reserved_usd flagged known_model
+                      status request_id path
     tool.call         tool* args ok duration_ms principal detail
     approval.request  request_id* tool summary reason args_digest policy_digest
     approval.decide   request_id* decision* by tool reason always

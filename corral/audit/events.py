@@ -66,6 +66,7 @@ class EventType(enum.StrEnum):
     PROXY_INSPECT = "proxy.inspect"
     CREDENTIAL_INJECT = "credential.inject"
     CREDENTIAL_SCRUB = "credential.scrub"  # a secret replaced in a response (count, never value)
+    LLM_USAGE = "llm.usage"  # one metered LLM request settled (corral.spend)
     TOOL_CALL = "tool.call"
     APPROVAL_REQUEST = "approval.request"
     APPROVAL_DECIDE = "approval.decide"
@@ -169,6 +170,24 @@ SCHEMAS: dict[str, _Spec] = {
         "host": (_S, True),
         "count": (_I, True),
         "where": (_S, True),
+    },
+    EventType.LLM_USAGE: {
+        "host": (_S, True),
+        "rule": (_S, True),
+        "api": (_S, True),  # anthropic.messages | openai.chat | openai.responses
+        "model": (_S, True),
+        "input_tokens": (_I, True),
+        "output_tokens": (_I, True),
+        "cache_write_tokens": (_I, True),
+        "cache_read_tokens": (_I, True),
+        "cost_usd": (_NUM, True),  # what was charged against the budgets
+        "reserved_usd": (_NUM, False),
+        "complete": (_B, True),  # the provider's final usage was read
+        "flagged": (_B, False),  # charged the whole reservation: usage never arrived
+        "known_model": (_B, False),  # False: priced as the provider's dearest model
+        "status": (_I, False),
+        "request_id": (_S, False),  # the provider's
+        "path": (_S, False),
     },
     EventType.TOOL_CALL: {
         "tool": (_S, True),

@@ -33,3 +33,4 @@ class ProxyContext:
     upstream_proxy: UpstreamProxy | None = None
     names: SyntheticNames = field(default_factory=SyntheticNames)
     idle_timeout: float = 300.0
+    spend: Any = None  # corral.spend.Spend when a rule has ``meter:`` (proxy.metered)

@@ -12,6 +12,9 @@ Invariants:
 - Bodies stream chunk by chunk, re-framed by the upstream writer, never copied raw.
 - A request with an injected credential asks for an unencoded response (before any signing)
   and its response is scrubbed of the secret (``response_scrub``); no other response is.
+- A request under a rule with ``meter:`` is admitted by ``metered`` (body read whole,
+  estimated and reserved, or answered there) before any credential is injected, takes the
+  llhttp path, and its response is metered as it streams and settled when it ends.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from corral.proxy import decide, inject, scrub
 from corral.proxy.agent import AgentConnection
 from corral.proxy.agent_parser import Request
 from corral.proxy.headers import request_headers
+from corral.proxy.lookup import Refused
 from corral.proxy.request_head import BadRequest, Target
 from corral.proxy.respond import relay_fast_response, relay_response
 from corral.proxy.response_scrub import ResponseScrub, identity
 from corral.proxy.upgrade import Offer
+from corral.proxy.upstream import UpstreamError
 from corral.proxy.upstream_pool import Upstreams
 
 __all__ = ["forward"]
@@ -50,6 +55,9 @@ async def forward(
     method = fields["method"]
     host, port, tls, origin = target
     headers, asks_upgrade, expect = request_headers(req.headers, target.authority.encode())
+    if ctx.spend is not None and decision.rule is not None and decision.rule.meter:
+        return await _metered(agent, upstreams, req, decision, target, fields, started,
+                              headers, asks_upgrade)
     # A 101 is accepted only against the handshake http1 checked (fail closed without one).
     upgrade = offer if asks_upgrade else None
     binding = decide.binding_for(ctx.policy, decision) if decision.credential else None
@@ -98,3 +106,52 @@ async def forward(
     return await relay_response(
         agent, upstreams, up, decision, fields, started, upgrade, scrubber
     )
+
+
+async def _metered(
+    agent: AgentConnection,
+    upstreams: Upstreams,
+    req: Request,
+    decision: Decision,
+    target: Target,
+    fields: dict[str, Any],
+    started: float,
+    headers: list[tuple[bytes, bytes]],
+    asks_upgrade: bool,
+) -> bool:
+    from corral.proxy.metered import admit, settle  # imported before the privilege drop
+
+    host, port, tls, origin = target
+    if asks_upgrade or req.method not in (b"POST", b"GET"):
+        raise Refused("a metered API takes plain GET and POST requests only")
+    binding = decide.binding_for(agent.ctx.policy, decision) if decision.credential else None
+    plan = inject.plan(decision, binding, agent.ctx.secrets, method=fields["method"], tls=tls)
+    if plan is not None and plan.binding.kind != "header":
+        raise Refused("a metered rule injects header credentials only")
+    admitted = await admit(agent, agent.ctx.spend, decision, fields, headers)
+    if isinstance(admitted, bool):
+        return admitted
+    exchange, headers, body = admitted
+    scrubber = None
+    try:
+        if plan is not None:
+            scrubber = ResponseScrub(scrub.scrubber_for(plan.binding, plan.secret), host)
+            headers, _ = await inject.apply(
+                agent, plan, decision, target, origin, fields["method"], headers
+            )
+        try:
+            fast = await upstreams.fast.get(host, port, tls, decision)
+        except UpstreamError:
+            if exchange is not None:
+                exchange.release()  # nothing reached the provider: nothing to charge
+            raise
+        fast.start(req.method, origin.encode(), headers)
+        fast.body(body)
+        fast.end()
+        await fast.stream.drain()
+        return await relay_fast_response(
+            agent, upstreams, fast, decision, fields, started, scrubber, exchange
+        )
+    finally:
+        if exchange is not None:
+            await settle(agent, exchange, decision, fields)

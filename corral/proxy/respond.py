@@ -20,7 +20,8 @@ Invariants:
 - An upstream connection goes back to its pool only after a complete exchange its parser says
   may be reused; otherwise it is closed and forgotten.
 - A response body streams to the agent as it arrives (drained before every upstream read).
-  A later LLM usage meter hooks in here, on the events this module already sees.
+  A metered request's ``Exchange`` (``corral.spend``) sees the head and every body chunk as
+  it passes (it never holds the body) and is finished at the end of the response.
 - A response to a request that carried an injected credential goes through its
   ``ResponseScrub`` (heads, body, end); others are relayed as they are, at no extra cost.
 """
@@ -43,6 +44,7 @@ from corral.proxy.upstream import UpstreamError
 from corral.proxy.upstream_h11 import H11Upstream
 from corral.proxy.upstream_http import FastUpstream
 from corral.proxy.upstream_pool import Pooled, UpstreamPool, Upstreams
+from corral.spend import Exchange
 
 __all__ = ["allow_kind", "relay_fast_response", "relay_response"]
 
@@ -103,6 +105,7 @@ async def relay_fast_response(
     fields: dict[str, Any],
     started: float,
     scrub: ResponseScrub | None = None,
+    spend: Exchange | None = None,
 ) -> bool:
     """Relay a response llhttp parses; True (the agent connection may go on)."""
     while True:
@@ -123,15 +126,21 @@ async def relay_fast_response(
             if any_control_bytes(headers, item[3]):
                 raise UpstreamError(502, "upstream sent control bytes in a header")
             reason = item[3]
+            if spend is not None:
+                spend.response(status, headers)
             if scrub is not None:
                 headers, reason = await scrub.head(agent, headers, reason)
             agent.response.head(status, headers, reason)
         elif item[0] == "data":
+            if spend is not None:
+                spend.feed(item[1])
             if scrub is None:
                 agent.response.data(item[1])
             else:
                 await scrub.data(agent, item[1])
         else:
+            if spend is not None:
+                spend.finish()
             if scrub is not None:
                 await scrub.end(agent)
             return await _end(agent, upstreams.fast, up, up.reusable)

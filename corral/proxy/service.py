@@ -27,6 +27,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from corral import dirs
 from corral.errors import CorralError
 from corral.proxy.audit import NullAudit, RelayAudit
 from corral.proxy.context import ProxyContext
@@ -132,7 +133,11 @@ class ProxyService:
         upstream_tls = self.upstream_tls if self.upstream_tls is not None else UpstreamContexts()
         rules = getattr(self.policy, "rules", None) or []
         upstream_tls.preload(getattr(r, "tls_ca", None) for r in rules)
+        from corral.proxy.metered import build_spend
+
+        prices = dirs.config_dir() / "prices.yaml"  # root's configuration, never a policy's
         return ProxyContext(
+            spend=build_spend(self.policy, prices if prices.is_file() else None),
             policy=self.policy,
             ca=self.ca,
             secrets=self.secrets,

@@ -11,10 +11,11 @@ The caller's part (issue 15, phase 2)::
           outcome.abort() on any failure; audit the returned record as ``llm.usage``.
 
 Invariants:
-- Every reservation is settled exactly once: ``finish`` and ``abort`` are idempotent and the
-  first one wins. Settled at the metered cost only when the final usage was read; an
-  incomplete or aborted response is charged its whole reservation (``flagged``). A response
-  with an error status (>= 400) the provider does not bill is settled at zero.
+- Every reservation is settled exactly once: ``finish``, ``abort`` and ``release`` are
+  idempotent and the first one wins. Settled at the metered cost only when the final usage
+  was read; an incomplete or aborted response is charged its whole reservation (``flagged``).
+  Settled at zero: a request that never left (``release``: its connection failed) and a
+  response with an error status (>= 400), which the provider does not bill.
 - ``feed`` renews the reservation at least every ``renew_every`` seconds, so a long stream
   keeps its reservation.
 """
@@ -117,7 +118,11 @@ class Exchange:
     def abort(self) -> UsageRecord:
         return self._settle(aborted=True)
 
-    def _settle(self, *, aborted: bool) -> UsageRecord:
+    def release(self) -> UsageRecord:
+        """Settle at zero: the request never reached the provider (its connection failed)."""
+        return self._settle(aborted=False, released=True)
+
+    def _settle(self, *, aborted: bool, released: bool = False) -> UsageRecord:
         if self._record is not None:
             return self._record
         est, reserved = self.estimate, self.reservation.amount
@@ -126,7 +131,7 @@ class Exchange:
         tokens = usage.tokens if usage is not None else Tokens()
         if complete:
             cost = est.price.cost(tokens)
-        elif self._status is not None and self._status >= 400 and not aborted:
+        elif released or (self._status is not None and self._status >= 400 and not aborted):
             cost = 0
         else:
             cost = reserved

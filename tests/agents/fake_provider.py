@@ -5,6 +5,11 @@ Usage: fake_provider.py CERT KEY PORT. The keys it accepts come from FAKE_ANTHRO
 FAKE_OPENAI_KEY; a request with any other key gets the provider's own 401 error shape, so an
 agent only gets an answer when the proxy injected the real secret. Each answer says which
 endpoint and whether streaming was used; requests are logged as JSON lines on stdout.
+
+An OpenAI stream that asks for ``stream_options.include_usage`` gets ``"usage": null`` in each
+chunk and a final usage chunk, as the real API sends. With FAKE_HOLD_FILE set, every stream
+stops after its first event until that file exists (the spend tests hold admitted streams open
+while the rest of their requests are decided).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import os
 import ssl
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,7 +44,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Connection", "close")
         self.end_headers()
-        for name, data in events:
+        hold = os.environ.get("FAKE_HOLD_FILE")
+        for n, (name, data) in enumerate(events):
+            if n == 1 and hold:
+                deadline = time.monotonic() + 120
+                while not os.path.exists(hold) and time.monotonic() < deadline:
+                    time.sleep(0.01)
             head = f"event: {name}\n" if name else ""
             payload = data if isinstance(data, str) else json.dumps(data)
             self.wfile.write(f"{head}data: {payload}\n\n".encode())
@@ -71,7 +82,10 @@ class Handler(BaseHTTPRequestHandler):
             self._anthropic(req, stream)
         elif path == "/v1/chat/completions":
             ok = self.headers.get("Authorization") == f"Bearer {KEYS['openai']}"
-            print(json.dumps({"api": "openai", "key_ok": ok, "stream": stream}), flush=True)
+            line = {"api": "openai", "key_ok": ok, "stream": stream}
+            if isinstance(req.get("stream_options"), dict):
+                line["include_usage"] = req["stream_options"].get("include_usage") is True
+            print(json.dumps(line), flush=True)
             if not ok:
                 self._json(401, {"error": {"message": "Incorrect API key provided",
                                            "type": "invalid_request_error", "param": None,
@@ -125,6 +139,11 @@ class Handler(BaseHTTPRequestHandler):
             for i, w in enumerate(text.split(" "))]
         chunks.append({**base, "object": "chat.completion.chunk", "choices": [{
             "index": 0, "delta": {}, "finish_reason": "stop"}]})
+        options = req.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            chunks = [{**c, "usage": None} for c in chunks]
+            chunks.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": {
+                "prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
         self._sse([*[(None, c) for c in chunks], (None, "[DONE]")])
 
 
