@@ -38,7 +38,7 @@ class Chain:
     def event(self, type_: str, **data: Any) -> dict[str, Any]:
         self.seq += 1
         body = canonical_json(data)
-        ts = 1_700_000_000_000_000 + self.seq * 1000
+        ts = time.time_ns() // 1000
         h = event_hash(event_body(actor=self.actor, data=body, prev=self.prev,
                                   sandbox=self.sandbox, seq=self.seq, ts=ts, type_=type_, v=1))
         out = {"seq": self.seq, "ts": ts, "type": type_, "actor": self.actor, "data": body,

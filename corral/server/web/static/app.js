@@ -44,6 +44,10 @@
     }
   });
 
+  function dollars(v) {
+    return "$" + v;
+  }
+
   // Spend charts: data comes from data-chart attributes (JSON, escaped by the template).
   function charts() {
     if (typeof window.Chart === "undefined") {
@@ -65,9 +69,14 @@
         options: {
           animation: false, responsive: true, maintainAspectRatio: false,
           plugins: { legend: { display: false } },
-          scales: { x: { ticks: { color: ink } },
-                    y: { beginAtZero: true, ticks: { color: ink, callback: function (v) { return "$" + v; } } } },
-          indexAxis: kind === "bar" ? "y" : "x"
+          // Horizontal bars for categories (long names stay readable), a line for days; the
+          // money axis is the value axis either way.
+          indexAxis: kind === "bar" ? "y" : "x",
+          scales: kind === "bar"
+            ? { x: { beginAtZero: true, ticks: { color: ink, callback: dollars } },
+                y: { ticks: { color: ink } } }
+            : { x: { ticks: { color: ink } },
+                y: { beginAtZero: true, ticks: { color: ink, callback: dollars } } }
         }
       });
     });

@@ -22,6 +22,7 @@ from corral.server.web.views.runs import SILENT, list_runs
 __all__ = ["router"]
 
 router = make_router()
+DENIALS_CAP = 10_000
 
 
 def _scoped(v: Viewer, query: Any, column: Any) -> Any:
@@ -59,10 +60,12 @@ def overview(v: Viewer = Depends(viewer)) -> HTMLResponse:
     live, _ = list_runs(v, status="running")
     # project_id IN (...) and a ts_us range: the (project_id, ts_us) index, never a scan
     ids = [p.id for p in v.projects()]
-    denials = v.session.scalar(select(func.count()).select_from(AuditEvent)
-                               .where(AuditEvent.project_id.in_(ids),
-                                      AuditEvent.ts_us >= hour_ago_us,
-                                      AuditEvent.type == "proxy.deny")) or 0 if ids else 0
+    # counted up to DENIALS_CAP: an hour of a flood costs what a busy hour does
+    found = select(AuditEvent.id).where(AuditEvent.project_id.in_(ids),
+                                        AuditEvent.ts_us >= hour_ago_us,
+                                        AuditEvent.type == "proxy.deny").limit(DENIALS_CAP + 1)
+    denials = (v.session.scalar(select(func.count()).select_from(found.subquery())) or 0) \
+        if ids else 0
     waiting = pending(v.session, v.principal, limit=50)
     silent = v.session.execute(_scoped(v, select(Run, Project.name)
                                        .join(Project, Project.id == Run.project_id)
@@ -76,5 +79,6 @@ def overview(v: Viewer = Depends(viewer)) -> HTMLResponse:
                                         .order_by(AdminEvent.at.desc()).limit(20),
                                         AdminEvent.team_id)).all()
     return page(v, "ui/overview.html", "overview", live=live, denials=denials,
+                denials_capped=denials > DENIALS_CAP,
                 waiting=waiting, silent=silent, refused=refused, spend=spend_today(v),
                 now=now)
