@@ -150,11 +150,15 @@ class Budget:
     def next_deadline(self) -> float | None:
         return min((h.deadline for h in self.held.values()), default=None)
 
-    def wrote(self, type_: str, data: dict[str, Any], now: float) -> None:
-        """Account an event written (own or counted); may start a flood or exhaust."""
+    def wrote(self, type_: str, data: dict[str, Any], now: float, size: int | None = None
+              ) -> None:
+        """Account an event written (own or counted); may start a flood or exhaust.
+        ``size``: the payload's encoded length, when the caller already has it."""
         self._refill(now)
         self.written += 1
-        self.written_bytes += len(json.dumps(data, default=str)) + len(type_) + ROW_OVERHEAD
+        if size is None:
+            size = len(json.dumps(data, default=str))
+        self.written_bytes += size + len(type_) + ROW_OVERHEAD
         if not refusal(type_, data):
             return self._check_bytes()
         self.tokens -= 1

@@ -16,7 +16,10 @@ Invariants:
   durable (the relay acks in order, so the last ack covers the batch).
 - ``send(...)`` writes an event without waiting for its ack: only for a record whose action
   already has a durable record of its own (a response status after the request's
-  ``credential.inject``). It is still committed in order before any later event; an error ack
+  ``credential.inject``). It is written when the event loop next turns (so the response it
+  describes reaches the agent first; an ``emit`` before then carries it in its own write) and
+  marked deferred: the relay commits it with the next awaited event, or within its ``DEFER``
+  (2 ms) if none follows. It is still committed in order before any later event; an error ack
   for it makes every later ``emit`` and ``send`` raise (fail closed from then on).
 - Fields are JSON-serialisable scalars; secrets never appear (bindings by name only).
 """
@@ -28,11 +31,12 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from corral._frames import frame_json, load_object, read_frame
+from corral._frames import frame_json, load_object, split
 
 __all__ = ["NullAudit", "RelayAudit"]
 
 Event = tuple[str, dict[str, Any]]
+MAX_ACK = 64 * 1024  # an ack is a few dozen bytes; anything larger is not from the relay
 
 
 class NullAudit:
@@ -58,55 +62,56 @@ class RelayAudit(NullAudit):
         self.sock = sock
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.seq = 0
-        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
         self.closed = asyncio.Event()
         self.failed: str | None = None  # an unawaited event was refused: fail closed
+        self.unsent: list[bytes] = []  # ``send`` frames waiting for the loop's next turn
 
     async def open(self) -> None:
-        reader, self.writer = await asyncio.open_connection(sock=self.sock)
-        asyncio.get_running_loop().create_task(self._acks(reader))
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_connection(lambda: _Acks(self), sock=self.sock)
 
-    async def _acks(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                msg = load_object(await read_frame(reader))
-                waiter = self.waiters.pop(int(msg.get("id", 0)), None)
-                error = msg.get("error")
-                if waiter is None:  # an event ``send`` did not wait for
-                    if error is not None:
-                        self.failed = self.failed or f"audit: {error}"
-                elif waiter.done():
-                    pass
-                elif error is not None:
-                    waiter.set_exception(ConnectionError(f"audit: {error}"))
-                else:
-                    waiter.set_result(None)
-        except (asyncio.IncompleteReadError, OSError, ValueError):
+    def _ack(self, msg: dict[str, Any]) -> None:
+        waiter = self.waiters.pop(int(msg.get("id", 0)), None)
+        error = msg.get("error")
+        if waiter is None:  # an event ``send`` did not wait for
+            if error is not None:
+                self.failed = self.failed or f"audit: {error}"
+        elif waiter.done():
             pass
-        finally:
-            self.failed = self.failed or "audit relay closed"
-            for waiter in self.waiters.values():
-                if not waiter.done():
-                    waiter.set_exception(ConnectionError("audit relay closed"))
-            self.waiters.clear()
-            self.closed.set()
+        elif error is not None:
+            waiter.set_exception(ConnectionError(f"audit: {error}"))
+        else:
+            waiter.set_result(None)
 
-    def _frame(self, event_type: str, fields: dict[str, Any]) -> tuple[int, bytes]:
+    def _lost(self) -> None:
+        self.failed = self.failed or "audit relay closed"
+        for waiter in self.waiters.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("audit relay closed"))
+        self.waiters.clear()
+        self.closed.set()
+
+    def _frame(self, event_type: str, fields: dict[str, Any], defer: bool = False
+               ) -> tuple[int, bytes]:
         self.seq += 1
         data = {k: v for k, v in fields.items() if v is not None}
-        return self.seq, frame_json({"id": self.seq, "type": event_type, "data": data})
+        msg = {"id": self.seq, "type": event_type, "data": data}
+        if defer:
+            msg["defer"] = True
+        return self.seq, frame_json(msg)
 
-    def _writable(self) -> asyncio.StreamWriter:
-        if self.writer is None or self.closed.is_set():
+    def _writable(self) -> asyncio.Transport:
+        if self.transport is None or self.closed.is_set():
             raise ConnectionError("audit relay closed")
         if self.failed is not None:
             raise ConnectionError(self.failed)
-        return self.writer
+        return self.transport
 
     async def emit(self, event_type: str, /, *, first: Sequence[Event] = (),
                    **fields: Any) -> None:
         """Write ``first`` and this event in one batch; return once all are durable."""
-        writer = self._writable()
+        transport = self._writable()
         loop = asyncio.get_running_loop()
         frames, waiters = [], []
         for type_, data in [*first, (event_type, fields)]:
@@ -115,11 +120,51 @@ class RelayAudit(NullAudit):
             self.waiters[seq] = waiter
             frames.append(body)
             waiters.append(waiter)
-        writer.write(b"".join(frames))  # one write: the relay commits them as one group
+        # one write, after any queued ``send``: the relay commits them as one group, in order
+        transport.write(b"".join([*self.unsent, *frames]))
+        self.unsent = []
         for waiter in waiters:  # acks come in order: the last one is usually all we wait for
             await waiter
         if self.failed is not None:  # a ``send`` before this one was refused (acks in order)
             raise ConnectionError(self.failed)
 
     def send(self, event_type: str, /, **fields: Any) -> None:
-        self._writable().write(self._frame(event_type, fields)[1])
+        """Queue the event for the loop's next turn: writing it wakes the relay, a cost the
+        caller's next step (relaying a response to the agent) should not wait for."""
+        self._writable()
+        if not self.unsent:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.unsent.append(self._frame(event_type, fields, defer=True)[1])
+
+    def _flush(self) -> None:
+        frames, self.unsent = self.unsent, []
+        if frames and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(frames))
+
+
+class _Acks(asyncio.Protocol):
+    """The relay's acks, handled as they arrive (no reader task between the socket and the
+    waiting request: an ack costs one callback)."""
+
+    def __init__(self, audit: RelayAudit) -> None:
+        self.audit = audit
+        self.buf = bytearray()
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        try:
+            for body in split(self.buf, MAX_ACK):
+                self.audit._ack(load_object(body))
+        except ValueError:  # a malformed ack: the relay is not to be trusted, stop
+            assert self.transport is not None
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # close our end too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.audit._lost()

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Outside, RunningProxy, curl
+from .conftest import Outside, RunningProxy, curl, wait_for
 
 POLICY = """
 name: tls
@@ -73,7 +73,9 @@ def test_inspect_injects_for_curl_urllib_httpx(proxy: RunningProxy) -> None:
             got = client.get("https://api.corral.test/echo", headers={"authorization": "x"})
             assert _headers(got.text, "Authorization") == [f"Bearer {SECRET}"]
     assert len(proxy.sink.of("credential.inject", binding="tok", host="api.corral.test")) == 4
-    assert len(proxy.sink.of("proxy.inspect", host="api.corral.test", status=200)) == 4
+    # response records of injected requests are written after the response (RelayAudit.send)
+    assert wait_for(lambda: len(proxy.sink.of("proxy.inspect", host="api.corral.test",
+                                              status=200)) == 4)
     for _kind, fields in proxy.sink.events:
         assert SECRET not in json.dumps(fields)
 
@@ -253,4 +255,4 @@ def test_chunked_upload_head_and_keepalive_inside_tls(proxy: RunningProxy) -> No
         assert head.status_code == 200 and head.content == b""
         again = client.get("https://api.corral.test/echo")
         assert again.json()["method"] == "GET"
-    assert len(proxy.sink.of("proxy.inspect", host="api.corral.test")) == 3
+    assert wait_for(lambda: len(proxy.sink.of("proxy.inspect", host="api.corral.test")) == 3)

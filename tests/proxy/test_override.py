@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import RunningProxy
+from .conftest import RunningProxy, wait_for
 from .test_upgrade import read_response
 from .upgrade_servers import Smuggler, smuggler
 
@@ -106,7 +106,8 @@ def test_override_within_the_rule_passes_with_the_credential(env: Env) -> None:
     (seen,) = env.server.log
     assert seen.effective == "GET"
     assert (b"authorization", f"Bearer {SECRET}".encode()) in seen.headers
-    assert env.proxy.sink.of("proxy.inspect", host=HOST, status=200)
+    # the response record of an injected request is written after the response (RelayAudit.send)
+    assert wait_for(lambda: env.proxy.sink.of("proxy.inspect", host=HOST, status=200))
 
 
 @pytest.mark.parametrize("value", ["DEL ETE", "", "GET,", "GÉT"])
