@@ -133,11 +133,14 @@ class ProxyService:
         upstream_tls = self.upstream_tls if self.upstream_tls is not None else UpstreamContexts()
         rules = getattr(self.policy, "rules", None) or []
         upstream_tls.preload(getattr(r, "tls_ca", None) for r in rules)
-        from corral.proxy.metered import build_spend
+        spend = None
+        if any(getattr(r, "meter", None) for r in rules):  # imported before the privilege drop
+            from corral.proxy.metered import build_spend
 
-        prices = dirs.config_dir() / "prices.yaml"  # root's configuration, never a policy's
+            prices = dirs.config_dir() / "prices.yaml"  # root's configuration, never a policy's
+            spend = build_spend(self.policy, prices if prices.is_file() else None)
         return ProxyContext(
-            spend=build_spend(self.policy, prices if prices.is_file() else None),
+            spend=spend,
             policy=self.policy,
             ca=self.ca,
             secrets=self.secrets,

@@ -36,6 +36,7 @@ from corral.spend.request import (
     add_include_usage,
     endpoint_api,
     estimate,
+    parse_body,
 )
 from corral.spend.usage import MICRO, Tokens
 
@@ -79,14 +80,15 @@ class Spend:
             return error_reply(provider, 403, f"corral: {method} {path.partition('?')[0]} is "
                                f"not a priced {provider} endpoint, and this rule meters spend")
         try:
-            est = estimate(self.prices, provider, api, body)
+            obj = parse_body(body)
+            est = estimate(self.prices, provider, api, body, obj)
         except EstimateError as err:
             return error_reply(provider, 400, f"corral cannot estimate this request: {err}")
         got = self.ledger.reserve(self.budgets, est.cost)
         if isinstance(got, Refusal):
             return budget_reply(provider, got)
         if api == "openai.chat" and est.stream:
-            body = add_include_usage(body)
+            body = add_include_usage(body, obj)
         return Exchange(self.ledger, api, est, got, body)
 
 

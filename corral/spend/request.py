@@ -81,8 +81,10 @@ def _whole(obj: dict[str, Any], key: str, low: int) -> int | None:
     return value
 
 
-def estimate(prices: PriceTable, provider: str, api: Api, body: bytes) -> Estimate:
-    obj = parse_body(body)
+def estimate(prices: PriceTable, provider: str, api: Api, body: bytes,
+             obj: dict[str, Any] | None = None) -> Estimate:
+    """``obj``: the body already parsed by ``parse_body`` (saves a second parse)."""
+    obj = parse_body(body) if obj is None else obj
     model = obj.get("model")
     if not isinstance(model, str) or not model or len(model) > 200:
         raise EstimateError("the request names no model (a string 'model')")
@@ -99,14 +101,16 @@ def estimate(prices: PriceTable, provider: str, api: Api, body: bytes) -> Estima
     return Estimate(model, price, known, tokens, dear_input.cost(tokens), obj.get("stream") is True)
 
 
-def add_include_usage(body: bytes) -> bytes:
+def add_include_usage(body: bytes, obj: dict[str, Any] | None = None) -> bytes:
     """An OpenAI Chat Completions streaming request made to report its usage in a final chunk:
     ``stream_options.include_usage`` set to true. Anything else is returned unchanged (the
-    same object), including a body that is not JSON (the estimate refuses that already)."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
-        return body
+    same object), including a body that is not JSON (the estimate refuses that already).
+    ``obj``: the body already parsed (it is changed in place when the body is rewritten)."""
+    if obj is None:
+        try:
+            obj = json.loads(body)
+        except (ValueError, RecursionError):
+            return body
     if not isinstance(obj, dict) or obj.get("stream") is not True:
         return body
     options = obj.get("stream_options")
