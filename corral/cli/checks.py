@@ -17,7 +17,8 @@ import typer
 from corral.errors import CorralError
 
 __all__ = [
-    "agent_name", "approval_id", "audit_ident", "choice", "db_path", "duration", "email",
+    "agent_name", "approval_id", "audit_ident", "choice", "client_id", "db_path", "duration",
+    "email",
     "endpoint", "event_types", "http_method", "ledger_head", "listen", "origins",
     "resource_name", "role",
     "sandbox_id", "server_url", "when",
@@ -65,6 +66,13 @@ def role(value: str | None) -> str | None:
 def duration(value: str | None) -> str | None:
     if value is not None and not _DURATION.fullmatch(value):
         raise _bad(f"{value!r} is not a duration such as 12h or 90d")
+    return value
+
+
+def client_id(value: str | None) -> str | None:
+    """An OAuth client id: visible ASCII, no spaces (RFC 6749 A.1 allows VSCHAR)."""
+    if value is not None and not re.fullmatch(r"[\x21-\x7e]{1,255}", value):
+        raise _bad(f"{value!r} is not a client id (visible ASCII characters, no spaces)")
     return value
 
 

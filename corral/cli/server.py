@@ -73,6 +73,7 @@ def serve(ctx: typer.Context,
           oidc_issuer: str | None = typer.Option(None, "--oidc-issuer", callback=checks.server_url,
                                                  help="SSO: the OpenID provider's issuer URL"),
           oidc_client_id: str | None = typer.Option(None, "--oidc-client-id",
+                                                    callback=checks.client_id,
                                                     help="SSO: this server's client id"),
           oidc_client_secret_file: Path | None = typer.Option(
               None, "--oidc-client-secret-file", exists=True, dir_okay=False,
