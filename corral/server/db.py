@@ -5,14 +5,16 @@ Invariants:
   the local ``corral server token`` commands can share the file.
 - ``postgresql://`` URLs use psycopg 3; connections are checked before use (``pool_pre_ping``)
   and time out, so a database that went away is a clean 503, not a hung request.
+- ``writer()`` queues a process's writers on SQLite's single write lock (hot paths use it).
 - The URL (which may hold a password) is never logged or put in an error message:
   ``safe_url`` drops the password.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -64,6 +66,7 @@ class Database:
         self.url = normalise_url(url)
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = threading.Lock()
 
     @property
     def backend(self) -> str:
@@ -79,6 +82,14 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    def writer(self) -> AbstractContextManager[object]:
+        """Held around a hot write path: on SQLite, one writer of this process at a time.
+
+        SQLite has one write lock and its busy handler is not fair: forty threads polling for
+        it starve some past the busy timeout (a 503). Queued here, a process's writers take
+        turns and only the processes contend. PostgreSQL locks rows: nothing to hold."""
+        return self._writer if self.backend == "sqlite" else nullcontext()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -44,12 +44,18 @@ async def ship(request: Request, access: Access = require(Permission.RUN_REPORT,
 
 
 def _store(request: Request, access: Access, body: BatchIn) -> dict[str, Any]:
+    # End the authentication's read transaction first, so the batch's transaction starts
+    # with its write (the run row lock): on SQLite a transaction that read and then writes
+    # fails at once ("database is locked") if another process committed in between, where
+    # one that starts by writing waits its turn (busy_timeout).
+    access.session.commit()
     run = access.resource
     events = [EventRow(e.seq, e.ts, e.type, e.actor, e.data, e.v, e.prev, e.hash)
               for e in body.events]
     try:
-        answer = ingest(access.session, run, events)
-        access.session.commit()
+        with get_db(request).writer():
+            answer = ingest(access.session, run, events)
+            access.session.commit()
     except BatchRefused as err:
         access.session.rollback()
         project = access.session.get(Project, run.project_id)

@@ -98,7 +98,12 @@ def _authenticate(request: Request, session: Session) -> Principal:
         raise ApiError(401, "unauthorized", str(err)) from None
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at > dt.timedelta(minutes=1):
-        token.last_used_at = now  # committed with the request's own changes, if any
+        # In a transaction of its own that starts with this write: on SQLite, a transaction
+        # that read and then writes fails at once ("database is locked", a 503) when another
+        # connection committed in between, where one that starts by writing waits its turn.
+        session.commit()
+        token.last_used_at = now
+        session.commit()
     return principal_for(session, token)
 
 
