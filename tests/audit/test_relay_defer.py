@@ -198,7 +198,8 @@ def test_emit_returns_only_once_everything_sent_before_it_is_durable(
         assert verify(reader).ok
 
 
-@pytest.mark.parametrize("reply", [b"\x00\x00\x00\x02[]", b"\x01\x00\x00\x00", b"\x00\x00\x00\x01{"])
+@pytest.mark.parametrize("reply", [b"\x00\x00\x00\x02[]", b"\x01\x00\x00\x00",
+                                   b"\x00\x00\x00\x01{"])
 def test_a_malformed_ack_fails_the_client_closed(reply: bytes) -> None:
     """Not a relay's answer: the waiting emit fails and every later one too."""
     a, b = socket.socketpair()
