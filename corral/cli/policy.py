@@ -181,9 +181,9 @@ def explain(
         out["connect"] = {"action": conn.action, "origin": str(conn.origin),
                           "message": conn.message}
         lines.append(f"connect {parts.hostname}:{port}: {conn.action}  ({conn.origin})")
-        if conn.action != "inspect":
+        if conn.action not in ("inspect", "platform"):
             lines.append(conn.message)
-    if parts.scheme == "http" or out["connect"]["action"] == "inspect":
+    if parts.scheme == "http" or out["connect"]["action"] in ("inspect", "platform"):
         decision = rp.decide_request(parts.hostname, port, method, target)
         out["request"] = {"action": decision.action, "origin": str(decision.origin),
                           "message": decision.message}
@@ -193,6 +193,11 @@ def explain(
         if binding is not None:
             out["request"]["credential"] = {"name": binding.name, "header": binding.header}
             lines.append(f"injects credential {binding.name} into {binding.header}")
+        elif decision.action == "platform":
+            relayed = rp.credentials.get(decision.credential or "")
+            out["request"]["relay"] = "corral server"
+            lines.append("relayed through corral server" + (
+                f", which injects {relayed.secret} into {relayed.header}" if relayed else ""))
     if as_json:
         emit_json(out)
         return

@@ -49,4 +49,6 @@ def resolve_secrets(
     policy: Any, store: CredentialStore | None = None
 ) -> dict[str, str | dict[str, str]]:
     bindings: Mapping[str, CredentialBinding] = getattr(policy, "credentials", {}) or {}
-    return {name: resolve_binding(b, store) for name, b in sorted(bindings.items())}
+    # A ``server:`` secret stays on corral server (its relay injects it): never read here.
+    return {name: resolve_binding(b, store) for name, b in sorted(bindings.items())
+            if not (b.secret or "").startswith("server:")}

@@ -34,7 +34,7 @@ DEFAULT_PORTS = frozenset({80, 443})
 _HINTS = {
     "host": "e.g. 'api.example.com', '*.example.com', '*' or an IP address",
     "ports": "a list of port numbers, e.g. [443]",
-    "action": "one of: direct, inspect, deny",
+    "action": "one of: direct, inspect, platform, deny",
     "methods": "a list like [GET, HEAD]",
     "paths": "a list of globs like ['/repos/**']",
     "allow_private": "true or false",
@@ -127,12 +127,53 @@ def _secret_source(ctx: _Ctx, loc: Loc, spec: str, trusted: bool) -> str:
     scheme, sep, rest = spec.partition(":")
     if not sep:
         scheme, rest = "store", spec
-    if scheme not in ("store", "env", "file", "cmd") or not rest:
-        ctx.error(loc, f"bad secret source {spec!r} (use store:NAME, env:VAR, file:PATH, cmd:CMD)")
-    elif scheme != "store" and not trusted:
+    if scheme not in ("store", "env", "file", "cmd", "server") or not rest:
+        ctx.error(loc, f"bad secret source {spec!r} (use store:NAME, env:VAR, file:PATH, cmd:CMD "
+                  "or server:NAME)")
+    elif scheme == "server" and not schema._NAME.fullmatch(rest):
+        ctx.error(loc, f"bad server credential name {rest!r} (lower-case letters, digits, '-')")
+    elif scheme not in ("store", "server") and not trusted:
         ctx.error(loc, f"{scheme}: secret sources are only allowed in policies inside the config "
                   f"dir {dirs.config_dir()}; use store:NAME and 'corral creds set NAME'")
     return f"{scheme}:{rest}"
+
+
+def _check_egress(ctx: _Ctx, loc: Loc, rule: schema.EgressRule,
+                  model: schema.PolicyModel) -> None:
+    """Cross-field rules of one egress rule (the schema checks each field alone)."""
+    if rule.action == "direct":
+        for key in ("methods", "paths"):
+            if getattr(rule, key) is not None:
+                ctx.error((*loc, key), f"{key!r} needs action: inspect or deny (or "
+                          "platform; a direct tunnel cannot see requests)")
+    if rule.action not in ("inspect", "platform"):
+        for key in ("credential", "tls_ca"):
+            if getattr(rule, key) is not None:
+                ctx.error((*loc, key), f"{key!r} needs action: inspect or platform")
+    if rule.action != "inspect" and rule.meter is not None:
+        ctx.error((*loc, "meter"), "'meter' needs action: inspect")
+    if rule.action == "platform" and rule.allow_private:
+        ctx.error((*loc, "allow_private"), "does not apply to action: platform (the "
+                  "server's relay opens private ranges only by its own relay.allow_private)")
+    if rule.credential is not None and rule.credential not in model.credentials:
+        ctx.error((*loc, "credential"), f"no credential {rule.credential!r} in this file "
+                  "(define it under 'credentials:')")
+    elif rule.credential is not None:
+        _check_platform_binding(ctx, (*loc, "credential"), rule.action,
+                                model.credentials[rule.credential])
+
+
+def _check_platform_binding(ctx: _Ctx, loc: Loc, action: str,
+                            cred: schema.CredentialModel) -> None:
+    """A ``server:`` secret never leaves the server: only a platform rule (injected by the
+    server's relay) may use it, and a platform rule may use nothing else."""
+    on_server = cred.type == "header" and (cred.secret or "").startswith("server:")
+    if action == "platform" and not on_server:
+        ctx.error(loc, "a platform rule's credential is injected by corral server: give it "
+                  "type: header and 'secret: server:NAME'")
+    elif action != "platform" and on_server:
+        ctx.error(loc, "a 'server:' secret is injected only by corral server's relay: use "
+                  "action: platform on this rule")
 
 
 def _rel(base: Path | None, value: str) -> Path:
@@ -177,18 +218,7 @@ def _convert(ctx: _Ctx, model: schema.PolicyModel, path: Path, trusted: bool,
     rules: list[Rule] = []
     for index, rule in enumerate(model.egress):
         loc = ("egress", index)
-        if rule.action == "direct":
-            for key in ("methods", "paths"):
-                if getattr(rule, key) is not None:
-                    ctx.error((*loc, key), f"{key!r} needs action: inspect or deny "
-                              "(a direct tunnel cannot see requests)")
-        if rule.action != "inspect":
-            for key in ("credential", "tls_ca", "meter"):
-                if getattr(rule, key) is not None:
-                    ctx.error((*loc, key), f"{key!r} needs action: inspect")
-        if rule.credential is not None and rule.credential not in model.credentials:
-            ctx.error((*loc, "credential"), f"no credential {rule.credential!r} in this file "
-                      "(define it under 'credentials:')")
+        _check_egress(ctx, loc, rule, model)
         rules.append(Rule(
             host=rule.host, ports=frozenset(rule.ports) if rule.ports else DEFAULT_PORTS,
             action=rule.action, origin=ctx.origin(loc), policy=model.name,

@@ -122,7 +122,8 @@ class Matcher:
                 if decision.action == "deny":
                     return decision
             if any(d.action != decisions[0].action for d in decisions):
-                return next(d for d in decisions if d.action == "inspect")
+                # A connection whose requests are judged one by one (inspect or platform)
+                return next(d for d in decisions if d.action in ("inspect", "platform"))
             return decisions[0]
         except Exception as err:  # fail closed: a decision bug must never open egress
             return Decision("deny", None, f"internal error while deciding (fail closed): {err!r}")

@@ -38,7 +38,7 @@ class _Strict(BaseModel):
 class EgressRule(_Strict):
     host: str
     ports: list[int] | None = None
-    action: Literal["direct", "inspect", "deny"]
+    action: Literal["direct", "inspect", "platform", "deny"]
     methods: list[str] | None = None
     paths: list[str] | None = None
     credential: str | None = None

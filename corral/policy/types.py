@@ -40,7 +40,7 @@ __all__ = [
     "Rule",
 ]
 
-Action = Literal["direct", "inspect", "deny"]
+Action = Literal["direct", "inspect", "platform", "deny"]
 ExecMode = Literal["allow", "allowlist", "approve"]
 
 

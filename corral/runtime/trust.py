@@ -130,7 +130,9 @@ def _check_rule(rule: Rule, ranges: list[Any], raw_ca: Any) -> Rule:
         addr = None
     # an IP-literal rule reaches that address even when private (the proxy's rule), so a
     # private literal is held to the same ranges as allow_private
-    if rule.allow_private or (addr is not None and not addr.is_global):
+    # a platform rule is dialled by the server's relay, under the server's relay.allow_private
+    if rule.action != "platform" and (rule.allow_private or (addr is not None and
+                                                             not addr.is_global)):
         what = "allow_private" if rule.allow_private else "a private address"
         if addr is None:
             raise _refuse(f"{rule.origin}: allow_private on {rule.host}: only an IP address "
@@ -163,7 +165,7 @@ def check_server(server: list[LoadedPolicy], texts: list[str],
         for binding in pol.credentials.values():
             for src in (binding.secret, binding.aws_access_key_id,
                         binding.aws_secret_access_key, binding.aws_session_token):
-                if src is not None and not src.startswith("store:"):
+                if src is not None and not src.startswith(("store:", "server:")):
                     raise _refuse(f"{binding.origin}: credentials.{binding.name}: "
                                   f"{src.split(':', 1)[0]}: secret sources are refused")
     _check_paths(server, workspace)
