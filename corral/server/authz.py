@@ -71,6 +71,9 @@ class Permission(enum.Enum):
     RUN_KILL = _Spec("team", Role.ADMIN)
     RUN_REPORT = _Spec("run", Role.VIEWER)  # heartbeat, end, audit ingest: the run's own token
     APPROVAL_DECIDE = _Spec("team", Role.ADMIN, True)  # never a sandbox token
+    BUDGET_WRITE = _Spec("team", Role.ADMIN, True)  # a raised budget widens what agents spend
+    ORG_BUDGET_WRITE = _Spec("org", Role.ADMIN, True)
+    SPEND_READ = _Spec("team", Role.VIEWER)
     TOKEN_SELF = _Spec("any", Role.VIEWER)  # list and revoke the caller's own tokens
     USER_MANAGE = _Spec("org", Role.ADMIN, True)  # disable a user (revokes every token)
 

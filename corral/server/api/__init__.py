@@ -5,6 +5,7 @@ from __future__ import annotations
 from corral.server.api import (
     approvals,
     audit,
+    budgets,
     credentials,
     logins,
     me,
@@ -17,4 +18,5 @@ from corral.server.api import (
 __all__ = ["ROUTERS"]
 
 ROUTERS = [me.router, teams.router, projects.router, policies.router, credentials.router,
-           runs.router, audit.router, approvals.router, logins.router]
+           runs.router, audit.router, approvals.router, logins.router,
+           budgets.router]

@@ -3,14 +3,17 @@ settled costs), for the spend issue.
 
 Invariants: amounts are integer micro-dollars (no float rounding in a ledger); a budget names
 exactly one scope; a spend row starts ``reserved`` with its worst-case cost and becomes
-``settled`` with the metered cost (or the whole reservation when usage never arrived).
+``settled`` with the metered cost (or the whole reservation when usage never arrived,
+``flagged``). A reservation not renewed in time is charged in full by expiry (``expired_at``,
+state ``settled``, ``settled_at`` still empty), so a late settle can still correct it once;
+``settled_at`` is set by the one settle that counts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.server.models.base import Base, UtcDateTime, utcnow
@@ -41,6 +44,8 @@ class SpendRow(Base):
     __tablename__ = "spend"
     __table_args__ = (
         Index("ix_spend_project_at", "project_id", "at"),
+        Index("ix_spend_at", "at"),
+        Index("ix_spend_state_renewed", "state", "renewed_at"),
         CheckConstraint("state IN ('reserved', 'settled')", name="state"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -59,3 +64,6 @@ class SpendRow(Base):
     priced_as: Mapped[str | None] = mapped_column(String(200))  # set when the model was unknown
     at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     renewed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    settled_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    expired_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    flagged: Mapped[bool] = mapped_column(default=False, server_default=false())

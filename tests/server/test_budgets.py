@@ -1,0 +1,294 @@
+"""The server's budget ledger (corral/server/budgets.py) and its API, on SQLite and PostgreSQL:
+concurrent reservations from threads (through the real API) and from processes (on the
+database) never overshoot; expiry charges and frees a reservation whose launcher went away;
+day/week/month windows reset on the UTC calendar; budgets on org, team, project, agent and run
+all apply; authz (a member cannot raise a budget, 404 outside the team, step-up)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import threading
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from corral.server.budgets import DbLedger, expire, renew, reserve, settle
+from corral.server.db import Database
+from corral.server.models import AdminEvent, Agent, Budget, Project, Run, SpendRow, Team
+from corral.spend import MICRO, Refusal, Reservation
+from tests.server.conftest import Served
+
+UTC = dt.UTC
+
+
+def _world(url: str, *, runs: int = 1, agent: bool = True) -> tuple[list[str], dict[str, int]]:
+    """A team, two projects (one in another team), an agent and ``runs`` runs; their ids."""
+    db = Database(url)
+    with db.session() as s:
+        team, other = Team(name="web"), Team(name="other")
+        s.add_all([team, other])
+        s.flush()
+        shop, far = Project(name="shop", team_id=team.id), Project(name="far", team_id=other.id)
+        s.add_all([shop, far])
+        s.flush()
+        bot = Agent(project_id=shop.id, name="bot")
+        s.add(bot)
+        s.flush()
+        ids = []
+        for i in range(runs):
+            run = Run(id=str(uuid.uuid4()), project_id=shop.id,
+                      agent_id=bot.id if agent else None, human="a@example.com", host="h",
+                      sandbox=f"s{i}", policy_digest="0" * 64)
+            s.add(run)
+            ids.append(run.id)
+        far_run = Run(id=str(uuid.uuid4()), project_id=far.id, human="b@example.com",
+                      host="h", sandbox="far", policy_digest="0" * 64)
+        s.add(far_run)
+        found = {"team": team.id, "other": other.id, "shop": shop.id, "far": far.id,
+                 "bot": bot.id}
+    db.dispose()
+    ids.append(far_run.id)
+    return ids, found
+
+
+def _budget(url: str, usd: float, period: str = "month", **where: Any) -> None:
+    scope = next(iter(where)).removesuffix("_id") if where else "org"
+    db = Database(url)
+    with db.session() as s:
+        s.add(Budget(scope=scope, period=period, amount_micro_usd=round(usd * MICRO),
+                     created_by="test", **where))
+    db.dispose()
+
+
+def test_every_scope_applies_and_names_itself(db_url: str) -> None:
+    (run, other, far), ids = _world(db_url, runs=2)
+    db = Database(db_url)
+    try:
+        for scope, where, label in [
+            ("org", {}, "org budget"),
+            ("team", {"team_id": ids["team"]}, "team web budget"),
+            ("project", {"project_id": ids["shop"]}, "project shop budget"),
+            ("agent", {"agent_id": ids["bot"]}, "agent shop/bot budget"),
+            ("run", {"run_id": run}, f"run {run} budget"),
+        ]:
+            with db.session() as s:
+                s.query(Budget).delete()
+                s.query(SpendRow).delete()
+                s.add(Budget(scope=scope, period="day", amount_micro_usd=10, created_by="t",
+                             **where))
+            got = reserve(db, run, 10)
+            assert isinstance(got, Reservation), scope
+            refused = reserve(db, run, 1)
+            assert isinstance(refused, Refusal) and refused.budget.label == label, scope
+            assert refused.spent == 0 and refused.reserved == 10 and refused.needed == 1
+            # another run of the project: refused by every scope but the run's own
+            assert isinstance(reserve(db, other, 1), Reservation if scope == "run" else Refusal)
+            # a run in another team: only the org budget reaches it
+            assert isinstance(reserve(db, far, 1), Refusal if scope == "org" else Reservation)
+    finally:
+        db.dispose()
+
+
+def test_settle_renew_expire(db_url: str) -> None:
+    (run, _), _ids = _world(db_url)
+    _budget(db_url, 1.0)  # org, month
+    db = Database(db_url)
+    t0 = dt.datetime(2026, 5, 10, 12, tzinfo=UTC)
+    try:
+        a = reserve(db, run, 600_000, now=t0)
+        assert isinstance(a, Reservation)
+        assert isinstance(reserve(db, run, 500_000, now=t0), Refusal)
+        assert settle(db, run, a.id, 100_000, usage={"model": "m", "output_tokens": 7})
+        assert not settle(db, run, a.id, 0)  # idempotent: the first settle counts
+        assert not renew(db, run, a.id)  # settled: nothing to renew
+        b = reserve(db, run, 900_000, now=t0)
+        assert isinstance(b, Reservation)
+        # its launcher went away: renewed at t0 + 60 s, then never again
+        assert renew(db, run, b.id, now=t0 + dt.timedelta(seconds=60))
+        assert expire(db, ttl=120, now=t0 + dt.timedelta(seconds=179)) == 0
+        assert expire(db, ttl=120, now=t0 + dt.timedelta(seconds=181)) == 1
+        with db.session() as s:
+            row = s.get(SpendRow, b.id)
+            assert row is not None and row.state == "settled" and row.flagged
+            assert row.cost_micro_usd == 900_000  # charged in full: fail closed on money
+        assert not renew(db, run, b.id)
+        refused = reserve(db, run, 1, now=t0)
+        assert isinstance(refused, Refusal) and refused.reserved == 0
+        assert refused.spent == 1_000_000
+        # a late settle corrects the expired charge once
+        assert settle(db, run, b.id, 200_000)
+        assert not settle(db, run, b.id, 900_000)
+        assert isinstance(reserve(db, run, 700_000, now=t0), Reservation)
+        assert isinstance(reserve(db, run, 1, now=t0), Refusal)
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize(("period", "now", "later", "resets"), [
+    ("day", "2026-05-10T23:59:59", "2026-05-11T00:00:00", "2026-05-11T00:00:00"),
+    ("week", "2026-05-10T23:00:00", "2026-05-11T00:00:00", "2026-05-11T00:00:00"),  # Sun->Mon
+    ("month", "2026-12-31T23:00:00", "2027-01-01T00:00:00", "2027-01-01T00:00:00"),
+])
+def test_period_resets(db_url: str, period: str, now: str, later: str, resets: str) -> None:
+    (run, _), ids = _world(db_url)
+    _budget(db_url, 1.0, period, project_id=ids["shop"])
+    db = Database(db_url)
+    t0 = dt.datetime.fromisoformat(now).replace(tzinfo=UTC)
+    t1 = dt.datetime.fromisoformat(later).replace(tzinfo=UTC)
+    try:
+        first = reserve(db, run, MICRO, now=t0)
+        assert isinstance(first, Reservation)
+        settle(db, run, first.id, MICRO)
+        refused = reserve(db, run, 1, now=t0)
+        assert isinstance(refused, Refusal)
+        assert refused.resets == dt.datetime.fromisoformat(resets).replace(tzinfo=UTC)
+        assert f"resets at {resets}Z" in refused.message
+        assert isinstance(reserve(db, run, MICRO, now=t1), Reservation)  # a new window
+    finally:
+        db.dispose()
+
+
+def test_run_period_counts_each_run_apart(db_url: str) -> None:
+    (one, two, _), ids = _world(db_url, runs=2)
+    _budget(db_url, 1.0, "run", project_id=ids["shop"])
+    db = Database(db_url)
+    try:
+        assert isinstance(reserve(db, one, MICRO), Reservation)
+        refused = reserve(db, one, 1)
+        assert isinstance(refused, Refusal) and refused.resets is None
+        assert "lasts the whole run" in refused.message
+        assert isinstance(reserve(db, two, MICRO), Reservation)
+        assert isinstance(DbLedger(db, two).reserve((), 1), Refusal)
+    finally:
+        db.dispose()
+
+
+def _hammer(url: str, run: str, amount: int, tries: int, out: Any) -> None:
+    db = Database(url)
+    try:
+        ok = 0
+        for _ in range(tries):
+            if isinstance(reserve(db, run, amount), Reservation):
+                ok += 1
+        out.put(ok)
+    finally:
+        db.dispose()
+
+
+def test_processes_never_overshoot(db_url: str) -> None:
+    """Four processes reserve against one budget on the database at once."""
+    (run, _), ids = _world(db_url)
+    _budget(db_url, 10 * 0.37, "day", team_id=ids["team"])  # fits exactly 10
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(db_url, run, 370_000, 8, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert sum(got) == 10, got
+    db = Database(db_url)
+    try:
+        with db.session() as s:
+            total = sum(r.reserved_micro_usd for r in s.query(SpendRow))
+        assert total == 10 * 370_000
+    finally:
+        db.dispose()
+
+
+# --- through the API -------------------------------------------------------------------------
+
+def _setup_api(server: Served) -> tuple[httpx.Client, str, str]:
+    owner = server.client(server.token("owner"))
+    assert owner.post("/teams", json={"name": "web"}).status_code == 201
+    assert owner.post("/teams", json={"name": "other"}).status_code == 201
+    assert owner.post("/teams/web/projects", json={"name": "shop"}).status_code == 201
+    assert owner.post("/projects/shop/agents", json={"name": "bot"}).status_code == 201
+    reg = owner.post("/projects/shop/runs", json={"host": "h", "sandbox": "s1", "agent": "bot",
+                                                  "policy_digest": "0" * 64})
+    assert reg.status_code == 201, reg.text
+    return owner, reg.json()["run"]["id"], reg.json()["token"]
+
+
+def test_api_threads_never_overshoot(server: Served) -> None:
+    """32 concurrent reservations through the real API against a budget that fits 10."""
+    owner, run, token = _setup_api(server)
+    resp = owner.put("/projects/shop/budgets", json={"amount_usd": 5.0, "period": "day"})
+    assert resp.status_code == 200, resp.text
+    results: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(32)
+
+    def one() -> None:
+        with server.client(token) as c:
+            start.wait()
+            r = c.post(f"/runs/{run}/spend/reserve", json={"amount_micro_usd": 500_000})
+            assert r.status_code == 200, r.text
+            with lock:
+                results.append(r.json())
+
+    threads = [threading.Thread(target=one) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    admitted = [r for r in results if "id" in r]
+    refused = [r["refused"] for r in results if "refused" in r]
+    assert len(results) == 32 and len(admitted) == 10 and len(refused) == 22
+    assert {r["label"] for r in refused} == {"project shop budget"}
+    with server.client(token) as c:
+        for r in admitted:
+            assert c.post(f"/runs/{run}/spend/renew", json={"id": r["id"]}).json()["live"]
+            settled = c.post(f"/runs/{run}/spend/settle", json={
+                "id": r["id"], "cost_micro_usd": 100_000, "model": "claude-x",
+                "provider": "anthropic", "input_tokens": 3, "output_tokens": 4})
+            assert settled.json() == {"settled": True}
+    listed = owner.get("/budgets").json()["budgets"]
+    assert listed[0]["spent_usd"] == 1.0 and listed[0]["reserved_usd"] == 0
+    spend = owner.get("/projects/shop/spend?by=model").json()
+    assert spend["rows"] == [{"model": "claude-x", "cost_usd": 1.0, "requests": 10,
+                              "input_tokens": 30, "output_tokens": 40}]
+    by_agent = owner.get("/projects/shop/spend?by=agent").json()["rows"]
+    assert by_agent[0]["agent"] == "bot"
+    assert owner.get("/projects/shop/spend?by=day").json()["total_usd"] == 1.0
+
+
+def test_api_authz(server: Served) -> None:
+    owner, _run, token = _setup_api(server)
+    member = server.client(server.token("member", team="web"))
+    admin = server.client(server.token("admin", team="web"))
+    outsider = server.client(server.token("admin", team="other"))
+    body = {"amount_usd": 50, "period": "month"}
+    assert member.put("/projects/shop/budgets", json=body).status_code == 403
+    assert member.put("/teams/web/budgets", json=body).status_code == 403
+    assert admin.put("/budgets/org", json=body).status_code == 403
+    assert outsider.put("/projects/shop/budgets", json=body).status_code == 404
+    assert outsider.get("/projects/shop/spend").status_code == 404
+    assert admin.put("/projects/shop/budgets", json={**body, "agent": "bot"}).status_code == 200
+    assert admin.put("/projects/shop/budgets",
+                     json={**body, "agent": "nobody"}).status_code == 404
+    assert owner.put("/budgets/org", json=body).status_code == 200
+    assert outsider.get("/budgets").json()["budgets"] == [
+        b for b in owner.get("/budgets").json()["budgets"] if b["scope"] == "org"]
+    for bad in ({"amount_usd": -1, "period": "day"}, {"amount_usd": 1e7, "period": "day"},
+                {"amount_usd": 1, "period": "year"}, {"amount_usd": "NaN", "period": "day"}):
+        assert owner.put("/budgets/org", json=bad).status_code == 422, bad
+    # the sandbox token reserves for its own run only, and sets nothing
+    sandbox = server.client(token)
+    assert sandbox.put("/projects/shop/budgets", json=body).status_code == 404
+    other = owner.post("/projects/shop/runs", json={"host": "h", "sandbox": "s2",
+                                                    "policy_digest": "0" * 64}).json()["run"]
+    assert sandbox.post(f"/runs/{other['id']}/spend/reserve",
+                        json={"amount_micro_usd": 1}).status_code == 403
+    db = Database(server.db_url)
+    try:
+        with db.session() as s:
+            sets = [(e.actor, e.target) for e in s.query(AdminEvent)
+                    .filter(AdminEvent.action == "budget.set")]
+        assert sets == [("token:test-admin", "agent shop/bot"), ("token:test-owner", "org")]
+    finally:
+        db.dispose()
