@@ -95,7 +95,8 @@ def approve(
     ident: str = typer.Argument(..., metavar="ID", callback=approval_id),
     reason: str | None = typer.Option(None, "--reason", help="Why; recorded in the audit trail."),
     always: bool = typer.Option(
-        False, "--always", help="Always allow this command in this workspace under this policy."
+        False, "--always", help="Always allow this command here: locally, in this workspace "
+        "under this policy; with --project, for this project and agent under this policy version."
     ),
     project: str | None = PROJECT_OPT,
     server: str | None = SERVER_OPT,
@@ -104,7 +105,7 @@ def approve(
     if project is not None:
         from corral.cli.remote_runs import approvals_decide
 
-        approvals_decide(project, ident, True, reason, server)
+        approvals_decide(project, ident, True, reason, server, always)
         return
     from corral.runtime import approval_store
 

@@ -1,6 +1,7 @@
 """``corral mcp``: its arguments, checked and parsed; ``corral.runtime.mode1`` does the rest.
 
-Serves sandboxed tools to outside agents over MCP (stdio, or streamable HTTP with --http).
+Serves sandboxed tools to outside agents over MCP (stdio, or streamable HTTP with --http);
+with --project P, as runs of project P on corral server (``corral.runtime.mcp_project``).
 """
 
 from __future__ import annotations
@@ -83,16 +84,39 @@ def mcp(
     upstream_proxy: str | None = typer.Option(None, "--upstream-proxy", metavar="URL",
                                               help="Send all egress through this HTTP proxy "
                                               "(default: upstream_proxy in config.yaml)."),
+    project: str | None = typer.Option(None, "--project", metavar="P",
+                                       callback=checks.resource_name,
+                                       help="Serve under project P's policy from corral server: "
+                                       "each sandbox is a run of P, approvals are held there, "
+                                       "--http callers use server-issued tokens."),
+    agent: str | None = typer.Option(None, "--agent", metavar="A", callback=checks.agent_name,
+                                     help="The project's agent identity (with --project)."),
+    server: str | None = typer.Option(None, "--server", metavar="URL",
+                                      callback=checks.server_url,
+                                      help="corral server URL (default: $CORRAL_SERVER)."),
 ) -> None:
     """Serve the exec/read/write/edit/glob/grep/fetch tools from a corral sandbox."""
     from corral.runtime import preflight_mcp, serve_mcp
     from corral.runtime import upstream_proxy as configured_upstream
 
+    if project is None and (agent or server):
+        raise UserInputError(f"--{'agent' if agent else 'server'} needs --project")
+    if project is not None and token:
+        raise UserInputError("--token: with --project, --http callers use tokens the server "
+                             "issued ('corral login', 'corral server token create')")
     upstream = configured_upstream(upstream_proxy)  # refuse bad input before serving anything
-    preflight_mcp(policy, workspace)
+    found = None
+    if project is not None:
+        from corral.runtime.mcp_project import mcp_project
+
+        found = mcp_project(project, agent, server, policy, workspace)
+        if found.found.offline:
+            _announce(f"--project {project}: {found.found.offline}")
+    preflight_mcp(policy, workspace, found)
     serve_mcp(policy, workspace=workspace, listen=_split_hostport(http) if http else None,
               tokens=parse_tokens(token), origins=allow_origin, elicitation=approvals == "auto",
-              approval_ttl=approval_ttl, upstream_proxy=upstream, announce=_announce)
+              approval_ttl=approval_ttl, upstream_proxy=upstream, announce=_announce,
+              project=found)
 
 
 def _announce(line: str) -> None:

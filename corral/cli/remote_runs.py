@@ -123,8 +123,13 @@ def approvals_list(project: str, all_: bool, server: str | None, as_json: bool) 
 
 
 def approvals_decide(project: str, ident: str, approve: bool, reason: str | None,
-                     server: str | None) -> None:
+                     server: str | None, always: bool = False) -> None:
     verb = "approve" if approve else "deny"
+    body: dict[str, Any] = {"reason": reason} if reason else {}
+    if always:
+        body["always"] = True
     answer = client(server).post(f"/projects/{quote(project)}/approvals/{quote(ident)}/{verb}",
-                                 {"reason": reason} if reason else {})
-    print(visible(f"{answer['status']} {answer['id']}: {answer['tool']} (run {answer['run']})"))
+                                 body)
+    scope = " (always: later identical calls too)" if answer.get("always") else ""
+    print(visible(f"{answer['status']} {answer['id']}{scope}: {answer['tool']} "
+                  f"(run {answer['run']})"))

@@ -2,7 +2,8 @@
 
 Public surface: ``Client`` (JSON over ``http.client``), ``ClientError`` and its two kinds
 ``ServerUnavailable`` (retry later) and ``Refused``, ``check_url``; for launchers,
-``ServerRun`` (register, heartbeat, ship_events, cursor, approvals, end) and ``fetch_policy``.
+``ServerRun`` (register, heartbeat, ship_events, cursor, approvals, end), ``fetch_policy``
+and ``introspect`` (who an MCP caller's token is).
 Importing this package loads nothing else: ``http.client`` loads with the first ``Client``.
 """
 
@@ -14,13 +15,13 @@ from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.client.http import Client, ClientError, Refused, ServerUnavailable, check_url
-    from corral.client.runs import Decision, Heartbeat, ServerRun, fetch_policy
+    from corral.client.runs import Decision, Heartbeat, ServerRun, fetch_policy, introspect
 
 __all__ = ["Client", "ClientError", "Decision", "Heartbeat", "Refused", "ServerRun",
-           "ServerUnavailable", "check_url", "fetch_policy"]
+           "ServerUnavailable", "check_url", "fetch_policy", "introspect"]
 
 __getattr__ = lazy_exports("corral.client", {
     "Client": "http", "ClientError": "http", "Refused": "http", "ServerUnavailable": "http",
     "check_url": "http", "Decision": "runs", "Heartbeat": "runs", "ServerRun": "runs",
-    "fetch_policy": "runs",
+    "fetch_policy": "runs", "introspect": "runs",
 })

@@ -1,5 +1,6 @@
 """What a launcher calls on ``corral server`` for one run: register, heartbeat, ship the audit
-trail, ask approvals, end. Stdlib only (``corral.client.http``).
+trail, ask approvals, end; and who an MCP caller's token is (``introspect``). Stdlib only
+(``corral.client.http``).
 
 Invariants:
 - ``register`` uses the launching user's token once; everything after it uses the run's own
@@ -21,7 +22,8 @@ from typing import Any
 
 from corral.client.http import Client, ServerUnavailable
 
-__all__ = ["MAX_BATCH", "Decision", "Heartbeat", "ServerRun", "event_json", "fetch_policy"]
+__all__ = ["MAX_BATCH", "Decision", "Heartbeat", "ServerRun", "event_json", "fetch_policy",
+           "introspect"]
 
 MAX_BATCH = 500
 EVENT_FIELDS = ("seq", "ts", "type", "actor", "data", "v", "prev", "hash")
@@ -62,6 +64,16 @@ def fetch_policy(url: str, token: str, project: str, *, timeout: float = 10.0) -
     return answer
 
 
+def introspect(url: str, token: str, project: str, presented: str, *,
+               timeout: float = 10.0) -> dict[str, Any]:
+    """Who ``presented`` is, asked with the launcher's own ``token``: ``{"actor", "kind",
+    "subject", "email", ...}``; ``Refused`` when it is no caller of ``project``."""
+    with Client(url, token, timeout=timeout, user_agent="corral-launcher") as client:
+        answer = client.post(f"/projects/{_quote(project)}/callers", {"token": presented})
+    assert isinstance(answer, dict)
+    return answer
+
+
 class ServerRun:
     """One registered run, talking over one persistent connection with its sandbox token."""
 
@@ -93,10 +105,15 @@ class ServerRun:
         return Heartbeat(kill["reason"] if kill else None, kill["by"] if kill else None,
                          int(answer["acked"]))
 
-    def end(self, exit_status: int | None, reason: str | None = None) -> dict[str, Any]:
+    def end(self, exit_status: int | None, reason: str | None = None,
+            events: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """End the run; ``events`` (at most ``MAX_BATCH``, past the cursor) are stored first,
+        in the same request and transaction."""
         body: dict[str, Any] = {"exit_status": exit_status}
         if reason is not None:
             body["reason"] = reason[:500]
+        if events:
+            body["events"] = [event_json(e) for e in events]
         answer = self.client.post(self._path + "/end", body)
         self.close()
         assert isinstance(answer, dict)
@@ -122,10 +139,12 @@ class ServerRun:
         return int(self.client.post(self._path + "/events", {"events": batch})["acked"])
 
     def request_approval(self, tool: str, args: Mapping[str, Any],
-                         rule: str | None = None) -> str:
+                         rule: str | None = None, caller: str | None = None) -> str:
         body: dict[str, Any] = {"tool": tool, "args": dict(args)}
         if rule is not None:
-            body["rule"] = rule
+            body["rule"] = rule[:500]
+        if caller is not None:
+            body["caller"] = caller
         return str(self.client.post(self._path + "/approvals", body)["id"])
 
     def wait_decision(self, approval_id: str, timeout: float) -> Decision:

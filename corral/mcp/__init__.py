@@ -16,14 +16,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from corral._lazy import lazy_exports
-from corral.mcp.principals import STDIO, Principals, TokenTable
-from corral.mcp.server import ApprovalForm, build_server
+from corral.mcp.principals import STDIO, Authenticator, Principals, TokenTable
+from corral.mcp.server import ApprovalForm, Held, build_server
 
 if TYPE_CHECKING:
     from corral.mcp.http import bind, serve_http
 
 __all__ = [
-    "STDIO", "ApprovalForm", "Principals", "TokenTable", "bind", "build_server", "serve_http",
+    "STDIO", "ApprovalForm", "Authenticator", "Held", "Principals", "TokenTable", "bind",
+    "build_server", "serve_http",
 ]
 
 # uvicorn only for --http

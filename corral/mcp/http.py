@@ -1,8 +1,9 @@
 """Streamable HTTP for ``corral mcp --http``: bearer tokens and an Origin allowlist in front.
 
 Invariants:
-- Every HTTP request must carry ``Authorization: Bearer <token>`` matching a configured token,
-  or it is answered 401 before the MCP SDK sees it. There is no unauthenticated mode.
+- Every HTTP request must carry ``Authorization: Bearer <token>`` matching a configured token
+  (or, with ``--project``, one the server vouches for), or it is answered 401 before the MCP
+  SDK sees it. There is no unauthenticated mode.
 - A request carrying an ``Origin`` header is refused (403) unless the origin is allowlisted
   (default: http(s) origins on localhost, 127.0.0.1 and [::1], any port), so a web page in a
   browser cannot drive the server (DNS rebinding, CSRF). Requests without Origin (non-browser
@@ -17,11 +18,12 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import anyio.to_thread
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
-from corral.mcp.principals import TokenTable
+from corral.mcp.principals import Authenticator
 
 __all__ = ["Guard", "bind", "origin_allowed", "serve_http"]
 
@@ -43,7 +45,8 @@ def origin_allowed(origin: str, allowlist: Iterable[str]) -> bool:
 class Guard:
     """ASGI middleware: token and Origin checks in front of the MCP app."""
 
-    def __init__(self, app: ASGIApp, tokens: TokenTable, origins: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, tokens: Authenticator,
+                 origins: Iterable[str] = ()) -> None:
         self.app = app
         self.tokens = tokens
         self.origins = tuple(origins)
@@ -59,7 +62,9 @@ class Guard:
         if origin is not None and not origin_allowed(origin, self.origins):
             await _refuse(send, 403, f"origin {origin} is not allowed (corral mcp --allow-origin)")
             return
-        if self.tokens.principal(headers.get("authorization")) is None:
+        # off the event loop: a server-vouched token may need a round trip to corral server
+        who = await anyio.to_thread.run_sync(self.tokens.principal, headers.get("authorization"))
+        if who is None:
             await _refuse(send, 401, "a valid bearer token is required", bearer=True)
             return
         await self.app(scope, receive, send)
@@ -88,7 +93,7 @@ def bind(host: str, port: int) -> socket.socket:
 async def serve_http(
     server: MCPServer,
     sock: socket.socket,
-    tokens: TokenTable,
+    tokens: Authenticator,
     origins: Iterable[str] = (),
 ) -> None:
     host = sock.getsockname()[0]

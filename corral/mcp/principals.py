@@ -5,7 +5,8 @@ Invariants:
   HTTP each bearer token is its own principal with its own sandbox, provisioned on its first
   call. Principals never share a sandbox, approvals held for one are not usable by another.
 - A principal is named by the token's configured name, never by the token itself; tokens are
-  compared in constant time and kept only as sha256 digests after start-up.
+  compared in constant time and kept only as sha256 digests after start-up. (With
+  ``--project`` the principal is the identity the server vouches for: corral.runtime.)
 - ``close`` tears every sandbox down; it is called when the server stops.
 """
 
@@ -15,12 +16,20 @@ import hashlib
 import hmac
 import threading
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from corral.tools.service import Tools
 
-__all__ = ["STDIO", "Principals", "TokenTable"]
+__all__ = ["STDIO", "Authenticator", "Principals", "TokenTable"]
 
 STDIO = "stdio"
+
+
+class Authenticator(Protocol):
+    """``Authorization`` header -> principal name, or None (refused). ``TokenTable`` for
+    ``--token``; with ``--project``, the server vouches for each token (it may block)."""
+
+    def principal(self, authorization: str | None) -> str | None: ...
 
 
 class TokenTable:

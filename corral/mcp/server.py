@@ -18,6 +18,9 @@ Invariants:
   elicitation) decides nothing: the call stays pending for another approver, and the result
   names the approval id and the ``corral approvals approve ID`` command; a retry after that
   approval runs the call.
+- With a ``held`` hook (``corral mcp --project``), a call that needs approval is neither
+  elicited nor checked against the local store: it is held by the hook (on corral server) and
+  runs only when the hook says it was approved; the caller waits, with progress notes.
 - The tools are the rows of ``TOOLS``: a tool's MCP signature, its approval resolver and the
   arguments the gate, the approval and the executor see are all made from the same row, so
   they cannot disagree about a parameter.
@@ -25,9 +28,10 @@ Invariants:
 
 
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import anyio
 import anyio.from_thread
@@ -43,7 +47,7 @@ from mcp.server.mcpserver.resolve import Elicit, Resolve
 from pydantic import BaseModel, Field
 
 from corral.errors import CorralError
-from corral.mcp.principals import STDIO, Principals, TokenTable
+from corral.mcp.principals import STDIO, Authenticator, Principals
 from corral.tools import (
     ExecutorGone,
     Gate,
@@ -54,7 +58,7 @@ from corral.tools import (
     pending_message,
 )
 
-__all__ = ["TOOLS", "ApprovalForm", "ToolSpec", "build_server"]
+__all__ = ["TOOLS", "ApprovalForm", "Held", "ToolSpec", "build_server"]
 
 INSTRUCTIONS = (
     "Tools that run inside a corral sandbox: the workspace is /workspace; network access goes "
@@ -79,6 +83,20 @@ class _Go:
 @dataclass(frozen=True)
 class _Held:
     message: str
+
+
+@dataclass(frozen=True)
+class _Ask:
+    gate: Gate
+
+
+class Held(Protocol):
+    """Where calls that need approval are held when not decided here (corral server)."""
+
+    def ask(self, principal: str, tools: Tools, tool: str, args: dict[str, Any], gate: Gate,
+            waiting: Callable[[str], None]) -> str | None:
+        """Block until decided: None when approved, else the refusal for the caller."""
+        ...
 
 
 _REQUIRED = inspect.Parameter.empty
@@ -176,11 +194,12 @@ def _tool_function(spec: ToolSpec, decide: _Decide, finish: _Finish) -> Callable
 class _Calls:
     """The steps every tool call takes, for one server's principals."""
 
-    def __init__(self, principals: Principals, tokens: TokenTable | None,
-                 elicitation: bool) -> None:
+    def __init__(self, principals: Principals, tokens: Authenticator | None,
+                 elicitation: bool, held: Held | None = None) -> None:
         self.principals = principals
         self.tokens = tokens
         self.elicitation = elicitation
+        self.held = held
 
     def principal_of(self, ctx: Context) -> str:
         headers = ctx.headers
@@ -195,8 +214,10 @@ class _Calls:
         """The resolver: go ahead, held (denied or pending), or ask by elicitation."""
         tools = self.principals.tools(self.principal_of(ctx))
 
-        def check() -> _Go | _Held | tuple[Gate, Any]:
+        def check() -> _Go | _Held | _Ask | tuple[Gate, Any]:
             gate = tools.gate(tool, args)
+            if self.held is not None:  # decided on the server only, never here
+                return _Ask(gate) if gate.needs_approval else _Go(gate)
             if tools.authorize(tool, args, gate):
                 return _Go(gate)
             denied = tools.denial(tool, args)
@@ -208,7 +229,7 @@ class _Calls:
             outcome = await anyio.to_thread.run_sync(check)
         except CorralError as err:  # e.g. the sandbox could not be set up: say why, one line
             raise ToolError(str(err)) from None
-        if isinstance(outcome, _Go | _Held):
+        if isinstance(outcome, _Go | _Held | _Ask):
             return outcome
         gate, approval = outcome
         caps = ctx.client_capabilities
@@ -233,9 +254,33 @@ class _Calls:
         data = outcome.data
         if isinstance(data, _Held):
             raise ToolError(data.message)
+        if isinstance(data, _Ask):
+            await self._ask(principal, tools, tool, args, data.gate, ctx)
+            return await self._run(tools, tool, args, data.gate, ctx)
         gate = await self._form(tools, tool, args, by, data) \
             if isinstance(data, ApprovalForm) else data.gate
         return await self._run(tools, tool, args, gate, ctx)
+
+    async def _ask(self, principal: str, tools: Tools, tool: str, args: dict[str, Any],
+                   gate: Gate, ctx: Context) -> None:
+        """Hold the call with ``held`` until decided; raise the refusal unless approved."""
+        held = self.held
+        assert held is not None
+        started = time.monotonic()
+
+        def waiting(note: str) -> None:
+            # progress while waiting keeps the client's request alive and says what to do
+            anyio.from_thread.run(ctx.report_progress, time.monotonic() - started, None, note)
+
+        def ask() -> str | None:
+            return held.ask(principal, tools, tool, args, gate, waiting)
+
+        try:
+            refused = await anyio.to_thread.run_sync(ask)
+        except CorralError as err:
+            raise ToolError(str(err)) from None
+        if refused is not None:
+            raise ToolError(refused)
 
     @staticmethod
     async def _still_pending(tools: Tools, tool: str, args: dict[str, Any]) -> ToolError:
@@ -300,12 +345,13 @@ class _Calls:
 def build_server(
     principals: Principals,
     *,
-    tokens: TokenTable | None = None,
+    tokens: Authenticator | None = None,
     elicitation: bool = True,
+    held: Held | None = None,
 ) -> MCPServer:
     """An ``MCPServer`` with the tools of ``TOOLS``, serving ``principals``."""
     server: MCPServer = MCPServer(name="corral", instructions=INSTRUCTIONS, log_level="WARNING")
-    calls = _Calls(principals, tokens, elicitation)
+    calls = _Calls(principals, tokens, elicitation, held)
     for spec in TOOLS:
         server.tool(name=spec.name, description=spec.description)(
             _tool_function(spec, calls.decide, calls.finish))

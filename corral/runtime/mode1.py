@@ -15,6 +15,10 @@ Invariants:
   is torn down and the trails are closed before ``serve_mcp`` returns or raises.
 - Approvals decided outside the server (``approval_store``) are audited in a trail of their
   own, closed when the caller is done.
+- With ``project`` (``--project P``) the policy is the project's (``mcp_project``), each tools
+  sandbox is a run of P on corral server, approvals are held there and never decided locally
+  (no elicitation, no local store), and over HTTP the bearer tokens are server-issued ones the
+  server vouches for (``corral.runtime.mcp_project``).
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 from corral.errors import UserInputError
 
 if TYPE_CHECKING:
-    from corral.mcp import Principals
+    from corral.mcp import Authenticator, Principals
     from corral.policy import ResolvedPolicy
     from corral.runtime.audit import LaunchAudit
+    from corral.runtime.mcp_project import McpProject, ProjectRuns
     from corral.tools import ApprovalStore, AuditSink
 
 __all__ = ["approval_store", "preflight_mcp", "serve_mcp"]
@@ -44,12 +49,13 @@ def _resolve(policies: Sequence[str], workspace: Path | None) -> ResolvedPolicy:
     return resolve(list(policies), workspace=workspace.resolve() if workspace else None)
 
 
-def preflight_mcp(policies: Sequence[str], workspace: Path | None) -> None:
+def preflight_mcp(policies: Sequence[str], workspace: Path | None,
+                  project: McpProject | None = None) -> None:
     """Refuse, as ``UserInputError``, what ``corral run`` refuses before it starts: the
     policies, the workspace and every path the policy makes visible."""
     from corral.sandbox import SandboxSpec, validate
 
-    rp = _resolve(policies, workspace)
+    rp = project.found.policy if project is not None else _resolve(policies, workspace)
     try:
         validate(SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
                              workspace=rp.files.workspace))
@@ -75,10 +81,13 @@ def approval_store() -> Iterator[ApprovalStore]:
 
 
 def _principals(rp: ResolvedPolicy, *, store: ApprovalStore, audit: AuditSink,
-                launch: LaunchAudit | None, upstream_proxy: str | None) -> Principals:
-    """One ``Tools`` per principal, each over its own sandbox made on first use."""
+                launch: LaunchAudit | None, upstream_proxy: str | None,
+                runs: ProjectRuns | None = None) -> Principals:
+    """One ``Tools`` per principal, each over its own sandbox made on first use (with
+    ``runs``, each sandbox a run on corral server, its tool events in its own trail)."""
     from corral.mcp import Principals
     from corral.runtime.egress import proxied_opener
+    from corral.runtime.mcp_project import RunTrail
     from corral.sandbox import SandboxSpec
     from corral.tools import SandboxProvider, ShellSession, ToolPolicy, Tools
 
@@ -90,9 +99,15 @@ def _principals(rp: ResolvedPolicy, *, store: ApprovalStore, audit: AuditSink,
                            workspace=ws)
         opener = proxied_opener(rp, sandbox_audit=launch, upstream_proxy=upstream_proxy,
                                 proxy_audit=launch.proxy_audit if launch is not None else None)
-        session = ShellSession(SandboxProvider(spec, opener=opener), idle=rp.limits.idle)
+        sink = audit
+        if runs is not None and launch is not None:
+            opener = runs.opener(principal, opener)
+        provider = SandboxProvider(spec, opener=opener)
+        if runs is not None and launch is not None:
+            sink = RunTrail(launch, lambda: provider.sandbox_id, audit)
+        session = ShellSession(provider, idle=rp.limits.idle)
         ident = str(ws) if ws is not None else f"ephemeral:{principal}:{os.getpid()}"
-        return Tools(tool_policy, session, store, workspace=ident, audit=audit,
+        return Tools(tool_policy, session, store, workspace=ident, audit=sink,
                      principal=principal)
 
     return Principals(factory)
@@ -120,6 +135,7 @@ def serve_mcp(
     upstream_proxy: str | None = None,
     audit: AuditSink | None = None,
     announce: Callable[[str], None] = lambda line: None,
+    project: McpProject | None = None,
 ) -> None:
     """Serve the tools over stdio (``listen`` None) or streamable HTTP on ``listen``, until
     the client goes or a signal ends it. ``audit`` replaces the trail (tests)."""
@@ -131,25 +147,35 @@ def serve_mcp(
     if os.geteuid() != 0:
         raise UserInputError("corral mcp must run as root (it builds sandboxes)")
     _stop_on_signals()
-    rp = _resolve(policies, workspace)
+    rp = project.found.policy if project is not None else _resolve(policies, workspace)
     launch = None
-    if audit is None:
+    if audit is None or project is not None:
         from corral.runtime.audit import open_audit
 
         # one trail per tools sandbox (lifecycle, exec, proxy), as under `corral run`, and
         # this server's trail for tool calls and approvals
         launch = open_audit(rp, mode="mcp")
         audit = launch.tool_audit(f"mcp-{secrets.token_hex(4)}")
+    assert audit is not None
     store = ApprovalStore(ttl=approval_ttl, audit=audit)
-    principals = _principals(rp, store=store, audit=audit, launch=launch,
-                             upstream_proxy=upstream_proxy)
-    table: TokenTable | None = None
-    if listen is not None:
+    runs = None
+    table: Authenticator | None = None
+    if project is not None:
+        from corral.runtime.mcp_project import ProjectRuns, ServerCallers
+
+        assert launch is not None
+        callers = ServerCallers(project.target) if listen is not None else None
+        runs = ProjectRuns(project, launch, callers, approval_ttl)
+        table = callers
+        elicitation = False  # a project's held calls are decided on the server only
+    elif listen is not None:
         named = dict(tokens) or {"default": secrets.token_urlsafe(32)}
         if not tokens:
             announce(f"generated bearer token: {named['default']}")
         table = TokenTable(named)
-    server = build_server(principals, tokens=table, elicitation=elicitation)
+    principals = _principals(rp, store=store, audit=audit, launch=launch,
+                             upstream_proxy=upstream_proxy, runs=runs)
+    server = build_server(principals, tokens=table, elicitation=elicitation, held=runs)
     try:
         if listen is None or table is None:
             anyio.run(server.run_stdio_async)

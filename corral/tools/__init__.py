@@ -47,6 +47,7 @@ __all__ = [
     "ToolPolicy",
     "Tools",
     "Verdict",
+    "args_digest",
     "check_command",
     "current_user",
     "denied_message",
@@ -56,7 +57,8 @@ __all__ = [
 
 __getattr__ = lazy_exports("corral.tools", {
     "Approval": "approvals", "ApprovalStore": "approvals", "AuditSink": "approvals",
-    "NullAudit": "approvals", "current_user": "approvals", "CommandChecker": "cmdcheck",
+    "NullAudit": "approvals", "current_user": "approvals", "args_digest": "approvals",
+    "CommandChecker": "cmdcheck",
     "Verdict": "cmdcheck",
     "check_command": "cmdcheck", "Executor": "executor_client",
     "ExecutorGone": "executor_client", "ToolFailure": "executor_client",

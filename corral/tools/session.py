@@ -67,6 +67,12 @@ class ShellSession:
             self._inflight += 1
             return self._executor
 
+    def ensure(self) -> None:
+        """Provision the sandbox now if there is none (a server run must exist to ask)."""
+        self._get()
+        with self._lock:
+            self._inflight -= 1
+
     def call(
         self,
         op: str,

@@ -6,6 +6,7 @@ from corral.server.api import (
     approvals,
     audit,
     budgets,
+    callers,
     credentials,
     logins,
     me,
@@ -18,5 +19,5 @@ from corral.server.api import (
 __all__ = ["ROUTERS"]
 
 ROUTERS = [me.router, teams.router, projects.router, policies.router, credentials.router,
-           runs.router, audit.router, approvals.router, logins.router,
-           budgets.router]
+           runs.router, audit.router, approvals.router, logins.router, budgets.router,
+           callers.router]

@@ -6,17 +6,26 @@ step-up for a user's token), which a sandbox token never has (``authz.decide``):
 approve its own calls. A decision is made once (a second one is a 409) and recorded as an
 admin event; a request of a run that has ended cannot be decided. A waiting poll holds no
 database connection between its checks.
+- "Approve always" also stores a ``StandingApproval`` keyed by (project, agent, tool, scope,
+  the run's policy digest), the scope being the command for ``exec`` and the canonical
+  arguments otherwise, computed here (never taken from the launcher). A later request that
+  matches one is created already approved, naming the standing approval's author; anything
+  that differs (other agent, other policy version, other command) asks again.
+- A request repeated while the same call is pending (a client's retry) joins that request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 import uuid
 from typing import Any
 
 from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from corral.server.admin_log import record
@@ -25,9 +34,9 @@ from corral.server.api.deps import Access, get_db, require
 from corral.server.api.schemas import ApprovalIn, DecisionIn
 from corral.server.authz import Permission
 from corral.server.errors import ApiError
-from corral.server.models import Approval, Run, utcnow
+from corral.server.models import Approval, Run, StandingApproval, utcnow
 
-__all__ = ["decide_request", "router"]
+__all__ = ["decide_request", "router", "scope_digest"]
 
 router = APIRouter(tags=["approvals"])
 ApprovalId = Path(pattern=r"^[0-9a-f]{32}$")
@@ -39,19 +48,53 @@ def approval_json(a: Approval) -> dict[str, Any]:
             "status": a.status, "requested_at": a.requested_at.isoformat(),
             "decided_by": a.decided_by,
             "decided_at": a.decided_at.isoformat() if a.decided_at else None,
-            "reason": a.reason}
+            "reason": a.reason, "always": bool(a.always), "caller": a.caller}
+
+
+def _scope(tool: str, args: dict[str, Any]) -> str:
+    """What "always" covers: the command for exec, the exact arguments otherwise."""
+    if tool == "exec":
+        return str(args.get("command"))
+    return json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def scope_digest(tool: str, args: dict[str, Any]) -> str:
+    return hashlib.sha256(_scope(tool, args).encode()).hexdigest()
+
+
+def _standing(session: Session, run: Run, tool: str, digest: str) -> StandingApproval | None:
+    agent = StandingApproval.agent_id.is_(None) if run.agent_id is None else \
+        StandingApproval.agent_id == run.agent_id
+    return session.scalars(select(StandingApproval).where(
+        StandingApproval.project_id == run.project_id, StandingApproval.tool == tool,
+        StandingApproval.scope_digest == digest,
+        StandingApproval.policy_digest == run.policy_digest, agent).limit(1)).first()
 
 
 @router.post("/runs/{run}/approvals", status_code=201)
 def request_approval(body: ApprovalIn,
                      access: Access = require(Permission.RUN_REPORT, resolve.run)
                      ) -> dict[str, Any]:
-    if access.resource.status != "running":
-        raise ApiError(409, "run_ended", f"run {access.resource.id} has ended")
-    row = Approval(id=uuid.uuid4().hex, run_id=access.resource.id, tool=body.tool,
-                   args=body.args, rule=body.rule)
-    access.session.add(row)
-    access.session.commit()
+    session, run = access.session, access.resource
+    if run.status != "running":
+        raise ApiError(409, "run_ended", f"run {run.id} has ended")
+    digest = scope_digest(body.tool, body.args)
+    for held in session.scalars(select(Approval).where(
+            Approval.run_id == run.id, Approval.status == "pending", Approval.tool == body.tool,
+            Approval.scope_digest == digest)):
+        if held.args == body.args and held.caller == body.caller:
+            return approval_json(held)  # a retry of the held call waits on the same request
+    row = Approval(id=uuid.uuid4().hex, run_id=run.id, tool=body.tool, args=body.args,
+                   rule=body.rule, scope_digest=digest, caller=body.caller)
+    standing = _standing(session, run, body.tool, digest)
+    if standing is not None:
+        row.status, row.decided_at = "approved", utcnow()
+        row.decided_by = f"{standing.created_by} (always, from approval {standing.approval_id})"
+        row.reason = "a standing approval (approve always)"
+        record(session, standing.created_by, "approval.standing", f"run {run.id}/{row.id}",
+               run=run.id, tool=row.tool, standing=standing.id, caller=body.caller)
+    session.add(row)
+    session.commit()
     return approval_json(row)
 
 
@@ -91,8 +134,8 @@ def list_approvals(all_: bool = Query(False, alias="all"),
                           for a, h in access.session.execute(query)]}
 
 
-def decide_request(access: Access, approval: str, decision: str,
-                   reason: str | None) -> dict[str, Any]:
+def decide_request(access: Access, approval: str, decision: str, reason: str | None,
+                   always: bool = False) -> dict[str, Any]:
     session, project = access.session, access.resource
     row = session.get(Approval, approval)
     run = session.get(Run, row.run_id) if row is not None else None
@@ -104,8 +147,16 @@ def decide_request(access: Access, approval: str, decision: str,
         raise ApiError(409, "run_ended", f"run {run.id} has ended")
     row.status, row.decided_by, row.decided_at = decision, access.principal.actor, utcnow()
     row.reason = reason
+    row.always = always and decision == "approved"
+    if row.always:
+        session.add(StandingApproval(
+            project_id=project.id, agent_id=run.agent_id, tool=row.tool,
+            scope_digest=row.scope_digest or scope_digest(row.tool, row.args),
+            policy_digest=run.policy_digest, summary=_scope(row.tool, row.args)[:500],
+            approval_id=row.id, created_by=access.principal.actor))
     record(session, access.principal.actor, "approval.decide", f"{project.name}/{row.id}",
-           team_id=project.team_id, run=run.id, tool=row.tool, decision=decision, reason=reason)
+           team_id=project.team_id, run=run.id, tool=row.tool, decision=decision, reason=reason,
+           always=row.always, caller=row.caller)
     session.commit()
     return approval_json(row)
 
@@ -114,7 +165,7 @@ def decide_request(access: Access, approval: str, decision: str,
 def approve(body: DecisionIn, approval: str = ApprovalId,
             access: Access = require(Permission.APPROVAL_DECIDE, resolve.project)
             ) -> dict[str, Any]:
-    return decide_request(access, approval, "approved", body.reason)
+    return decide_request(access, approval, "approved", body.reason, body.always)
 
 
 @router.post("/projects/{project}/approvals/{approval}/deny")

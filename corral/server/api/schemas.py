@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["AgentIn", "ApprovalIn", "BatchIn", "CredentialIn", "DecisionIn", "EndIn", "EventIn",
-           "KillIn", "MemberIn", "PolicyIn", "ProjectIn", "RunIn", "TeamIn"]
+           "IntrospectIn", "KillIn", "MemberIn", "PolicyIn", "ProjectIn", "RunIn", "TeamIn"]
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")]
 RoleName = Literal["owner", "admin", "member", "viewer"]
@@ -87,7 +87,14 @@ class ApprovalIn(_In):
     tool: Annotated[str, Field(min_length=1, max_length=200)]
     args: dict[str, object] = Field(default_factory=dict)
     rule: Text500 | None = None
+    caller: Annotated[str, Field(min_length=1, max_length=320)] | None = None
 
 
 class DecisionIn(_In):
     reason: Text500 | None = None
+    always: bool = False  # approve: also approve later identical calls (a standing approval)
+
+
+class IntrospectIn(_In):
+    token: Annotated[str, Field(min_length=1, max_length=200)]
+

@@ -14,7 +14,14 @@ from corral.server.models.projects import (
     PolicyVersion,
     Project,
 )
-from corral.server.models.runs import AdminEvent, Approval, AuditEvent, LedgerEntry, Run
+from corral.server.models.runs import (
+    AdminEvent,
+    Approval,
+    AuditEvent,
+    LedgerEntry,
+    Run,
+    StandingApproval,
+)
 from corral.server.models.spend import Budget, SpendRow
 from corral.server.models.sso import LoginAttempt, LoginFlow
 
@@ -36,6 +43,7 @@ __all__ = [
     "Project",
     "Run",
     "SpendRow",
+    "StandingApproval",
     "Team",
     "Token",
     "User",

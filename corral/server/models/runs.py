@@ -13,12 +13,23 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.server.models.base import Base, UtcDateTime, utcnow
 
-__all__ = ["AdminEvent", "Approval", "AuditEvent", "LedgerEntry", "Run"]
+__all__ = ["AdminEvent", "Approval", "AuditEvent", "LedgerEntry", "Run", "StandingApproval"]
 
 
 class Run(Base):
@@ -91,6 +102,31 @@ class Approval(Base):
     decided_by: Mapped[str | None] = mapped_column(String(320))
     decided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     reason: Mapped[str | None] = mapped_column(String(500))
+    # "approve always": the decision also made a ``StandingApproval`` for later identical calls
+    always: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # sha256 of what "always" covers: the command for exec, the canonical arguments otherwise
+    scope_digest: Mapped[str | None] = mapped_column(String(64))
+    # the MCP caller the call was made for (a user's email or token:NAME), when known
+    caller: Mapped[str | None] = mapped_column(String(320))
+
+
+class StandingApproval(Base):
+    """An "approve always": a later call of the project with the same agent, tool, scope and
+    policy digest is approved without asking (as the local store's ``always_rules``)."""
+
+    __tablename__ = "standing_approvals"
+    __table_args__ = (Index("ix_standing_lookup", "project_id", "tool", "scope_digest"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    # CASCADE, not SET NULL: an agent's standing approval must never widen to agentless runs
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    tool: Mapped[str] = mapped_column(String(200))
+    scope_digest: Mapped[str] = mapped_column(String(64))
+    policy_digest: Mapped[str] = mapped_column(String(64))
+    summary: Mapped[str] = mapped_column(String(500))
+    approval_id: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class AdminEvent(Base):

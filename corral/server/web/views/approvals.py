@@ -1,5 +1,6 @@
 """Approvals: the queue of held calls (full arguments, the rule, who and which agent asked),
-decided here; the queue is pushed to the page over SSE when it changes.
+decided here (approve once, approve always, deny); the queue is pushed to the page over SSE
+when it changes.
 
 Invariants: a decision goes through the API's own ``decide_request`` (once, recorded, a run
 that ended cannot be decided) after ``APPROVAL_DECIDE`` on the run's team, which needs a team
@@ -67,7 +68,8 @@ def approvals(v: Viewer = Depends(viewer)) -> HTMLResponse:
                 recent=_recent(v))
 
 
-def _decide(v: Viewer, ident: str, decision: str, reason: str) -> HTMLResponse:
+def _decide(v: Viewer, ident: str, decision: str, reason: str,
+            always: bool = False) -> HTMLResponse:
     row = v.session.get(Approval, ident)
     run = v.session.get(Run, row.run_id) if row is not None else None
     project = v.session.get(Project, run.project_id) if run is not None else None
@@ -77,11 +79,12 @@ def _decide(v: Viewer, ident: str, decision: str, reason: str) -> HTMLResponse:
     v.allow_change(Permission.APPROVAL_DECIDE, project.team_id)
     try:
         decide_request(Access(v.principal, v.session, project), ident, decision,
-                       reason.strip() or None)
+                       reason.strip() or None, always)
     except ApiError as err:
         v.session.rollback()
         return partial("ui/_notice.html", kind="error", text=err.message, status=409)
-    verb = "approved" if decision == "approved" else "denied"
+    verb = "denied" if decision != "approved" else \
+        "approved always (later identical calls too)" if always else "approved once"
     return partial("ui/_notice.html", kind="ok", text=f"{row.tool}: {verb}; the held call "
                    "has its answer")
 
@@ -93,6 +96,12 @@ Ident = Path(pattern=r"^[0-9a-f]{32}$")
 def approve(ident: str = Ident, reason: str = Form("", max_length=500),
             v: Viewer = Depends(viewer)) -> HTMLResponse:
     return _decide(v, ident, "approved", reason)
+
+
+@router.post("/approvals/{ident}/approve-always", response_class=HTMLResponse)
+def approve_always(ident: str = Ident, reason: str = Form("", max_length=500),
+                   v: Viewer = Depends(viewer)) -> HTMLResponse:
+    return _decide(v, ident, "approved", reason, always=True)
 
 
 @router.post("/approvals/{ident}/deny", response_class=HTMLResponse)
