@@ -28,7 +28,7 @@ __all__ = ["app", "command", "main"]
 # Group name -> module exposing ``app: typer.Typer``. A group is wired in once its module exists,
 # so the tree grows as features land without a central edit per command.
 GROUPS = ("policy", "creds", "audit", "sandbox", "mcp", "approvals", "server", "team", "project",
-          "agent", "token")
+          "agent", "token", "budget", "spend")
 
 app = typer.Typer(
     name="corral",

@@ -21,7 +21,7 @@ __all__ = [
     "email",
     "endpoint", "event_types", "http_method", "ledger_head", "listen", "origins",
     "resource_name", "role",
-    "sandbox_id", "server_url", "when",
+    "sandbox_id", "server_url", "usd", "when",
 ]
 
 _SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # as corral.audit.events
@@ -198,3 +198,12 @@ def choice(*allowed: str) -> Callable[[str | None], str | None]:
         return value
 
     return check
+
+
+def usd(value: float | None) -> float | None:
+    """An amount of money in USD, as budgets take it: 0 to 1,000,000, at most micro-dollars."""
+    if value is None:
+        return None
+    if not 0 <= value <= 1_000_000:  # also refuses nan and inf
+        raise _bad(f"{value!r}: an amount in USD from 0 to 1000000")
+    return value

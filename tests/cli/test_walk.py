@@ -25,7 +25,7 @@ VALID = {"files": "builtin:github", "url": "https://api.github.com/", "name": "t
          "ident": "abcd1234", "path": "-", "before": "90d", "file": "policy.yaml",
          "project": "demo", "team": "demo", "email": "a@example.com", "role": "member",
          "token_id": "1", "new_key_file": "kek.key", "sandbox_id": "abcd1234",
-         "command": "true"}
+         "command": "true", "amount": "5", "period": "day"}
 # Free text: any non-empty string is a legitimate value, so "garbage" is not an error.
 FREE_TEXT = {("approvals", "approve", "reason"), ("approvals", "deny", "reason"),
              ("audit", "export", "output"), ("policy", "init", "path"),

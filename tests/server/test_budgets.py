@@ -7,6 +7,7 @@ all apply; authz (a member cannot raise a budget, 404 outside the team, step-up)
 from __future__ import annotations
 
 import datetime as dt
+import json
 import multiprocessing
 import threading
 import uuid
@@ -19,7 +20,7 @@ from corral.server.budgets import DbLedger, expire, renew, reserve, settle
 from corral.server.db import Database
 from corral.server.models import AdminEvent, Agent, Budget, Project, Run, SpendRow, Team
 from corral.spend import MICRO, Refusal, Reservation
-from tests.server.conftest import Served
+from tests.server.conftest import Served, cli
 
 UTC = dt.UTC
 
@@ -292,3 +293,39 @@ def test_api_authz(server: Served) -> None:
         assert sets == [("token:test-admin", "agent shop/bot"), ("token:test-owner", "org")]
     finally:
         db.dispose()
+
+
+def test_cli(server: Served) -> None:
+    """corral budget set/list and corral spend through the installed CLI."""
+    owner, run, token = _setup_api(server)
+    env = {"CORRAL_SERVER": server.url, "CORRAL_TOKEN": server.token("admin", team="web")}
+    done = cli("budget", "set", "--project", "shop", "--amount", "2.5", "--period", "week",
+               env=env)
+    assert done.stdout.strip() == "budget set: project shop 2.50 USD per week"
+    cli("budget", "set", "--project", "shop", "--agent", "bot", "--amount", "1",
+        "--period", "run", env=env)
+    member = {**env, "CORRAL_TOKEN": server.token("member", team="web")}
+    refused = cli("budget", "set", "--team", "web", "--amount", "9", "--period", "day",
+                  env=member, check=False)
+    assert refused.returncode != 0 and "admin" in refused.stderr
+    with server.client(token) as c:
+        got = c.post(f"/runs/{run}/spend/reserve", json={"amount_micro_usd": 2_000_000}).json()
+        assert got["refused"]["label"] == "agent shop/bot budget"
+        got = c.post(f"/runs/{run}/spend/reserve", json={"amount_micro_usd": 250_000}).json()
+        c.post(f"/runs/{run}/spend/settle", json={"id": got["id"], "cost_micro_usd": 123_456,
+                                                  "model": "gpt-x", "output_tokens": 9})
+    listed = json.loads(cli("budget", "list", "--json", env=env).stdout)["budgets"]
+    week = next(b for b in listed if b["period"] == "week")
+    assert (week["scope"], week["target"], week["amount_usd"], week["spent_usd"]) == \
+        ("project", "shop", 2.5, 0.123456)
+    table = cli("budget", "list", env=env).stdout
+    assert "shop/bot" in table.splitlines()[1] + table.splitlines()[2]
+    by_model = json.loads(cli("spend", "--project", "shop", "--by", "model", "--json",
+                              env=env).stdout)
+    assert by_model["rows"] == [{"model": "gpt-x", "cost_usd": 0.123456, "requests": 1,
+                                 "input_tokens": 0, "output_tokens": 9}]
+    text = cli("spend", "--project", "shop", "--by", "agent", env=env).stdout
+    assert "bot" in text and "total: 0.123456 USD" in text
+    outsider = {**env, "CORRAL_TOKEN": server.token("admin", team="other")}
+    assert cli("spend", "--project", "shop", env=outsider, check=False).returncode != 0
+    del owner
