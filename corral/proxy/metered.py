@@ -5,7 +5,8 @@ Invariants:
 - Decided before any credential is injected or any byte goes upstream: an unpriced endpoint
   (403), a body that cannot be estimated (400) or an exhausted budget (429) is answered here
   in the provider's error shape (``x-should-retry: false``), audited as ``proxy.deny``, and
-  the upstream never sees the request.
+  the upstream never sees the request. In a project run the reservation is also made on
+  corral server (``spend_server``); a server that cannot answer is a 503 naming why.
 - A metered request's body is read whole (at most ``MAX_BODY``; more is refused and the
   connection closed) because the estimate needs it; it is then sent with a fresh
   Content-Length, asking for an unencoded response so the meter can read it.
@@ -15,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from corral.policy.types import Decision
@@ -27,14 +29,21 @@ __all__ = ["admit", "build_spend", "settle"]
 _DROP = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 
 
-def build_spend(policy: Any, prices_file: Any = None) -> Spend | None:
-    """The sandbox's ``Spend`` if any rule meters, with the policy's budgets; else None."""
+def build_spend(policy: Any, prices_file: Any = None, *, server: bool = False) -> Spend | None:
+    """The sandbox's ``Spend`` if any rule meters, with the policy's budgets; else None.
+    ``server``: a project run, whose budgets are also kept by corral server
+    (``spend_server.ServerLedger``, configured once the run registered)."""
     if not any(getattr(r, "meter", None) for r in getattr(policy, "rules", ())):
         return None
     from corral.spend import load_prices
 
     entries = [(b.amount, b.period, str(b.origin)) for b in getattr(policy, "budgets", ())]
-    return Spend.local(entries, load_prices(prices_file))
+    spend = Spend.local(entries, load_prices(prices_file))
+    if server:
+        from corral.proxy.spend_server import ServerLedger
+
+        spend.ledger = ServerLedger()
+    return spend
 
 
 async def _read_body(agent: AgentConnection) -> bytes | None:
@@ -75,7 +84,11 @@ async def admit(
         agent.response.keep_alive = False
         await _answer(agent, reply, decision, fields)
         return False
-    outcome = spend.begin(provider, fields["method"], fields["path"], body)
+    if getattr(spend.ledger, "blocking", False):  # a server ledger: off the event loop
+        outcome = await asyncio.to_thread(spend.begin, provider, fields["method"],
+                                          fields["path"], body)
+    else:
+        outcome = spend.begin(provider, fields["method"], fields["path"], body)
     if isinstance(outcome, Reply):
         await _answer(agent, outcome, decision, fields)
         return agent.reusable

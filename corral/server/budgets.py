@@ -39,7 +39,7 @@ from corral.spend import Budget as SpendBudget
 from corral.spend import Period, Refusal, Reservation, window_of
 
 __all__ = ["DEFAULT_TTL", "DbLedger", "budget_label", "expire", "renew", "reserve", "settle",
-           "team_of", "window_spend"]
+           "team_of", "usage_fields", "window_spend"]
 
 DEFAULT_TTL = 120.0  # seconds without a renew before a reservation is charged and dropped
 _EXPIRE_EVERY = 1.0
@@ -277,8 +277,8 @@ class DbLedger:
     def renew(self, reservation: Reservation) -> bool:
         return renew(self.db, self.run_id, reservation.id)
 
-    def settle(self, reservation: Reservation, actual: int) -> None:
-        settle(self.db, self.run_id, reservation.id, actual)
+    def settle(self, reservation: Reservation, actual: int, usage: Any = None) -> None:
+        settle(self.db, self.run_id, reservation.id, actual, usage=usage_fields(usage))
 
     def expire(self) -> int:
         return expire(self.db, ttl=self.ttl)
@@ -312,3 +312,15 @@ def team_of(session: Session, row: Budget) -> int | None:
         return session.scalar(select(Project.team_id).join(Run, Run.project_id == Project.id)
                               .where(Run.id == row.run_id))
     return None
+
+
+def usage_fields(record: Any) -> dict[str, Any] | None:
+    """A ``corral.spend.UsageRecord`` as ``settle``'s ``usage`` (None: none given)."""
+    if record is None:
+        return None
+    tokens = record.tokens
+    return {"model": record.model, "provider": str(record.api).partition(".")[0],
+            "input_tokens": tokens.input, "output_tokens": tokens.output,
+            "cache_write_tokens": tokens.cache_write, "cache_read_tokens": tokens.cache_read,
+            "flagged": record.flagged,
+            "priced_as": None if record.known_model else "unknown model: provider's dearest"}

@@ -22,6 +22,7 @@ from corral.spend.ledger import (
     PERIODS,
     Budget,
     Ledger,
+    LedgerUnavailable,
     LocalLedger,
     Period,
     Refusal,
@@ -43,7 +44,8 @@ from corral.spend.usage import MICRO, Tokens, Usage, format_usd
 
 __all__ = [
     "MAX_BODY", "MICRO", "PERIODS", "Api", "Budget", "Estimate", "EstimateError", "Exchange",
-    "Ledger", "LocalLedger", "Meter", "Period", "Price", "PriceError", "PriceTable", "Refusal",
+    "Ledger", "LedgerUnavailable", "LocalLedger", "Meter", "Period", "Price", "PriceError",
+    "PriceTable", "Refusal",
     "Reply", "Reservation", "Spend", "Tokens", "Usage", "UsageRecord", "add_include_usage",
     "budget_reply", "endpoint_api",
     "error_reply", "estimate", "format_usd", "load_prices", "meter_for", "window_of",

@@ -11,6 +11,8 @@ The caller's part (issue 15, phase 2)::
           outcome.abort() on any failure; audit the returned record as ``llm.usage``.
 
 Invariants:
+- A ledger that cannot answer (``LedgerUnavailable``: the server is away) refuses the request
+  with a 503 in the provider's shape naming the cause; nothing goes upstream unreserved.
 - Every reservation is settled exactly once: ``finish``, ``abort`` and ``release`` are
   idempotent and the first one wins. Settled at the metered cost only when the final usage
   was read; an incomplete or aborted response is charged its whole reservation (``flagged``).
@@ -26,7 +28,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
-from corral.spend.ledger import Budget, Ledger, LocalLedger, Period, Refusal, Reservation
+from corral.spend.ledger import (
+    Budget,
+    Ledger,
+    LedgerUnavailable,
+    LocalLedger,
+    Period,
+    Refusal,
+    Reservation,
+)
 from corral.spend.meter import Api, Meter, meter_for
 from corral.spend.prices import PriceTable, load_prices
 from corral.spend.replies import Reply, budget_reply, error_reply
@@ -84,7 +94,11 @@ class Spend:
             est = estimate(self.prices, provider, api, body, obj)
         except EstimateError as err:
             return error_reply(provider, 400, f"corral cannot estimate this request: {err}")
-        got = self.ledger.reserve(self.budgets, est.cost)
+        try:
+            got = self.ledger.reserve(self.budgets, est.cost)
+        except LedgerUnavailable as err:
+            return error_reply(provider, 503, f"corral cannot reserve this request's cost, so "
+                               f"it is refused: {err}")
         if isinstance(got, Refusal):
             return budget_reply(provider, got)
         if api == "openai.chat" and est.stream:
@@ -137,9 +151,9 @@ class Exchange:
             cost = 0
         else:
             cost = reserved
-        self._ledger.settle(self.reservation, cost)
         self._record = UsageRecord(
             self.api, (usage.model if usage and usage.model else est.model), est.known_model,
             tokens, cost, reserved, complete, cost == reserved and not complete, self._status,
             usage.request_id if usage else None)
+        self._ledger.settle(self.reservation, cost, self._record)
         return self._record

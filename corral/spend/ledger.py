@@ -13,6 +13,8 @@ Invariants (``LocalLedger``; a server ledger keeps the same ones in one database
   money; the request may have been served) and stops holding the budget open; a late
   ``settle`` corrects that charge to the metered amount.
 - ``settle`` is idempotent: a second settle of one reservation changes nothing.
+- A ledger that cannot answer (a server ledger whose server is away) raises
+  ``LedgerUnavailable`` from ``reserve``: the request is refused (fail closed on money).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from corral.spend.usage import format_usd
 
-__all__ = ["PERIODS", "Budget", "Ledger", "LocalLedger", "Period", "Refusal", "Reservation",
-           "window_of"]
+__all__ = ["PERIODS", "Budget", "Ledger", "LedgerUnavailable", "LocalLedger", "Period", "Refusal",
+           "Reservation", "window_of"]
 
 Period = Literal["run", "day", "week", "month"]
 PERIODS: tuple[Period, ...] = ("run", "day", "week", "month")
@@ -63,12 +65,17 @@ class Refusal(NamedTuple):
                 f"up to {format_usd(self.needed)}; {when}")
 
 
+class LedgerUnavailable(Exception):
+    """The ledger cannot decide (its message names why); the request is refused."""
+
+
 class Ledger(Protocol):
     def reserve(self, budgets: Sequence[Budget], amount: int) -> Reservation | Refusal: ...
 
     def renew(self, reservation: Reservation) -> bool: ...
 
-    def settle(self, reservation: Reservation, actual: int) -> None: ...
+    def settle(self, reservation: Reservation, actual: int, usage: Any = None) -> None:
+        """``usage``: the ``UsageRecord`` of what was charged, for ledgers that keep it."""
 
     def expire(self) -> int: ...
 
@@ -138,7 +145,7 @@ class LocalLedger:
             self._live[reservation.id] = _Held(reservation, self._clock() + self._ttl)
             return True
 
-    def settle(self, reservation: Reservation, actual: int) -> None:
+    def settle(self, reservation: Reservation, actual: int, usage: Any = None) -> None:
         if actual < 0:
             raise ValueError("a charge is never negative")
         with self._lock:

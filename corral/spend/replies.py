@@ -1,7 +1,7 @@
 """corral's own answers to a metered request, in the provider's error shape, so the agent's
 SDK raises its usual exception: 429 for an exhausted budget (Anthropic ``rate_limit_error``,
 OpenAI ``insufficient_quota``), 400 for a request that cannot be estimated, 403 for an
-endpoint that is not priced.
+endpoint that is not priced, 503 when the budget ledger (corral server) cannot be reached.
 
 Invariants: every reply carries ``x-should-retry: false`` (both official SDKs honour it: a
 budget does not come back by retrying) and a body that is valid JSON whatever the message
@@ -18,8 +18,10 @@ from corral.spend.ledger import Refusal
 __all__ = ["Reply", "budget_reply", "error_reply"]
 
 _KINDS = {
-    "anthropic": {429: "rate_limit_error", 400: "invalid_request_error", 403: "permission_error"},
-    "openai": {429: "insufficient_quota", 400: "invalid_request_error", 403: "permission_error"},
+    "anthropic": {429: "rate_limit_error", 400: "invalid_request_error", 403: "permission_error",
+                  503: "overloaded_error"},
+    "openai": {429: "insufficient_quota", 400: "invalid_request_error", 403: "permission_error",
+               503: "server_error"},
 }
 
 

@@ -19,7 +19,7 @@ import pytest
 from corral.server.budgets import DbLedger, expire, renew, reserve, settle
 from corral.server.db import Database
 from corral.server.models import AdminEvent, Agent, Budget, Project, Run, SpendRow, Team
-from corral.spend import MICRO, Refusal, Reservation
+from corral.spend import MICRO, LedgerUnavailable, Refusal, Reservation
 from tests.server.conftest import Served, cli
 
 UTC = dt.UTC
@@ -329,3 +329,65 @@ def test_cli(server: Served) -> None:
     outsider = {**env, "CORRAL_TOKEN": server.token("admin", team="other")}
     assert cli("spend", "--project", "shop", env=outsider, check=False).returncode != 0
     del owner
+
+
+def _chat(max_tokens: int = 1000) -> bytes:
+    return json.dumps({"model": "claude-3-5-haiku-20241022", "max_tokens": max_tokens,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def test_proxy_ledger_against_the_server(server: Served) -> None:
+    """The launcher proxy's ledger (corral/proxy/spend_server.py): the policy's budgets
+    in-process and the server's, refusals in the provider's shape, fail closed."""
+    import time
+
+    from corral.proxy.spend_server import ServerLedger
+    from corral.spend import Budget as LocalBudget
+    from corral.spend import Exchange, Reply, Spend, load_prices
+
+    owner, run, token = _setup_api(server)
+    prices = load_prices()
+    ledger = ServerLedger(wait=0.2)
+    spend = Spend(prices, ledger, [LocalBudget(100 * MICRO, "run", "policy.yaml:3")])
+    # not configured yet (the run registers as the sandbox starts): refused, nothing held
+    early = spend.begin("anthropic", "POST", "/v1/messages", _chat())
+    assert isinstance(early, Reply) and early.status == 503
+    assert json.loads(early.body)["error"]["type"] == "overloaded_error"
+    assert dict(early.headers)[b"x-should-retry"] == b"false"
+    assert "not registered" in early.body.decode()
+    ledger.configure({"url": server.url, "token": token, "run": run})
+    first = spend.begin("anthropic", "POST", "/v1/messages", _chat())
+    assert isinstance(first, Exchange)
+    cap = first.reservation.amount
+    owner.put("/projects/shop/budgets", json={"amount_usd": cap * 1.5 / MICRO, "period": "day"})
+    over = spend.begin("anthropic", "POST", "/v1/messages", _chat())
+    assert isinstance(over, Reply) and over.status == 429
+    message = json.loads(over.body)["error"]["message"]
+    assert "project shop budget" in message and "per day" in message and "resets at" in message
+    first.response(200, [(b"content-type", b"application/json")])
+    first.feed(json.dumps({"id": "msg_1", "type": "message", "model": "claude-3-5-haiku-20241022",
+                           "usage": {"input_tokens": 10, "output_tokens": 20}}).encode())
+    record = first.finish()
+    assert record.complete and 0 < record.cost < cap
+    deadline = time.monotonic() + 10  # settle is queued to the ledger's worker
+    while owner.get("/projects/shop/spend?by=model").json()["rows"][0]["requests"] != 1 or \
+            owner.get("/budgets").json()["budgets"][0]["reserved_usd"] != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    row = owner.get("/projects/shop/spend?by=model").json()["rows"][0]
+    assert row == {"model": "claude-3-5-haiku-20241022", "cost_usd": record.cost / MICRO,
+                   "requests": 1, "input_tokens": 10, "output_tokens": 20}
+    assert isinstance(spend.begin("anthropic", "POST", "/v1/messages", _chat()), Exchange)
+    # the server goes away: the next request is refused naming it, never sent unreserved
+    gone = ServerLedger(wait=0.2)
+    gone.configure({"url": "http://127.0.0.1:9", "token": token, "run": run})
+    away = Spend(prices, gone, []).begin("openai", "POST", "/v1/chat/completions",
+                                         json.dumps({"model": "gpt-4o", "max_tokens": 5,
+                                                     "messages": []}).encode())
+    assert isinstance(away, Reply) and away.status == 503
+    assert "could not reserve" in away.body.decode() and "127.0.0.1:9" in away.body.decode()
+    unavailable = ServerLedger()
+    unavailable.configure({"unavailable": "corral server http://x could not be reached"})
+    with pytest.raises(LedgerUnavailable, match="could not be reached"):
+        unavailable.reserve([], 1)
+    assert unavailable.local.spent(LocalBudget(1, "run", "x")) == (0, 0)
