@@ -99,7 +99,9 @@ async def handle_connect(ctx: ProxyContext, session: Session, req: Request) -> N
         await session.deny(decision, f"CONNECT {host}:{port}", fields)
         return
     try:
-        address = await ctx.resolver.choose(host, port, decision.rule)
+        # a platform connection's requests go to corral server's relay, which resolves
+        address = None if decision.action == "platform" else await ctx.resolver.choose(
+            host, port, decision.rule)
     except Refused as err:
         await session.deny(deny.refusal(decision, str(err)), f"CONNECT {host}:{port}", fields)
         return
@@ -135,7 +137,7 @@ async def establish(
         hello, sni, is_tls = await read_client_hello(client)
     except TimeoutError:
         return
-    if not hello and decision.action == "inspect":
+    if not hello and decision.action in ("inspect", "platform"):
         # Closed before sending a byte (HTTP clients drop spare dials): the session would only
         # read that end, so skip building it.
         return
@@ -150,7 +152,7 @@ async def establish(
                 ctx, decision, f"TLS server name {sni!r} does not match the target {host!r}", fields
             )
             return
-    if decision.action == "inspect":
+    if decision.action in ("inspect", "platform"):
         if not is_tls:
             await Session(ctx, client, Pinned(host, port, tls=False)).run()
             return

@@ -34,3 +34,4 @@ class ProxyContext:
     names: SyntheticNames = field(default_factory=SyntheticNames)
     idle_timeout: float = 300.0
     spend: Any = None  # corral.spend.Spend when a rule has ``meter:`` (proxy.metered)
+    platform: Any = None  # proxy.platform.PlatformRelay when a rule says ``action: platform``

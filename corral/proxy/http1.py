@@ -138,6 +138,10 @@ class Session(AgentConnection):
             await self.deny(decision, f"{method} {target.authority}{path}", fields)
             return False
         try:
+            if decision.action == "platform":
+                from corral.proxy.platform import relay  # loaded when the policy has one
+
+                return await relay(self, req, decision, target, fields, started)
             return await forward(
                 self, self.upstreams, req, decision, target, fields, started, offer
             )

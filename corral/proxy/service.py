@@ -50,12 +50,14 @@ SECUREBITS = 0x01 | 0x02 | 0x08 | 0x20 | 0x40 | 0x80
 
 
 def inspected_hosts(policy: Any) -> list[str]:
-    """Hosts of inspect rules, for the CA's name constraints; ``["*"]`` if unknown."""
+    """Hosts of inspect and platform rules (TLS terminated here), for the CA's name
+    constraints; ``["*"]`` if unknown."""
     rules = getattr(policy, "rules", None)
     if rules is None:
         return ["*"]
     try:
-        return [r.host for r in rules if r.action == "inspect"] or ["invalid.corral"]
+        return [r.host for r in rules if r.action in ("inspect", "platform")] or [
+            "invalid.corral"]
     except Exception:
         return ["*"]
 
@@ -139,7 +141,13 @@ class ProxyService:
 
             prices = dirs.config_dir() / "prices.yaml"  # root's configuration, never a policy's
             spend = build_spend(self.policy, prices if prices.is_file() else None)
+        platform = None
+        if any(getattr(r, "action", None) == "platform" for r in rules):
+            from corral.proxy.platform import PlatformRelay  # before the privilege drop
+
+            platform = PlatformRelay()
         return ProxyContext(
+            platform=platform,
             spend=spend,
             policy=self.policy,
             ca=self.ca,
@@ -212,13 +220,29 @@ class ProxyService:
         servers = await serve(ctx, listen)
         transports = await serve_dns(ctx, dns_socks)
         os.write(ready_w, b"1")
-        os.close(ready_w)
+        if ctx.platform is not None:  # the run's relay address and token come after this
+            ctx.platform.control = loop.create_task(_relay_control(ctx.platform, ready_w))
+        else:
+            os.close(ready_w)
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(gone.wait())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for server in servers:
             server.close()
         for transport in transports:
             transport.close()
+
+
+async def _relay_control(platform: Any, fd: int) -> None:
+    """Frames from the launcher on the control socket: the run's relay (``configure``)."""
+    import json
+
+    reader, _writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
+    try:
+        while True:
+            size = int.from_bytes(await reader.readexactly(4), "big")
+            platform.configure(json.loads(await reader.readexactly(size)))
+    except (asyncio.IncompleteReadError, OSError, ValueError):
+        return  # the launcher is gone (or spoke nonsense): platform requests keep failing
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

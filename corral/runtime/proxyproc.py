@@ -45,6 +45,7 @@ import os
 import select
 import signal
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,7 @@ class ProxyProcess:
         and ``CORRAL_PROXY_ZYGOTE`` is not ``0``. Without an answer the child is forked here.
         """
         self.timeout = timeout
+        self._serving = threading.Event()  # the child said it serves (``wait_ready``)
         self._pem: bytes | None = None
         self._relay: Any = None
         self._started = self._stopped = False
@@ -220,9 +222,26 @@ class ProxyProcess:
         """Whether the child reported that it serves (False: it failed, or was stopped)."""
         try:
             ready, _, _ = select.select([self._ctl], [], [], self.timeout)
-            return bool(ready) and self._ctl.recv(1) == b"1"
+            served = bool(ready) and self._ctl.recv(1) == b"1"
         except (OSError, ValueError):
             return False
+        if served:
+            self._serving.set()
+        return served
+
+    def send_relay(self, info: Mapping[str, Any]) -> None:
+        """Tell a serving child where its ``platform`` requests go (the run's relay URL, run
+        and sandbox token) or why they cannot go anywhere (``{"unavailable": why}``). Sent
+        from a thread once the child said it serves: before that the control socket still
+        carries its start-up messages."""
+        body = json.dumps(dict(info)).encode()
+
+        def send() -> None:
+            if self._serving.wait(60):
+                with contextlib.suppress(OSError):
+                    send_frame(self._ctl, body)
+
+        threading.Thread(target=send, daemon=True, name="corral-relay-info").start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the child: SIGTERM (it closes its listeners), SIGKILL after ``timeout``;

@@ -40,11 +40,12 @@ if TYPE_CHECKING:
     from corral.client import ServerRun
     from corral.runtime.project import Target
 
-__all__ = ["COLS", "Reporter", "leftover_dir", "local_events"]
+__all__ = ["COLS", "MAX_BATCH", "Reporter", "launcher_alive", "leftover_dir", "local_events"]
 
 EXIT_CORRAL = 125
 COLS = "seq, ts_us, type, actor, data, v, prev, hash"
 SHIP_S = 0.5
+MAX_BATCH = 500  # the server's batch limit (corral.client.runs.MAX_BATCH; not imported here)
 
 
 def _interval(name: str, default: float) -> float:
@@ -83,13 +84,31 @@ class Reporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one request at a time on the run's connection
+        self._away = False  # the last request failed: ask the server's cursor before shipping
 
     # -- RunHooks ---------------------------------------------------------------------------
 
     def started(self, sb: Any) -> Mapping[str, str]:
-        env = dict(self.inner.started(sb)) if self.inner is not None else {}
         self.sandbox = sb.id
-        self._register(sb.id)
+        # Registering (a round trip) overlaps the proxy's start; the command starts only
+        # once both are done, so a run that must not start unregistered does not.
+        failed: list[BaseException] = []
+
+        def register() -> None:
+            try:
+                self._register(sb.id)
+            except BaseException as err:  # raised below, on the launcher's thread
+                failed.append(err)
+
+        thread = threading.Thread(target=register, daemon=True, name="corral-register")
+        thread.start()
+        try:
+            env = dict(self.inner.started(sb)) if self.inner is not None else {}
+        finally:
+            thread.join()
+        if failed:
+            raise failed[0]
+        self._tell_proxy()
         self._thread = threading.Thread(target=self._loop, args=(sb,), daemon=True,
                                         name="corral-report")
         self._thread.start()
@@ -98,6 +117,21 @@ class Reporter:
     def finished(self, sb: Any) -> None:
         if self.inner is not None:
             self.inner.finished(sb)
+
+    def _tell_proxy(self) -> None:
+        """A proxy with ``platform`` rules learns where they go: this run's relay on the
+        server, with the run's sandbox token (never a secret: those stay on the server)."""
+        proc = getattr(self.inner, "proc", None)
+        rules = getattr(getattr(self.inner, "policy", None), "rules", None) or ()
+        if proc is None or not any(r.action == "platform" for r in rules):
+            return
+        if self.run is not None:
+            proc.send_relay({"url": self.run.url, "token": self.run.client.token,
+                             "run": self.run.id})
+        else:
+            proc.send_relay({"unavailable": f"corral server {self.target.url} could not be "
+                             "reached when this run started, so its platform requests have no "
+                             "relay (there is no fallback)"})
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -123,6 +157,7 @@ class Reporter:
         folder = dirs.ensure_state_dir() / "leftovers"
         folder.mkdir(mode=0o700, exist_ok=True)
         body = {"sandbox": self.sandbox, "run": self.run.id if self.run else None,
+                "launcher": [os.getpid(), _start_time(os.getpid())],
                 "server": self.target.url, "project": self.target.project,
                 "agent": self.target.agent, "digest": self.digest, "command": self.command,
                 "host": socket.gethostname(), "store": str(self.store),
@@ -140,6 +175,16 @@ class Reporter:
             batch = local_events(self.store, self.sandbox, self.acked)
             if not batch:
                 return
+            self.acked = self.run.ship_events(batch)
+
+    def _ship_all_but_last(self) -> list[dict[str, Any]]:
+        """Ship all but the last batch of what is committed locally; return that batch (it
+        rides with the run's end: one round trip for a short run)."""
+        assert self.run is not None and self.sandbox is not None
+        while True:
+            batch = local_events(self.store, self.sandbox, self.acked)
+            if len(batch) < MAX_BATCH:
+                return batch
             self.acked = self.run.ship_events(batch)
 
     def _loop(self, sb: Any) -> None:
@@ -176,6 +221,8 @@ class Reporter:
                 self.refused = str(err)
                 _say(f"the server refused this run's report ({err}); its trail waits for "
                      "'corral audit push'")
+            finally:
+                self._away = away
 
     def end(self, exit_status: int) -> None:
         """After the local trail is closed: ship the rest and end the run on the server."""
@@ -192,9 +239,10 @@ class Reporter:
             return
         try:
             with self._lock:
-                self.acked = self.run.cursor()
-                self._ship()
-                self.run.end(exit_status, reason)
+                if self._away:
+                    self.acked = self.run.cursor()  # what the server holds, after a gap
+                last = self._ship_all_but_last()
+                self.run.end(exit_status, reason, events=last)
         except ClientError as err:
             self._leftover(exit_status, reason)
             _say(f"{err}; this run's trail waits for 'corral audit push'")
@@ -202,6 +250,21 @@ class Reporter:
         finally:
             self.run.close()
         (leftover_dir() / f"{self.sandbox}.json").unlink(missing_ok=True)
+
+
+def _start_time(pid: int) -> int:
+    """The process's start time (clock ticks since boot): a pid alone may be reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def launcher_alive(leftover: Mapping[str, Any]) -> bool:
+    """Whether the launcher that wrote ``leftover`` still runs (its run may still be live)."""
+    pid, start = (leftover.get("launcher") or [0, 0])[:2]
+    return bool(pid) and isinstance(pid, int) and _start_time(pid) == start != 0
 
 
 def _say(message: str) -> None:

@@ -85,4 +85,8 @@ def create_app(config: ServerConfig, *, db: Database | None = None) -> FastAPI:
 
     # Outermost: the bound applies before any handler or middleware reads the body.
     app.add_middleware(BodyLimit, max_body=config.max_body)
+    from corral.server.relay import RelayMiddleware
+
+    # Outside even the bound: a relayed body streams through, whatever its size.
+    app.add_middleware(RelayMiddleware, config=config, db=database)
     return app

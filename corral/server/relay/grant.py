@@ -1,0 +1,146 @@
+"""What the relay may do for one request: the run's token, its policy, the credential.
+
+``grant`` runs in a worker thread (it reads the database) and either returns a ``Grant`` or
+raises ``RelayRefused`` with the status, code and message the launcher passes on.
+
+Invariants:
+- Only a live sandbox token of *this* run (kind ``sandbox``, audience ``SANDBOX_AUDIENCE``,
+  ``run_id`` equal to the path's run) is accepted, and only while the run is running; every
+  refused token is recorded (``auth.refused``) like the API's.
+- The request is decided again, in full (host, port, method, target with its readings, and
+  every method-override header), against the project's policy *now*; that policy's digest must
+  be the digest the run registered. A policy pushed or detached since (the registered one was
+  revoked) refuses every further request of the run: no request is relayed under a policy the
+  run did not register.
+- Only a ``platform`` decision is relayed; its credential must be a ``server:NAME`` binding,
+  whose value is opened with the KEK in memory for this request only and never logged, stored
+  or returned. The injection is recorded by binding name (``credential.inject``, actor the
+  run's human) and committed before the request leaves for the upstream.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from corral.policy.resolved import ResolvedPolicy
+from corral.policy.types import CredentialBinding, Decision
+from corral.proxy import decide, override
+from corral.proxy.relay_wire import Preamble
+from corral.server.admin_log import record, record_now
+from corral.server.crypto import KekError, Sealed, load_kek
+from corral.server.db import Database
+from corral.server.models import Credential, Project, Run, utcnow
+from corral.server.policies import attached, project_scope
+from corral.server.tokens import SANDBOX_AUDIENCE, TokenRefused, find
+
+__all__ = ["Grant", "RelayRefused", "grant"]
+
+
+class RelayRefused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class Grant:
+    run: str
+    project: str
+    decision: Decision
+    binding: CredentialBinding | None
+    secret: str | None  # the credential's value, for this request only
+
+
+_policies: dict[tuple[int, ...], ResolvedPolicy] = {}
+_lock = threading.Lock()
+
+
+def _policy(session: Any, project: Project) -> ResolvedPolicy:
+    """The project's composed policy, cached by the attached versions (immutable rows)."""
+    versions = attached(session, "org") + attached(session, project_scope(project))
+    key = tuple(v.id for v in versions)
+    with _lock:
+        found = _policies.get(key)
+    if found is None:
+        from corral.policy.compose import compose
+        from corral.policy.load import load_policy_text
+
+        found = compose([load_policy_text(v.filename, v.text) for v in versions])
+        with _lock:
+            if len(_policies) > 256:
+                _policies.clear()
+            _policies[key] = found
+    return found
+
+
+def _decide(policy: ResolvedPolicy, pre: Preamble) -> Decision:
+    decision = decide.request(policy, pre.host, pre.port, pre.method, pre.target)
+    if decision.action != "deny":
+        try:
+            decision = override.decide_overrides(policy, pre.host, pre.port, pre.method,
+                                                 pre.target, pre.headers, decision)
+        except Exception as err:  # a malformed override header: refused, never relayed
+            return Decision("deny", None, str(err), 400)
+    return decision
+
+
+def grant(db: Database, kek_path: Any, run_id: str, secret: str, pre: Preamble,
+          client: str) -> Grant:
+    with db.session() as session:
+        try:
+            token = find(session, secret)
+            if token.kind != "sandbox" or token.audience != SANDBOX_AUDIENCE:
+                raise TokenRefused("only a run's sandbox token may use the relay", token)
+            if token.run_id != run_id:
+                raise TokenRefused(f"this token belongs to run {token.run_id}, not {run_id}",
+                                   token)
+        except TokenRefused as err:
+            session.rollback()
+            record_now(db, "anonymous", "auth.refused", f"POST /relay/v1/{run_id}",
+                       reason=str(err), client=client,
+                       token_id=err.token.id if err.token else None)
+            raise RelayRefused(401, "unauthorized", str(err)) from None
+        run = session.get(Run, run_id)
+        if run is None or run.status != "running":
+            raise RelayRefused(403, "run_ended", f"run {run_id} is not running")
+        project = session.get(Project, run.project_id)
+        assert project is not None
+        policy = _policy(session, project)
+        if policy.digest != run.policy_digest:
+            raise RelayRefused(403, "policy_revoked", (
+                f"run {run_id} registered policy {run.policy_digest[:12]}, which project "
+                f"{project.name} no longer has (now {policy.digest[:12]}): it was replaced or "
+                "removed; start a new run to use the current policy"))
+        decision = _decide(policy, pre)
+        where = f"{pre.method} {pre.host}:{pre.port}{pre.target}"
+        if decision.action != "platform":
+            text = decision.message if decision.action == "deny" else (
+                f"the run's policy says {decision.action} ({decision.origin}), not platform")
+            raise RelayRefused(403, "policy_refused", f"{where}: {text}")
+        binding = policy.credentials.get(decision.credential or "")
+        if binding is None:
+            return Grant(run_id, project.name, decision, None, None)
+        name = (binding.secret or "").removeprefix("server:")
+        row = session.scalar(select(Credential).where(Credential.project_id == project.id,
+                                                      Credential.name == name))
+        if row is None:
+            raise RelayRefused(403, "no_credential", (
+                f"project {project.name} has no credential {name!r} (binding {binding.name} at "
+                f"{binding.origin}); set it with 'corral creds set {name} --project "
+                f"{project.name}'"))
+        try:
+            value = load_kek(kek_path).open(project.id, name, Sealed(
+                row.ciphertext, row.nonce, row.wrapped_key, row.key_nonce, row.kek_id))
+        except KekError as err:
+            raise RelayRefused(500, "credential_unreadable", str(err)) from None
+        record(session, run.human, "credential.inject", f"{project.name}/{name}",
+               team_id=project.team_id, run=run_id, binding=binding.name, host=pre.host,
+               method=pre.method, path=pre.target.partition("?")[0][:300],
+               rule=str(decision.origin))
+        row.last_used_at = utcnow()
+        return Grant(run_id, project.name, decision, binding, value.decode("utf-8", "replace"))
+
