@@ -3,7 +3,8 @@
 Invariants:
 - A batch is stored whole or not at all, under a lock on its run's row (taken by a write
   before anything is read, on SQLite and PostgreSQL alike), so two copies of a batch sent at
-  once cannot both pass the cursor check.
+  once cannot both pass the cursor check. What needs no stored state (``check``: hashes,
+  forms, links inside the batch) is done before that lock.
 - Every event's hash is recomputed with corral's own ``event_body``/``event_hash`` (the run's
   registered sandbox id in the body) and its ``prev`` must be the hash before it: the server
   never trusts a hash it was sent. ``actor`` and ``data`` must be canonical JSON objects, as
@@ -30,7 +31,7 @@ from corral.audit.events import GENESIS, canonical_json, event_body, event_hash
 from corral.server.errors import ApiError
 from corral.server.models import AuditEvent, Run
 
-__all__ = ["BatchRefused", "EventRow", "ingest"]
+__all__ = ["BatchRefused", "EventRow", "check", "ingest"]
 
 MAX_BATCH = 500
 
@@ -86,27 +87,33 @@ def _prev_and_overlap(session: Session, run: Run, events: list[EventRow]) -> str
     return GENESIS if first == 1 else stored[first - 1]
 
 
-def _check_links(run: Run, events: list[EventRow], prev: str) -> None:
+def _check_content(run: Run, events: list[EventRow]) -> BatchRefused | None:
+    """What needs no stored state: canonical forms, every hash, the links inside the batch.
+
+    Run before the run's lock is taken (it is most of the CPU a batch costs); the first
+    problem is returned, not raised, so a rewrite of acknowledged events is named as such."""
     canonical: set[str] = set()  # a run's actor repeats on every event: check it once
+    prev: str | None = None
     for e in events:
-        if e.prev != prev:
-            raise BatchRefused(409, "chain_broken", f"event seq {e.seq} does not link to the "
-                               "event before it (prev hash differs)", seq=e.seq,
-                               reason="link")
+        if prev is not None and e.prev != prev:
+            return BatchRefused(409, "chain_broken", f"event seq {e.seq} does not link to the "
+                                "event before it (prev hash differs)", seq=e.seq,
+                                reason="link")
         if e.actor not in canonical:
             if not _canonical_object(e.actor):
-                raise BatchRefused(422, "invalid", f"event seq {e.seq}: actor and data must be "
-                                   "canonical JSON objects", seq=e.seq, reason="form")
+                return BatchRefused(422, "invalid", f"event seq {e.seq}: actor and data must "
+                                    "be canonical JSON objects", seq=e.seq, reason="form")
             canonical.add(e.actor)
         if not _canonical_object(e.data):
-            raise BatchRefused(422, "invalid", f"event seq {e.seq}: actor and data must be "
-                               "canonical JSON objects", seq=e.seq, reason="form")
+            return BatchRefused(422, "invalid", f"event seq {e.seq}: actor and data must be "
+                                "canonical JSON objects", seq=e.seq, reason="form")
         body = event_body(actor=e.actor, data=e.data, prev=e.prev, sandbox=run.sandbox,
                           seq=e.seq, ts=e.ts, type_=e.type, v=e.v)
         if event_hash(body) != e.hash:
-            raise BatchRefused(409, "chain_broken", f"event seq {e.seq}: its content does "
-                               "not match its hash", seq=e.seq, reason="hash")
+            return BatchRefused(409, "chain_broken", f"event seq {e.seq}: its content does "
+                                "not match its hash", seq=e.seq, reason="hash")
         prev = e.hash
+    return None
 
 
 _COLUMNS = ("run_id", "project_id", "seq", "ts_us", "type", "actor", "data", "v", "prev", "hash")
@@ -127,14 +134,28 @@ def _insert(session: Session, run: Run, events: list[EventRow]) -> None:
     session.execute(insert(AuditEvent), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
 
 
-def ingest(session: Session, run: Run, events: list[EventRow]) -> dict[str, int | str]:
-    """Check and store one batch (caller commits); ``BatchRefused`` says why not."""
+def check(run: Run, events: list[EventRow]) -> BatchRefused | None:
+    """The checks that need no database (call before ``ingest``, outside any lock)."""
     first = events[0].seq
     for i, e in enumerate(events):
         if e.seq != first + i:
-            raise BatchRefused(422, "bad_seq", f"seq {e.seq} at position {i} of a batch "
-                               f"starting at {first}: a batch's seqs are consecutive",
-                               seq=e.seq, reason="seq")
+            return BatchRefused(422, "bad_seq", f"seq {e.seq} at position {i} of a batch "
+                                f"starting at {first}: a batch's seqs are consecutive",
+                                seq=e.seq, reason="seq")
+    return _check_content(run, events)
+
+
+def ingest(session: Session, run: Run, events: list[EventRow], *, checked: bool = False,
+           problem: BatchRefused | None = None) -> dict[str, int | str]:
+    """Check and store one batch (caller commits); ``BatchRefused`` says why not. With
+    ``checked``, ``problem`` is ``check``'s verdict, already taken outside any lock. A problem
+    ``check`` found is raised after the stored-state checks, so a rewrite of acknowledged
+    events is named as one."""
+    if not checked:
+        problem = check(run, events)
+    first = events[0].seq
+    if problem is not None and problem.code == "bad_seq":
+        raise problem
     _lock(session, run)
     if run.status != "running":
         raise BatchRefused(409, "run_ended", f"run {run.id} has ended", reason="ended")
@@ -142,8 +163,14 @@ def ingest(session: Session, run: Run, events: list[EventRow]) -> dict[str, int 
         raise BatchRefused(422, "gap", f"the batch starts at seq {first} but the server has "
                            f"events up to seq {run.events}: events {run.events + 1}.."
                            f"{first - 1} are missing", seq=first, reason="gap")
-    # Resent events are re-checked too: an acknowledgement vouches for what was sent.
-    _check_links(run, events, _prev_and_overlap(session, run, events))
+    prev = _prev_and_overlap(session, run, events)
+    # Resent events are re-checked too (by ``check``): an acknowledgement vouches for what
+    # was sent.
+    if problem is not None:
+        raise problem
+    if events[0].prev != prev:
+        raise BatchRefused(409, "chain_broken", f"event seq {first} does not link to the "
+                           "event before it (prev hash differs)", seq=first, reason="link")
     new = [e for e in events if e.seq > run.events]
     if new:
         _insert(session, run, new)

@@ -94,8 +94,9 @@ def test_bad_batches_are_refused_recorded_and_change_nothing(server: Served) -> 
     assert run.ship_events(chain[:10]) == 10
     edited = copy.deepcopy(chain[10:15])
     edited[2]["data"] = edited[2]["data"].replace(".example", ".exampla")  # not its hash
-    unlinked = copy.deepcopy(chain[10:15])
-    unlinked[0]["prev"] = "f" * 64
+    relinked = copy.deepcopy(chain[10:15])
+    relinked[0]["prev"] = "f" * 64  # prev is hashed too: the content no longer matches
+    unlinked = make_chain("sb-1", 5, start=11, prev="f" * 64)  # self-consistent, wrong link
     rewrite = copy.deepcopy(chain[5:12])
     rewrite[1] = make_chain("sb-1", 1, start=7, prev=chain[5]["hash"], payload="z")[0]
     forged = copy.deepcopy(chain[10:15])
@@ -103,8 +104,9 @@ def test_bad_batches_are_refused_recorded_and_change_nothing(server: Served) -> 
     other_sandbox = make_chain("sb-2", 15)[10:15]  # hashed for another sandbox's chain
     not_canonical = copy.deepcopy(chain[10:11])
     not_canonical[0]["data"] = '{"host": "x"}'
-    cases = [(edited, 409, "hash"), (unlinked, 409, "link"), (rewrite, 409, "rewrite"),
-             (forged, 422, "seq"), (chain[12:15], 422, "gap"), (other_sandbox, 409, "link"),
+    cases = [(edited, 409, "hash"), (relinked, 409, "hash"), (unlinked, 409, "link"),
+             (rewrite, 409, "rewrite"),
+             (forged, 422, "seq"), (chain[12:15], 422, "gap"), (other_sandbox, 409, "hash"),
              (not_canonical, 422, "form")]
     for batch, status, reason in cases:
         with pytest.raises(Refused) as err:

@@ -155,3 +155,25 @@ def test_registration_input(server: Served) -> None:
     resp = httpx.post(f"{server.url}/api/v1/runs/{run.id}/heartbeat", json={},
                       headers={"Authorization": f"Bearer {run.client.token}"})
     assert resp.status_code == 401 and "no heartbeat" in resp.text
+
+
+def test_client_keeps_one_connection_and_names_failures(server: Served) -> None:
+    from corral.client import Client, ServerUnavailable, fetch_policy
+    from tests.server.conftest import free_port
+
+    owner = _setup(server)
+    run = _register(server, owner)
+    run.heartbeat()
+    conn = run.client._conn
+    assert conn is not None and conn.sock is not None
+    local = conn.sock.getsockname()
+    run.heartbeat()
+    run.cursor()
+    assert run.client._conn is conn and conn.sock.getsockname() == local  # one connection
+    with pytest.raises(Refused) as refused:
+        run.ship_events([{"seq": 2, "ts": 1, "type": "x", "actor": "{}", "data": "{}", "v": 1,
+                          "prev": "0" * 64, "hash": "0" * 64}])
+    assert refused.value.status == 422 and refused.value.code == "gap"
+    assert fetch_policy(server.url, owner, "shop")["digest"]
+    with pytest.raises(ServerUnavailable, match="cannot reach the server"):
+        Client(f"http://127.0.0.1:{free_port()}", owner, timeout=2).get("/whoami")

@@ -17,7 +17,7 @@ from corral.server.api import resolve
 from corral.server.api.deps import Access, get_db, require
 from corral.server.api.schemas import BatchIn
 from corral.server.authz import Permission
-from corral.server.ingest import BatchRefused, EventRow, ingest
+from corral.server.ingest import BatchRefused, EventRow, check, ingest
 from corral.server.models import Agent, AuditEvent, Project, Run
 from corral.server.trail_check import verify_project
 
@@ -53,8 +53,9 @@ def _store(request: Request, access: Access, body: BatchIn) -> dict[str, Any]:
     events = [EventRow(e.seq, e.ts, e.type, e.actor, e.data, e.v, e.prev, e.hash)
               for e in body.events]
     try:
+        problem = check(run, events)  # the CPU-heavy part, outside the writer queue
         with get_db(request).writer():
-            answer = ingest(access.session, run, events)
+            answer = ingest(access.session, run, events, checked=True, problem=problem)
             access.session.commit()
     except BatchRefused as err:
         access.session.rollback()
