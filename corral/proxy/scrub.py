@@ -73,7 +73,8 @@ def expand(pairs: Iterable[tuple[str, str]]) -> dict[bytes, bytes]:
 class Needles:
     """What to look for and what to put instead; one compiled matcher for all of it."""
 
-    __slots__ = ("binding", "keep", "pairs", "pattern", "roots", "same_length")
+    __slots__ = ("binding", "firsts", "keep", "pairs", "pattern", "prefixes", "roots",
+                 "same_length")
 
     def __init__(self, binding: str, table: Mapping[bytes, bytes]) -> None:
         table = {s: r for s, r in table.items() if s}
@@ -84,7 +85,24 @@ class Needles:
         self.pattern = re.compile(b"|".join(re.escape(n) for n in ordered) or b"(?!)")
         self.roots = tuple(n for n in ordered if not any(o != n and o in n for o in ordered))
         self.keep = len(ordered[0]) - 1 if ordered else 0
+        # Only a tail that could still become a needle is held back, so a stream (SSE) is not
+        # delayed by a needle's length at every chunk edge: the proper prefixes of the needles,
+        # and where one may start (a needle's first byte).
+        self.prefixes = frozenset(n[:i] for n in ordered for i in range(1, len(n)))
+        firsts = sorted({n[0] for n in ordered})
+        self.firsts = re.compile(b"[" + b"".join(re.escape(bytes([b])) for b in firsts) + b"]"
+                                 ) if firsts else None
         self.same_length = all(len(s) == len(r) for s, r in table.items())
+
+    def hold_from(self, buf: bytes) -> int:
+        """Where the longest tail of ``buf`` that is a proper prefix of a needle starts
+        (``len(buf)`` when none is): a match starting before it is decided."""
+        if self.firsts is None:
+            return len(buf)
+        for m in self.firsts.finditer(buf, max(len(buf) - self.keep, 0)):
+            if buf[m.start():] in self.prefixes:
+                return m.start()
+        return len(buf)
 
     def present(self, data: bytes) -> bool:
         return any(root in data for root in self.roots)
@@ -129,16 +147,12 @@ class BodyScrub:
     def feed(self, data: bytes) -> bytes:
         buf = self._tail + data if self._tail else data
         needles = self.needles
-        keep = needles.keep
-        # A match starting before ``boundary`` is decided: the longest needle starting there
-        # ends inside ``buf``. Bytes from ``boundary`` on may begin a needle the next chunk ends.
-        boundary = len(buf) - keep
+        # A match starting before ``boundary`` is decided: no needle starting there can end
+        # past ``buf``. Bytes from ``boundary`` on may begin a needle the next chunk ends.
+        boundary = needles.hold_from(buf)
         if not needles.present(buf):
-            if boundary <= 0:
-                self._tail = buf
-                return b""
             self._tail = buf[boundary:]
-            return buf[:boundary] if keep else buf
+            return buf[:boundary] if boundary < len(buf) else buf
         out: list[bytes] = []
         pos = 0
         pairs = needles.pairs

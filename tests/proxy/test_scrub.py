@@ -120,6 +120,32 @@ def test_many_needles_any_bytes_equal_whole_body_sub(raw_needles: list[bytes], p
     assert needles.sub(body) == (whole, n)
 
 
+@settings(max_examples=300, deadline=None)
+@given(needle=st.binary(min_size=2, max_size=40), chunk=st.binary(max_size=200))
+def test_only_a_possible_needle_start_is_held_back(needle: bytes, chunk: bytes) -> None:
+    """A live stream (SSE) is not delayed at chunk edges: everything is passed on at once
+    except a tail that is a proper prefix of a needle (it may end in the next chunk)."""
+    body = Needles("tok", {needle: b"X" * len(needle)}).stream()
+    out = body.feed(chunk)
+    held = len(chunk) - len(out) if needle not in chunk else None
+    if held is not None:
+        assert out == chunk[: len(out)]
+        if held:
+            assert needle.startswith(chunk[-held:]) and held < len(needle)
+        assert not any(needle.startswith(chunk[i:]) for i in range(len(chunk) - held
+                                                                    - len(needle) + 1,
+                                                                    len(chunk) - held)
+                       if i >= 0), "a longer possible start exists"
+
+
+def test_an_sse_event_passes_whole_at_once() -> None:
+    needles = needles_for(_binding(header="Authorization", format="Bearer {secret}"),
+                          {"secret": "sk-SECRET-123"})
+    body = needles.stream()
+    event = b'event: content_block_delta\ndata: {"delta": {"text": "hi"}}\n\n'
+    assert body.feed(event) == event
+
+
 def test_one_byte_chunks_and_a_needle_split_everywhere() -> None:
     needles = needles_for(_binding(), {"secret": "S3CRET-VALUE"})
     body = b"x" * 5 + b"S3CRET-VALUE" + b"Bearer S3CRET-VALUE" + b"S3CRET-VALU"
