@@ -295,6 +295,20 @@ def verify(
     raise CorralError(f"audit trail verification failed: {res.problems[0]}")
 
 
+@app.command("push")
+def push_cmd(
+    server: Annotated[str | None, typer.Option(
+        "--server", help="Only the leftovers of this server (default: each leftover's own)",
+        callback=checks.server_url)] = None,
+) -> None:
+    """Ship the trails of --project runs whose server was away (the leftovers), with your own
+    token (CORRAL_TOKEN or your stored login): only the runs you launched."""
+    from corral.cli.audit_push import push_leftovers
+
+    if push_leftovers(server):
+        raise typer.Exit(1)
+
+
 @app.command("head")
 @_db_errors
 def head_cmd(db: DbOpt = None) -> None:

@@ -242,16 +242,11 @@ def build_spec(ns: argparse.Namespace) -> tuple[SandboxSpec, ResolvedPolicy | No
 
 def _project_policy(ns: argparse.Namespace, quick: QuickPolicy | None) -> ProjectPolicy:
     """``--project``: the server's policy, narrowed by the local input (125 if it widens)."""
-    from corral.policy import PolicyError
-    from corral.policy.load import load_policy
     from corral.runtime.project import project_policy, target
 
-    try:
-        local = [load_policy(spec) for spec in ns.policy]
-    except PolicyError as err:
-        _fail("; ".join(err.problems))
     t = target(ns.project, ns.agent, ns.server)
-    found = project_policy(t, local, quick, ns.workspace)
+    # the -p files are loaded there only when the compiled policy is not cached
+    found = project_policy(t, list(ns.policy), quick, ns.workspace)
     if found.offline:
         print(f"corral: --project {ns.project}: {found.offline}", file=sys.stderr)
     ns.project_found, ns.project_target = found, t

@@ -5,8 +5,11 @@ unreachable, its last pulled copy), holds it to the trust rules (``corral.runtim
 checks that the local input only narrows it, and composes the two.
 
 Invariants:
-- The server URL comes from ``--server`` or ``CORRAL_SERVER``, the token from ``CORRAL_TOKEN``
-  or the stored login (``stored_login_token``); neither is ever a command-line value.
+- The server URL comes from ``--server``, ``CORRAL_SERVER`` or the stored login; the token
+  from ``CORRAL_TOKEN`` or the stored login of ``corral login`` (``stored_login``: the invoking
+  user's ``login.json``, the sudo caller's under sudo, read only when owned by that user and
+  mode 0600, and used only for the server it was made for); a token is never a command-line
+  value.
 - Each policy document is loaded with ``load_policy_text`` (never trusted: no ``env:``,
   ``file:`` or ``cmd:`` source) and the composition's digest must equal the digest the server
   sent: a stream that was cut or altered on the way is refused.
@@ -23,6 +26,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -33,9 +37,10 @@ if TYPE_CHECKING:
     from corral.policy.load import LoadedPolicy
     from corral.policy.quick import QuickPolicy
     from corral.policy.resolved import ResolvedPolicy
+    from corral.runtime import trust
 
-__all__ = ["ProjectPolicy", "Target", "cache_path", "project_policy", "stored_login_token",
-           "target"]
+__all__ = ["ProjectPolicy", "Target", "cache_path", "project_policy", "stored_login",
+           "stored_login_token", "target"]
 
 EXIT_CORRAL = 125
 DEFAULT_MAX_OFFLINE = 24 * 3600
@@ -59,21 +64,71 @@ class ProjectPolicy(NamedTuple):
     offline: str | None  # why the cached copy is used, or None when pulled just now
 
 
-def stored_login_token() -> str | None:
-    """The token ``corral login`` stored for this user (the SSO hook).
+def _login_file() -> tuple[Path, int]:
+    """(``login.json`` of the invoking user, that user's uid), as ``corral login`` wrote it
+    (corral/cli/login.py ``store_path``): the sudo caller's config dir under sudo."""
+    import pwd
 
-    ``corral login`` (corral/cli/login.py) is not in this tree yet: until it is, there is no
-    stored login and ``CORRAL_TOKEN`` is the only source."""
-    return None
+    sudo_uid = os.environ.get("SUDO_UID", "")
+    if os.geteuid() == 0 and sudo_uid.isdigit():
+        entry = pwd.getpwuid(int(sudo_uid))
+        return Path(entry.pw_dir, ".config", "corral", "login.json"), entry.pw_uid
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
+        os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir, ".config")
+    return Path(base, "corral", "login.json"), os.getuid()
+
+
+def stored_login() -> dict[str, Any] | None:
+    """The login ``corral login`` stored for the invoking user: ``{"server", "token", ...}``,
+    or None when there is none. Read only from a regular file (no symlink) owned by that user
+    and readable by no one else; one that is not is refused (125), not silently skipped."""
+    path, uid = _login_file()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise _fail(f"{path}: cannot read the stored login: {err.strerror}") from None
+    with os.fdopen(fd) as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (uid, 0) or st.st_mode & 0o077:
+            raise _fail(f"{path}: the stored login must be a file owned by uid {uid} and "
+                        "readable by no one else (mode 0600); run 'corral login' again")
+        try:
+            data = json.loads(handle.read(64 * 1024))
+        except ValueError:
+            return None
+    ok = isinstance(data, dict) and isinstance(data.get("token"), str) and \
+        isinstance(data.get("server"), str)
+    return data if ok else None
+
+
+def stored_login_token(url: str | None = None) -> str | None:
+    """The stored login's token, when it was made for ``url`` (any server when None): a
+    token goes only to the server that issued it."""
+    login = stored_login()
+    if login is None:
+        return None
+    if url is not None and url.rstrip("/") != login["server"].rstrip("/"):
+        return None
+    return str(login["token"])
 
 
 def target(project: str, agent: str | None, server: str | None) -> Target:
     url = server or os.environ.get("CORRAL_SERVER")
+    token = os.environ.get("CORRAL_TOKEN")
+    if not token:
+        login = stored_login()
+        if login is not None and url is None:
+            url = login["server"]  # the server the user logged in to
+        if login is not None and url is not None and \
+                url.rstrip("/") == login["server"].rstrip("/"):
+            token = str(login["token"])
     if not url:
         raise _fail(f"--project {project}: no server (pass --server URL or set CORRAL_SERVER)")
-    token = os.environ.get("CORRAL_TOKEN") or stored_login_token()
     if not token:
-        raise _fail(f"--project {project}: no token (set CORRAL_TOKEN, or 'corral login')")
+        raise _fail(f"--project {project}: no token for {url} (set CORRAL_TOKEN, or "
+                    f"'corral login --server {url}')")
     from corral.client import check_url
 
     try:
@@ -133,8 +188,12 @@ def _pull(t: Target) -> tuple[dict[str, Any], dict[str, Any], str | None]:
     path = "/projects/" + _quote(t.project)
     try:
         with Client(t.url, t.token, timeout=10.0, user_agent="corral-launcher") as client:
-            info = client.get(path)
             answer = client.get(path + "/policy")
+            # One round trip: the policy's answer carries the project's offline settings
+            # (a server that predates that is asked for the project itself).
+            info = answer.get("project_info") if isinstance(answer, dict) else None
+            if not isinstance(info, dict):
+                info = client.get(path)
     except ServerUnavailable as err:
         return _offline(t, str(err))
     except ClientError as err:
@@ -215,21 +274,49 @@ def _load_server(project: str, answer: dict[str, Any]) -> tuple[list[LoadedPolic
     return loaded, texts
 
 
-def project_policy(t: Target, local: list[LoadedPolicy], quick: QuickPolicy | None,
+def project_policy(t: Target, local: Sequence[LoadedPolicy | str], quick: QuickPolicy | None,
                    workspace: str | None) -> ProjectPolicy:
     """Pull (or read the cached) project policy, hold it to the trust rules, check that the
-    local input only narrows it, and compose them (``CorralError`` 125 naming the rule)."""
-    from corral.policy import PolicyError
-    from corral.policy.compose import compose
-    from corral.runtime import trust
+    local input only narrows it, and compose them (``CorralError`` 125 naming the rule).
+
+    ``local`` holds ``-p`` specs (loaded only when the compiled form is not cached) or loaded
+    policies (never cached)."""
+    from corral.runtime import project_cache, trust
 
     answer, info, offline = _pull(t)
-    server, texts = _load_server(t.project, answer)
-    server = trust.check_server(server, texts, workspace)
-    trust.check_narrows(server, local, quick, workspace)
+    digest = str(answer.get("digest", ""))
+    specs = [x for x in local if isinstance(x, str)]
+    name = project_cache.key(digest, specs, quick, workspace) \
+        if len(specs) == len(local) and digest else None
+    hit = project_cache.load(name) if name else None
+    if hit is not None:
+        trust.check_paths(hit.paths, workspace)  # symlinks may have changed since
+        rp = hit.policy
+    else:
+        rp, paths = _compile(t.project, answer, local, quick, workspace)
+        if name:
+            project_cache.store(name, project_cache.Compiled(rp, paths))
+    return ProjectPolicy(rp, digest, bool(info.get("require_server")), offline)
+
+
+def _compile(project: str, answer: dict[str, Any], local: Sequence[LoadedPolicy | str],
+             quick: QuickPolicy | None, workspace: str | None
+             ) -> tuple[ResolvedPolicy, list[trust.PathSetting]]:
+    from corral.policy import PolicyError
+    from corral.policy.compose import compose
+    from corral.policy.load import load_policy
+    from corral.runtime import trust
+
     try:
-        rp = compose([*server, *local, *([quick] if quick is not None else [])],
+        loaded = [load_policy(x) if isinstance(x, str) else x for x in local]
+    except PolicyError as err:
+        raise _fail("; ".join(err.problems)) from None
+    server, texts = _load_server(project, answer)
+    server = trust.check_server(server, texts, workspace)
+    trust.check_narrows(server, loaded, quick, workspace)
+    try:
+        rp = compose([*server, *loaded, *([quick] if quick is not None else [])],
                      workspace=Path(os.path.abspath(workspace)) if workspace else None)
     except PolicyError as err:
         raise _fail("; ".join(err.problems)) from None
-    return ProjectPolicy(rp, str(answer["digest"]), bool(info.get("require_server")), offline)
+    return rp, trust.server_paths(server)

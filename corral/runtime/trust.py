@@ -23,13 +23,13 @@ Invariants (each refusal is a ``CorralError`` 125 naming the rule's ``file:line`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import ipaddress
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral import dirs
+from corral._digest import sha256
 from corral.errors import CorralError
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from corral.policy.quick import QuickPolicy
     from corral.policy.types import Rule
 
-__all__ = ["check_narrows", "check_server", "private_ranges"]
+__all__ = ["PathSetting", "check_narrows", "check_paths", "check_server", "private_ranges",
+           "server_paths"]
 
 EXIT_CORRAL = 125
 _PEM = "-----BEGIN CERTIFICATE-----"
@@ -79,26 +80,40 @@ def _roots(workspace: str | None, policy_ws: Path | None) -> list[Path]:
     return roots
 
 
-def _check_paths(server: list[LoadedPolicy], workspace: str | None) -> None:
-    from corral.sandbox import expand_user, invoking_user
+PathSetting = tuple[str, str, str]  # (key, value as written, origin): plain data, cacheable
 
-    _uid, _gid, home = invoking_user()
-    homes = _roots(None, None)
-    ws_setting = next((p.settings["files.workspace"] for p in server
-                       if "files.workspace" in p.settings), None)
+
+def server_paths(server: list[LoadedPolicy]) -> list[PathSetting]:
+    """The host paths the server's policies name (``files.workspace``, ``files.home``,
+    ``files.read``), for ``check_paths``; the cached compiled policy keeps these, since what a
+    path resolves to can change between runs (a symlink made by an earlier run's agent)."""
+    out: list[PathSetting] = []
     for pol in server:
         for key in ("files.workspace", "files.home"):
             if key in pol.settings:
                 value, origin = pol.settings[key]
-                if not _inside(expand_user(Path(value)), homes):
-                    raise _refuse(f"{origin}: {key}: {value} is outside the invoking user's "
-                                  f"home ({home if homes else 'none: run by root'})")
-    roots = _roots(workspace, ws_setting[0] if ws_setting else None)
-    for pol in server:
-        for value, origin in pol.lists.get("files.read", ()):
-            if not _inside(expand_user(Path(value)), roots):
-                raise _refuse(f"{origin}: files.read: {value} is outside the invoking user's "
-                              "home and the workspace")
+                out.append((key, str(value), str(origin)))
+        out += [("files.read", str(v), str(o)) for v, o in pol.lists.get("files.read", ())]
+    return out
+
+
+def check_paths(paths: list[PathSetting], workspace: str | None) -> None:
+    """Each named path inside the invoking user's home or the workspace, as written and after
+    symlinks, judged now (on every run, cached policy or not)."""
+    from corral.sandbox import expand_user, invoking_user
+
+    _uid, _gid, home = invoking_user()
+    homes = _roots(None, None)
+    ws_setting = next((Path(v) for k, v, _o in paths if k == "files.workspace"), None)
+    roots = _roots(workspace, ws_setting)
+    for key, value, origin in paths:
+        if key != "files.read":
+            if not _inside(expand_user(Path(value)), homes):
+                raise _refuse(f"{origin}: {key}: {value} is outside the invoking user's "
+                              f"home ({home if homes else 'none: run by root'})")
+        elif not _inside(expand_user(Path(value)), roots):
+            raise _refuse(f"{origin}: files.read: {value} is outside the invoking user's "
+                          "home and the workspace")
 
 
 def _raw_tls_ca(text: str) -> dict[int, Any]:
@@ -113,7 +128,7 @@ def _raw_tls_ca(text: str) -> dict[int, Any]:
 def _pem_file(pem: str) -> Path:
     folder = dirs.ensure_state_dir() / "projects" / "ca"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(pem.encode()).hexdigest()}.pem"
+    path = folder / f"{sha256(pem.encode()).hexdigest()}.pem"
     if not path.exists():
         tmp = folder / f".{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -168,7 +183,7 @@ def check_server(server: list[LoadedPolicy], texts: list[str],
                 if src is not None and not src.startswith(("store:", "server:")):
                     raise _refuse(f"{binding.origin}: credentials.{binding.name}: "
                                   f"{src.split(':', 1)[0]}: secret sources are refused")
-    _check_paths(server, workspace)
+    check_paths(server_paths(server), workspace)
     ranges = private_ranges()
     out = []
     for pol, text in zip(server, texts, strict=True):

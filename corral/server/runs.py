@@ -28,7 +28,7 @@ from corral.server.ledger import anchor
 from corral.server.models import Agent, Project, Run, Token, utcnow
 from corral.server.tokens import SANDBOX_AUDIENCE, SANDBOX_TTL, issue
 
-__all__ = ["RUN_ID_RE", "end", "heartbeat", "kill", "register", "run_json"]
+__all__ = ["RUN_ID_RE", "end", "heartbeat", "kill", "record_push", "register", "run_json"]
 
 RUN_ID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 
@@ -49,8 +49,10 @@ def run_json(run: Run, project: str, agent: str | None) -> dict[str, Any]:
 
 def register(session: Session, project: Project, *, actor: str, human: str, host: str,
              sandbox: str, policy_digest: str, agent: str | None,
-             command: list[str]) -> tuple[Run, str]:
-    """Add the run and its sandbox token (caller commits); returns the run and the secret."""
+             command: list[str], subject: str | None = None) -> tuple[Run, str]:
+    """Add the run and its sandbox token (caller commits); returns the run and the secret.
+    ``human`` is the launching human's email (a service token's ``token:NAME``), ``subject``
+    their IdP subject when they signed in through SSO."""
     agent_id = None
     if agent is not None:
         row = session.scalar(select(Agent).where(Agent.project_id == project.id,
@@ -67,7 +69,8 @@ def register(session: Session, project: Project, *, actor: str, human: str, host
                           ttl=SANDBOX_TTL, created_by=actor, run_id=run.id,
                           audience=SANDBOX_AUDIENCE)
     record(session, actor, "run.register", f"{project.name}/{run.id}", team_id=project.team_id,
-           human=human, host=host, agent=agent, policy_digest=policy_digest, token_id=token.id)
+           human=human, subject=subject, host=host, agent=agent, policy_digest=policy_digest,
+           token_id=token.id)
     return run, secret
 
 
@@ -101,6 +104,16 @@ def end(session: Session, run: Run, project: Project, *, actor: str, exit_status
            ledger=entry.hash)
     return {"run": run.id, "status": run.status, "events": run.events, "head": run.head,
             "ledger": entry.hash}
+
+
+def record_push(session: Session, run: Run, project: Project, *, actor: str, events: int,
+                ended: bool) -> None:
+    """A run's leftovers shipped by its human (``corral audit push``): an admin event. The
+    run's sandbox tokens are revoked: from here its human reports it, not its launcher."""
+    session.execute(update(Token).where(Token.run_id == run.id, Token.revoked_at.is_(None))
+                    .values(revoked_at=utcnow()))
+    record(session, actor, "audit.push", f"{project.name}/{run.id}", team_id=project.team_id,
+           events=events, acked=run.events, ended=ended)
 
 
 def kill(session: Session, run: Run, project: Project, *, actor: str,

@@ -18,7 +18,7 @@ from corral.server.api.deps import Access, get_db, require
 from corral.server.api.schemas import BatchIn
 from corral.server.authz import Permission
 from corral.server.ingest import BatchRefused, EventRow, check, ingest
-from corral.server.models import Agent, AuditEvent, Project, Run
+from corral.server.models import Agent, AuditEvent, Project, Run, User
 from corral.server.trail_check import verify_project
 
 __all__ = ["router"]
@@ -82,9 +82,12 @@ def list_events(human: str | None = Query(None, max_length=320),
                 after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=5000),
                 access: Access = require(Permission.RUN_READ, resolve.project)
                 ) -> dict[str, Any]:
-    """Events of the project's runs, oldest first; page with ``after`` (the last ``id``)."""
-    query = select(AuditEvent, Run.human, Run.sandbox, Agent.name)\
+    """Events of the project's runs, oldest first; page with ``after`` (the last ``id``).
+    Each names the human who launched its run (``human``: the email; ``human_subject``: the
+    IdP subject, for an SSO user) and the agent."""
+    query = select(AuditEvent, Run.human, Run.sandbox, Agent.name, User.idp_subject)\
         .join(Run, Run.id == AuditEvent.run_id).outerjoin(Agent, Agent.id == Run.agent_id)\
+        .outerjoin(User, User.email == Run.human)\
         .where(AuditEvent.project_id == access.resource.id, AuditEvent.id > after)\
         .order_by(AuditEvent.id).limit(limit)
     if human is not None:
@@ -97,9 +100,9 @@ def list_events(human: str | None = Query(None, max_length=320),
         query = query.where(AuditEvent.type.startswith(type_[:-1], autoescape=True)
                             if type_.endswith("*") else AuditEvent.type == type_)
     out = [{"id": e.id, "run": e.run_id, "sandbox": sandbox, "seq": e.seq, "ts_us": e.ts_us,
-            "type": e.type, "human": h, "agent": a, "actor": json.loads(e.actor),
-            "data": json.loads(e.data), "hash": e.hash}
-           for e, h, sandbox, a in access.session.execute(query)]
+            "type": e.type, "human": h, "human_subject": sub, "agent": a,
+            "actor": json.loads(e.actor), "data": json.loads(e.data), "hash": e.hash}
+           for e, h, sandbox, a, sub in access.session.execute(query)]
     return {"events": out, "next": out[-1]["id"] if len(out) == limit else None}
 
 

@@ -71,5 +71,9 @@ def resolved(access: Access = require(Permission.POLICY_READ, resolve.project)
     parts = [f"# {'org' if v.scope == 'org' else access.resource.name}/{v.name} "
              f"version {v.version} ({v.filename}, sha256 {v.digest})\n{v.text.rstrip()}\n"
              for v in versions]
-    return {"project": access.resource.name, "digest": rp.digest,
+    project = access.resource
+    # the launcher's offline rule, so that a launch takes one round trip
+    info = {"name": project.name, "require_server": project.require_server,
+            "max_offline_s": project.max_offline_s}
+    return {"project": project.name, "digest": rp.digest, "project_info": info,
             "policies": [version_json(v) for v in versions], "yaml": "---\n".join(parts)}
