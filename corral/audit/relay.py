@@ -46,6 +46,7 @@ from corral.audit.store import AuditUnavailable, Ticket, Trail
 __all__ = ["MAX_FRAME", "PROXY_EVENTS", "AuditRelay"]
 
 MAX_FRAME = 256 * 1024
+_RECV = 64 * 1024  # bytes read at once (a frame may span several reads)
 DEFER = 0.002  # seconds a deferred event may wait for the next commit (see the invariants)
 
 PROXY_EVENTS = frozenset(
@@ -89,6 +90,9 @@ class AuditRelay:
 
     def _serve(self) -> None:
         buf = bytearray()
+        # recv into one reused buffer: a fresh MAX_FRAME-sized bytes per recv is an mmap and a
+        # munmap (TLB shootdowns across this process's threads) on every event
+        chunk = memoryview(bytearray(_RECV))
         budget = self.budget
         deferred: list[tuple[Any, Ticket | None, str | None]] = []  # queued, not committed
         flush_at: float | None = None  # when the deferred events are committed at the latest
@@ -98,10 +102,10 @@ class AuditRelay:
                                default=None)
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if select.select([self.sock], [], [], wait)[0]:
-                    data = self.sock.recv(MAX_FRAME)
-                    if not data:
+                    n = self.sock.recv_into(chunk)
+                    if not n:
                         break
-                    buf += data
+                    buf += chunk[:n]
                 now = time.monotonic()
                 urgent = False
                 for body in split(buf, MAX_FRAME):

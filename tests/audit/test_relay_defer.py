@@ -219,3 +219,20 @@ def test_a_malformed_ack_fails_the_client_closed(reply: bytes) -> None:
 
     asyncio.run(main())
     a.close()
+
+
+def test_frames_larger_than_one_read_arrive_whole(store: AuditStore,
+                                                   reader: sqlite3.Connection) -> None:
+    """The relay reads at most 64 KiB at a time: a 200 KiB frame spans several reads."""
+    _, served, sock = _relay(store, "sb-big")
+    long_path = "/" + "p" * 200_000
+
+    async def main() -> None:
+        remote = RelayAudit(sock)
+        await remote.open()
+        remote.send("proxy.inspect", host="h", rule="r:1", status=200, path=long_path)
+        await remote.emit("proxy.inspect", host="h", rule="r:1", status=200, path="/after")
+
+    asyncio.run(main())
+    assert _paths(reader, "sb-big") == [long_path, "/after"]
+    served.close()
