@@ -89,11 +89,12 @@ def stored_login() -> dict[str, Any] | None:
         return None
     except OSError as err:
         raise _fail(f"{path}: cannot read the stored login: {err.strerror}") from None
+    st = os.fstat(fd)  # before fdopen, which refuses a directory with a traceback
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (uid, 0) or st.st_mode & 0o077:
+        os.close(fd)
+        raise _fail(f"{path}: the stored login must be a file owned by uid {uid} and "
+                    "readable by no one else (mode 0600); run 'corral login' again")
     with os.fdopen(fd) as handle:
-        st = os.fstat(handle.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (uid, 0) or st.st_mode & 0o077:
-            raise _fail(f"{path}: the stored login must be a file owned by uid {uid} and "
-                        "readable by no one else (mode 0600); run 'corral login' again")
         try:
             data = json.loads(handle.read(64 * 1024))
         except ValueError:
