@@ -161,3 +161,76 @@ def test_a_viewer_or_outsider_cannot_decide_or_push(ui: Ui, user: str) -> None:
         assert _push(ui, who, csrf, POLICY).status_code == (403 if user == "carol" else 404)
     with run.api() as c:
         assert c.get(f"/runs/{run.id}/approvals/{approval}").json()["status"] == "pending"
+
+
+def test_create_team_and_project_role_matrix(ui: Ui) -> None:
+    """Teams are created by org admins, projects by team admins (or org admins), each with a
+    fresh sign-in and the CSRF token; a viewer, a team admin asking for a team, an outsider
+    and a stale session are refused and nothing is created."""
+    from sqlalchemy import select, update
+
+    from corral.server.models import AdminEvent, Project, Team, User, WebSession
+
+    with ui.db().session() as s:
+        s.execute(update(User).where(User.email == "bob@example.com").values(org_role="admin"))
+        s.commit()
+
+    def post(who: httpx.Client, csrf: str, path: str, form: dict[str, str]) -> httpx.Response:
+        return who.post(ui.url + path, data=form,
+                        headers={"X-CSRF-Token": csrf, "HX-Request": "true"})
+
+    with httpx.Client(timeout=30) as alice, httpx.Client(timeout=30) as bob, \
+            httpx.Client(timeout=30) as carol:
+        a, b, c = ui.login(alice, "alice"), ui.login(bob, "bob"), ui.login(carol, "carol")
+        # The forms are shown to the roles that may use them only.
+        assert 'id="t-create"' in bob.get(ui.url + "/teams").text
+        for who in (alice, carol):
+            assert 'id="t-create"' not in who.get(ui.url + "/teams").text
+        assert 'id="p-create"' in alice.get(ui.url + "/projects").text
+        assert 'id="p-create"' not in carol.get(ui.url + "/projects").text
+        # Teams: org admin only.
+        assert post(alice, a, "/teams", {"team": "a-team"}).status_code == 403
+        assert post(carol, c, "/teams", {"team": "c-team"}).status_code == 403
+        assert post(bob, b, "/teams", {"team": "Bad Name"}).status_code == 422
+        resp = post(bob, b, "/teams", {"team": "payments"})
+        assert resp.status_code == 200 and "team payments created" in resp.text, resp.text
+        assert post(bob, b, "/teams", {"team": "payments"}).status_code == 409
+        # Projects: the team's admin (alice in web), not its viewer, not an outsider's team.
+        assert post(carol, c, "/projects", {"team": "web", "project": "c-proj"}
+                    ).status_code == 403
+        assert post(alice, a, "/projects", {"team": "other", "project": "a-proj"}
+                    ).status_code == 404
+        assert post(alice, a, "/projects", {"team": "nope", "project": "a-proj"}
+                    ).status_code == 404
+        resp = post(alice, a, "/projects", {"team": "web", "project": "billing",
+                                            "require_server": "true"})
+        assert resp.status_code == 200 and "project billing created" in resp.text, resp.text
+        assert post(alice, a, "/projects", {"team": "web", "project": "shop"}).status_code == 409
+        assert post(bob, b, "/projects", {"team": "payments", "project": "ledger"}
+                    ).status_code == 200
+        assert alice.get(ui.url + "/projects/billing").status_code == 200
+        assert bob.get(ui.url + "/teams/payments").status_code == 200
+        # Without the CSRF token: refused before anything is read.
+        resp = bob.post(ui.url + "/teams", data={"team": "csrf-less"})
+        assert resp.status_code == 403 and "CSRF" in resp.text
+        resp = alice.post(ui.url + "/projects", data={"team": "web", "project": "csrf-less"})
+        assert resp.status_code == 403 and "CSRF" in resp.text
+        # A stale sign-in (no step-up): refused, and the page says to sign in again.
+        with ui.db().session() as s:
+            s.execute(update(WebSession).values(step_up_until=None))
+            s.commit()
+        resp = post(bob, b, "/teams", {"team": "stale"})
+        assert resp.status_code == 403 and "Sign in again" in resp.text
+        resp = post(alice, a, "/projects", {"team": "web", "project": "stale"})
+        assert resp.status_code == 403 and "Sign in again" in resp.text
+        assert "Creating a project needs a fresh sign-in" in alice.get(ui.url + "/projects").text
+    with ui.db().session() as s:
+        assert set(s.scalars(select(Team.name))) == {"web", "other", "payments"}
+        made = {p.name: p for p in s.scalars(select(Project))}
+        assert set(made) == {"shop", "vault", "billing", "ledger"}
+        assert made["billing"].require_server and not made["ledger"].require_server
+        kinds = [(e.actor, e.action) for e in s.scalars(select(AdminEvent)) if e.action in
+                 ("team.create", "project.create")]
+        assert sorted(kinds) == [("alice@example.com", "project.create"),
+                                 ("bob@example.com", "project.create"),
+                                 ("bob@example.com", "team.create")], kinds

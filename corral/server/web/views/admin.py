@@ -2,10 +2,15 @@
 
 Invariants: changes go through the API's own route functions (same validation, same admin
 record, same commit) after the same permission check, so the UI can do nothing the API
-would refuse. A token's secret is never shown (only ever stored hashed).
+would refuse. Creating a team needs the org-wide admin role, a project the team's admin role,
+both with a fresh sign-in (step-up), as in the API. A form is shown to whoever holds the role
+(with a hint when the sign-in is stale); the route decides, never the form. A token's secret
+is never shown (only ever stored hashed).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from fastapi import Depends, Form, Path
 from fastapi.responses import HTMLResponse
@@ -14,7 +19,7 @@ from sqlalchemy import func, select
 
 from corral.server.api import logins, projects, teams
 from corral.server.api.deps import Access
-from corral.server.api.schemas import AgentIn, MemberIn
+from corral.server.api.schemas import AgentIn, MemberIn, ProjectIn, TeamIn
 from corral.server.authz import Permission
 from corral.server.errors import ApiError
 from corral.server.models import Agent, Membership, Project, Run, Team, Token, User
@@ -29,13 +34,40 @@ def _invalid(err: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:3])
 
 
+def _holds_role(v: Viewer, permission: Permission, team_id: int | None = None) -> bool:
+    """Whether the viewer's role allows ``permission`` once signed in afresh (forms only)."""
+    fresh = dataclasses.replace(v.principal, step_up=True)
+    return Viewer(v.request, v.session, v.current, fresh).can(permission, team_id)
+
+
 @router.get("/projects", response_class=HTMLResponse)
 def project_list(v: Viewer = Depends(viewer)) -> HTMLResponse:
     rows = v.projects()
     names = dict(v.session.execute(select(Team.id, Team.name)).all())
     live = dict(v.session.execute(select(Run.project_id, func.count()).where(
         Run.status == "running").group_by(Run.project_id)).all())
-    return page(v, "ui/projects.html", "projects", rows=rows, teams=names, live=live)
+    creatable = sorted(n for i, n in names.items() if _holds_role(v, Permission.PROJECT_CREATE, i))
+    return page(v, "ui/projects.html", "projects", rows=rows, teams=names, live=live,
+                creatable=creatable)
+
+
+@router.post("/projects", response_class=HTMLResponse)
+def create_project(name: str = Form(max_length=100, alias="team"),
+                   project: str = Form(max_length=100),
+                   require_server: bool = Form(False),
+                   v: Viewer = Depends(viewer)) -> HTMLResponse:
+    team = v.team(name, Permission.TEAM_READ)
+    v.allow_change(Permission.PROJECT_CREATE, team.id)
+    try:
+        body = ProjectIn(name=project, require_server=require_server)
+        projects.create_project(body, Access(v.principal, v.session, team))
+    except ValidationError as err:
+        return partial("ui/_notice.html", kind="error", text=_invalid(err), status=422)
+    except ApiError as err:
+        v.session.rollback()
+        return partial("ui/_notice.html", kind="error", text=err.message, status=err.status)
+    return partial("ui/_created.html", text=f"project {project} created in team {team.name}",
+                   href=f"/projects/{project}", label=f"Open {project}")
 
 
 @router.get("/projects/{name}", response_class=HTMLResponse)
@@ -73,7 +105,22 @@ def team_list(v: Viewer = Depends(viewer)) -> HTMLResponse:
     rows = list(v.session.scalars(query))
     counts = dict(v.session.execute(select(Membership.team_id, func.count())
                                     .group_by(Membership.team_id)).all())
-    return page(v, "ui/teams.html", "teams", rows=rows, counts=counts)
+    return page(v, "ui/teams.html", "teams", rows=rows, counts=counts,
+                can_create=_holds_role(v, Permission.TEAM_CREATE))
+
+
+@router.post("/teams", response_class=HTMLResponse)
+def create_team(team: str = Form(max_length=100), v: Viewer = Depends(viewer)) -> HTMLResponse:
+    v.allow_change(Permission.TEAM_CREATE)
+    try:
+        teams.create_team(TeamIn(name=team), Access(v.principal, v.session))
+    except ValidationError as err:
+        return partial("ui/_notice.html", kind="error", text=_invalid(err), status=422)
+    except ApiError as err:
+        v.session.rollback()
+        return partial("ui/_notice.html", kind="error", text=err.message, status=err.status)
+    return partial("ui/_created.html", text=f"team {team} created",
+                   href=f"/teams/{team}", label=f"Open {team}")
 
 
 @router.get("/teams/{name}", response_class=HTMLResponse)
