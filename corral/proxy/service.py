@@ -116,8 +116,10 @@ class ProxyService:
         idle_timeout: float = 300.0,
         ca: CertificateAuthority | None = None,
         upstream_tls: UpstreamContexts | None = None,
+        spend_server: bool = False,
     ) -> None:
         self.policy = policy
+        self.spend_server = spend_server  # a project run: budgets also on corral server
         self.secrets = _normalise_secrets(secrets or {})
         self.audited = audited  # events go to the launcher's relay on the lifeline socket
         self.caps: dict[str, int] = {}  # ``connections``, ``buffered``: see server.configure
@@ -140,7 +142,8 @@ class ProxyService:
             from corral.proxy.metered import build_spend
 
             prices = dirs.config_dir() / "prices.yaml"  # root's configuration, never a policy's
-            spend = build_spend(self.policy, prices if prices.is_file() else None)
+            spend = build_spend(self.policy, prices if prices.is_file() else None,
+                                server=self.spend_server)
         platform = None
         if any(getattr(r, "action", None) == "platform" for r in rules):
             from corral.proxy.platform import PlatformRelay  # before the privilege drop
@@ -220,8 +223,13 @@ class ProxyService:
         servers = await serve(ctx, listen)
         transports = await serve_dns(ctx, dns_socks)
         os.write(ready_w, b"1")
-        if ctx.platform is not None:  # the run's relay address and token come after this
-            ctx.platform.control = loop.create_task(_relay_control(ctx.platform, ready_w))
+        # The run's server (relay, budgets) and sandbox token come after this, once it registered.
+        told = [t for t in (ctx.platform, getattr(ctx.spend, "ledger", None))
+                if hasattr(t, "configure")]
+        if told:
+            control = loop.create_task(_relay_control(told, ready_w))
+            if ctx.platform is not None:
+                ctx.platform.control = control
         else:
             os.close(ready_w)
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(gone.wait())]
@@ -232,15 +240,18 @@ class ProxyService:
             transport.close()
 
 
-async def _relay_control(platform: Any, fd: int) -> None:
-    """Frames from the launcher on the control socket: the run's relay (``configure``)."""
+async def _relay_control(told: list[Any], fd: int) -> None:
+    """Frames from the launcher on the control socket: the run's relay and server
+    (``configure`` of the platform relay and of a project run's budget ledger)."""
     import json
 
     reader, _writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
     try:
         while True:
             size = int.from_bytes(await reader.readexactly(4), "big")
-            platform.configure(json.loads(await reader.readexactly(size)))
+            info = json.loads(await reader.readexactly(size))
+            for target in told:
+                target.configure(info)
     except (asyncio.IncompleteReadError, OSError, ValueError):
         return  # the launcher is gone (or spoke nonsense): platform requests keep failing
 

@@ -120,6 +120,7 @@ class Egress:
         from corral.runtime.proxyproc import ProxyProcess
 
         self.policy = policy
+        self.spend_server = False  # a project run (budgets on the server): set before configure
         if proc is None:
             proc = ProxyProcess(policy)  # forked first: its imports overlap ours and the build
         else:
@@ -140,7 +141,8 @@ class Egress:
         upstream_proxy, resolve_overrides = self._settings
         try:
             self.proc.configure(resolve_secrets(self.policy), upstream_proxy=upstream_proxy,
-                                resolve_overrides=resolve_overrides)
+                                resolve_overrides=resolve_overrides,
+                                spend_server=self.spend_server)
         except BaseException:
             self.proc.kill()
             raise

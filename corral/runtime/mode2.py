@@ -88,6 +88,7 @@ def run_agent(
         if hooks is not None:
             sink = audit.proxy_audit  # this run's trail
             hooks.proxy_audit = wrap_proxy_audit(sink) if wrap_proxy_audit else sink
+            hooks.spend_server = report is not None  # budgets on the server too
             hooks.configure()
             spec = hooks.prepare(spec)
             run_hooks: Any = hooks

@@ -151,13 +151,16 @@ class ProxyProcess:
 
     def configure(self, secrets: Mapping[str, Any], *, upstream_proxy: str | None = None,
                   resolve_overrides: Mapping[str, list[str]] | None = None,
-                  idle_timeout: float | None = None) -> None:
+                  idle_timeout: float | None = None, spend_server: bool = False) -> None:
         """Send the resolved secrets and settings (JSON over the private control socket).
-        ``idle_timeout``: seconds an agent connection may stay silent (default 300)."""
+        ``idle_timeout``: seconds an agent connection may stay silent (default 300).
+        ``spend_server``: a project run, whose metered requests reserve on corral server
+        (its address comes later, with ``send_relay``)."""
         self._settle()
         msg = json.dumps({"secrets": dict(secrets), "upstream_proxy": upstream_proxy,
                           "overrides": dict(resolve_overrides or {}),
-                          "idle_timeout": idle_timeout}).encode()
+                          "idle_timeout": idle_timeout,
+                          "spend_server": spend_server}).encode()
         try:
             send_frame(self._ctl, msg)
         except OSError as err:
@@ -350,7 +353,8 @@ def _child(ctl: socket.socket, life: socket.socket, policy: Any, *,
     service = ProxyService(policy, secrets=conf["secrets"], upstream_proxy=conf["upstream_proxy"],
                            resolve_overrides=conf["overrides"], ca=ca,
                            upstream_tls=upstream_tls,
-                           idle_timeout=float(conf.get("idle_timeout") or 300.0))
+                           idle_timeout=float(conf.get("idle_timeout") or 300.0),
+                           spend_server=bool(conf.get("spend_server")))
     gc.freeze()  # the imported modules: long-lived, not worth scanning
     gc.enable()
     head, received = b"", []

@@ -119,19 +119,21 @@ class Reporter:
             self.inner.finished(sb)
 
     def _tell_proxy(self) -> None:
-        """A proxy with ``platform`` rules learns where they go: this run's relay on the
-        server, with the run's sandbox token (never a secret: those stay on the server)."""
+        """A proxy with ``platform`` or metered rules learns where they go: this run's relay
+        and budget ledger on the server, with the run's sandbox token (never a secret: those
+        stay on the server)."""
         proc = getattr(self.inner, "proc", None)
         rules = getattr(getattr(self.inner, "policy", None), "rules", None) or ()
-        if proc is None or not any(r.action == "platform" for r in rules):
+        if proc is None or not any(r.action == "platform" or getattr(r, "meter", None)
+                                   for r in rules):
             return
         if self.run is not None:
             proc.send_relay({"url": self.run.url, "token": self.run.client.token,
                              "run": self.run.id})
         else:
             proc.send_relay({"unavailable": f"corral server {self.target.url} could not be "
-                             "reached when this run started, so its platform requests have no "
-                             "relay (there is no fallback)"})
+                             "reached when this run started, so its platform and metered "
+                             "requests have no relay or budget ledger (there is no fallback)"})
 
     # -- the run ----------------------------------------------------------------------------
 

@@ -1,0 +1,163 @@
+"""Server budgets end to end (issue 15): ``corral run --project`` with the official
+``anthropic`` SDK inside the sandbox against the fake provider, a metered project policy and a
+project budget on a real ``corral server`` process (SQLite and PostgreSQL). The launcher's proxy
+reserves and settles on the server with the run's sandbox token: the first request is served
+and settled, the second (whose worst case no longer fits) gets the provider-shaped 429 naming
+the project budget and the SDK raises RateLimitError without retrying; ``corral spend
+--project`` shows the settled request, the ``llm.usage`` event reaches the server's trail. With
+the server gone, a metered request is refused (503, naming the cause), never sent unreserved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from agents.test_spend_e2e import Provider, provider  # noqa: F401 (a fixture)
+
+from corral.spend import estimate, load_prices
+from tests.conftest import require, require_root, require_tools
+from tests.server.conftest import Served, cli
+from tests.server.test_launcher import (  # noqa: F401 (a fixture)
+    Server,
+    _server_events,
+    corral_server,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+
+MODEL = "claude-haiku-4-5"
+AGENT = """
+import sys
+import anthropic
+
+client = anthropic.Anthropic(max_retries=2)
+for max_tokens in (1000, 2000):
+    try:
+        with client.messages.stream(model='claude-haiku-4-5', max_tokens=max_tokens,
+                                    messages=[{'role': 'user', 'content': 'hi'}]) as s:
+            print("ok", ''.join(s.text_stream).replace(chr(10), ' '), flush=True)
+    except anthropic.RateLimitError as err:
+        print("429", str(err).replace(chr(10), " "), flush=True)
+    except anthropic.APIStatusError as err:
+        print("error", err.status_code, str(err).replace(chr(10), " "), flush=True)
+"""
+
+
+def _sdk_into(lib: Path) -> None:
+    """The SDK and what it imports, copied for the system python 3.11 inside the sandbox (a
+    project policy may name files inside the workspace only: a run by root has no home)."""
+    probe = ("import sys, importlib, anthropic, anthropic.lib.streaming\n"
+             "anthropic.Anthropic(api_key='x', base_url='https://127.0.0.1:9')\n"
+             "for name in ('httpcore', 'h11', 'certifi', 'anyio', 'sniffio', 'idna', 'jiter',"
+             " 'distro', 'docstring_parser', 'typing_inspection'):\n"
+             "    try: importlib.import_module(name)\n"
+             "    except ImportError: pass\n"
+             "print('\\n'.join(m.__file__ for m in list(sys.modules.values())"
+             " if getattr(m, '__file__', None)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    tops = {Path(f).relative_to(site).parts[0] for f in out.split()
+            if f.startswith(site + os.sep)}
+    for top in tops:
+        src = Path(site, top)
+        if src.is_dir():
+            shutil.copytree(src, lib / top, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, lib / top)
+
+
+def _policy(p: Provider) -> str:
+    pem = p.ca.read_text().strip().replace("\n", "\n      ")
+    return f"""name: metered
+egress:
+  - host: {p.ip}
+    ports: [443]
+    action: inspect
+    credential: anthropic
+    meter: anthropic
+    tls_ca: |
+      {pem}
+credentials:
+  anthropic: {{secret: store:anthropic, header: x-api-key, format: "{{secret}}",
+               env: ANTHROPIC_API_KEY}}
+"""
+
+
+def test_project_budget_refuses_over_budget(corral_server: Server,  # noqa: F811
+                                            provider: Provider,  # noqa: F811
+                                            corral_env: dict[str, str], tmp_path: Path) -> None:
+    require_root()
+    require_tools("bwrap", "nft", "ip", "setpriv")
+    require(Path("/usr/bin/python3").exists(), "the system python3 (inside the sandbox)")
+    provider.hold.touch()  # no stream is held in this test
+    owner = Served(corral_server.url, corral_server.db_url, Path()).token()
+    env = {**os.environ, **corral_env, "CORRAL_SERVER": corral_server.url,
+           "CORRAL_TOKEN": owner, "CORRAL_HEARTBEAT_S": "0.3"}
+    Path(corral_env["CORRAL_CONFIG"], "config.yaml").write_text(
+        f"project_allow_private: [{provider.ip}/32]\n")
+    cli("team", "create", "web", env=env)
+    cli("project", "create", "shop", "--team", "web", env=env)
+    cli("agent", "create", "bot", "--project", "shop", env=env)
+    policy = tmp_path / "metered.yaml"
+    policy.write_text(_policy(provider))
+    cli("policy", "push", str(policy), "--project", "shop", env=env)
+    subprocess.run([sys.executable, "-m", "corral", "creds", "set", "anthropic"],
+                   input=provider.keys["anthropic"], text=True, env=env, check=True,
+                   capture_output=True)
+    body = {"model": MODEL, "max_tokens": 1000, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    est = estimate(load_prices(), "anthropic", "anthropic.messages", json.dumps(body).encode())
+    budget = est.cost * 1.5 / 1_000_000  # the first fits; then 2000 tokens' worst case no more
+    cli("budget", "set", "--project", "shop", "--amount", f"{budget:.6f}", "--period", "day",
+        env=env)
+    ws = tmp_path / "ws"
+    (ws / "lib").mkdir(parents=True)
+    _sdk_into(ws / "lib")
+    (ws / "agent.py").write_text(AGENT)
+    for path in [ws, *ws.rglob("*")]:
+        os.chown(path, 0, 0)
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "corral", "run", "--project", "shop", "--agent", "bot",
+             "--workspace", str(ws), "--env", f"ANTHROPIC_BASE_URL=https://{provider.ip}",
+             "--env", "PYTHONPATH=/workspace/lib", "--", "/usr/bin/python3",
+             "/workspace/agent.py"],
+            env=env, capture_output=True, text=True, timeout=180)
+
+    done = run()
+    assert done.returncode == 0, (done.stdout, done.stderr[-3000:])
+    first, second = done.stdout.splitlines()
+    assert first.startswith("ok "), done.stdout
+    assert second.startswith("429 ") and "project shop budget" in second, done.stdout
+    assert "per day" in second and "resets at" in second
+    spend = json.loads(cli("spend", "--project", "shop", "--by", "model", "--json",
+                           env=env).stdout)
+    (row,) = spend["rows"]
+    assert row["model"] == MODEL and row["requests"] == 1 and row["output_tokens"] > 0
+    assert 0 < row["cost_usd"] < est.cost / 1_000_000
+    by_agent = json.loads(cli("spend", "--project", "shop", "--by", "agent", "--json",
+                              env=env).stdout)
+    assert [r["agent"] for r in by_agent["rows"]] == ["bot"]
+    (ran,) = json.loads(cli("sandbox", "list", "--project", "shop", "--all", "--json",
+                            env=env).stdout)["runs"]
+    events = _server_events(env, ran["id"])
+    usage = [e for e in events if e["type"] == "llm.usage"]
+    assert len(usage) == 1 and "proxy.deny" in [e["type"] for e in events]
+    listed = json.loads(cli("budget", "list", "--json", env=env).stdout)["budgets"]
+    assert listed[0]["spent_usd"] == row["cost_usd"] and listed[0]["reserved_usd"] == 0
+
+    # The server goes away: the run goes on (its trail waits), metered requests are refused.
+    corral_server.stop()
+    away = run()
+    assert away.returncode == 0, (away.stdout, away.stderr)
+    lines = away.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("error 503 ") for line in lines), lines
+    assert "could not be reached" in lines[0] and "no fallback" in lines[0]
