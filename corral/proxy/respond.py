@@ -9,7 +9,7 @@ Invariants:
   request so waits for exactly one relay round trip.
 - The response is rebuilt from events by ``agent_writer`` (status, headers without hop-by-hop,
   body data re-framed), never copied raw. Header names llhttp parsed are tokens (its check);
-  values and reason are checked here for control bytes (h11-parsed ones were checked by h11).
+  values and reason are checked here for control bytes on both paths (h11 lets some through).
   Anything either parser refuses is an upstream error (502).
 - Interim responses: 100 is never relayed (the proxy answered Expect itself); others are
   relayed on the h11 path and dropped on the llhttp path (it never sends Expect).
@@ -178,6 +178,8 @@ async def relay_response(
                 return await _switch(agent, upstreams, up, event, decision, fields)
             if event.status_code != 100:
                 interim = forward_headers(event.headers, False)
+                if any_control_bytes(interim, event.reason):
+                    raise UpstreamError(502, "upstream sent control bytes in a header")
                 if scrub is not None:
                     interim = await scrub.interim(agent, interim)
                 agent.response.informational(event.status_code, interim)
@@ -186,8 +188,11 @@ async def relay_response(
             status = event.status_code
             await _audit_head(agent, decision, status, event.headers, started, fields,
                               scrub is not None)
-            # Parsed and validated by h11 from the upstream; hop-by-hop removed.
+            # Parsed by h11 from the upstream; hop-by-hop removed. h11 lets control bytes
+            # other than NUL, CR and LF through in values and the reason: refused as on llhttp.
             headers, reason = forward_headers(event.headers, False), event.reason
+            if any_control_bytes(headers, reason):
+                raise UpstreamError(502, "upstream sent control bytes in a header")
             if scrub is not None:
                 headers, reason = await scrub.head(agent, headers, reason)
             agent.response.head(status, headers, reason)
