@@ -167,7 +167,25 @@ def test_run_period_counts_each_run_apart(db_url: str) -> None:
         db.dispose()
 
 
+def _slow_sums() -> None:
+    """Widen the window between a reservation's check and its insert (20 ms), so a ledger
+    without its lock would overshoot every time, not once in a while."""
+    import time
+
+    import corral.server.budgets as ledger
+
+    plain = ledger._sums
+
+    def slow(*args: Any) -> Any:
+        got = plain(*args)
+        time.sleep(0.02)
+        return got
+
+    ledger._sums = slow  # type: ignore[assignment]
+
+
 def _hammer(url: str, run: str, amount: int, tries: int, out: Any) -> None:
+    _slow_sums()
     db = Database(url)
     try:
         ok = 0
@@ -215,9 +233,13 @@ def _setup_api(server: Served) -> tuple[httpx.Client, str, str]:
     return owner, reg.json()["run"]["id"], reg.json()["token"]
 
 
-def test_api_threads_never_overshoot(server: Served) -> None:
+def test_api_threads_never_overshoot(server: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     """32 concurrent reservations through the real API against a budget that fits 10."""
+    import corral.server.budgets as ledger
+
     owner, run, token = _setup_api(server)
+    monkeypatch.setattr(ledger, "_sums", ledger._sums)  # restored after: _slow_sums patches it
+    _slow_sums()
     resp = owner.put("/projects/shop/budgets", json={"amount_usd": 5.0, "period": "day"})
     assert resp.status_code == 200, resp.text
     results: list[dict[str, Any]] = []
