@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from dataclasses import dataclass, field
+from typing import Any
 
 from corral.audit.db import ledger_body
 from corral.audit.events import GENESIS, event_body, event_hash
@@ -99,6 +100,18 @@ def _verify(con: sqlite3.Connection, expected_head: str | None) -> VerifyResult:
     for sb in bad:
         res.fail(_diagnose(con, sb))
 
+    chains = _verify_chains(con, res, state, bad)
+    _verify_ledger(con, res, {c[0]: c for c in chains}, state, expected_head)
+    return res
+
+
+def _verify_chains(
+    con: sqlite3.Connection,
+    res: VerifyResult,
+    state: dict[str, list[object]],
+    bad: dict[str, None],
+) -> list[Any]:
+    """Each recorded chain head against where its events ended; the chains rows."""
     try:
         chains = con.execute(
             "SELECT sandbox, last_seq, last_hash, closed_us, ledger_seq, pruned FROM chains"
@@ -128,8 +141,7 @@ def _verify(con: sqlite3.Connection, expected_head: str | None) -> VerifyResult:
     for sb in state:
         if sb not in known:
             res.fail(f"sandbox {sb}: events inserted for a chain that was never opened")
-    _verify_ledger(con, res, {c[0]: c for c in chains}, state, expected_head)
-    return res
+    return chains
 
 
 def _verify_ledger(

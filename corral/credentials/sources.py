@@ -51,26 +51,34 @@ def read_source(spec: str, *, trusted: bool, store: CredentialStore | None = Non
             raise SecretError(f"environment variable {arg} is not set")
         return value
     if kind == "file":
-        try:
-            with open(arg, encoding="utf-8") as fh:
-                return _strip_newline(fh.read())
-        except OSError as err:
-            raise SecretError(f"cannot read secret file {arg}: {err.strerror}") from None
+        return _read_file(arg)
     if kind == "cmd":
-        try:
-            done = subprocess.run(
-                ["/bin/sh", "-c", arg],
-                capture_output=True,
-                text=True,
-                timeout=CMD_TIMEOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
-            raise SecretError(f"secret command timed out after {CMD_TIMEOUT:.0f}s") from None
-        if done.returncode != 0:
-            raise SecretError(f"secret command exited with status {done.returncode}")
-        value = _strip_newline(done.stdout)
-        if not value:
-            raise SecretError("secret command printed nothing")
-        return value
+        return _run_command(arg)
     raise SecretError(f"unknown secret source {kind!r} (use store:, env:, file: or cmd:)")
+
+
+def _read_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return _strip_newline(fh.read())
+    except OSError as err:
+        raise SecretError(f"cannot read secret file {path}: {err.strerror}") from None
+
+
+def _run_command(command: str) -> str:
+    try:
+        done = subprocess.run(
+            ["/bin/sh", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=CMD_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise SecretError(f"secret command timed out after {CMD_TIMEOUT:.0f}s") from None
+    if done.returncode != 0:
+        raise SecretError(f"secret command exited with status {done.returncode}")
+    value = _strip_newline(done.stdout)
+    if not value:
+        raise SecretError("secret command printed nothing")
+    return value
