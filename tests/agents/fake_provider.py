@@ -1,5 +1,6 @@
-"""A fake LLM provider for the agent recipes: Anthropic Messages and OpenAI Chat Completions in
-their real wire formats (JSON and server-sent events), over TLS, in a test network namespace.
+"""A fake LLM provider for the agent recipes: Anthropic Messages, OpenAI Chat Completions and
+OpenAI Responses (what Codex CLI speaks) in their real wire formats (JSON and server-sent
+events), over TLS, in a test network namespace.
 
 Usage: fake_provider.py CERT KEY PORT. The keys it accepts come from FAKE_ANTHROPIC_KEY and
 FAKE_OPENAI_KEY; a request with any other key gets the provider's own 401 error shape, so an
@@ -92,6 +93,15 @@ class Handler(BaseHTTPRequestHandler):
                                            "code": "invalid_api_key"}})
                 return
             self._openai(req, stream)
+        elif path == "/v1/responses":
+            ok = self.headers.get("Authorization") == f"Bearer {KEYS['openai']}"
+            print(json.dumps({"api": "responses", "key_ok": ok, "stream": stream}), flush=True)
+            if not ok:
+                self._json(401, {"error": {"message": "Incorrect API key provided",
+                                           "type": "invalid_request_error", "param": None,
+                                           "code": "invalid_api_key"}})
+                return
+            self._responses(req, stream)
         else:
             print(json.dumps({"api": "post", "path": self.path}), flush=True)
             self._json(404, {"error": {"message": f"no route {self.path}"}})
@@ -145,6 +155,40 @@ class Handler(BaseHTTPRequestHandler):
             chunks.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": {
                 "prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
         self._sse([*[(None, c) for c in chunks], (None, "[DONE]")])
+
+
+    def _responses(self, req: dict[str, Any], stream: bool) -> None:
+        """OpenAI's Responses API (what Codex CLI speaks): one assistant message."""
+        text = f"hello from fake responses ({'stream' if stream else 'json'})"
+        msg_id, part = "msg_fake", {"type": "output_text", "text": text, "annotations": []}
+        item = {"id": msg_id, "type": "message", "status": "completed", "role": "assistant",
+                "content": [part]}
+        usage = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": 12}
+        done = {"id": "resp_fake", "object": "response", "created_at": 1700000000,
+                "status": "completed", "model": req.get("model", "gpt"), "output": [item],
+                "usage": usage, "error": None, "incomplete_details": None}
+        if not stream:
+            self._json(200, done)
+            return
+        begun = {**done, "status": "in_progress", "output": [], "usage": None}
+        where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": begun}),
+            ("response.in_progress", {"response": begun}),
+            ("response.output_item.added", {"output_index": 0, "item": {
+                **item, "status": "in_progress", "content": []}}),
+            ("response.content_part.added", {**where, "part": {**part, "text": ""}}),
+            *[("response.output_text.delta", {**where, "delta": w if i == 0 else " " + w})
+              for i, w in enumerate(text.split(" "))],
+            ("response.output_text.done", {**where, "text": text}),
+            ("response.content_part.done", {**where, "part": part}),
+            ("response.output_item.done", {"output_index": 0, "item": item}),
+            ("response.completed", {"response": done}),
+        ]
+        self._sse([(name, {"type": name, "sequence_number": n, **data})
+                   for n, (name, data) in enumerate(events)])
 
 
 def main() -> None:

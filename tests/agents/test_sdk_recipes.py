@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require_root, require_tools
+from conftest import require, require_root, require_tools
 from tlsutil import make_ca
 
 from corral.policy.builtin import builtin_path
@@ -146,23 +146,43 @@ def test_sdk_agent_gets_answers_with_a_key_it_never_sees(
     assert provider.keys[api] not in trail.stdout
 
 
-def _claude() -> Path | None:
-    """Claude Code from npm (@anthropic-ai/claude-code ships a native binary): on PATH or
-    installed with `npm install --prefix .venv/node @anthropic-ai/claude-code`."""
+def _npm_install(where: Path, package: str, binary: str) -> Path:
+    """``package`` from npm into ``where`` (a directory of this test session); its bin."""
+    require_tools("npm")
+    done = subprocess.run(
+        ["npm", "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(where),
+         package], capture_output=True, text=True, timeout=300, check=False)
+    path = where / "node_modules" / ".bin" / binary
+    require(path.exists(), f"{package} from npm ({done.stderr.strip()[-300:]})")
+    return path
+
+
+@pytest.fixture(scope="module")
+def claude(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Claude Code from npm (@anthropic-ai/claude-code ships a native binary): on PATH, in
+    .venv/node, else installed into a directory of this session (~10 s here), so a fresh
+    clone runs the recipe instead of skipping it."""
     found = shutil.which("claude")
     local = REPO / ".venv" / "node" / "node_modules" / ".bin" / "claude"
-    path = Path(found) if found else local if local.exists() else None
-    return path.resolve() if path else None
+    path = Path(found) if found else local if local.exists() else _npm_install(
+        tmp_path_factory.mktemp("claude"), "@anthropic-ai/claude-code", "claude")
+    return path.resolve()
+
+
+@pytest.fixture(scope="module")
+def codex(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Codex CLI from npm (@openai/codex: a node shim starting the native binary of
+    @openai/codex-linux-*), installed into a directory of this session; its node_modules."""
+    where = tmp_path_factory.mktemp("codex")
+    where.chmod(0o755)
+    _npm_install(where, "@openai/codex", "codex")
+    return where / "node_modules"
 
 
 def test_claude_code_print_mode_inside_corral_run(
-        provider: Provider, tmp_path: Path, corral_env: dict[str, str]) -> None:
+        provider: Provider, claude: Path, tmp_path: Path, corral_env: dict[str, str]) -> None:
     """docs/agents.md "Claude Code inside corral run": `claude -p` answers through the proxy
     with the key injected; it only ever holds the placeholder."""
-    claude = _claude()
-    if claude is None:
-        pytest.skip("Claude Code is not installed (npm install --prefix .venv/node "
-                    "@anthropic-ai/claude-code)")
     env = {**os.environ, **corral_env}
     corral = [sys.executable, "-m", "corral"]
     subprocess.run([*corral, "creds", "set", "anthropic"], input=provider.keys["anthropic"],
@@ -183,7 +203,41 @@ def test_claude_code_print_mode_inside_corral_run(
     assert done.returncode == 0, done
     assert "hello from fake anthropic" in done.stdout, done
     assert provider.keys["anthropic"] not in done.stdout + done.stderr
-    seen = []
+    seen: list[dict[str, object]] = []
     while not seen or seen[-1].get("api") != "anthropic":
         seen.append(json.loads(provider.log.stdout.readline()))  # type: ignore[union-attr]
     assert seen[-1]["key_ok"] is True, seen
+
+
+def test_codex_exec_inside_corral_run(
+        provider: Provider, codex: Path, tmp_path: Path, corral_env: dict[str, str]) -> None:
+    """docs/agents.md "Codex CLI": `codex exec` (Responses API, streaming) answers through the
+    proxy with the key injected; Codex only ever holds the placeholder."""
+    env = {**os.environ, **corral_env}
+    corral = [sys.executable, "-m", "corral"]
+    subprocess.run([*corral, "creds", "set", "openai"], input=provider.keys["openai"],
+                   text=True, env=env, check=True, capture_output=True)
+    policy = _moved_builtin("openai", "api.openai.com", provider.ip, provider.ca,
+                            tmp_path / "openai.yaml")
+    tools = tmp_path / "tools.yaml"
+    tools.write_text(yaml.safe_dump({"name": "codex", "files": {"read": [str(codex)]}}),
+                     encoding="utf-8")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    # The recipe's command, with only the API's address moved to the fake provider; first
+    # the agent shows what it holds in its key variable.
+    script = ('echo "key seen: $OPENAI_API_KEY" >&2; '
+              'CODEX_API_KEY="$OPENAI_API_KEY" exec "$CODEX" exec --skip-git-repo-check '
+              '--sandbox danger-full-access -c "$BASE" "Say hello." </dev/null')
+    done = subprocess.run(
+        [*corral, "run", "-p", str(policy), "-p", str(tools), "--workspace", str(ws),
+         "--env", f"CODEX={codex / '.bin' / 'codex'}",
+         "--env", f'BASE=openai_base_url="https://{provider.ip}/v1"', "--", "sh", "-c", script],
+        env=env, capture_output=True, text=True, timeout=150, check=False)
+    assert done.returncode == 0, done
+    assert "hello from fake responses (stream)" in done.stdout, done
+    assert "key seen: " in done.stderr and provider.keys["openai"] not in done.stdout + done.stderr
+    seen: list[dict[str, object]] = []
+    while not seen or seen[-1].get("api") != "responses":
+        seen.append(json.loads(provider.log.stdout.readline()))  # type: ignore[union-attr]
+    assert seen[-1] == {"api": "responses", "key_ok": True, "stream": True}, seen
