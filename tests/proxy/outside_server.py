@@ -4,7 +4,8 @@ Routes: /echo (JSON of method, path, headers, body length; ``headers_hex`` has t
 values hex-encoded, which the proxy's secret scrubber does not recognise, so a test can see what
 was really received), /reflect?mode=... (request headers reflected into response headers and
 body, see ``_reflect``), /sse (three events, 0.4 s apart), /redirect?to=URL (302),
-/big?n=BYTES, /git/... (git http-backend over CGI).
+/big?n=BYTES, /sink (reads the body without keeping it; answers its length and sha256),
+/git/... (git http-backend over CGI).
 Run: python outside_server.py CERT KEY GIT_ROOT (binds 0.0.0.0:443 TLS and 0.0.0.0:80 plain).
 """
 
@@ -45,6 +46,32 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def _sink(self) -> None:
+        """Count and hash the body as it comes (a test's huge upload never sits here)."""
+        import hashlib
+
+        digest, total = hashlib.sha256(), 0
+
+        def take(n: int) -> None:
+            nonlocal total
+            while n:
+                piece = self.rfile.read(min(n, 1 << 20))
+                if not piece:
+                    raise ConnectionError("body cut short")
+                digest.update(piece)
+                total += len(piece)
+                n -= len(piece)
+
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                take(size)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+        else:
+            take(int(self.headers.get("Content-Length") or 0))
+        self._send(200, json.dumps({"length": total, "sha256": digest.hexdigest()}).encode())
+
     def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -56,6 +83,8 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path.startswith("/git/"):
             return self._git(url.path[len("/git") :], url.query)
+        if url.path == "/sink":
+            return self._sink()
         if url.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             # Switch protocols, then echo lines upper-cased until "bye" (enough to prove the
             # proxy passes an upgraded connection through both ways).

@@ -160,3 +160,112 @@ def test_platform_relay_end_to_end(relay_server: Server, outside: Outside,  # no
         assert _files_with(root, needle) == [], root
     assert SECRET not in out and SECRET not in err
     time.sleep(0.1)
+
+
+GIB = 1 << 30
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _peak_rss(pid: int) -> tuple[str, int]:
+    """A process's name and its peak resident set (VmHWM) in bytes."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:80]
+    except OSError:
+        return "", 0
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return cmd.decode(errors="replace"), int(fields.get("VmHWM", "0 kB").split()[0]) * 1024
+
+
+def test_platform_relay_upload_revoke_and_database(
+        relay_server: Server, outside: Outside, corral_env: dict[str, str],  # noqa: F811
+        tmp_path: Path) -> None:
+    """A 1 GiB upload streams through the proxy and the relay (neither process's peak RSS
+    comes near it); the database's address is refused like the server's own port; a policy
+    pushed mid-run makes the relay refuse the run's next request with policy_revoked."""
+    require_root()
+    require_tools("bwrap", "nft", "ip", "setpriv", "curl")
+    import hashlib
+
+    owner = Served(relay_server.url, relay_server.db_url, Path()).token()
+    env = {**corral_env, "CORRAL_SERVER": relay_server.url, "CORRAL_TOKEN": owner,
+           "CORRAL_HEARTBEAT_S": "0.3"}
+    cli("team", "create", "web", env=env)
+    cli("project", "create", "shop", "--team", "web", env=env)
+    policy = tmp_path / "relay.yaml"
+    # PostgreSQL here listens on a unix socket only; 5432 is where a TCP database would be.
+    text = _policy(outside, relay_server.port).replace(
+        "paths: [\"/reflect\", \"/sse\", \"/echo\"]", "paths: [\"/sink\", \"/echo\"]").replace(
+        f"ports: [{relay_server.port}, 443]", f"ports: [{relay_server.port}, 5432]")
+    policy.write_text(text)
+    cli("policy", "push", str(policy), "--project", "shop", env=env)
+    cli("creds", "set", "tok", "--project", "shop", env=env, stdin=SECRET)
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    os.chown(ws, 0, 0)
+    ip = outside.ip
+    script = (
+        f"curl --noproxy '' -s -w ' %{{http_code}}' https://127.0.0.1:5432/ > /workspace/db; "
+        f"head -c {GIB} /dev/zero | curl -sS -X POST -T - https://{ip}/sink "
+        "> /workspace/sink 2>/workspace/sink.err; "
+        "touch /workspace/one; while [ ! -e /workspace/go ]; do sleep 0.1; done; "
+        f"curl -s -w ' %{{http_code}}' https://{ip}/echo > /workspace/revoked; "
+        "touch /workspace/two; while [ ! -e /workspace/end ]; do sleep 0.1; done")
+    proc = _popen(env, "--project", "shop", "--workspace", str(ws), "--", "sh", "-c", script)
+    try:
+        started = time.monotonic()
+        _wait(lambda: (ws / "one").exists(), "the upload", timeout=180)
+        print(f"upload and start: {time.monotonic() - started:.1f} s")
+        peaks = [_peak_rss(p) for p in _descendants(proc.pid)]
+        server_peak = _peak_rss(relay_server.proc.pid if relay_server.proc else 0)
+        policy.write_text(text.replace("name: relay-policy", "name: relay-policy-2"))
+        cli("policy", "push", str(policy), "--project", "shop", env=env)
+        (ws / "go").touch()
+        _wait(lambda: (ws / "two").exists(), "the request after the push")
+        (ws / "end").touch()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    seen = {p.name: p.read_text()[:500] for p in ws.iterdir()}
+    db_body, _, db_status = (ws / "db").read_text().rpartition(" ")
+    assert db_status == "403" and "relay.allow_private" in db_body, seen
+
+    zeros = hashlib.sha256()
+    block = bytes(1 << 20)
+    for _ in range(GIB >> 20):
+        zeros.update(block)
+    assert (ws / "sink").read_text(), seen
+    import json
+
+    assert json.loads((ws / "sink").read_text()) == {"length": GIB,
+                                                      "sha256": zeros.hexdigest()}, seen
+    # A body held whole would show as a peak of more than 1 GiB; a streamed one stays small.
+    for name, peak in [*peaks, server_peak]:
+        assert peak < 256 << 20, (name, peak >> 20)
+    assert any("proxy" in name for name, _ in peaks), peaks
+    print("peak RSS MiB:", sorted(((peak >> 20, name[-50:]) for name, peak in
+                                   [*peaks, server_peak]), reverse=True)[:4])
+
+    rev_body, _, rev_status = (ws / "revoked").read_text().rpartition(" ")
+    assert rev_status == "403" and "policy_revoked" in rev_body, rev_body
