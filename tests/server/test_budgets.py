@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -413,3 +414,38 @@ def test_proxy_ledger_against_the_server(server: Served) -> None:
     with pytest.raises(LedgerUnavailable, match="could not be reached"):
         unavailable.reserve([], 1)
     assert unavailable.local.spent(LocalBudget(1, "run", "x")) == (0, 0)
+
+
+def test_server_restarted_between_reserve_and_settle(db_url: str,
+                                                    serve: Callable[..., Served]) -> None:
+    """A reservation whose settle never came (the server restarted, the launcher died) stops
+    holding the budget once it is older than the expiry: a fresh server process charges it in
+    full and flags it; a late settle corrects it once."""
+    first = serve(db_url)
+    owner, run, token = _setup_api(first)
+    owner.put("/projects/shop/budgets", json={"amount_usd": 1, "period": "day"})
+    with first.client(token) as c:
+        held = c.post(f"/runs/{run}/spend/reserve", json={"amount_micro_usd": 800_000}).json()
+        assert "refused" in c.post(f"/runs/{run}/spend/reserve",
+                                   json={"amount_micro_usd": 300_000}).json()
+    db = Database(db_url)
+    try:  # its last renewal three minutes ago
+        with db.session() as s:
+            row = s.get(SpendRow, held["id"])
+            assert row is not None
+            row.renewed_at = row.renewed_at - dt.timedelta(minutes=3)  # type: ignore[operator]
+    finally:
+        db.dispose()
+    again = serve(db_url)  # another server process on the same database
+    with again.client(token) as c:
+        refused = c.post(f"/runs/{run}/spend/reserve", json={"amount_micro_usd": 300_000})
+        assert refused.json()["refused"]["reserved_micro_usd"] == 0
+        assert refused.json()["refused"]["spent_micro_usd"] == 800_000
+        assert not c.post(f"/runs/{run}/spend/renew", json={"id": held["id"]}).json()["live"]
+        assert c.post(f"/runs/{run}/spend/settle", json={"id": held["id"],
+                                                         "cost_micro_usd": 50_000}).json() == {
+            "settled": True}
+        assert "id" in c.post(f"/runs/{run}/spend/reserve",
+                              json={"amount_micro_usd": 300_000}).json()
+    budget = owner.get("/budgets").json()["budgets"][0]
+    assert (budget["spent_usd"], budget["reserved_usd"]) == (0.05, 0.3)
