@@ -142,7 +142,7 @@ def _run(env: dict[str, str], tmp: Path, ip: str, action: str) -> dict[str, list
 
 def main() -> None:
     assert os.geteuid() == 0, "run as root (sandboxes and a network namespace)"
-    tmp = Path(tempfile.mkdtemp(prefix="corral-bench-platform-"))
+    tmp = Path(os.environ.get("BENCH_TMP") or tempfile.mkdtemp(prefix="corral-bench-platform-"))
     tmp.chmod(0o755)
     ip, ca, outside, ns, veth = _outside(tmp)
     from corral.server.crypto import generate_key_file
