@@ -16,8 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from corral.server.budgets import DbLedger, expire, renew, reserve, settle
+from corral.server.budgets import DbLedger, expire, renew, reserve, settle, window_spend
 from corral.server.db import Database
 from corral.server.models import AdminEvent, Agent, Budget, Project, Run, SpendRow, Team
 from corral.spend import MICRO, LedgerUnavailable, Refusal, Reservation
@@ -449,3 +451,71 @@ def test_server_restarted_between_reserve_and_settle(db_url: str,
                               json={"amount_micro_usd": 300_000}).json()
     budget = owner.get("/budgets").json()["budgets"][0]
     assert (budget["spent_usd"], budget["reserved_usd"]) == (0.05, 0.3)
+
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("reserve"), st.integers(0, 600_000)),
+    st.tuples(st.just("settle"), st.integers(0, 40), st.integers(0, 700_000)),
+    st.tuples(st.just("renew"), st.integers(0, 40)),
+    st.tuples(st.just("wait"), st.integers(1, 200)),
+), max_size=40)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_differential_against_the_local_ledger(db_url: str, ops: list[tuple[Any, ...]]) -> None:
+    """Any sequence of reserve/settle/renew/time passing: the database ledger admits, refuses
+    and reports exactly as the in-process LocalLedger (the reference) with the same budget."""
+    from corral.spend import Budget as LocalBudget
+    from corral.spend import LocalLedger
+
+    if not hasattr(test_differential_against_the_local_ledger, "world"):
+        test_differential_against_the_local_ledger.world = {}  # type: ignore[attr-defined]
+    worlds = test_differential_against_the_local_ledger.world  # type: ignore[attr-defined]
+    if db_url not in worlds:
+        (run, _), ids = _world(db_url)
+        _budget(db_url, 1.0, "day", project_id=ids["shop"])
+        worlds[db_url] = run
+    run = worlds[db_url]
+    db = Database(db_url)
+    try:
+        with db.session() as s:
+            s.query(SpendRow).delete()
+        clock = [0.0]
+        t0 = dt.datetime(2026, 5, 10, 1, tzinfo=UTC)
+        ref = LocalLedger(ttl=120, clock=lambda: clock[0], now=lambda: t0)
+        budget = LocalBudget(MICRO, "day", "x")
+        pairs: list[tuple[Reservation, Reservation]] = []
+        for op in ops:
+            now = t0 + dt.timedelta(seconds=clock[0])
+            if op[0] == "reserve":
+                ref.expire()
+                want = ref.reserve([budget], op[1])
+                expire(db, ttl=120, now=now)
+                got = reserve(db, run, op[1], now=now)
+                assert type(got) is type(want), (op, got, want)
+                if isinstance(got, Refusal) and isinstance(want, Refusal):
+                    assert (got.spent, got.reserved, got.needed) == \
+                        (want.spent, want.reserved, want.needed)
+                elif isinstance(got, Reservation) and isinstance(want, Reservation):
+                    pairs.append((want, got))
+            elif op[0] == "settle" and pairs:
+                want_r, got_r = pairs[op[1] % len(pairs)]
+                ref.settle(want_r, op[2])
+                settle(db, run, got_r.id, op[2], now=now)
+            elif op[0] == "renew" and pairs:
+                want_r, got_r = pairs[op[1] % len(pairs)]
+                ref.expire()
+                expire(db, ttl=120, now=now)
+                assert ref.renew(want_r) == renew(db, run, got_r.id, now=now)
+            elif op[0] == "wait":
+                clock[0] += op[1]
+            now = t0 + dt.timedelta(seconds=clock[0])
+            ref.expire()
+            expire(db, ttl=120, now=now)
+            with db.session() as s:
+                row = s.query(Budget).one()
+                assert window_spend(s, row, now) == ref.spent(budget), op
+    finally:
+        db.dispose()
