@@ -390,6 +390,24 @@ def test_proxy_ledger_against_the_server(server: Served) -> None:
     message = json.loads(over.body)["error"]["message"]
     assert "project shop budget" in message and "per day" in message and "resets at" in message
     first.response(200, [(b"content-type", b"application/json")])
+    # a long stream renews its reservation on the server (queued to the ledger's worker)
+    db = Database(server.db_url)
+    try:
+        def renewed_at() -> dt.datetime:
+            with db.session() as s:
+                row = s.query(SpendRow).one()
+                assert row.renewed_at is not None
+                return row.renewed_at
+
+        before = renewed_at()
+        time.sleep(0.05)
+        assert ledger.renew(first.reservation)
+        deadline = time.monotonic() + 10
+        while renewed_at() <= before:
+            assert time.monotonic() < deadline, "the renewal did not reach the server"
+            time.sleep(0.05)
+    finally:
+        db.dispose()
     first.feed(json.dumps({"id": "msg_1", "type": "message", "model": "claude-3-5-haiku-20241022",
                            "usage": {"input_tokens": 10, "output_tokens": 20}}).encode())
     record = first.finish()
@@ -519,3 +537,36 @@ def test_differential_against_the_local_ledger(db_url: str, ops: list[tuple[Any,
                 assert window_spend(s, row, now) == ref.spent(budget), op
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize("step_up", [False, True])
+def test_a_login_token_needs_step_up(server: Served, step_up: bool) -> None:
+    """A team admin's stored login (which an agent running as that user could read) cannot
+    raise a budget; the same admin's step-up login can."""
+    from sqlalchemy import select
+
+    from corral.server.crypto import load_kek
+    from corral.server.models import Membership, User
+    from corral.server.oidc.accounts import issue_login_token
+
+    _setup_api(server)
+    db = Database(server.db_url)
+    try:
+        with db.session() as session:
+            team = session.scalar(select(Team).where(Team.name == "web"))
+            assert team is not None
+            user = User(email="ann@example.com", idp_subject="ann", name="ann")
+            session.add(user)
+            session.flush()
+            session.add(Membership(team_id=team.id, user_id=user.id, role="admin"))
+            _row, secret = issue_login_token(session, load_kek(server.kek), user, name="login",
+                                             step_up=step_up, refresh_token=None)
+    finally:
+        db.dispose()
+    with server.client(secret) as c:
+        got = c.put("/projects/shop/budgets", json={"amount_usd": 900, "period": "month"})
+        if step_up:
+            assert got.status_code == 200, got.text
+        else:
+            assert got.status_code == 403 and got.json()["error"]["code"] == "step_up_required"
+        assert c.get("/budgets").status_code == 200
