@@ -316,6 +316,9 @@ credentials:
             "b_added_p50_rounded_ms": b["p50_rounded_ms"] - a["p50_rounded_ms"],
             "b_audited_added_p50_ms": results["b_corral_inspect_audited"]["p50_ms"]
             - a["p50_ms"],
+            # the audit's own cost (target <= 0.3 ms): the same proxy with and without its trail
+            "b_audited_over_b_p50_ms": results["b_corral_inspect_audited"]["p50_ms"]
+            - b["p50_ms"],
             "b_audited_over_c_rps": results["b_corral_inspect_audited"]["rps"] / c["rps"]
             if c else None,
             "b_over_a_rps": b["rps"] / a["rps"],
