@@ -322,7 +322,7 @@ def _reporter(ns: argparse.Namespace, cmd: list[str]) -> Reporter | None:
 
     found: ProjectPolicy = ns.project_found
     return Reporter(ns.project_target, digest=found.digest, command=cmd,
-                    require_server=found.require_server)
+                    require_server=found.require_server, start_unregistered=True)
 
 
 def _after_run(audit: LaunchAudit) -> None:

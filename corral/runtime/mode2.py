@@ -18,7 +18,9 @@ Invariants:
 - A proxy that fails during the run makes the run's status 125, whatever the command returned.
 - However the run ends, the proxy is stopped and ``finish(audit)`` runs (closing the trails).
 - With a ``report`` (``--project``), the run registers with the server once the sandbox exists
-  and ends there after ``finish(audit)`` closed the local trail, so its last events ship too.
+  (its command may start meanwhile when the offline rules let the run go on without the
+  server; a refusal then stops it and makes the status 125) and ends there after
+  ``finish(audit)`` closed the local trail, so its last events ship too.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ def run_agent(
             run_hooks = report
         code = run_command(spec, argv, audit=audit, hooks=run_hooks)
         code = EXIT_CORRAL if hooks is not None and hooks.failed else code
+        if report is not None and report.registration_refused():
+            code = EXIT_CORRAL  # the server refused the run it had started for
         return code
     finally:
         if hooks is not None:

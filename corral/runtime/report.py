@@ -19,6 +19,10 @@ Invariants:
   ``corral audit push`` ships from it with the launching user's own token. A run that could not
   even register at start leaves one with no run id (unless the project requires the server:
   then the run is refused, 125).
+- The command starts before the run is registered only when the run could go on without the
+  server anyway (the project does not require it and no platform or metered rule needs the
+  run's id); a registration the server refuses then kills the sandbox's processes at once and
+  the run's status is 125 (``registration_refused``). Otherwise the command waits for it.
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ def local_events(db: Path, sandbox: str, after: int, limit: int = 500) -> list[d
 
 class Reporter:
     def __init__(self, target: Target, *, digest: str, command: Sequence[str],
-                 require_server: bool, store: Path | None = None, inner: Any = None) -> None:
+                 require_server: bool, store: Path | None = None, inner: Any = None,
+                 start_unregistered: bool = False) -> None:
         self.target, self.digest, self.command = target, digest, list(command)
         self.store, self.require_server, self.inner = store or Path(), require_server, inner
         self.run: ServerRun | None = None
@@ -85,34 +90,58 @@ class Reporter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one request at a time on the run's connection
         self._away = False  # the last request failed: ask the server's cursor before shipping
+        self._registering: threading.Thread | None = None
+        # the caller (corral run) stops the run on a late refusal (``registration_refused``)
+        self.start_unregistered = start_unregistered
+        self.register_error: CorralError | None = None
 
     # -- RunHooks ---------------------------------------------------------------------------
 
     def started(self, sb: Any) -> Mapping[str, str]:
         self.sandbox = sb.id
-        # Registering (a round trip) overlaps the proxy's start; the command starts only
-        # once both are done, so a run that must not start unregistered does not.
-        failed: list[BaseException] = []
-
-        def register() -> None:
-            try:
-                self._register(sb.id)
-            except BaseException as err:  # raised below, on the launcher's thread
-                failed.append(err)
-
-        thread = threading.Thread(target=register, daemon=True, name="corral-register")
-        thread.start()
+        # Registering (a round trip) overlaps the proxy's start. A run that may go on without
+        # the server (offline rules) does not wait for it at all: its command starts while
+        # the registration is under way, and a refusal then kills it (125). A run that needs
+        # the server (--require-server) or its run id (platform and metered rules reach the
+        # server with it) starts its command only once registered.
+        self._registering = threading.Thread(target=self._register_quietly, args=(sb,),
+                                             daemon=True, name="corral-register")
+        self._registering.start()
+        wait = not self._may_start_unregistered()
         try:
             env = dict(self.inner.started(sb)) if self.inner is not None else {}
         finally:
-            thread.join()
-        if failed:
-            raise failed[0]
-        self._tell_proxy()
+            if wait:
+                self._registering.join()
+        if wait:
+            if self.register_error is not None:
+                raise self.register_error
+            self._tell_proxy()
         self._thread = threading.Thread(target=self._loop, args=(sb,), daemon=True,
                                         name="corral-report")
         self._thread.start()
         return env
+
+    def _may_start_unregistered(self) -> bool:
+        rules = getattr(getattr(self.inner, "policy", None), "rules", None) or ()
+        needs_run = any(r.action == "platform" or getattr(r, "meter", None) for r in rules)
+        return self.start_unregistered and not self.require_server and not needs_run
+
+    def _register_quietly(self, sb: Any) -> None:
+        try:
+            self._register(sb.id)
+        except CorralError as err:
+            self.register_error = err
+            if self._may_start_unregistered():
+                _say(f"{err}; the run is stopped")
+                sb.kill_all()  # it started without waiting: it must not go on unregistered
+
+    def registration_refused(self) -> bool:
+        """Whether the server refused to register the run (after waiting for the answer):
+        its command was stopped and the run's status is 125."""
+        if self._registering is not None:
+            self._registering.join()
+        return self.register_error is not None
 
     def finished(self, sb: Any) -> None:
         if self.inner is not None:
@@ -198,6 +227,8 @@ class Reporter:
         away = False
         import time
 
+        if self._registering is not None:
+            self._registering.join()  # nothing to report before the run exists
         while not self._stop.wait(ship_s) and self.run is not None and self.refused is None:
             try:
                 with self._lock:
@@ -233,8 +264,8 @@ class Reporter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self.sandbox is None:
-            return
+        if self.sandbox is None or self.registration_refused():
+            return  # nothing of it on the server (a refusal was said): nothing to ship
         reason = f"killed from the server: {self.kill_reason}" if self.kill_reason else None
         if self.run is None or self.refused is not None:
             self._leftover(exit_status, reason)

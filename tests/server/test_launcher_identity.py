@@ -122,6 +122,14 @@ def test_run_names_its_human(corral_server: Server, outside: Outside,  # noqa: F
     other = cli("audit", "list", "--project", "shop", "--human", BOB, "--json", env=env)
     assert other.stdout == ""
 
+    # A registration the server refuses stops the run (the command may have started while it
+    # was asked, as the offline rules allow): 125, and the command does not go on.
+    done = _run(alice, "--project", "shop", "--agent", "nobody", "--", "sh", "-c",
+                "sleep 5; echo went-on")
+    assert done.returncode == 125 and "no agent 'nobody'" in done.stderr, done.stderr
+    assert "went-on" not in done.stdout
+    assert len(_runs(env, "--all")) == 1
+
     # The stored login must be the user's alone: one others can read is refused, not used.
     login = Path(alice["XDG_CONFIG_HOME"], "corral", "login.json")
     login.chmod(0o644)
