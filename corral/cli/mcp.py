@@ -2,17 +2,23 @@
 
 Serves sandboxed tools to outside agents over MCP (stdio, or streamable HTTP with --http);
 with --project P, as runs of project P on corral server (``corral.runtime.mcp_project``).
+The quick flags (``--allow`` to ``--idle``) are checked at parse time and composed as one more
+policy exactly as under ``corral run`` (``corral.policy.quick``).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from corral.cli import checks
 from corral.errors import UserInputError
+from corral.policy.errors import PolicyError
+from corral.policy.quick import QuickFlags, QuickPolicy, quick_policy
 
 __all__ = ["app", "parse_tokens"]
 
@@ -65,6 +71,29 @@ def _workspace_opt(value: Path | None) -> Path | None:
     return value
 
 
+def _quick_opt(field: str) -> Callable[[Any], Any]:
+    """Check a quick flag's values as ``corral run`` does (``corral.policy.quick``)."""
+    def check(value: Any) -> Any:
+        if value:
+            try:
+                given: dict[str, Any] = {field: tuple(value) if isinstance(value, list)
+                                         else value}
+                quick_policy(QuickFlags(**given))
+            except PolicyError as err:  # "--flag 'v': why"; typer names the flag itself
+                raise typer.BadParameter(err.problems[0].split(" ", 1)[1]) from None
+        return value
+    return check
+
+
+def _quick(allow: list[str], ro: list[str], rw: list[str], memory: str | None,
+           timeout: str | None, idle: str | None) -> QuickPolicy | None:
+    flags = QuickFlags(tuple(allow), tuple(ro), tuple(rw), memory, timeout, idle)
+    try:
+        return quick_policy(flags) if flags.given() else None
+    except PolicyError as err:  # what no single value shows (a path both --ro and --rw)
+        raise UserInputError(err.problems[0]) from None
+
+
 @app.callback()
 def mcp(
     policy: list[str] = typer.Option([], "-p", "--policy", help="Policy file or builtin:NAME."),
@@ -94,6 +123,25 @@ def mcp(
     server: str | None = typer.Option(None, "--server", metavar="URL",
                                       callback=checks.server_url,
                                       help="corral server URL (default: $CORRAL_SERVER)."),
+    allow: list[str] = typer.Option([], "--allow", metavar="HOST[:PORT]",
+                                    callback=_quick_opt("allow"),
+                                    help="Allow HOST (ports 80 and 443 unless given) as an "
+                                    "inspect rule (as on corral run)."),
+    ro: list[str] = typer.Option([], "--ro", metavar="PATH", callback=_quick_opt("ro"),
+                                 help="Make PATH visible read-only (as on corral run)."),
+    rw: list[str] = typer.Option([], "--rw", metavar="DIR", callback=_quick_opt("rw"),
+                                 help="Make DIR writable at the same path (as on corral run)."),
+    memory: str | None = typer.Option(None, "--memory", metavar="SIZE",
+                                      callback=_quick_opt("memory"),
+                                      help="Memory limit of each tools sandbox (limits.memory)."),
+    timeout: str | None = typer.Option(None, "--timeout", metavar="DURATION",
+                                       callback=_quick_opt("timeout"),
+                                       help="Wall-time limit of each tools sandbox "
+                                       "(limits.wall)."),
+    idle: str | None = typer.Option(None, "--idle", metavar="DURATION",
+                                    callback=_quick_opt("idle"),
+                                    help="Tear a tools sandbox down after this long unused "
+                                    "(limits.idle)."),
 ) -> None:
     """Serve the exec/read/write/edit/glob/grep/fetch tools from a corral sandbox."""
     from corral.runtime import preflight_mcp, serve_mcp
@@ -105,18 +153,19 @@ def mcp(
         raise UserInputError("--token: with --project, --http callers use tokens the server "
                              "issued ('corral login', 'corral server token create')")
     upstream = configured_upstream(upstream_proxy)  # refuse bad input before serving anything
+    quick = _quick(allow, ro, rw, memory, timeout, idle)
     found = None
     if project is not None:
         from corral.runtime.mcp_project import mcp_project
 
-        found = mcp_project(project, agent, server, policy, workspace)
+        found = mcp_project(project, agent, server, policy, workspace, quick)
         if found.found.offline:
             _announce(f"--project {project}: {found.found.offline}")
-    preflight_mcp(policy, workspace, found)
+    preflight_mcp(policy, workspace, found, quick)
     serve_mcp(policy, workspace=workspace, listen=_split_hostport(http) if http else None,
               tokens=parse_tokens(token), origins=allow_origin, elicitation=approvals == "auto",
               approval_ttl=approval_ttl, upstream_proxy=upstream, announce=_announce,
-              project=found)
+              project=found, quick=quick)
 
 
 def _announce(line: str) -> None:

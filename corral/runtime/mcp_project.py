@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from corral.errors import CorralError
 
 if TYPE_CHECKING:
+    from corral.policy.quick import QuickPolicy
     from corral.runtime.audit import LaunchAudit
     from corral.runtime.project import ProjectPolicy, Target
     from corral.runtime.report import Reporter
@@ -51,8 +52,10 @@ class McpProject(NamedTuple):
 
 
 def mcp_project(project: str, agent: str | None, server: str | None,
-                policies: Sequence[str], workspace: Path | None) -> McpProject:
-    """The project's policy narrowed by the local ``-p`` files, as ``corral run`` gets it."""
+                policies: Sequence[str], workspace: Path | None,
+                quick: QuickPolicy | None = None) -> McpProject:
+    """The project's policy narrowed by the local ``-p`` files and quick flags, as
+    ``corral run`` gets it."""
     from corral.policy import PolicyError
     from corral.policy.load import load_policy
     from corral.runtime.project import project_policy, target
@@ -62,7 +65,7 @@ def mcp_project(project: str, agent: str | None, server: str | None,
     except PolicyError as err:
         raise CorralError("; ".join(err.problems), exit_code=125) from None
     t = target(project, agent, server)
-    return McpProject(t, project_policy(t, local, None, str(workspace) if workspace else None))
+    return McpProject(t, project_policy(t, local, quick, str(workspace) if workspace else None))
 
 
 class ServerCallers:

@@ -7,8 +7,9 @@ transport (stdio, or streamable HTTP behind bearer tokens). ``corral.cli.mcp`` o
 arguments and prints what ``announce`` is given.
 
 Invariants:
-- ``preflight_mcp`` refuses what ``corral run`` would refuse for the same policies and workspace,
-  with the same messages, before anything is served.
+- ``preflight_mcp`` refuses what ``corral run`` would refuse for the same policies, quick flags
+  (``corral.policy.quick``, composed as one more policy) and workspace, with the same
+  messages, before anything is served.
 - There is no unauthenticated HTTP mode: without tokens one is generated and announced.
 - The listening socket is bound before its URL is announced (``127.0.0.1:0`` works).
 - However serving ends (a client hanging up, SIGTERM, SIGHUP, ^C), every principal's sandbox
@@ -36,6 +37,7 @@ from corral.errors import UserInputError
 if TYPE_CHECKING:
     from corral.mcp import Authenticator, Principals
     from corral.policy import ResolvedPolicy
+    from corral.policy.quick import QuickPolicy
     from corral.runtime.audit import LaunchAudit
     from corral.runtime.mcp_project import McpProject, ProjectRuns
     from corral.tools import ApprovalStore, AuditSink
@@ -43,19 +45,21 @@ if TYPE_CHECKING:
 __all__ = ["approval_store", "preflight_mcp", "serve_mcp"]
 
 
-def _resolve(policies: Sequence[str], workspace: Path | None) -> ResolvedPolicy:
+def _resolve(policies: Sequence[str], workspace: Path | None,
+             quick: QuickPolicy | None) -> ResolvedPolicy:
     from corral.policy import resolve
 
-    return resolve(list(policies), workspace=workspace.resolve() if workspace else None)
+    return resolve(list(policies), workspace=workspace.resolve() if workspace else None,
+                   quick=quick)
 
 
 def preflight_mcp(policies: Sequence[str], workspace: Path | None,
-                  project: McpProject | None = None) -> None:
+                  project: McpProject | None = None, quick: QuickPolicy | None = None) -> None:
     """Refuse, as ``UserInputError``, what ``corral run`` refuses before it starts: the
-    policies, the workspace and every path the policy makes visible."""
+    policies, the quick flags, the workspace and every path the policy makes visible."""
     from corral.sandbox import SandboxSpec, validate
 
-    rp = project.found.policy if project is not None else _resolve(policies, workspace)
+    rp = project.found.policy if project is not None else _resolve(policies, workspace, quick)
     try:
         validate(SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
                              workspace=rp.files.workspace))
@@ -136,9 +140,11 @@ def serve_mcp(
     audit: AuditSink | None = None,
     announce: Callable[[str], None] = lambda line: None,
     project: McpProject | None = None,
+    quick: QuickPolicy | None = None,
 ) -> None:
     """Serve the tools over stdio (``listen`` None) or streamable HTTP on ``listen``, until
-    the client goes or a signal ends it. ``audit`` replaces the trail (tests)."""
+    the client goes or a signal ends it. ``audit`` replaces the trail (tests); ``quick`` is
+    the quick flags' policy, composed with ``policies`` as under ``corral run``."""
     import anyio
 
     from corral.mcp import TokenTable, bind, build_server, serve_http
@@ -147,7 +153,7 @@ def serve_mcp(
     if os.geteuid() != 0:
         raise UserInputError("corral mcp must run as root (it builds sandboxes)")
     _stop_on_signals()
-    rp = project.found.policy if project is not None else _resolve(policies, workspace)
+    rp = project.found.policy if project is not None else _resolve(policies, workspace, quick)
     launch = None
     if audit is None or project is not None:
         from corral.runtime.audit import open_audit
