@@ -139,6 +139,7 @@ def test_the_walk_covers_the_cli() -> None:
     assert not UNKNOWN, f"add a well-formed example to VALID for: {UNKNOWN}"
 
 
+@pytest.mark.timeout(1200)  # ~600 CLI processes; minutes on a loaded 2-core machine
 def test_every_bad_value_is_one_line_naming_the_argument(tmp_path: Path) -> None:
     env = {**os.environ, "CORRAL_HOME": str(tmp_path / "state"),
            "CORRAL_CONFIG": str(tmp_path / "config"), "CORRAL_HOMES": str(tmp_path / "homes"),
