@@ -1,4 +1,4 @@
-"""Budgets on corral server: set one on the org, a team, a project or an agent; list them.
+"""Budgets on corral server: set one on the org, a team, a project, an agent or a run; list them.
 
 Invariants: every value is checked at parse time (``corral.cli.checks``); exactly one scope is
 named; a set is an admin change on the server (team or org admin, with a step-up login).
@@ -30,11 +30,14 @@ def set_(amount: float = typer.Option(..., "--amount", help="USD per period (0 b
          agent: str | None = typer.Option(None, "--agent",
                                           help="an agent's budget (with --project)",
                                           callback=checks.agent_name),
+         run: str | None = typer.Option(None, "--run", help="one run's budget (its server id)",
+                                        callback=checks.sandbox_id),
          server: str | None = SERVER_OPT) -> None:
     """Set (or replace) a budget: corral budget set --project P --amount 50 --period month."""
-    named = [n for n, v in (("--org", org), ("--team", team), ("--project", project)) if v]
+    named = [n for n, v in (("--org", org), ("--team", team), ("--project", project),
+                            ("--run", run)) if v]
     if len(named) != 1:
-        raise UserInputError("name exactly one of --org, --team T, --project P "
+        raise UserInputError("name exactly one of --org, --team T, --project P, --run ID "
                              "(--project P --agent A for an agent)")
     if agent is not None and project is None:
         raise UserInputError("--agent: agents are named within a project; add --project P")
@@ -43,6 +46,8 @@ def set_(amount: float = typer.Option(..., "--amount", help="USD per period (0 b
         path, what = "/budgets/org", "org"
     elif team is not None:
         path, what = f"/teams/{quote(team)}/budgets", f"team {team}"
+    elif run is not None:
+        path, what = f"/runs/{quote(run)}/budgets", f"run {run}"
     else:
         assert project is not None
         path, what = f"/projects/{quote(project)}/budgets", f"project {project}"

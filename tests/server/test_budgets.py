@@ -284,7 +284,7 @@ def test_api_threads_never_overshoot(server: Served, monkeypatch: pytest.MonkeyP
 
 
 def test_api_authz(server: Served) -> None:
-    owner, _run, token = _setup_api(server)
+    owner, run, token = _setup_api(server)
     member = server.client(server.token("member", team="web"))
     admin = server.client(server.token("admin", team="web"))
     outsider = server.client(server.token("admin", team="other"))
@@ -306,6 +306,9 @@ def test_api_authz(server: Served) -> None:
     # the sandbox token reserves for its own run only, and sets nothing
     sandbox = server.client(token)
     assert sandbox.put("/projects/shop/budgets", json=body).status_code == 404
+    assert sandbox.put(f"/runs/{run}/budgets", json=body).status_code == 404
+    assert member.put(f"/runs/{run}/budgets", json=body).status_code == 403
+    assert outsider.put(f"/runs/{run}/budgets", json=body).status_code == 404
     other = owner.post("/projects/shop/runs", json={"host": "h", "sandbox": "s2",
                                                     "policy_digest": "0" * 64}).json()["run"]
     assert sandbox.post(f"/runs/{other['id']}/spend/reserve",
@@ -353,6 +356,10 @@ def test_cli(server: Served) -> None:
     assert "bot" in text and "total: 0.123456 USD" in text
     outsider = {**env, "CORRAL_TOKEN": server.token("admin", team="other")}
     assert cli("spend", "--project", "shop", env=outsider, check=False).returncode != 0
+    cli("budget", "set", "--run", run, "--amount", "0.2", "--period", "run", env=env)
+    with server.client(token) as c:
+        got = c.post(f"/runs/{run}/spend/reserve", json={"amount_micro_usd": 100_000}).json()
+        assert got["refused"]["label"] == f"run {run} budget"
     del owner
 
 

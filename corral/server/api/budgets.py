@@ -144,6 +144,17 @@ def set_project(body: BudgetIn,
                 agent_id=agent.id)
 
 
+@router.put("/runs/{run}/budgets")
+def set_run(body: BudgetIn, access: Access = require(Permission.BUDGET_WRITE, resolve.run)
+            ) -> dict[str, Any]:
+    if body.agent is not None:
+        raise ApiError(422, "invalid", "agent: only a project budget names an agent")
+    run = access.resource
+    project = access.session.get(Project, run.project_id)
+    assert project is not None
+    return _set(access, body, "run", run.id, owner=project.team_id, run_id=run.id)
+
+
 @router.get("/budgets")
 def list_budgets(access: Access = require(Permission.LIST)) -> dict[str, Any]:
     session, visible = access.session, visible_teams(access.principal)
