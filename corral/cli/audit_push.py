@@ -31,7 +31,7 @@ MAX_BATCH = 500
 
 
 def _events(left: dict[str, Any], after: int) -> list[dict[str, Any]]:
-    from corral.client.runs import event_json
+    from corral.client import event_json
     from corral.runtime.report import local_events
 
     rows = local_events(Path(left["store"]), str(left["sandbox"]), after, MAX_BATCH)

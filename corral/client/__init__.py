@@ -15,13 +15,20 @@ from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.client.http import Client, ClientError, Refused, ServerUnavailable, check_url
-    from corral.client.runs import Decision, Heartbeat, ServerRun, fetch_policy, introspect
+    from corral.client.runs import (
+        Decision,
+        Heartbeat,
+        ServerRun,
+        event_json,
+        fetch_policy,
+        introspect,
+    )
 
 __all__ = ["Client", "ClientError", "Decision", "Heartbeat", "Refused", "ServerRun",
-           "ServerUnavailable", "check_url", "fetch_policy", "introspect"]
+           "ServerUnavailable", "check_url", "event_json", "fetch_policy", "introspect"]
 
 __getattr__ = lazy_exports("corral.client", {
     "Client": "http", "ClientError": "http", "Refused": "http", "ServerUnavailable": "http",
     "check_url": "http", "Decision": "runs", "Heartbeat": "runs", "ServerRun": "runs",
-    "fetch_policy": "runs", "introspect": "runs",
+    "event_json": "runs", "fetch_policy": "runs", "introspect": "runs",
 })

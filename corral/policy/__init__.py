@@ -18,7 +18,7 @@ from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from corral.policy.api import resolve
-    from corral.policy.builtin import builtin_names, builtin_path, describe_builtins
+    from corral.policy.builtin import builtin_names, builtin_path, describe_builtins, locate
     from corral.policy.errors import PolicyError
     from corral.policy.load import LoadedPolicy, load_policy, load_policy_text
     from corral.policy.quick import QuickFlags, QuickPolicy, quick_policy
@@ -58,6 +58,7 @@ __all__ = [
     "hosts",
     "load_policy",
     "load_policy_text",
+    "locate",
     "parse_duration",
     "parse_size",
     "quick_policy",
@@ -71,6 +72,7 @@ __getattr__ = lazy_exports("corral.policy", {
     "resolve": "api",
     "builtin_names": "builtin",
     "builtin_path": "builtin",
+    "locate": "builtin",
     "describe_builtins": "builtin",
     "LoadedPolicy": "load",
     "load_policy": "load",

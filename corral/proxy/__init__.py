@@ -24,8 +24,12 @@ if TYPE_CHECKING:
 
 # ``sigv4`` (the helper preloads it before a drop of privileges) and ``dns`` (its answer() serves
 # a run without egress rules too) are public submodules.
+# The server's relay (corral.server.relay) reuses the proxy's decision core and its request and
+# response machinery rather than copies: those submodules are public too.
 __all__ = ["CertificateAuthority", "NullAudit", "ProxyService", "RelayAudit", "UpstreamContexts",
-           "agent_env", "dns", "inspected_hosts", "sigv4", "trust_bundle"]
+           "agent_env", "decide", "decode", "destinations", "dns", "headers", "inject",
+           "inspected_hosts", "lookup", "override", "relay_wire", "scrub", "sigv4",
+           "trust_bundle", "upstream"]
 
 __getattr__ = lazy_exports(
     "corral.proxy", {"NullAudit": "audit", "ProxyService": "service", "RelayAudit": "audit",

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from corral.runtime.proxyproc import ProxyProcess
 
 __all__ = [
-    "Egress", "EgressHooks", "LaunchAudit", "ProxyProcess", "approval_store", "open_audit",
-    "preflight_mcp", "project", "proxied_opener", "report", "run_agent", "serve_mcp",
+    "Egress", "EgressHooks", "LaunchAudit", "ProxyProcess", "approval_store", "mcp_project",
+    "open_audit", "preflight_mcp", "project", "proxied_opener", "report", "run_agent",
+    "serve_mcp",
     "upstream_proxy",
 ]
 

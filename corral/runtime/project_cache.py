@@ -70,7 +70,7 @@ def key(digest: str, specs: Sequence[str], quick: QuickPolicy | None,
     """The entry's name, or None when a local input cannot be read (no cache then: the full
     load reports it)."""
     from corral import __version__
-    from corral.policy.builtin import locate
+    from corral.policy import locate
 
     h = sha256(_FORMAT + __version__.encode() + b"\0" + digest.encode() + b"\0")
     h.update(_code_stamp())
