@@ -110,7 +110,14 @@ def push_leftovers(server: str | None) -> int:
     from corral.runtime.report import launcher_alive, leftover_dir
 
     folder = leftover_dir()
-    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    try:
+        paths = sorted(p for p in folder.iterdir() if p.name.endswith(".json"))
+    except FileNotFoundError:
+        paths = []
+    except PermissionError:
+        raise CorralError(f"{folder}: not readable; the leftovers are root's: run "
+                          "'sudo corral audit push' (your own login is still the one used)"
+                          ) from None
     if not paths:
         print("no leftovers: every run's trail is on its server")
         return 0
