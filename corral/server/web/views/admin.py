@@ -11,6 +11,7 @@ is never shown (only ever stored hashed).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from fastapi import Depends, Form, Path
 from fastapi.responses import HTMLResponse
@@ -40,6 +41,19 @@ def _holds_role(v: Viewer, permission: Permission, team_id: int | None = None) -
     return Viewer(v.request, v.session, v.current, fresh).can(permission, team_id)
 
 
+def _api_change(v: Viewer, change: Callable[[], object]) -> HTMLResponse | None:
+    """Make a change through the API's own function; its refusal (bad input 422, or the API's
+    error) as the page's notice, ``None`` when it went through."""
+    try:
+        change()
+    except ValidationError as err:
+        return partial("ui/_notice.html", kind="error", text=_invalid(err), status=422)
+    except ApiError as err:
+        v.session.rollback()
+        return partial("ui/_notice.html", kind="error", text=err.message, status=err.status)
+    return None
+
+
 @router.get("/projects", response_class=HTMLResponse)
 def project_list(v: Viewer = Depends(viewer)) -> HTMLResponse:
     rows = v.projects()
@@ -58,14 +72,11 @@ def create_project(name: str = Form(max_length=100, alias="team"),
                    v: Viewer = Depends(viewer)) -> HTMLResponse:
     team = v.team(name, Permission.TEAM_READ)
     v.allow_change(Permission.PROJECT_CREATE, team.id)
-    try:
-        body = ProjectIn(name=project, require_server=require_server)
-        projects.create_project(body, Access(v.principal, v.session, team))
-    except ValidationError as err:
-        return partial("ui/_notice.html", kind="error", text=_invalid(err), status=422)
-    except ApiError as err:
-        v.session.rollback()
-        return partial("ui/_notice.html", kind="error", text=err.message, status=err.status)
+    refused = _api_change(v, lambda: projects.create_project(
+        ProjectIn(name=project, require_server=require_server),
+        Access(v.principal, v.session, team)))
+    if refused is not None:
+        return refused
     return partial("ui/_created.html", text=f"project {project} created in team {team.name}",
                    href=f"/projects/{project}", label=f"Open {project}")
 
@@ -85,14 +96,10 @@ def add_agent(name: str, agent: str = Form(max_length=101),
               v: Viewer = Depends(viewer)) -> HTMLResponse:
     project = v.project(name, Permission.PROJECT_READ)
     v.allow_change(Permission.AGENT_CREATE, project.team_id)
-    try:
-        body = AgentIn(name=agent)
-        projects.create_agent(body, Access(v.principal, v.session, project))
-    except ValidationError as err:
-        return partial("ui/_notice.html", kind="error", text=_invalid(err), status=422)
-    except ApiError as err:
-        v.session.rollback()
-        return partial("ui/_notice.html", kind="error", text=err.message, status=err.status)
+    refused = _api_change(v, lambda: projects.create_agent(
+        AgentIn(name=agent), Access(v.principal, v.session, project)))
+    if refused is not None:
+        return refused
     return partial("ui/_notice.html", kind="ok", text=f"agent {agent} added; reload to see it")
 
 
@@ -112,13 +119,10 @@ def team_list(v: Viewer = Depends(viewer)) -> HTMLResponse:
 @router.post("/teams", response_class=HTMLResponse)
 def create_team(team: str = Form(max_length=100), v: Viewer = Depends(viewer)) -> HTMLResponse:
     v.allow_change(Permission.TEAM_CREATE)
-    try:
-        teams.create_team(TeamIn(name=team), Access(v.principal, v.session))
-    except ValidationError as err:
-        return partial("ui/_notice.html", kind="error", text=_invalid(err), status=422)
-    except ApiError as err:
-        v.session.rollback()
-        return partial("ui/_notice.html", kind="error", text=err.message, status=err.status)
+    refused = _api_change(v, lambda: teams.create_team(TeamIn(name=team),
+                                                        Access(v.principal, v.session)))
+    if refused is not None:
+        return refused
     return partial("ui/_created.html", text=f"team {team} created",
                    href=f"/teams/{team}", label=f"Open {team}")
 
