@@ -177,9 +177,29 @@ def _check_platform_binding(ctx: _Ctx, loc: Loc, action: str,
 
 
 def _rel(base: Path | None, value: str) -> Path:
+    if value.lstrip().startswith("-----BEGIN"):
+        # An inline PEM (a server's policy): kept verbatim. A Path would fold the '//' that
+        # base64 text may hold, and the certificate would no longer parse.
+        return _VerbatimPem(value)
     if value.startswith("~") or base is None:
         return Path(value)
     return Path(os.path.normpath(base / value))
+
+
+class _VerbatimPem(type(Path())):  # type: ignore[misc]
+    """A ``tls_ca`` given as inline PEM, typed as the path it stands in for; ``str`` gives the
+    text exactly as written."""
+
+    def __new__(cls, text: str) -> _VerbatimPem:
+        self: _VerbatimPem = super().__new__(cls, "inline-pem")
+        self._pem = text
+        return self
+
+    def __str__(self) -> str:
+        return str(self._pem)
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (_VerbatimPem, (self._pem,))
 
 
 def _convert(ctx: _Ctx, model: schema.PolicyModel, path: Path, trusted: bool,

@@ -114,3 +114,17 @@ def test_explain_names_the_relay(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=True).stdout
     assert "platform" in out and "relayed through corral server" in out
     assert "server:provider-key" in out
+
+
+def test_an_inline_pem_tls_ca_survives_loading_verbatim() -> None:
+    """base64 may hold '//': a Path folded it and the CA stopped parsing (a flaky relay test)."""
+    import pickle
+
+    from corral.policy import load_policy_text
+
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB//abc/def//\n-----END CERTIFICATE-----\n"
+    text = ("name: p\negress:\n  - host: api.example.test\n    action: inspect\n"
+            "    tls_ca: |\n" + "".join(f"      {line}\n" for line in pem.splitlines()))
+    rule = load_policy_text("p.yaml", text).rules[0]
+    assert str(rule.tls_ca) == pem
+    assert str(pickle.loads(pickle.dumps(rule)).tls_ca) == pem

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from corral.policy import PolicyError, resolve
 
 periods = st.sampled_from(["run", "day", "week", "month"])
-amounts = st.one_of(st.integers(0, 10**6), st.floats(0, 10**6, allow_nan=False))
+amounts = st.one_of(st.integers(0, 10**6),
+                    st.floats(0, 10**6, allow_nan=False, allow_subnormal=False))
 
 
 def write(path: Path, text: str) -> str:
