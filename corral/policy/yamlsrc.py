@@ -9,6 +9,7 @@ written in one style everywhere, ``egress[0].action`` (``format_loc``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -35,6 +36,7 @@ class _Problem(Exception):
         self.line, self.loc, self.message = line, loc, message
 
 
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 _MAX_NODES = 200_000  # far above any real policy; stops alias bombs ("billion laughs")
 _MAX_DEPTH = 32
 
@@ -64,6 +66,12 @@ def _build(
             lines[(*loc, index)] = item.start_mark.line + 1
             items.append(_build(loader, item, (*loc, index), lines, count))
         return items
+    if (isinstance(node, yaml.ScalarNode) and not node.style  # plain: None, or "" from libyaml
+            and node.tag == "tag:yaml.org,2002:str" and _YAML12_FLOAT.fullmatch(node.value)):
+        # PyYAML follows YAML 1.1, which reads an exponent without a dot (``1e-05``, how
+        # Python and most tools print small numbers) as text; YAML 1.2 and every other reader
+        # a user compares with read it as the number it looks like.
+        return float(node.value)
     return loader.construct_object(node, deep=True)
 
 

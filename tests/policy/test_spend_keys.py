@@ -13,7 +13,7 @@ from corral.policy import PolicyError, resolve
 
 periods = st.sampled_from(["run", "day", "week", "month"])
 amounts = st.one_of(st.integers(0, 10**6),
-                    st.floats(0, 10**6, allow_nan=False, allow_subnormal=False))
+                    st.floats(0, 10**6, allow_nan=False))
 
 
 def write(path: Path, text: str) -> str:
@@ -78,3 +78,12 @@ def test_policies_without_spend_keys_hash_as_before(tmp_path: Path) -> None:
     metered = write(tmp_path / "q.yaml", "name: p\negress:\n"
                     "  - {host: a.com, action: inspect, meter: anthropic}\n")
     assert resolve([metered]).digest != resolve([spec]).digest
+
+
+@given(amount=st.floats(0, 10**6, allow_nan=False))
+def test_a_number_reads_as_a_number_however_python_prints_it(amount: float) -> None:
+    # PyYAML alone reads ``1e-05`` (YAML 1.1: no dot) as text; the policy reader follows YAML 1.2.
+    from corral.policy.yamlsrc import parse_yaml
+    for text in (repr(amount), f"{amount:e}", f"{amount:E}", f"+{amount!r}"):
+        data, _ = parse_yaml(f"amount: {text}\nquoted: '{text}'\n")
+        assert data == {"amount": float(text), "quoted": text}
