@@ -12,6 +12,9 @@ Invariants:
   concurrent reservations, from any number of processes, can never overshoot.
 - A spend row counts in the window of its ``at`` (the reservation time); ``run`` budgets and
   any budget with period ``run`` count only the rows of that run.
+- ``extra`` budgets (a run's policy ``budgets:``, which the relay keeps for ``platform`` rules)
+  count only the rows of that run, in their window, exactly as the launcher's proxy keeps them
+  for one run; checked in the same locked transaction (PostgreSQL: the run's row is locked).
 - A reservation not renewed within ``ttl`` (its launcher or this server went away) expires: it
   is charged in full (fail closed on money; the request may have been served), flagged, and
   no longer held open; a late ``settle`` corrects the charge once. Nothing stays reserved
@@ -187,9 +190,11 @@ def _session(db: Database, session: Session | None) -> Iterator[Session]:
 
 def reserve(db: Database, run_id: str, amount: int, *, provider: str = "", model: str = "",
             ttl: float = DEFAULT_TTL, now: dt.datetime | None = None,
-            session: Session | None = None) -> Reservation | Refusal:
-    """Book ``amount`` against every budget of the run's scopes, or refuse naming the first
-    budget it would overshoot. Commits (or rolls back) ``session``'s transaction."""
+            session: Session | None = None,
+            extra: Sequence[SpendBudget] = ()) -> Reservation | Refusal:
+    """Book ``amount`` against every budget of the run's scopes and ``extra`` (budgets of this
+    run only), or refuse naming the first budget it would overshoot. Commits (or rolls back)
+    ``session``'s transaction."""
     if amount < 0:
         raise ValueError("a reservation is never negative")
     now = now or utcnow()
@@ -211,6 +216,10 @@ def reserve(db: Database, run_id: str, amount: int, *, provider: str = "", model
                                              budget_label(s, row))
                         s.rollback()
                         return Refusal(budget, spent, held, amount, end)
+                refused = _check_extra(s, db, run.id, extra, amount, now)
+                if refused is not None:
+                    s.rollback()
+                    return refused
                 spend = SpendRow(run_id=run.id, project_id=run.project_id,
                                  agent_id=run.agent_id, provider=provider[:32],
                                  model=model[:200], reserved_micro_usd=amount,
@@ -223,6 +232,25 @@ def reserve(db: Database, run_id: str, amount: int, *, provider: str = "", model
             except BaseException:
                 s.rollback()
                 raise
+
+
+def _check_extra(s: Session, db: Database, run_id: str, extra: Sequence[SpendBudget],
+                 amount: int, now: dt.datetime) -> Refusal | None:
+    """The first of ``extra`` (this run's own rows only) that ``amount`` would overshoot."""
+    if not extra:
+        return None
+    if db.backend != "sqlite":  # SQLite: ``_lock`` already holds the database's write lock
+        s.execute(select(Run.id).where(Run.id == run_id).with_for_update())
+    for budget in extra:
+        start, end = window_of(budget.period, now)
+        where = SpendRow.run_id == run_id
+        if start is not None and end is not None:
+            where = and_(where, SpendRow.at >= start, SpendRow.at < end)
+        got = s.execute(select(_SETTLED, _HELD).where(where)).one()
+        spent, held = int(got[0]), int(got[1])
+        if spent + held + amount > budget.amount:
+            return Refusal(budget, spent, held, amount, end)
+    return None
 
 
 def renew(db: Database, run_id: str, reservation_id: int, *,
@@ -266,13 +294,14 @@ def settle(db: Database, run_id: str, reservation_id: int, actual: int, *,
 class DbLedger:
     """``corral.spend.Ledger`` for one run on the server's database (the server's relay, tests).
 
-    The ``budgets`` a caller passes are ignored: a run's budgets are the database's."""
+    The database's budgets of the run's scopes apply, and the ``budgets`` a caller passes (the
+    run's policy ``budgets:``) over the run's own spend."""
 
     def __init__(self, db: Database, run_id: str, *, ttl: float = DEFAULT_TTL) -> None:
         self.db, self.run_id, self.ttl = db, run_id, ttl
 
     def reserve(self, budgets: Sequence[SpendBudget], amount: int) -> Reservation | Refusal:
-        return reserve(self.db, self.run_id, amount, ttl=self.ttl)
+        return reserve(self.db, self.run_id, amount, ttl=self.ttl, extra=budgets)
 
     def renew(self, reservation: Reservation) -> bool:
         return renew(self.db, self.run_id, reservation.id)

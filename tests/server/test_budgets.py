@@ -23,6 +23,7 @@ from corral.server.budgets import DbLedger, expire, renew, reserve, settle, wind
 from corral.server.db import Database
 from corral.server.models import AdminEvent, Agent, Budget, Project, Run, SpendRow, Team
 from corral.spend import MICRO, LedgerUnavailable, Refusal, Reservation
+from corral.spend import Budget as SpendBudget
 from tests.server.conftest import Served, cli
 
 UTC = dt.UTC
@@ -166,6 +167,49 @@ def test_run_period_counts_each_run_apart(db_url: str) -> None:
         assert "lasts the whole run" in refused.message
         assert isinstance(reserve(db, two, MICRO), Reservation)
         assert isinstance(DbLedger(db, two).reserve((), 1), Refusal)
+    finally:
+        db.dispose()
+
+
+def test_extra_budgets_count_their_run_only(db_url: str, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """A run's policy ``budgets:`` (the relay passes them for platform rules) count that run's
+    rows only; 16 threads against one that fits 10 never overshoot (PostgreSQL: the run's row
+    lock; the check is slowed so a missing lock would overshoot every time)."""
+    import time
+
+    import corral.server.budgets as ledger
+
+    (one, two, _), _ids = _world(db_url, runs=2)
+    plain = ledger._check_extra
+
+    def slow(*args: Any) -> Any:
+        got = plain(*args)
+        time.sleep(0.02)
+        return got
+
+    monkeypatch.setattr(ledger, "_check_extra", slow)
+    day = SpendBudget(10 * 370_000, "day", "team.yaml:7")
+    db = Database(db_url)
+    try:
+        admitted = []
+
+        def hammer() -> None:
+            for _ in range(2):
+                got = DbLedger(db, one).reserve([day], 370_000)
+                if isinstance(got, Reservation):
+                    admitted.append(got)
+
+        threads = [threading.Thread(target=hammer) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(admitted) == 10
+        refused = DbLedger(db, one).reserve([day], 1)
+        assert isinstance(refused, Refusal) and refused.budget == day
+        assert "(team.yaml:7)" in refused.message and "resets at" in refused.message
+        assert isinstance(DbLedger(db, two).reserve([day], 370_000), Reservation)  # apart
     finally:
         db.dispose()
 
