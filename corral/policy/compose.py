@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from corral.policy.errors import PolicyError
 from corral.policy.hosts import patterns_overlap
@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # not at run time: loading it loads pydantic, which quick fla
     from corral.policy.quick import QuickPolicy
 
 __all__ = ["compose", "find_conflicts", "rules_overlap"]
+
+Policy: TypeAlias = "LoadedPolicy | QuickPolicy"
 
 _STRICT = {
     "exec.mode": {"allow": 0, "allowlist": 1, "approve": 2},
@@ -105,13 +107,11 @@ def _strictest(key: str, items: list[tuple[Any, Origin]]) -> tuple[Any, Origin]:
     return min(limited, key=lambda item: item[0]) if limited else items[0]
 
 
-def compose(policies: Sequence[LoadedPolicy | QuickPolicy], *,
-            workspace: Path | None = None) -> ResolvedPolicy:
-    """``workspace`` is ``--workspace`` from the command line: it overrides every policy's
-    ``files.workspace`` (so their disagreement is no conflict) and is recorded as its origin."""
-    problems: list[str] = []
+def _unique(policies: Sequence[Policy], problems: list[str]) -> list[Policy]:
+    """One policy per name: the same file given twice counts once, two files sharing a name
+    are a problem."""
     seen: dict[str, str] = {}
-    unique: list[LoadedPolicy | QuickPolicy] = []
+    unique: list[Policy] = []
     for pol in policies:
         if pol.name in seen:
             if seen[pol.name] != pol.source:
@@ -120,10 +120,11 @@ def compose(policies: Sequence[LoadedPolicy | QuickPolicy], *,
             continue
         seen[pol.name] = pol.source
         unique.append(pol)
-    rules = tuple(r for pol in unique for r in pol.rules)
-    policy_of = tuple(n for n, pol in enumerate(unique) for _ in pol.rules)
-    problems += find_conflicts(rules, policy_of)
-    provenance: dict[str, tuple[Origin, ...]] = {"rules": tuple(r.origin for r in rules)}
+    return unique
+
+
+def _credentials(unique: Sequence[Policy], problems: list[str],
+                 provenance: dict[str, tuple[Origin, ...]]) -> dict[str, CredentialBinding]:
     credentials: dict[str, CredentialBinding] = {}
     for pol in unique:
         for name, binding in pol.credentials.items():
@@ -135,6 +136,20 @@ def compose(policies: Sequence[LoadedPolicy | QuickPolicy], *,
                 problems.append(f"{binding.origin}: credentials.{name}: conflicts with the "
                                 f"binding of the same name at {prior.origin}; rename one or make "
                                 "them equal")
+    return credentials
+
+
+def _single(key: str, items: list[tuple[Any, Origin]], problems: list[str]) -> tuple[Any, Origin]:
+    """A setting every policy must agree on (``files.workspace``, ``files.home``)."""
+    for value, origin in items[1:]:
+        if value != items[0][0]:
+            problems.append(f"{origin}: {key}: {value} conflicts with {items[0][0]} at "
+                            f"{items[0][1]}; set it in one policy (or use --workspace)")
+    return items[0]
+
+
+def _settings(unique: Sequence[Policy], workspace: Path | None, problems: list[str],
+              provenance: dict[str, tuple[Origin, ...]]) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for key in ("limits.memory", "limits.pids", "limits.cpu", "limits.wall", "limits.idle",
                 "exec.mode", "files.approval", "files.workspace", "files.home"):
@@ -144,15 +159,16 @@ def compose(policies: Sequence[LoadedPolicy | QuickPolicy], *,
         if not items:
             continue
         if key in ("files.workspace", "files.home"):
-            for value, origin in items[1:]:
-                if value != items[0][0]:
-                    problems.append(f"{origin}: {key}: {value} conflicts with {items[0][0]} at "
-                                    f"{items[0][1]}; set it in one policy (or use --workspace)")
-            value, origin = items[0]
+            value, origin = _single(key, items, problems)
         else:
             value, origin = _strictest(key, items)
         settings[key] = value
         provenance[key] = (origin,)
+    return settings
+
+
+def _unions(unique: Sequence[Policy],
+            provenance: dict[str, tuple[Origin, ...]]) -> dict[str, tuple[Any, ...]]:
     unions: dict[str, tuple[Any, ...]] = {}
     for key in ("exec.allow", "files.read", "files.write", "files.hide"):
         merged: dict[Any, Origin] = {}
@@ -161,6 +177,22 @@ def compose(policies: Sequence[LoadedPolicy | QuickPolicy], *,
                 merged.setdefault(value, origin)
         unions[key] = tuple(merged)
         provenance[key] = tuple(merged.values())
+    return unions
+
+
+def compose(policies: Sequence[Policy], *,
+            workspace: Path | None = None) -> ResolvedPolicy:
+    """``workspace`` is ``--workspace`` from the command line: it overrides every policy's
+    ``files.workspace`` (so their disagreement is no conflict) and is recorded as its origin."""
+    problems: list[str] = []
+    unique = _unique(policies, problems)
+    rules = tuple(r for pol in unique for r in pol.rules)
+    policy_of = tuple(n for n, pol in enumerate(unique) for _ in pol.rules)
+    problems += find_conflicts(rules, policy_of)
+    provenance: dict[str, tuple[Origin, ...]] = {"rules": tuple(r.origin for r in rules)}
+    credentials = _credentials(unique, problems, provenance)
+    settings = _settings(unique, workspace, problems, provenance)
+    unions = _unions(unique, provenance)
     if problems:
         raise PolicyError(problems)
     # Budgets only add up: every entry of every policy applies, so composing a policy can
