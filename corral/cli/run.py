@@ -186,6 +186,8 @@ def _home(value: str) -> Path:
 
 def quick_flags(ns: argparse.Namespace) -> QuickPolicy | None:
     """The quick flags as a policy (``None`` if none was given); ``PolicyError`` if bad."""
+    if not (ns.allow or ns.ro or ns.rw or ns.memory or ns.timeout or ns.idle):
+        return None  # without importing the policy types (the launch path of a bare run)
     from corral.policy.quick import QuickFlags, quick_policy
 
     flags = QuickFlags(tuple(ns.allow), tuple(ns.ro), tuple(ns.rw), ns.memory, ns.timeout, ns.idle)
