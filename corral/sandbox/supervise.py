@@ -59,27 +59,49 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def supervise(
-    proc: _Proc,
-    *,
-    pumps: list[tuple[int, int, bool]],
-    wall: float | None,
-    idle: float | None,
-    cpu_usage: Callable[[], int],
-    agent_pid: Callable[[], int | None],
-    kill_all: Callable[[], None],
-    on_winch: Callable[[], None] | None = None,
-    input_activity: bool = False,
-) -> Outcome:
-    """Run until the child exits or a time limit hits.
+class _Clock:
+    """The wall and idle timers of one run; ``last`` is the last sign of activity."""
 
-    ``pumps`` are ``(src, dst, is_output)``; ``src`` must be non-blocking. Output pumps count as
-    activity for the idle timer; input pumps too with ``input_activity``.
-    """
-    start = last = time.monotonic()
-    last_cpu = cpu_usage() if idle is not None else 0
-    cpu_every = min(1.0, idle / 4) if idle is not None else 1.0
-    next_cpu_check = start + cpu_every
+    __slots__ = ("cpu_every", "cpu_usage", "idle", "last", "last_cpu", "next_cpu_check",
+                 "start", "wall")
+
+    def __init__(self, wall: float | None, idle: float | None,
+                 cpu_usage: Callable[[], int]) -> None:
+        self.start = self.last = time.monotonic()
+        self.wall, self.idle, self.cpu_usage = wall, idle, cpu_usage
+        self.last_cpu = cpu_usage() if idle is not None else 0
+        self.cpu_every = min(1.0, idle / 4) if idle is not None else 1.0
+        self.next_cpu_check = self.start + self.cpu_every
+
+    def wait(self) -> float:
+        """How long the next select may block before a limit or a CPU look is due."""
+        now = time.monotonic()
+        wait = 1.0
+        if self.wall is not None:
+            wait = min(wait, max(0.0, self.start + self.wall - now))
+        if self.idle is not None:
+            wait = min(wait, max(0.0, self.last + self.idle - now),
+                       max(0.0, self.next_cpu_check - now))
+        return wait
+
+    def expired(self) -> str | None:
+        """``"wall"`` or ``"idle"`` once that limit is reached, else None."""
+        now = time.monotonic()
+        if self.wall is not None and now - self.start >= self.wall:
+            return "wall"
+        if self.idle is None or now < self.next_cpu_check:
+            return None
+        self.next_cpu_check = now + self.cpu_every
+        cpu = self.cpu_usage()
+        if cpu != self.last_cpu:  # the sandbox used CPU since the previous look
+            self.last, self.last_cpu = now, cpu
+        return "idle" if now - self.last >= self.idle else None
+
+
+def _install_signals(agent_pid: Callable[[], int | None], kill_all: Callable[[], None],
+                     on_winch: Callable[[], None] | None) -> dict[signal.Signals, object]:
+    """Forward SIGINT/SIGTERM/SIGHUP to the agent (the third kills the sandbox); returns the
+    handlers to restore. Only the main thread may set handlers: elsewhere none are."""
     strikes = 0
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -100,52 +122,38 @@ def supervise(
         if on_winch is not None:
             winch = on_winch
             saved[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, lambda s, f: winch())
+    return saved
 
+
+def supervise(
+    proc: _Proc,
+    *,
+    pumps: list[tuple[int, int, bool]],
+    wall: float | None,
+    idle: float | None,
+    cpu_usage: Callable[[], int],
+    agent_pid: Callable[[], int | None],
+    kill_all: Callable[[], None],
+    on_winch: Callable[[], None] | None = None,
+    input_activity: bool = False,
+) -> Outcome:
+    """Run until the child exits or a time limit hits.
+
+    ``pumps`` are ``(src, dst, is_output)``; ``src`` must be non-blocking. Output pumps count as
+    activity for the idle timer; input pumps too with ``input_activity``.
+    """
+    clock = _Clock(wall, idle, cpu_usage)
+    saved = _install_signals(agent_pid, kill_all, on_winch)
     sel = selectors.DefaultSelector()
     pidfd = os.pidfd_open(proc.pid)
     sel.register(pidfd, selectors.EVENT_READ, None)
     for src, dst, is_out in pumps:
         sel.register(src, selectors.EVENT_READ, (dst, is_out))
-    timeout: str | None = None
     try:
-        exited = False
-        while not exited:
-            now = time.monotonic()
-            wait = 1.0
-            if wall is not None:
-                wait = min(wait, max(0.0, start + wall - now))
-            if idle is not None:
-                wait = min(wait, max(0.0, last + idle - now), max(0.0, next_cpu_check - now))
-            for key, _ in sel.select(wait):
-                if key.fd == pidfd:
-                    exited = True
-                elif not _pump(sel, key):
-                    continue
-                elif key.data[1] or input_activity:
-                    last = time.monotonic()
-            now = time.monotonic()
-            if exited:
-                break
-            if wall is not None and now - start >= wall:
-                timeout = "wall"
-            elif idle is not None and now >= next_cpu_check:
-                next_cpu_check = now + cpu_every
-                cpu = cpu_usage()
-                if cpu != last_cpu:  # the sandbox used CPU since the previous look
-                    last, last_cpu = now, cpu
-                if now - last >= idle:
-                    timeout = "idle"
-            if timeout:
-                kill_all()
-                break
-        for src, _dst, is_out in pumps:
-            if not is_out and src in sel.get_map():
-                sel.unregister(src)
-        deadline = time.monotonic() + 2.0
-        while len(sel.get_map()) > 1 and time.monotonic() < deadline:  # drain remaining output
-            for key, _ in sel.select(0.2):
-                if key.fd != pidfd:
-                    _pump(sel, key)
+        timeout = _watch(sel, pidfd, clock, input_activity)
+        if timeout:
+            kill_all()
+        _drain(sel, pidfd, pumps)
         code = proc.wait()
     finally:
         sel.close()
@@ -155,6 +163,35 @@ def supervise(
     if timeout is not None:
         return Outcome(EXIT_TIMEOUT, timeout)
     return Outcome(code if code >= 0 else 128 - code)
+
+
+def _watch(sel: selectors.BaseSelector, pidfd: int, clock: _Clock,
+           input_activity: bool) -> str | None:
+    """Pump until the child exits (None) or a limit is reached (its name)."""
+    while True:
+        exited = False
+        for key, _ in sel.select(clock.wait()):
+            if key.fd == pidfd:
+                exited = True
+            elif _pump(sel, key) and (key.data[1] or input_activity):
+                clock.last = time.monotonic()
+        if exited:
+            return None
+        timeout = clock.expired()
+        if timeout:
+            return timeout
+
+
+def _drain(sel: selectors.BaseSelector, pidfd: int, pumps: list[tuple[int, int, bool]]) -> None:
+    """Stop reading input and copy what output is left, for up to two seconds."""
+    for src, _dst, is_out in pumps:
+        if not is_out and src in sel.get_map():
+            sel.unregister(src)
+    deadline = time.monotonic() + 2.0
+    while len(sel.get_map()) > 1 and time.monotonic() < deadline:
+        for key, _ in sel.select(0.2):
+            if key.fd != pidfd:
+                _pump(sel, key)
 
 
 def _pump(sel: selectors.BaseSelector, key: selectors.SelectorKey) -> bool:
