@@ -14,6 +14,9 @@ Invariants:
 - No relay (the run is not registered, the server cannot be reached, it answers as no relay
   does) is a 502 naming the cause; the relay's refusals reach the agent as 403 (policy,
   token) or 502/504 (upstream) with the relay's message. There is no fallback.
+- corral's own answer to a metered request (``corral-relay: reply``: a budget exhausted, an
+  unpriced endpoint, in the provider's error shape) reaches the agent as is and is audited as
+  ``proxy.deny`` with its message, as the local metered path answers.
 - A relay connection is reused only after a complete exchange (h11 on both sides).
 """
 
@@ -151,6 +154,8 @@ async def _response(agent: AgentConnection, platform: PlatformRelay, up: H11Upst
                 continue
             if isinstance(event, h11.Response):
                 marks = {n: v for n, v in event.headers if n.startswith(wire.MARK)}
+                if marks.get(wire.MARK) == wire.REPLY:
+                    return await _reply(agent, platform, up, event, decision, fields)
                 if marks.get(wire.MARK) != b"upstream":
                     raise await _refusal(up, event, marks.get(wire.ERROR))
                 await _head(agent, event, decision, fields, started)
@@ -178,6 +183,34 @@ async def _head(agent: AgentConnection, event: h11.Response, decision: Decision,
         bytes_in=int(length) if length is not None and length.isdigit() else None,
         duration_ms=round((time.monotonic() - started) * 1000, 3), **fields)
     agent.response.head(event.status_code, headers, event.reason)
+
+
+async def _reply(agent: AgentConnection, platform: PlatformRelay, up: H11Upstream,
+                 event: h11.Response, decision: Decision, fields: dict[str, Any]) -> bool:
+    """Pass corral's provider-shaped answer (small, whole) to the agent; audit a deny."""
+    body, done = b"", False
+    while len(body) < MAX_ERROR_BODY:
+        item = await up.next_event(30.0)
+        if isinstance(item, h11.EndOfMessage):
+            done = True
+            break
+        if not isinstance(item, h11.Data):
+            break
+        body += bytes(item.data)
+    if not done:
+        raise UpstreamError(502, "corral server's metered answer was cut short")
+    await agent.ctx.audit.emit("proxy.deny", rule=decision.origin, status=event.status_code,
+                               mode="platform", reason=body.decode("utf-8", "replace")[:300],
+                               **fields)
+    headers = [(n, v) for n, v in forward_headers(event.headers, False)
+               if not n.startswith(wire.MARK) and n != b"content-length"]
+    agent.response.head(event.status_code, [*headers, (b"content-length",
+                                                       str(len(body)).encode())], b"")
+    agent.response.data(body)
+    agent.response.end()
+    await agent.client.drain()
+    platform.put(up)
+    return True
 
 
 async def _refusal(up: H11Upstream, event: h11.Response, code: bytes | None

@@ -18,8 +18,10 @@ The request body follows unchanged and streams.
 
 The answer is either the upstream's response, marked ``corral-relay: upstream`` (status,
 headers and streamed body as the upstream sent them, the secret scrubbed; to a HEAD the
-upstream's Content-Length travels as ``corral-relay-content-length``), or the relay's own
-refusal, marked ``corral-relay-error: CODE`` with a JSON ``{"error": {"code", "message"}}`` body.
+upstream's Content-Length travels as ``corral-relay-content-length``), corral's own answer to
+a metered request in the provider's error shape, marked ``corral-relay: reply`` (a budget
+exhausted: the agent gets it as is), or the relay's own refusal, marked
+``corral-relay-error: CODE`` with a JSON ``{"error": {"code", "message"}}`` body.
 
 Invariants:
 - The preamble is at most ``MAX_PREAMBLE`` bytes; anything else is a refusal (400).
@@ -32,12 +34,13 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
-__all__ = ["CONTENT_TYPE", "ERROR", "HEAD_LENGTH", "MARK", "MAX_PREAMBLE", "PATH", "Preamble",
-           "PreambleError", "decode_preamble", "encode_preamble"]
+__all__ = ["CONTENT_TYPE", "ERROR", "HEAD_LENGTH", "MARK", "MAX_PREAMBLE", "PATH", "REPLY",
+           "Preamble", "PreambleError", "decode_preamble", "encode_preamble"]
 
 PATH = "/relay/v1/"
 CONTENT_TYPE = b"application/vnd.corral.relay.v1"
 MARK = b"corral-relay"  # on a relayed upstream response: b"upstream"
+REPLY = b"reply"  # MARK's value on corral's provider-shaped answer to a metered request
 ERROR = b"corral-relay-error"  # on the relay's own refusal: its code
 HEAD_LENGTH = b"corral-relay-content-length"  # a HEAD response's upstream Content-Length
 MAX_PREAMBLE = 256 * 1024

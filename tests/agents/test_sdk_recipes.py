@@ -12,83 +12,27 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require, require_root, require_tools
-from tlsutil import make_ca
+from conftest import require, require_tools
 
 from corral.policy.builtin import builtin_path
+from tests.agents.provider import Provider, serve
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class Provider:
-    ip: str
-    ca: Path
-    keys: dict[str, str]
-    log: subprocess.Popen[str]
-
-
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
-    require_root()
-    require_tools("ip", "bwrap", "nft", "setpriv")
-    tmp = tmp_path_factory.mktemp("provider")
-    tmp.chmod(0o755)
-    tag = secrets.token_hex(3)
-    ns, veth_h, veth_n = f"corral-p-{tag}", f"crp{tag}h", f"crp{tag}n"
-    octet = int(tag[:2], 16) % 250 + 1
-    host_ip, ip = f"10.251.{octet}.1", f"10.251.{octet}.2"
-    ca, cert, key = make_ca(tmp, [ip])
-    keys = {"anthropic": "sk-ant-REAL-" + secrets.token_hex(8),
-            "openai": "sk-REAL-" + secrets.token_hex(8)}
-    proc = None
-
-    def sh(*args: str) -> None:
-        subprocess.run(args, check=True, capture_output=True)
-
-    try:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", veth_h, "type", "veth", "peer", "name", veth_n)
-        sh("ip", "link", "set", veth_n, "netns", ns)
-        sh("ip", "addr", "add", f"{host_ip}/30", "dev", veth_h)
-        sh("ip", "link", "set", veth_h, "up")
-        sh("ip", "-n", ns, "addr", "add", f"{ip}/30", "dev", veth_n)
-        sh("ip", "-n", ns, "link", "set", veth_n, "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        env = {**os.environ, "FAKE_ANTHROPIC_KEY": keys["anthropic"],
-               "FAKE_OPENAI_KEY": keys["openai"]}
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-u",
-             str(Path(__file__).with_name("fake_provider.py")), str(cert), str(key), "443"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((ip, 443), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield Provider(ip, ca, keys, proc)
-    finally:
-        if proc is not None:
-            proc.kill()
-            proc.wait()
-        subprocess.run(["ip", "link", "del", veth_h], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    with serve(tmp_path_factory.mktemp("provider"), net="10.251", prefix="p") as got:
+        yield got
 
 
 def _moved_builtin(name: str, host: str, ip: str, ca: Path, out: Path) -> Path:

@@ -12,85 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require_root, require_tools
-from tlsutil import make_ca
 
 from corral.spend import estimate, load_prices
+from tests.agents.provider import Provider, provider  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 N, FITS = 32, 10
-
-
-@dataclass
-class Provider:
-    ip: str
-    ca: Path
-    keys: dict[str, str]
-    log: subprocess.Popen[str]
-    hold: Path
-
-
-@pytest.fixture
-def provider(tmp_path: Path) -> Iterator[Provider]:
-    require_root()
-    require_tools("ip", "bwrap", "nft", "setpriv")
-    tmp = tmp_path / "provider"
-    tmp.mkdir()
-    tmp.chmod(0o755)
-    tag = secrets.token_hex(3)
-    ns, veth_h, veth_n = f"corral-s-{tag}", f"crs{tag}h", f"crs{tag}n"
-    octet = int(tag[:2], 16) % 250 + 1
-    host_ip, ip = f"10.252.{octet}.1", f"10.252.{octet}.2"
-    ca, cert, key = make_ca(tmp, [ip])
-    keys = {"anthropic": "sk-ant-REAL-" + secrets.token_hex(8),
-            "openai": "sk-REAL-" + secrets.token_hex(8)}
-    hold = tmp / "release"
-    proc = None
-
-    def sh(*args: str) -> None:
-        subprocess.run(args, check=True, capture_output=True)
-
-    try:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", veth_h, "type", "veth", "peer", "name", veth_n)
-        sh("ip", "link", "set", veth_n, "netns", ns)
-        sh("ip", "addr", "add", f"{host_ip}/30", "dev", veth_h)
-        sh("ip", "link", "set", veth_h, "up")
-        sh("ip", "-n", ns, "addr", "add", f"{ip}/30", "dev", veth_n)
-        sh("ip", "-n", ns, "link", "set", veth_n, "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        env = {**os.environ, "FAKE_ANTHROPIC_KEY": keys["anthropic"],
-               "FAKE_OPENAI_KEY": keys["openai"], "FAKE_HOLD_FILE": str(hold)}
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-u",
-             str(Path(__file__).with_name("fake_provider.py")), str(cert), str(key), "443"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((ip, 443), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield Provider(ip, ca, keys, proc, hold)
-    finally:
-        if proc is not None:
-            proc.kill()
-            proc.wait()
-        subprocess.run(["ip", "link", "del", veth_h], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
 AGENT = """
@@ -149,7 +82,8 @@ def _events(corral: list[str], env: dict[str, str], kind: str) -> list[dict[str,
 
 @pytest.mark.parametrize("api", sorted(CALLS))
 def test_32_concurrent_streams_against_a_budget_that_fits_10(
-        api: str, provider: Provider, tmp_path: Path, corral_env: dict[str, str]) -> None:
+        api: str, provider: Provider,  # noqa: F811
+        tmp_path: Path, corral_env: dict[str, str]) -> None:
     cls, model, base_var, base_url, call, body, path = CALLS[api]
     env = {**os.environ, **corral_env}
     corral = [sys.executable, "-m", "corral"]

@@ -47,8 +47,6 @@ def test_platform_rule_loads_and_decides() -> None:
      "credentials:\n  key: {secret: store:k}\n", "secret: server:NAME"),
     ("  - {host: a.example.com, action: platform, allow_private: true}\n", CRED,
      "relay.allow_private"),
-    ("  - {host: a.example.com, action: platform, meter: openai}\n", CRED,
-     "'meter' needs action: inspect"),
     ("  - {host: a.example.com, action: direct, credential: key}\n", CRED,
      "needs action: inspect or platform"),
     ("  - {host: a.example.com, action: platform}\n",
@@ -58,6 +56,13 @@ def test_loader_refuses(rules: str, creds: str, message: str) -> None:
     with pytest.raises(PolicyError) as err:
         load_policy_text("p.yaml", _policy("p", rules, creds))
     assert message in str(err.value), err.value.problems
+
+
+def test_platform_rule_may_meter() -> None:
+    # the server's relay meters it (docs/spend.md "Under platform")
+    pol = load_policy_text("p.yaml", _policy("p", "  - {host: a.example.com, action: platform, "
+                                             "credential: key, meter: openai}\n"))
+    assert pol.rules[0].meter == "openai" and pol.rules[0].action == "platform"
 
 
 def test_server_source_needs_no_trust() -> None:

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from agents.test_spend_e2e import Provider, provider  # noqa: F401 (a fixture)
 
 from corral.spend import estimate, load_prices
+from tests.agents.provider import Provider, provider, sdk_into  # noqa: F401 (a fixture)
 from tests.conftest import require, require_root, require_tools
 from tests.server.conftest import Served, cli
 from tests.server.test_launcher import (  # noqa: F401 (a fixture)
@@ -47,30 +46,6 @@ for max_tokens in (1000, 2000):
     except anthropic.APIStatusError as err:
         print("error", err.status_code, str(err).replace(chr(10), " "), flush=True)
 """
-
-
-def _sdk_into(lib: Path) -> None:
-    """The SDK and what it imports, copied for the system python 3.11 inside the sandbox (a
-    project policy may name files inside the workspace only: a run by root has no home)."""
-    probe = ("import sys, importlib, anthropic, anthropic.lib.streaming\n"
-             "anthropic.Anthropic(api_key='x', base_url='https://127.0.0.1:9')\n"
-             "for name in ('httpcore', 'h11', 'certifi', 'anyio', 'sniffio', 'idna', 'jiter',"
-             " 'distro', 'docstring_parser', 'typing_inspection'):\n"
-             "    try: importlib.import_module(name)\n"
-             "    except ImportError: pass\n"
-             "print('\\n'.join(m.__file__ for m in list(sys.modules.values())"
-             " if getattr(m, '__file__', None)))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True).stdout
-    site = next(p for p in sys.path if p.endswith("site-packages"))
-    tops = {Path(f).relative_to(site).parts[0] for f in out.split()
-            if f.startswith(site + os.sep)}
-    for top in tops:
-        src = Path(site, top)
-        if src.is_dir():
-            shutil.copytree(src, lib / top, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, lib / top)
 
 
 def _policy(p: Provider) -> str:
@@ -119,7 +94,7 @@ def test_project_budget_refuses_over_budget(corral_server: Server,  # noqa: F811
         env=env)
     ws = tmp_path / "ws"
     (ws / "lib").mkdir(parents=True)
-    _sdk_into(ws / "lib")
+    sdk_into(ws / "lib")
     (ws / "agent.py").write_text(AGENT)
     for path in [ws, *ws.rglob("*")]:
         os.chown(path, 0, 0)

@@ -14,6 +14,9 @@ Invariants:
 - A failure before the response head is the relay's own refusal (``corral-relay-error``);
   after it, the connection to the launcher is cut (the launcher sees an incomplete body).
 - The secret is held in local variables of one request only; errors never carry it.
+- A rule with ``meter:`` is admitted by ``spend`` before anything goes upstream (its body read
+  whole, reserved or answered in the provider's shape); its response is metered as it streams
+  back and settled exactly once however the exchange ends.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from corral.server.admin_log import record_now
 from corral.server.config import ServerConfig
 from corral.server.db import Database
 from corral.server.relay.grant import Grant, RelayRefused, grant
+from corral.server.relay.spend import UNMETERED, Metered, RelaySpend, send_reply
 from corral.server.relay.upstream import Destinations, Pool, tls_context
 
 __all__ = ["RelayMiddleware"]
@@ -92,6 +96,7 @@ class RelayMiddleware:
         self.app, self.config, self.db = app, config, db
         self.destinations = Destinations(config.relay.allow_private)
         self.pool = Pool()
+        self.spend = RelaySpend(db, config.prices_file)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(wire.PATH):
@@ -126,8 +131,15 @@ class RelayMiddleware:
         client = scope["client"][0] if scope.get("client") else "?"
         granted = await asyncio.to_thread(grant, self.db, self.config.kek_path(), run,
                                           secret.strip(), pre, client)
+        metered: Metered | None = None
+        if granted.decision.rule is not None and granted.decision.rule.meter:
+            admitted = await self.spend.admit(granted, pre, body)
+            if not isinstance(admitted, Metered):
+                await send_reply(send, admitted)
+                return
+            metered = admitted
         try:
-            await self._forward(granted, pre, body, send)
+            await self._forward(granted, pre, body, send, metered)
         except Refused as err:  # the destination checks: a policy matter, not a failure
             raise RelayRefused(403, "destination_refused", f"{pre.host}:{pre.port}: {err}"
                                ) from None
@@ -135,8 +147,12 @@ class RelayMiddleware:
             status = getattr(err, "status", 502)
             raise RelayRefused(status, "upstream_failed", f"{pre.host}:{pre.port}: "
                                f"{getattr(err, 'reason', None) or err}") from None
+        finally:
+            if metered is not None:
+                metered.close()
 
-    async def _forward(self, granted: Grant, pre: wire.Preamble, body: _Body, send: Any) -> None:
+    async def _forward(self, granted: Grant, pre: wire.Preamble, body: _Body, send: Any,
+                       metered: Metered | None = None) -> None:
         rule = granted.decision.rule
         headers = [(b"host", _authority(pre).encode())]
         headers += [(n, v) for n, v in forward_headers(pre.headers, False) if n != b"host"]
@@ -152,18 +168,24 @@ class RelayMiddleware:
             secret = {"secret": granted.secret}
             headers = set_header(headers, Injection(granted.binding, secret))
             needles = scrubber_for(granted.binding, secret)
+        if metered is not None:
+            headers = metered.headers(headers)
         pem = str(rule.tls_ca) if rule is not None and rule.tls_ca is not None else None
         tls = tls_context(pem) if pre.tls else None
         address = await self.destinations.choose(pre.host, pre.port)
         up = await self.pool.get(address, pre.host, pre.port, tls)
         try:
             up.send(h11.Request(method=pre.method, target=pre.target, headers=headers))
-            while chunk := await body.chunk():
-                up.send(h11.Data(data=chunk))
-                await up.writer.drain()
+            if metered is not None:  # its body was read whole (and may have been rewritten)
+                metered.sent = True
+                up.send(h11.Data(data=metered.body))
+            else:
+                while chunk := await body.chunk():
+                    up.send(h11.Data(data=chunk))
+                    await up.writer.drain()
             up.send(h11.EndOfMessage())
             await up.writer.drain()
-            scrubbed = await self._respond(up, pre, needles, send)
+            scrubbed = await self._respond(up, pre, needles, send, metered or UNMETERED)
         except BaseException:
             up.close()
             raise
@@ -174,7 +196,8 @@ class RelayMiddleware:
                                     run=granted.run, count=scrubbed,
                                     binding=granted.binding.name if granted.binding else None)
 
-    async def _respond(self, up: Any, pre: wire.Preamble, needles: Any, send: Any) -> int:
+    async def _respond(self, up: Any, pre: wire.Preamble, needles: Any, send: Any,
+                       metered: Metered = UNMETERED) -> int:
         """Stream the upstream's response to the launcher; the number of scrubbed needles."""
         stream: BodyScrub | None = needles.stream() if needles is not None else None
         decoder: Decoder | None = None
@@ -188,12 +211,14 @@ class RelayMiddleware:
                 continue
             if isinstance(event, h11.Response):
                 headers, decoder, count = _head(event, pre, needles)
+                metered.response(event.status_code, event.headers)
                 headers.append((wire.MARK, b"upstream"))
                 await send({"type": "http.response.start", "status": event.status_code,
                             "headers": headers})
                 started = True
             elif isinstance(event, h11.Data):
                 for piece in _decoded(decoder, bytes(event.data)):
+                    metered.feed(piece)
                     out = stream.feed(piece) if stream is not None else piece
                     if out:
                         await send({"type": "http.response.body", "body": out,
@@ -201,6 +226,7 @@ class RelayMiddleware:
             elif isinstance(event, h11.EndOfMessage):
                 tail = _tail(decoder, stream)
                 count += stream.count if stream is not None else 0
+                metered.finish()
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
                 return count
             elif isinstance(event, h11.ConnectionClosed):

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import select
 
 from corral.policy.resolved import ResolvedPolicy
-from corral.policy.types import CredentialBinding, Decision
+from corral.policy.types import BudgetEntry, CredentialBinding, Decision
 from corral.proxy import decide, override
 from corral.proxy.relay_wire import Preamble
 from corral.server.admin_log import record, record_now
@@ -53,6 +53,7 @@ class Grant:
     decision: Decision
     binding: CredentialBinding | None
     secret: str | None  # the credential's value, for this request only
+    budgets: tuple[BudgetEntry, ...] = ()  # the policy's ``budgets:`` (for a metered rule)
 
 
 _policies: dict[tuple[int, ...], ResolvedPolicy] = {}
@@ -123,7 +124,7 @@ def grant(db: Database, kek_path: Any, run_id: str, secret: str, pre: Preamble,
             raise RelayRefused(403, "policy_refused", f"{where}: {text}")
         binding = policy.credentials.get(decision.credential or "")
         if binding is None:
-            return Grant(run_id, project.name, decision, None, None)
+            return Grant(run_id, project.name, decision, None, None, policy.budgets)
         name = (binding.secret or "").removeprefix("server:")
         row = session.scalar(select(Credential).where(Credential.project_id == project.id,
                                                       Credential.name == name))
@@ -142,5 +143,6 @@ def grant(db: Database, kek_path: Any, run_id: str, secret: str, pre: Preamble,
                method=pre.method, path=pre.target.partition("?")[0][:300],
                rule=str(decision.origin))
         row.last_used_at = utcnow()
-        return Grant(run_id, project.name, decision, binding, value.decode("utf-8", "replace"))
+        return Grant(run_id, project.name, decision, binding, value.decode("utf-8", "replace"),
+                     policy.budgets)
 
