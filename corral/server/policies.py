@@ -27,8 +27,8 @@ __all__ = ["attached", "project_scope", "push", "resolve_project", "validate"]
 MAX_POLICY = 1024 * 1024
 
 
-def project_scope(project: Project) -> str:
-    return f"p{project.id}"
+def project_scope(project: Project | int) -> str:
+    return f"p{project if isinstance(project, int) else project.id}"
 
 
 def validate(filename: str, text: str) -> LoadedPolicy:

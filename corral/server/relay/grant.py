@@ -1,7 +1,9 @@
 """What the relay may do for one request: the run's token, its policy, the credential.
 
 ``grant`` runs in a worker thread (it reads the database) and either returns a ``Grant`` or
-raises ``RelayRefused`` with the status, code and message the launcher passes on.
+raises ``RelayRefused`` with the status, code and message the launcher passes on. Its
+database work is ``reads`` (three short statements and one commit on one connection, no ORM
+objects): a live token takes that path; anything else is refused through ``tokens.find``.
 
 Invariants:
 - Only a live sandbox token of *this* run (kind ``sandbox``, audience ``SANDBOX_AUDIENCE``,
@@ -24,17 +26,17 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection
 
 from corral.policy.resolved import ResolvedPolicy
 from corral.policy.types import BudgetEntry, CredentialBinding, Decision
 from corral.proxy import decide, override
 from corral.proxy.relay_wire import Preamble
-from corral.server.admin_log import record, record_now
-from corral.server.crypto import KekError, Sealed, load_kek
+from corral.server.admin_log import record_now
+from corral.server.crypto import KekError, load_kek
 from corral.server.db import Database
-from corral.server.models import Credential, Project, Run, utcnow
-from corral.server.policies import attached, project_scope
+from corral.server.models import Project, Run
+from corral.server.relay import reads
 from corral.server.tokens import SANDBOX_AUDIENCE, TokenRefused, find
 
 __all__ = ["Grant", "RelayRefused", "grant"]
@@ -60,17 +62,17 @@ _policies: dict[tuple[int, ...], ResolvedPolicy] = {}
 _lock = threading.Lock()
 
 
-def _policy(session: Any, project: Project) -> ResolvedPolicy:
-    """The project's composed policy, cached by the attached versions (immutable rows)."""
-    versions = attached(session, "org") + attached(session, project_scope(project))
-    key = tuple(v.id for v in versions)
+def _policy(conn: Connection, project_id: int) -> ResolvedPolicy:
+    """The project's composed policy, cached by the attached versions (immutable rows): which
+    versions are attached is read on every request, so a push is seen by the next one."""
+    key = reads.attached_ids(conn, project_id)
     with _lock:
         found = _policies.get(key)
     if found is None:
         from corral.policy.compose import compose
         from corral.policy.load import load_policy_text
 
-        found = compose([load_policy_text(v.filename, v.text) for v in versions])
+        found = compose([load_policy_text(f, t) for f, t in reads.version_texts(conn, key)])
         with _lock:
             if len(_policies) > 256:
                 _policies.clear()
@@ -89,8 +91,10 @@ def _decide(policy: ResolvedPolicy, pre: Preamble) -> Decision:
     return decision
 
 
-def grant(db: Database, kek_path: Any, run_id: str, secret: str, pre: Preamble,
-          client: str) -> Grant:
+def _refused(db: Database, run_id: str, secret: str, client: str) -> reads.Who:
+    """Why the token or the run is refused, through ``tokens.find`` and the rows themselves
+    (the exact reason, and ``auth.refused`` recorded). A state that changed in between and
+    passes every check is returned: it was checked in full, here."""
     with db.session() as session:
         try:
             token = find(session, secret)
@@ -110,11 +114,22 @@ def grant(db: Database, kek_path: Any, run_id: str, secret: str, pre: Preamble,
             raise RelayRefused(403, "run_ended", f"run {run_id} is not running")
         project = session.get(Project, run.project_id)
         assert project is not None
-        policy = _policy(session, project)
-        if policy.digest != run.policy_digest:
+        return reads.Who(run_id, run.human, run.policy_digest, project.id, project.name,
+                         project.team_id)
+
+
+def grant(db: Database, kek_path: Any, run_id: str, secret: str, pre: Preamble,
+          client: str) -> Grant:
+    with db.engine.connect() as conn:
+        who = reads.live(reads.token_row(conn, secret), run_id)
+        if who is None:
+            conn.rollback()
+            who = _refused(db, run_id, secret, client)
+        policy = _policy(conn, who.project_id)
+        if policy.digest != who.digest:
             raise RelayRefused(403, "policy_revoked", (
-                f"run {run_id} registered policy {run.policy_digest[:12]}, which project "
-                f"{project.name} no longer has (now {policy.digest[:12]}): it was replaced or "
+                f"run {run_id} registered policy {who.digest[:12]}, which project "
+                f"{who.project} no longer has (now {policy.digest[:12]}): it was replaced or "
                 "removed; start a new run to use the current policy"))
         decision = _decide(policy, pre)
         where = f"{pre.method} {pre.host}:{pre.port}{pre.target}"
@@ -124,25 +139,24 @@ def grant(db: Database, kek_path: Any, run_id: str, secret: str, pre: Preamble,
             raise RelayRefused(403, "policy_refused", f"{where}: {text}")
         binding = policy.credentials.get(decision.credential or "")
         if binding is None:
-            return Grant(run_id, project.name, decision, None, None, policy.budgets)
+            return Grant(run_id, who.project, decision, None, None, policy.budgets)
         name = (binding.secret or "").removeprefix("server:")
-        row = session.scalar(select(Credential).where(Credential.project_id == project.id,
-                                                      Credential.name == name))
-        if row is None:
+        found = reads.credential(conn, who.project_id, name)
+        if found is None:
             raise RelayRefused(403, "no_credential", (
-                f"project {project.name} has no credential {name!r} (binding {binding.name} at "
+                f"project {who.project} has no credential {name!r} (binding {binding.name} at "
                 f"{binding.origin}); set it with 'corral creds set {name} --project "
-                f"{project.name}'"))
+                f"{who.project}'"))
+        row_id, sealed = found
         try:
-            value = load_kek(kek_path).open(project.id, name, Sealed(
-                row.ciphertext, row.nonce, row.wrapped_key, row.key_nonce, row.kek_id))
+            value = load_kek(kek_path).open(who.project_id, name, sealed)
         except KekError as err:
             raise RelayRefused(500, "credential_unreadable", str(err)) from None
-        record(session, run.human, "credential.inject", f"{project.name}/{name}",
-               team_id=project.team_id, run=run_id, binding=binding.name, host=pre.host,
-               method=pre.method, path=pre.target.partition("?")[0][:300],
-               rule=str(decision.origin))
-        row.last_used_at = utcnow()
-        return Grant(run_id, project.name, decision, binding, value.decode("utf-8", "replace"),
+        with db.writer():
+            reads.record_inject(conn, who, row_id, f"{who.project}/{name}",
+                                binding=binding.name, host=pre.host, method=pre.method,
+                                path=pre.target.partition("?")[0][:300],
+                                rule=str(decision.origin))
+            conn.commit()
+        return Grant(run_id, who.project, decision, binding, value.decode("utf-8", "replace"),
                      policy.budgets)
-

@@ -1,0 +1,125 @@
+"""The relay's database work for one request, as few short Core statements (no ORM objects).
+
+``grant`` runs for every relayed request, so what it reads is kept to three statements on one
+pooled connection: the token joined with its user, run and project; the ids of the policy
+versions attached to the org and the project; the credential row. The ``credential.inject``
+event and the row's ``last_used_at`` are written and committed on that same connection.
+
+Invariants:
+- Nothing here decides: ``live`` only says whether a token row passes every check of
+  ``tokens.find`` plus the relay's own (sandbox kind and audience, this run, run running); a
+  row that does not is handed back to the caller, which refuses through ``find`` itself, so
+  every refusal keeps its exact reason and its ``auth.refused`` record.
+- Every statement reads the database as it is now (no cache of rows or decisions): a revoked
+  token, an ended run or a pushed policy is seen by the next request.
+- The inject event is committed before ``grant`` returns (SQLite writers queue on
+  ``Database.writer()``), so the record is always ahead of the secret's use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
+
+from corral.server.crypto import Sealed
+from corral.server.models import (
+    AdminEvent,
+    Credential,
+    PolicyAttachment,
+    PolicyVersion,
+    Project,
+    Run,
+    Token,
+    User,
+    utcnow,
+)
+from corral.server.policies import project_scope
+from corral.server.tokens import SANDBOX_AUDIENCE, TOKEN_RE, hash_token
+
+__all__ = ["Who", "attached_ids", "credential", "live", "record_inject", "token_row",
+           "version_texts"]
+
+
+class Who(NamedTuple):
+    """The run a live sandbox token speaks for."""
+    run: str
+    human: str
+    digest: str  # the policy digest the run registered
+    project_id: int
+    project: str
+    team_id: int
+
+
+_TOKEN = (select(Token.kind, Token.audience, Token.run_id, Token.revoked_at, Token.expires_at,
+                 Token.user_id, User.disabled, Run.status, Run.human, Run.policy_digest,
+                 Project.id, Project.name, Project.team_id)
+          .outerjoin(User, User.id == Token.user_id)
+          .outerjoin(Run, Run.id == Token.run_id)
+          .outerjoin(Project, Project.id == Run.project_id)
+          .where(Token.secret_hash == bindparam("hash")))
+_ATTACHED = (select(PolicyAttachment.scope, PolicyAttachment.version_id)
+             .where(or_(PolicyAttachment.scope == "org",
+                        PolicyAttachment.scope == bindparam("scope")))
+             .order_by(PolicyAttachment.name))
+_CREDENTIAL = select(Credential.id, Credential.ciphertext, Credential.nonce,
+                     Credential.wrapped_key, Credential.key_nonce, Credential.kek_id).where(
+    Credential.project_id == bindparam("project"), Credential.name == bindparam("name"))
+_INJECT = insert(AdminEvent)
+_USED = (update(Credential).where(Credential.id == bindparam("row"))
+         .values(last_used_at=bindparam("now")))
+
+
+def token_row(conn: Connection, secret: str) -> Sequence[Any] | None:
+    if not TOKEN_RE.fullmatch(secret):
+        return None
+    return conn.execute(_TOKEN, {"hash": hash_token(secret)}).first()
+
+
+def live(row: Sequence[Any] | None, run_id: str) -> Who | None:
+    """The run, when ``row`` is a live sandbox token of ``run_id`` and the run is running;
+    None for anything ``grant`` refuses (it then asks ``tokens.find`` why)."""
+    if row is None:
+        return None
+    (kind, audience, token_run, revoked, expires, user_id, disabled, status, human, digest,
+     project_id, project, team_id) = row
+    if (kind != "sandbox" or audience != SANDBOX_AUDIENCE or token_run != run_id
+            or revoked is not None or expires <= utcnow()
+            or (user_id is not None and disabled is not False)
+            or status != "running" or project_id is None):
+        return None
+    return Who(run_id, human, digest, project_id, project, team_id)
+
+
+def attached_ids(conn: Connection, project_id: int) -> tuple[int, ...]:
+    """The versions in force, in composition order: the org's, then the project's, each by
+    attachment name (as ``policies.resolve_project`` composes them)."""
+    scope = project_scope(project_id)
+    rows = conn.execute(_ATTACHED, {"scope": scope}).all()
+    return (tuple(v for s, v in rows if s == "org")
+            + tuple(v for s, v in rows if s == scope))
+
+
+def version_texts(conn: Connection, ids: tuple[int, ...]) -> list[tuple[str, str]]:
+    """(filename, text) of each version in ``ids``, in that order (versions are immutable)."""
+    rows = conn.execute(select(PolicyVersion.id, PolicyVersion.filename, PolicyVersion.text)
+                        .where(PolicyVersion.id.in_(ids))).all()
+    found = {i: (f, t) for i, f, t in rows}
+    return [found[i] for i in ids]
+
+
+def credential(conn: Connection, project_id: int, name: str) -> tuple[int, Sealed] | None:
+    row = conn.execute(_CREDENTIAL, {"project": project_id, "name": name}).first()
+    if row is None:
+        return None
+    return row[0], Sealed(row[1], row[2], row[3], row[4], row[5])
+
+
+def record_inject(conn: Connection, who: Who, credential_id: int, target: str,
+                  **detail: Any) -> None:
+    """Add the ``credential.inject`` event and stamp the row's use (the caller commits): the
+    same row ``admin_log.record`` would add (actor the run's human, the project's team)."""
+    conn.execute(_INJECT, {"actor": who.human, "action": "credential.inject", "target": target,
+                           "team_id": who.team_id, "detail": {"run": who.run, **detail}})
+    conn.execute(_USED, {"row": credential_id, "now": utcnow()})
