@@ -13,7 +13,7 @@ Invariants (each fails towards "needs approval"):
 - Short options are refused wherever the letter appears in a ``-xyz`` cluster, even where it
   would be the value of an earlier option (over-refusing is the safe side).
 - The sed and awk program checks accept only what they can read: a script they cannot parse
-  is refused.
+  is refused (sed's reader and its invariants: ``corral.tools._sed``).
 
 Not covered: what a tool does because of files the agent can write (``.git/config`` aliases,
 pagers, hooks and fsmonitor, a Makefile, ``conftest.py``, a script given to an interpreter);
@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
+
+from corral.tools._sed import sed_hatch
 
 __all__ = ["escape_hatch"]
 
@@ -126,138 +128,6 @@ def _long_hit_any(args: list[str], names: Sequence[str]) -> str | None:
     return None
 
 
-# -- sed ---------------------------------------------------------------------------------------
-
-_SED_SIMPLE = set("=dDgGhHlnNpPxzF{}")
-
-
-def _sed_script_hatch(script: str, brackets: bool) -> str | None:
-    """The first command in a sed script that runs or writes something, or an unreadable one.
-    ``brackets``: whether a delimiter inside ``[...]`` in a regex is literal (GNU sed 4.9 reads
-    it so, older ones do not); callers check both readings."""
-    pos, end = 0, len(script)
-
-    def delimited(start: int, regex: bool = True) -> int:
-        """Index just past the text ending at the next unescaped delimiter ``script[start]``."""
-        delim = script[start]
-        i = start + 1
-        while i < end and script[i] != delim:
-            if brackets and regex and script[i] == "[":
-                close = re.compile(r"\[\^?\]?(?:\[[:.=].*?[:.=]\]|[^]])*\]").match(script, i)
-                if close is None:
-                    raise ValueError("unterminated bracket")
-                i = close.end()
-                continue
-            i += 2 if script[i] == "\\" else 1
-        if i >= end:
-            raise ValueError("unterminated")
-        return i + 1
-
-    try:
-        while pos < end:
-            char = script[pos]
-            if char in " \t\n;!":
-                pos += 1
-                continue
-            if char in "0123456789$,~+":
-                pos += 1
-                continue
-            if char == "/" or char == "\\":
-                pos = delimited(pos + (char == "\\"))
-                while pos < end and script[pos] in "IM":
-                    pos += 1
-                continue
-            if char == "#":
-                newline = script.find("\n", pos)
-                pos = end if newline < 0 else newline
-                continue
-            if char in _SED_SIMPLE:
-                pos += 1
-                continue
-            if char in "qQlL":
-                pos += 1
-                while pos < end and script[pos] in " 0123456789":
-                    pos += 1
-                continue
-            if char in "bBtT:v":
-                stop = re.compile(r"[;\n]").search(script, pos + 1)
-                pos = stop.start() if stop else end
-                continue
-            if char in "aic":
-                return None if "\n" not in script[pos:] else _sed_after_text(script, pos, brackets)
-            if char in "sy":
-                pos = delimited(pos + 1)
-                pos = delimited(pos - 1, regex=False)
-                if char == "s":
-                    flags = re.compile(r"[^;\n}]*").match(script, pos)
-                    text = flags.group(0) if flags else ""
-                    if any(f in text for f in "ew"):
-                        return f"sed s///{'e' if 'e' in text else 'w'}"
-                    pos += len(text)
-                continue
-            if char in "eEwWrR":
-                return f"sed {char} command"
-            return f"sed command {char!r} that the checker cannot read"
-    except ValueError:
-        return "sed script the checker cannot read"
-    return None
-
-
-def _sed_after_text(script: str, pos: int, brackets: bool) -> str | None:
-    # a/i/c text runs to the end of the line (a trailing backslash continues it).
-    match = re.compile(r"(?:[^\n\\]|\\.)*\n", re.DOTALL).match(script, pos)
-    return _sed_script_hatch(script[match.end():], brackets) if match else None
-
-
-def _sed(args: list[str]) -> str | None:
-    scripts: list[str] = []
-    operands: list[str] = []
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        index += 1
-        if arg == "--":
-            operands.extend(args[index:])
-            break
-        if arg.startswith("--"):
-            name = arg[2:].split("=", 1)[0]
-            if "file".startswith(name) and name.startswith("fi"):
-                return "sed --file (a script the checker cannot see)"
-            if name and "expression".startswith(name):
-                if "=" in arg:
-                    scripts.append(arg.split("=", 1)[1])
-                elif index < len(args):
-                    scripts.append(args[index])
-                    index += 1
-                continue
-            if name in ("line-length", "l"):
-                index += "=" not in arg
-            continue
-        if arg.startswith("-") and len(arg) > 1:
-            for offset, letter in enumerate(arg[1:], 1):
-                if letter == "f":
-                    return "sed -f (a script the checker cannot see)"
-                if letter in "el":
-                    value = arg[offset + 1:]
-                    if not value and index < len(args):
-                        value = args[index]
-                        index += 1
-                    if letter == "e":
-                        scripts.append(value)
-                    break
-                if letter == "i":
-                    break  # -iSUFFIX
-            continue
-        operands.append(arg)
-    if not scripts and operands:
-        scripts.append(operands[0])
-    for script in scripts:
-        hit = _sed_script_hatch(script, True) or _sed_script_hatch(script, False)
-        if hit is not None:
-            return hit
-    return None
-
-
 # -- awk ---------------------------------------------------------------------------------------
 
 _AWK_RUNNERS = re.compile(r"system|getline|\||@load|@include")
@@ -317,8 +187,8 @@ _TABLE: dict[str, _Spec] = {
     "wget": _Spec(short="e", long=("execute", "use-askpass", "config")),
     "hg": _Spec(short="e", long=("config", "ssh", "remotecmd")),
     "git": _Spec(check=_git),
-    "sed": _Spec(check=_sed),
-    "gsed": _Spec(check=_sed),
+    "sed": _Spec(check=sed_hatch),
+    "gsed": _Spec(check=sed_hatch),
     "make": _Spec(check=_make),
     "gmake": _Spec(check=_make),
     **{name: _Spec(check=_awk) for name in ("awk", "gawk", "mawk", "nawk")},
