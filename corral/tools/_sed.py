@@ -54,6 +54,8 @@ class _Script:
 
     def _delimited(self, start: int, regex: bool = True) -> int:
         """Index just past the text ending at the next unescaped delimiter ``script[start]``."""
+        if start >= self.end:  # `s`, `y` or `\` last: no delimiter at all
+            raise ValueError("no delimiter")
         script, delim, i = self.script, self.script[start], start + 1
         while i < self.end and script[i] != delim:
             if self.brackets and regex and script[i] == "[":

@@ -238,6 +238,9 @@ HATCHES = [
     ("sed -n '1e id' f", "sed e"),
     ("sed 's/a/b/w /tmp/x' f", "s///w"),
     ("sed -f script f", "sed -f"),
+    ("sed s f", "sed script the checker cannot read"),  # no delimiter: raised IndexError
+    ("sed -e y f", "sed script the checker cannot read"),
+    ("sed '1\\' f", "sed script the checker cannot read"),
     ("awk 'BEGIN{system(\"id\")}'", "system"),
     ("awk '{print | \"sh\"}' f", "'|'"),
     ("awk -f prog.awk f", "awk -f"),
