@@ -47,6 +47,7 @@ Event types and their fields are registered in ``corral.audit.events`` (``EventT
     approval.request  request_id* tool summary reason args_digest policy_digest
     approval.decide   request_id* decision* by tool reason always
     approval.use      request_id* tool
+    approval.revoke   standing* by* tool summary workspace
     error             component* message*
     (* required; trail.close is written by Trail.close())
 

@@ -133,3 +133,54 @@ def deny(
     with approval_store() as store:
         item = store.decide(ident, approve=False, reason=reason)
     print(visible(f"denied {item.id}: {item.tool} {item.summary}"))
+
+
+@app.command("standing")
+def standing(
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    project: str | None = PROJECT_OPT,
+    server: str | None = SERVER_OPT,
+) -> None:
+    """List the "approve always" decisions in force (ID, tool, command or arguments, where)."""
+    if project is not None:
+        from corral.cli.remote_runs import approvals_standing
+
+        approvals_standing(project, server, as_json)
+        return
+    from corral.tools import ApprovalStore
+
+    rules = ApprovalStore().standing()
+    if as_json:
+        for rule in rules:
+            print(json.dumps({"id": rule.id, "tool": rule.tool, "scope": rule.summary,
+                              "workspace": rule.workspace, "policy_digest": rule.policy_digest,
+                              "created_by": rule.created_by, "created": rule.created}))
+        return
+    if not rules:
+        print("no standing approvals")
+        return
+    for rule in rules:  # the scope and workspace come from the agent: through visible()
+        print(visible(f"{rule.id:>4}  {rule.tool:<6}  {rule.summary}"))
+        print(visible(f"      in {rule.workspace} under policy {rule.policy_digest[:12]}; "
+                      f"by {rule.created_by} at {_when(rule.created)}"))
+
+
+@app.command("revoke")
+def revoke(
+    ident: int = typer.Argument(..., metavar="ID", min=1, max=2**62,
+                                help="From `corral approvals standing`."),
+    project: str | None = PROJECT_OPT,
+    server: str | None = SERVER_OPT,
+) -> None:
+    """End one "approve always": the next identical call is held for a human again."""
+    if project is not None:
+        from corral.cli.remote_runs import approvals_revoke
+
+        approvals_revoke(project, ident, server)
+        return
+    from corral.runtime import approval_store
+
+    with approval_store() as store:
+        rule = store.revoke_standing(ident)
+    print(visible(f"revoked standing approval {rule.id}: {rule.tool} {rule.summary} "
+                  "(the next identical call asks again)"))

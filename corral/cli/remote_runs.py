@@ -16,8 +16,9 @@ from corral.cli.remote import client, quote, show
 from corral.errors import CorralError
 from corral.render import visible
 
-__all__ = ["RUN_ID", "approvals_decide", "approvals_list", "audit_list", "audit_verify",
-           "is_run_id", "sandbox_kill", "sandbox_list"]
+__all__ = ["RUN_ID", "approvals_decide", "approvals_list", "approvals_revoke",
+           "approvals_standing", "audit_list", "audit_verify", "is_run_id", "sandbox_kill",
+           "sandbox_list"]
 
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
@@ -120,6 +121,20 @@ def approvals_list(project: str, all_: bool, server: str | None, as_json: bool) 
     rows = [{**a, "args": str(a["args"])[:50], "run": a["run"][:8]}
             for a in payload["approvals"]]
     show(rows, ["id", "status", "tool", "args", "human", "run", "decided_by"], as_json, payload)
+
+
+def approvals_standing(project: str, server: str | None, as_json: bool) -> None:
+    payload = client(server).get(f"/projects/{quote(project)}/approvals/standing")
+    rows = [{**s, "agent": s["agent"] or "-", "policy": s["policy_digest"][:12],
+             "since": s["created_at"][:19]} for s in payload["standing"]]
+    show(rows, ["id", "tool", "scope", "agent", "policy", "created_by", "since"], as_json,
+         payload)
+
+
+def approvals_revoke(project: str, ident: int, server: str | None) -> None:
+    gone = client(server).delete(f"/projects/{quote(project)}/approvals/standing/{ident}")
+    print(visible(f"revoked standing approval {ident}: {gone['tool']} {gone['scope']} "
+                  "(the next identical call asks again)"))
 
 
 def approvals_decide(project: str, ident: str, approve: bool, reason: str | None,

@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING
 from corral._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from corral.tools.approvals import Approval, ApprovalStore, AuditSink, NullAudit, current_user
+    from corral.tools.approvals import (
+        Approval,
+        ApprovalStore,
+        AuditSink,
+        NullAudit,
+        StandingRule,
+        current_user,
+    )
     from corral.tools.cmdcheck import CommandChecker, Verdict, check_command
     from corral.tools.executor_client import Executor, ExecutorGone, ToolFailure, executor_argv
     from corral.tools.provision import Opened, SandboxProvider
@@ -43,6 +50,7 @@ __all__ = [
     "Opened",
     "SandboxProvider",
     "ShellSession",
+    "StandingRule",
     "ToolFailure",
     "ToolPolicy",
     "Tools",
@@ -57,7 +65,8 @@ __all__ = [
 
 __getattr__ = lazy_exports("corral.tools", {
     "Approval": "approvals", "ApprovalStore": "approvals", "AuditSink": "approvals",
-    "NullAudit": "approvals", "current_user": "approvals", "args_digest": "approvals",
+    "NullAudit": "approvals", "StandingRule": "approvals", "current_user": "approvals",
+    "args_digest": "approvals",
     "CommandChecker": "cmdcheck",
     "Verdict": "cmdcheck",
     "check_command": "cmdcheck", "Executor": "executor_client",

@@ -42,6 +42,7 @@ __all__ = [
     "ApprovalStore",
     "AuditSink",
     "NullAudit",
+    "StandingRule",
     "args_digest",
     "current_user",
 ]
@@ -129,6 +130,20 @@ class Approval:
             status=row["status"], decided_by=row["decided_by"], decided_at=row["decided_at"],
             reason=row["reason"], always=bool(row["always"]),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StandingRule:
+    """An "approve always": later calls with this tool and scope, in this workspace, under this
+    policy digest, are approved without asking until it is revoked."""
+
+    id: int
+    tool: str
+    summary: str
+    workspace: str
+    policy_digest: str
+    created_by: str
+    created: float
 
 
 class ApprovalStore:
@@ -325,6 +340,30 @@ class ApprovalStore:
         self.audit.emit("approval.decide", request_id=ident, decision=status, by=by,
                         tool=row["tool"], reason=reason, always=bool(always and approve))
         return Approval._from_row(row)
+
+    def standing(self) -> tuple[StandingRule, ...]:
+        """Every "approve always" in force, oldest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT rowid, * FROM always_rules ORDER BY created").fetchall()
+        return tuple(StandingRule(row["rowid"], row["tool"], row["summary"], row["workspace"],
+                                  row["policy_digest"], row["created_by"], row["created"])
+                     for row in rows)
+
+    def revoke_standing(self, ident: int, by: str | None = None) -> StandingRule:
+        """End one "approve always": the next matching call asks a human again."""
+        by = by or current_user()
+        with self._tx() as db:
+            row = db.execute("SELECT rowid, * FROM always_rules WHERE rowid = ?",
+                             (ident,)).fetchone()
+            if row is None:
+                raise UserInputError(f"no standing approval {ident} "
+                                     "(see `corral approvals standing`)")
+            db.execute("DELETE FROM always_rules WHERE rowid = ?", (ident,))
+        rule = StandingRule(row["rowid"], row["tool"], row["summary"], row["workspace"],
+                            row["policy_digest"], row["created_by"], row["created"])
+        self.audit.emit("approval.revoke", standing=ident, by=by, tool=rule.tool,
+                        summary=rule.summary, workspace=rule.workspace)
+        return rule
 
     def wait(self, ident: str, timeout: float, poll: float = 0.2) -> Approval:
         """Block until the request is no longer pending or ``timeout`` passes."""

@@ -6,7 +6,11 @@ from __future__ import annotations
 import threading
 import time
 
+from sqlalchemy import select
+
 from corral.client import ServerRun
+from corral.server.db import Database
+from corral.server.models import AdminEvent
 from tests.server.conftest import Served
 
 
@@ -50,4 +54,45 @@ def test_a_run_asks_a_human_decides_the_run_cannot(server: Served) -> None:
         assert c.get("/projects/shop/approvals").json()["approvals"] == []
         listed = c.get("/projects/shop/approvals?all=true").json()["approvals"]
         assert listed[0]["reason"] == "build dir only"
+    run.end(0)
+
+
+def test_an_approve_always_is_listed_and_revoked_then_the_call_asks_again(
+        server: Served) -> None:
+    owner = server.token()
+    with server.client(owner) as c:
+        assert c.post("/teams", json={"name": "web"}).status_code == 201
+        assert c.post("/teams/web/projects", json={"name": "shop"}).status_code == 201
+    run = ServerRun.register(server.url, owner, "shop", host="h", sandbox="sb-2",
+                             policy_digest="ab" * 32)
+    call = {"command": "make deploy"}
+    ident = run.request_approval("exec", call, rule="p.yaml:3")
+    admin = server.token("admin", team="web")
+    with server.client(admin) as c:
+        assert c.post(f"/projects/shop/approvals/{ident}/approve",
+                      json={"always": True}).status_code == 200
+        standing = c.get("/projects/shop/approvals/standing").json()["standing"]
+    assert [(s["tool"], s["scope"], s["approval"]) for s in standing] == [
+        ("exec", "make deploy", ident)]
+    again = run.request_approval("exec", call, rule="p.yaml:3")
+    assert run.wait_decision(again, 0).status == "approved"  # standing: not asked
+
+    gone = f"/projects/shop/approvals/standing/{standing[0]['id']}"
+    with server.client(server.token("member", team="web")) as c:
+        assert c.get("/projects/shop/approvals/standing").json()["standing"] == standing
+        assert c.delete(gone).status_code == 403  # reading is not deciding
+    with server.client(run.client.token) as c:
+        assert c.delete(gone).status_code == 404
+    with server.client(admin) as c:
+        resp = c.delete(gone)
+        assert resp.status_code == 200 and resp.json()["scope"] == "make deploy"
+        assert c.delete(gone).status_code == 404
+        assert c.get("/projects/shop/approvals/standing").json()["standing"] == []
+    third = run.request_approval("exec", call, rule="p.yaml:3")
+    assert run.wait_decision(third, 0).status == "pending"  # held for a human again
+    db = Database(server.db_url)
+    with db.session() as session:
+        actions = [e.action for e in session.scalars(select(AdminEvent))]
+    db.dispose()
+    assert actions.count("approval.revoke") == 1
     run.end(0)

@@ -112,3 +112,28 @@ def test_cli_decides_from_another_process(corral_env: dict[str, str], tmp_path: 
     bad = subprocess.run([*cli, "approvals", "deny", "nope"], env=env, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "no approval request" in bad.stderr
+
+
+def test_always_rules_are_listed_and_revoked_from_the_cli(corral_env: dict[str, str]) -> None:
+    recorder = Recorder()
+    store = ApprovalStore(audit=recorder)
+    for command in ("make test", "make lint"):
+        store.decide(_req(store, {"command": command}).id, approve=True, always=True)
+    env = {**os.environ, **corral_env}
+    cli = [sys.executable, "-m", "corral", "approvals"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True)
+
+    listed = run("standing")
+    assert listed.returncode == 0 and "make test" in listed.stdout and "/w" in listed.stdout
+    rules = {r.summary: r for r in store.standing()}
+    assert set(rules) == {"make test", "make lint"}
+    done = run("revoke", str(rules["make test"].id))
+    assert done.returncode == 0 and "make test" in done.stdout, done.stderr
+    assert not store.allowed_always("exec", "make test", "/w", "p1")
+    assert store.allowed_always("exec", "make lint", "/w", "p1")  # only the one revoked
+    again = run("revoke", str(rules["make test"].id))
+    assert again.returncode == 2 and "no standing approval" in again.stderr
+    assert run("revoke", "0").returncode == 2 and run("revoke", "x").returncode == 2
+    assert [s.summary for s in store.standing()] == ["make lint"]

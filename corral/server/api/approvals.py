@@ -11,6 +11,9 @@ database connection between its checks.
   arguments otherwise, computed here (never taken from the launcher). A later request that
   matches one is created already approved, naming the standing approval's author; anything
   that differs (other agent, other policy version, other command) asks again.
+- A standing approval is listed to whoever may read the project's runs and revoked (deleted,
+  recorded as ``approval.revoke``) by whoever may decide its approvals (``APPROVAL_DECIDE``,
+  the same step-up); the next matching call asks again.
 - A request repeated while the same call is pending (a client's retry) joins that request.
 """
 
@@ -34,9 +37,9 @@ from corral.server.api.deps import Access, get_db, require
 from corral.server.api.schemas import ApprovalIn, DecisionIn
 from corral.server.authz import Permission
 from corral.server.errors import ApiError
-from corral.server.models import Approval, Run, StandingApproval, utcnow
+from corral.server.models import Agent, Approval, Run, StandingApproval, utcnow
 
-__all__ = ["decide_request", "router", "scope_digest"]
+__all__ = ["decide_request", "revoke_standing", "router", "scope_digest", "standing_list"]
 
 router = APIRouter(tags=["approvals"])
 ApprovalId = Path(pattern=r"^[0-9a-f]{32}$")
@@ -173,3 +176,41 @@ def deny(body: DecisionIn, approval: str = ApprovalId,
          access: Access = require(Permission.APPROVAL_DECIDE, resolve.project)
          ) -> dict[str, Any]:
     return decide_request(access, approval, "denied", body.reason)
+
+
+def standing_list(session: Session, project_id: int) -> list[dict[str, Any]]:
+    rows = session.execute(select(StandingApproval, Agent.name).outerjoin(
+        Agent, Agent.id == StandingApproval.agent_id).where(
+        StandingApproval.project_id == project_id).order_by(StandingApproval.id))
+    return [{"id": s.id, "tool": s.tool, "scope": s.summary, "agent": agent,
+             "policy_digest": s.policy_digest, "approval": s.approval_id,
+             "created_by": s.created_by, "created_at": s.created_at.isoformat()}
+            for s, agent in rows]
+
+
+def revoke_standing(access: Access, ident: int) -> dict[str, Any]:
+    session, project = access.session, access.resource
+    row = session.get(StandingApproval, ident)
+    if row is None or row.project_id != project.id:
+        raise ApiError(404, "not_found", "no such resource")
+    gone = next(s for s in standing_list(session, project.id) if s["id"] == ident)
+    session.delete(row)
+    record(session, access.principal.actor, "approval.revoke", f"{project.name}/always/{ident}",
+           team_id=project.team_id, tool=row.tool, scope=row.summary, approval=row.approval_id)
+    session.commit()
+    return gone
+
+
+@router.get("/projects/{project}/approvals/standing")
+def list_standing(access: Access = require(Permission.RUN_READ, resolve.project)
+                  ) -> dict[str, Any]:
+    """The project's "approve always" decisions in force."""
+    return {"standing": standing_list(access.session, access.resource.id)}
+
+
+@router.delete("/projects/{project}/approvals/standing/{ident}")
+def delete_standing(ident: int = Path(ge=1, le=2**62),
+                    access: Access = require(Permission.APPROVAL_DECIDE, resolve.project)
+                    ) -> dict[str, Any]:
+    """Revoke one: the next identical call is held for a human again."""
+    return revoke_standing(access, ident)

@@ -25,6 +25,7 @@ _BY_TYPE = {
     "proxy.inspect": "request", "credential.inject": "credential",
     "credential.scrub": "credential", "dns.query": "dns", "tool.call": "tool",
     "approval.request": "approval", "approval.decide": "approval", "approval.use": "approval",
+    "approval.revoke": "approval",
     "sandbox.limit": "limit", "audit.flood": "limit", "llm.usage": "request",
 }
 # category -> the event types a filter on it selects (SQL ``IN``)

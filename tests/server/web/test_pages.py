@@ -234,3 +234,37 @@ def test_create_team_and_project_role_matrix(ui: Ui) -> None:
         assert sorted(kinds) == [("alice@example.com", "project.create"),
                                  ("bob@example.com", "project.create"),
                                  ("bob@example.com", "team.create")], kinds
+
+
+def test_standing_approvals_are_listed_and_revoked_by_who_may_decide(ui: Ui) -> None:
+    run = ui.start_run()
+    first = run.ask("exec", {"command": "make deploy"}, rule="p.yaml:9")
+    with httpx.Client(timeout=30) as alice, httpx.Client(timeout=30) as bob, \
+            httpx.Client(timeout=30) as carol:
+        a, b, c = ui.login(alice, "alice"), ui.login(bob, "bob"), ui.login(carol, "carol")
+
+        def post(who: httpx.Client, csrf: str, path: str) -> httpx.Response:
+            return who.post(ui.url + path, headers={"X-CSRF-Token": csrf, "HX-Request": "true"})
+
+        assert post(alice, a, f"/approvals/{first}/approve-always").status_code == 200
+        page = alice.get(ui.url + "/approvals").text
+        assert "make deploy" in page.split("Standing approvals")[1]
+        with ui.db().session() as s:
+            from sqlalchemy import select
+
+            from corral.server.models import StandingApproval
+            ident = s.scalars(select(StandingApproval.id)).one()
+        assert f'id="revoke-{ident}"' in page
+        assert f'id="revoke-{ident}"' not in carol.get(ui.url + "/approvals").text
+        assert "make deploy" not in bob.get(ui.url + "/approvals").text  # other team's
+        revoke = f"/approvals/standing/{ident}/revoke"
+        assert post(carol, c, revoke).status_code == 403
+        assert post(bob, b, revoke).status_code == 404
+        assert alice.post(ui.url + revoke, headers={"HX-Request": "true"}).status_code == 403
+        done = post(alice, a, revoke)
+        assert done.status_code == 200 and "revoked" in done.text
+        assert post(alice, a, revoke).status_code == 404
+        assert 'id="standing-empty"' in alice.get(ui.url + "/approvals").text
+    again = run.ask("exec", {"command": "make deploy"}, rule="p.yaml:9")
+    with run.api() as api:
+        assert api.get(f"/runs/{run.id}/approvals/{again}").json()["status"] == "pending"

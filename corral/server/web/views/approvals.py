@@ -1,11 +1,12 @@
 """Approvals: the queue of held calls (full arguments, the rule, who and which agent asked),
 decided here (approve once, approve always, deny); the queue is pushed to the page over SSE
-when it changes.
+when it changes. The "approve always" decisions in force are listed below it, each revocable.
 
 Invariants: a decision goes through the API's own ``decide_request`` (once, recorded, a run
 that ended cannot be decided) after ``APPROVAL_DECIDE`` on the run's team, which needs a team
 admin with a fresh web session (step-up): the held call's long-poll then returns with it. The
-queue shows only the viewer's teams.
+queue and the standing approvals show only the viewer's teams; revoking one needs what
+deciding needs (the API's own ``revoke_standing``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from corral.server.api.approvals import decide_request
+from corral.server.api.approvals import decide_request, revoke_standing
 from corral.server.api.deps import Access, get_db, user_principal
 from corral.server.authz import Permission, Principal, visible_teams
 from corral.server.errors import ApiError
-from corral.server.models import Agent, Approval, Project, Run, User
+from corral.server.models import Agent, Approval, Project, Run, StandingApproval, User
 from corral.server.web.pages import env
 from corral.server.web.ui import Viewer, make_router, not_found, page, partial, viewer
 from corral.server.web.views.runs import sse
@@ -36,6 +37,11 @@ __all__ = ["pending", "router"]
 router = make_router()
 QUEUE_POLL_S = 1.0
 QUEUE_LIFE_S = 300.0
+
+
+def _decider(principal: Principal, team_id: int) -> bool:
+    """Shows the buttons to a team admin (the step-up is asked on the page, then checked)."""
+    return (principal.role_in(team_id) or 0) >= Permission.APPROVAL_DECIDE.value.role
 
 
 def pending(session: Session, principal: Principal, limit: int = 200) -> list[dict[str, Any]]:
@@ -48,7 +54,7 @@ def pending(session: Session, principal: Principal, limit: int = 200) -> list[di
         query = query.where(Project.team_id.in_(visible))
     return [{"a": a, "run": r, "project": p, "agent": ag,
              "args": json.dumps(a.args, indent=2, ensure_ascii=False, sort_keys=True),
-             "can_decide": principal.role_in(p.team_id) is not None}
+             "can_decide": _decider(principal, p.team_id)}
             for a, r, p, ag in session.execute(query)]
 
 
@@ -62,10 +68,36 @@ def _recent(v: Viewer) -> list[Any]:
     return list(v.session.execute(query))
 
 
+def _standing(v: Viewer) -> list[Any]:
+    query = select(StandingApproval, Project, Agent.name)\
+        .join(Project, Project.id == StandingApproval.project_id)\
+        .outerjoin(Agent, Agent.id == StandingApproval.agent_id)\
+        .order_by(StandingApproval.created_at.desc()).limit(200)
+    visible = v.teams()
+    if visible is not None:
+        query = query.where(Project.team_id.in_(visible))
+    return [{"s": s, "project": p, "agent": agent,
+             "can_revoke": _decider(v.principal, p.team_id)}
+            for s, p, agent in v.session.execute(query)]
+
+
 @router.get("/approvals", response_class=HTMLResponse)
 def approvals(v: Viewer = Depends(viewer)) -> HTMLResponse:
     return page(v, "ui/approvals.html", "approvals", items=pending(v.session, v.principal),
-                recent=_recent(v))
+                recent=_recent(v), standing=_standing(v))
+
+
+@router.post("/approvals/standing/{ident}/revoke", response_class=HTMLResponse)
+def revoke(ident: int = Path(ge=1, le=2**62), v: Viewer = Depends(viewer)) -> HTMLResponse:
+    row = v.session.get(StandingApproval, ident)
+    project = v.session.get(Project, row.project_id) if row is not None else None
+    if row is None or project is None:
+        raise not_found()
+    v.allow(Permission.RUN_READ, project.team_id)
+    v.allow_change(Permission.APPROVAL_DECIDE, project.team_id)
+    gone = revoke_standing(Access(v.principal, v.session, project), ident)
+    return partial("ui/_notice.html", kind="ok", text=f"{gone['tool']}: the standing approval "
+                   "is revoked; the next identical call is held for a decision")
 
 
 def _decide(v: Viewer, ident: str, decision: str, reason: str,
