@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from corral.client.http import Client, ServerUnavailable
 
@@ -42,15 +41,13 @@ def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(NamedTuple):  # not a dataclass: on the launch path (~8 ms)
     kill_reason: str | None  # set: stop the run, and say this
     killed_by: str | None
     acked: int
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     status: str  # pending | approved | denied
     decided_by: str | None
     reason: str | None
