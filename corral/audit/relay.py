@@ -35,7 +35,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from corral._frames import frame, frame_json, load_object, split
@@ -81,6 +81,11 @@ class AuditRelay:
         """``trail``: a ``Trail``, or any sink with ``emit(type, **fields)`` (tests, embedded
         use: it has the event once ``emit`` returns)."""
         self.trail: Any = trail if hasattr(trail, "emit_held") else _SinkTrail(trail)
+        # a store's own trail takes the payload _accept validated as it is; a wrapper (the
+        # CLI's denial printer, tests) sees every event through its emit_held
+        self._emit: Callable[[str, dict[str, Any]], Any] = (
+            self.trail.emit_valid if type(self.trail) is Trail
+            else lambda type_, data: self.trail.emit_held(type_, **data))
         self.sock = sock
         self.allowed = frozenset(str(t) for t in allowed)
         self.budget = budget if budget is not None else from_env(time.monotonic())
@@ -177,7 +182,7 @@ class AuditRelay:
         if verdict == REFUSE:
             return rid, None, "unavailable: the sandbox's audit budget is used up"
         try:
-            ticket = self.trail.emit_held(type_, **data)
+            ticket = self._emit(type_, data)
         except (EventError, TypeError) as err:
             return rid, None, str(err)
         except AuditUnavailable as err:

@@ -10,6 +10,8 @@ Invariants kept here:
 - Chains stay valid with several processes writing: every group runs in ``BEGIN IMMEDIATE``
   (the database write lock) and reads each chain's head (last seq and hash) from the
   ``chains`` table inside that transaction; the ledger head is read the same way.
+- WAL checkpoints run on a connection and thread of their own (``corral.audit.checkpoint``),
+  never inside a commit: an emitter waits for its group's commit, not for a checkpoint.
 - Root only: the state dir is 0700 and the database and its WAL/SHM files are 0600; the
   sandbox never gets a path to them (the harness hides the state dir).
 - Fail closed: if the store cannot be written (disk full, I/O error, read-only), the failing
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from corral.audit.checkpoint import Checkpointer
 from corral.audit.db import (
     SCHEMA,
     connect,
@@ -103,7 +106,7 @@ class Ticket:
     def wait(self, timeout: float | None = None) -> int:
         if not self.done:
             assert self.group is not None
-            if not self.group.committed.wait(timeout):
+            if not self.group.wait(timeout):
                 raise AuditUnavailable("audit store did not commit in time")
         if self.error is not None:
             raise AuditUnavailable(self.error)
@@ -112,13 +115,26 @@ class Ticket:
 
 class _Group:
     """Events committed in one transaction; their emitters wait on one event (no thundering
-    herd: a commit wakes only the threads whose events it holds)."""
+    herd: a commit wakes only the threads whose events it holds). The event is made only when
+    someone waits before the commit ends: the relay, which commits on its own thread, never
+    does, and a ``threading.Event`` costs more than the rest of a group's bookkeeping."""
 
-    __slots__ = ("committed", "items")
+    __slots__ = ("done", "event", "items", "lock")
 
-    def __init__(self) -> None:
+    def __init__(self, lock: threading.Lock) -> None:
         self.items: list[Ticket] = []
-        self.committed = threading.Event()
+        self.lock = lock  # the store's: ``done`` and ``event`` change under it
+        self.done = False
+        self.event: threading.Event | None = None
+
+    def wait(self, timeout: float | None) -> bool:
+        with self.lock:
+            if self.done:
+                return True
+            if self.event is None:
+                self.event = threading.Event()
+            event = self.event
+        return event.wait(timeout)
 
 
 class Trail:
@@ -144,15 +160,22 @@ class Trail:
         hand-off. It must call ``commit()`` after queueing."""
         return self._queue(str(type_), data, lead=True)
 
+    def emit_valid(self, type_: str, data: dict[str, Any]) -> Ticket:
+        """``emit_held`` of a payload the caller has just passed through ``validate`` (the
+        relay, which must validate before its budget counts the event): not checked twice."""
+        return self._queue(type_, data, lead=True, checked=True)
+
     def commit(self) -> None:
         """Commit the queued events on this thread, or, if a commit is under way, leave them
         to the writer thread, which takes them next; tickets tell when they are durable."""
         self.store._lead()
 
-    def _queue(self, type_: str, data: dict[str, Any], *, lead: bool) -> Ticket:
+    def _queue(self, type_: str, data: dict[str, Any], *, lead: bool, checked: bool = False
+               ) -> Ticket:
         if type_ == EventType.TRAIL_CLOSE:
             raise EventError("trail.close is written by Trail.close(), not emitted")
-        validate(type_, data)
+        if not checked:
+            validate(type_, data)
         body = canonical_json({k: v for k, v in data.items() if v is not None})
         ticket = Ticket("event", self.sandbox_id, type_, body, self._actor_json)
         return self.store._submit(ticket, lead=lead)
@@ -180,13 +203,16 @@ class AuditStore:
         self._con = con
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # wakes the writer
-        self._group = _Group()
+        self._group = _Group(self._lock)
         self._want = 0  # group size at which to wake a lingering writer
         self._committing = False  # one commit at a time: the writer thread or a leading emitter
         self._pid = os.getpid()
         self._broken: str | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
+        # the WAL checkpoints, off the committing thread (see corral.audit.checkpoint)
+        con.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = Checkpointer(lambda: connect(path, synchronous))
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -270,6 +296,7 @@ class AuditStore:
         if self._thread is not None:
             self._thread.join()
             atexit.unregister(self._close_at_exit)
+        self._checkpointer.close()  # first: the writer's close, the last one, checkpoints
         self._con.close()
 
     def _close_at_exit(self) -> None:
@@ -323,7 +350,7 @@ class AuditStore:
             if self._committing or not self._group.items:
                 return
             group = self._group
-            self._group = _Group()
+            self._group = _Group(self._lock)
             self._committing = True
             broken = self._broken
         self._finish(group, broken or self._commit_group(group.items))
@@ -348,31 +375,32 @@ class AuditStore:
                     self._wake.wait_for(self._group_full, _LINGER)
                 group = self._group
                 last = self._want = len(group.items)
-                self._group = _Group()
+                self._group = _Group(self._lock)
                 broken = self._broken
             self._finish(group, broken or self._commit_group(group.items))
 
     def _finish(self, group: _Group, error: str | None) -> None:
-        try:
+        with self._lock:
             if error is not None:
-                with self._lock:
-                    if self._broken is None:
-                        self._broken = f"audit store {self.path} failed: {error}"
-                    for t in group.items:
-                        t.error = self._broken
+                if self._broken is None:
+                    self._broken = f"audit store {self.path} failed: {error}"
+                for t in group.items:
+                    t.error = self._broken
             for t in group.items:
                 t.done = True
-            group.committed.set()
-        finally:
-            with self._lock:
-                self._committing = False
-                if self._group.items or self._closed:
-                    self._wake.notify()  # the next group (or the close) is the writer's
+            group.done = True
+            event = group.event
+            self._committing = False
+            if self._group.items or self._closed:
+                self._wake.notify()  # the next group (or the close) is the writer's
+        if event is not None:
+            event.set()
 
     def _commit_group(self, group: list[Ticket]) -> str | None:
         for attempt in range(_BUSY_RETRIES):
             try:
                 self._write(group)
+                self._checkpointer.committed(self._con)
                 return None
             except sqlite3.OperationalError as err:
                 if self._con.in_transaction:
