@@ -8,7 +8,11 @@ Invariants:
 - Every event's hash is recomputed with corral's own ``event_body``/``event_hash`` (the run's
   registered sandbox id in the body) and its ``prev`` must be the hash before it: the server
   never trusts a hash it was sent. ``actor`` and ``data`` must be canonical JSON objects, as
-  the local store writes them, so what is stored is what was hashed and reads back as JSON.
+  the local store writes them, so what is stored is what was hashed and reads back as JSON:
+  ``_canonical_object`` is exactly ``canonical_json(json.loads(text)) == text`` (the stdlib's
+  own C scanner and encoder, called without the wrappers; a hypothesis test compares the
+  two), and text that does not decode, holds NaN or an out-of-range float, or nests past the
+  recursion limit is not canonical (422, never a 500).
 - seq runs 1, 2, 3... without a gap. A batch whose seqs are not consecutive, or that starts
   past the cursor + 1, is refused 422 (a forged seq or lost events); events at or below the
   cursor must equal what is stored, content and hash (then they are acknowledged again and
@@ -21,8 +25,9 @@ Invariants:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+import json.encoder
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -31,7 +36,7 @@ from corral.audit.events import GENESIS, canonical_json, event_body, event_hash
 from corral.server.errors import ApiError
 from corral.server.models import AuditEvent, Run
 
-__all__ = ["BatchRefused", "EventRow", "check", "ingest"]
+__all__ = ["BatchRefused", "Event", "check", "ingest"]
 
 MAX_BATCH = 500
 
@@ -44,24 +49,54 @@ class BatchRefused(ApiError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    seq: int
-    ts: int
-    type: str
-    actor: str
-    data: str
-    v: int
-    prev: str
-    hash: str
+class Event(Protocol):
+    """An event as shipped: the API's validated ``EventIn`` is used as it is (copying 500 of
+    them into another type cost more than checking their canonical forms)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def data(self) -> str: ...
+    @property
+    def v(self) -> int: ...
+    @property
+    def prev(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
+
+
+def _no_default(value: object) -> NoReturn:
+    raise TypeError(f"{type(value).__name__} is not JSON")  # never: decoded JSON only
+
+
+# What json.loads and canonical_json's JSONEncoder.encode run underneath (the latter builds
+# this encoder anew on every call, with the same arguments); without the C accelerator the
+# stdlib path itself is used.
+_decoder = json.JSONDecoder()
+_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
+_make_encoder: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
+_encode = None if _make_encoder is None else _make_encoder(
+    None, _no_default, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, False)
 
 
 def _canonical_object(text: str) -> bool:
+    """``canonical_json(json.loads(text)) == text`` for a JSON object, False for anything else."""
     try:
-        value = json.loads(text)
-    except ValueError:
+        if _encode is None:  # pragma: no cover - a Python without the _json accelerator
+            value = json.loads(text)
+            return isinstance(value, dict) and canonical_json(value) == text
+        # Leading or trailing whitespace is never canonical: scanning from 0 and requiring the
+        # end of the text gives json.loads' verdict for every text that could be.
+        value, end = _scan(text, 0)
+        return end == len(text) and type(value) is dict and "".join(_encode(value, 0)) == text
+    except (StopIteration, ValueError, RecursionError):
         return False
-    return isinstance(value, dict) and canonical_json(value) == text
 
 
 def _lock(session: Session, run: Run) -> None:
@@ -70,7 +105,7 @@ def _lock(session: Session, run: Run) -> None:
     session.refresh(run)
 
 
-def _prev_and_overlap(session: Session, run: Run, events: list[EventRow]) -> str:
+def _prev_and_overlap(session: Session, run: Run, events: Sequence[Event]) -> str:
     """Events at or below the cursor must be exactly the stored ones; returns the hash the
     batch's first event must link to."""
     first = events[0].seq
@@ -87,7 +122,7 @@ def _prev_and_overlap(session: Session, run: Run, events: list[EventRow]) -> str
     return GENESIS if first == 1 else stored[first - 1]
 
 
-def _check_content(run: Run, events: list[EventRow]) -> BatchRefused | None:
+def _check_content(run: Run, events: Sequence[Event]) -> BatchRefused | None:
     """What needs no stored state: canonical forms, every hash, the links inside the batch.
 
     Run before the run's lock is taken (it is most of the CPU a batch costs); the first
@@ -119,7 +154,7 @@ def _check_content(run: Run, events: list[EventRow]) -> BatchRefused | None:
 _COLUMNS = ("run_id", "project_id", "seq", "ts_us", "type", "actor", "data", "v", "prev", "hash")
 
 
-def _insert(session: Session, run: Run, events: list[EventRow]) -> None:
+def _insert(session: Session, run: Run, events: Sequence[Event]) -> None:
     rows = [(run.id, run.project_id, e.seq, e.ts, e.type, e.actor, e.data, e.v, e.prev, e.hash)
             for e in events]
     if session.get_bind().dialect.name == "postgresql":
@@ -139,7 +174,7 @@ def _insert(session: Session, run: Run, events: list[EventRow]) -> None:
         f"({', '.join('?' * len(_COLUMNS))})", rows)
 
 
-def check(run: Run, events: list[EventRow]) -> BatchRefused | None:
+def check(run: Run, events: Sequence[Event]) -> BatchRefused | None:
     """The checks that need no database (call before ``ingest``, outside any lock)."""
     first = events[0].seq
     for i, e in enumerate(events):
@@ -150,7 +185,7 @@ def check(run: Run, events: list[EventRow]) -> BatchRefused | None:
     return _check_content(run, events)
 
 
-def ingest(session: Session, run: Run, events: list[EventRow], *, checked: bool = False,
+def ingest(session: Session, run: Run, events: Sequence[Event], *, checked: bool = False,
            problem: BatchRefused | None = None) -> dict[str, int | str]:
     """Check and store one batch (caller commits); ``BatchRefused`` says why not. With
     ``checked``, ``problem`` is ``check``'s verdict, already taken outside any lock. A problem

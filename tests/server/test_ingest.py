@@ -104,10 +104,16 @@ def test_bad_batches_are_refused_recorded_and_change_nothing(server: Served) -> 
     other_sandbox = make_chain("sb-2", 15)[10:15]  # hashed for another sandbox's chain
     not_canonical = copy.deepcopy(chain[10:11])
     not_canonical[0]["data"] = '{"host": "x"}'
+    # Decodable by json.loads but not encodable canonically (NaN, an out-of-range float), or
+    # nested past the recursion limit: a refusal for the form, never a 500.
+    unencodable = [copy.deepcopy(chain[10:11]) for _ in range(3)]
+    for batch, data in zip(unencodable, ['{"a":NaN}', '{"a":1e400}',
+                                         '{"a":' + "[" * 60000 + "]" * 60000 + "}"], strict=True):
+        batch[0]["data"] = data
     cases = [(edited, 409, "hash"), (relinked, 409, "hash"), (unlinked, 409, "link"),
              (rewrite, 409, "rewrite"),
              (forged, 422, "seq"), (chain[12:15], 422, "gap"), (other_sandbox, 409, "hash"),
-             (not_canonical, 422, "form")]
+             (not_canonical, 422, "form")] + [(b, 422, "form") for b in unencodable]
     for batch, status, reason in cases:
         with pytest.raises(Refused) as err:
             run.ship_events(batch)

@@ -17,7 +17,7 @@ from corral.server.api import resolve
 from corral.server.api.deps import Access, get_db, require
 from corral.server.api.schemas import BatchIn
 from corral.server.authz import Permission
-from corral.server.ingest import BatchRefused, EventRow, check, ingest
+from corral.server.ingest import BatchRefused, check, ingest
 from corral.server.models import Agent, AuditEvent, Project, Run, User
 from corral.server.trail_check import verify_project
 
@@ -50,8 +50,7 @@ def _store(request: Request, access: Access, body: BatchIn) -> dict[str, Any]:
     # one that starts by writing waits its turn (busy_timeout).
     access.session.commit()
     run = access.resource
-    events = [EventRow(e.seq, e.ts, e.type, e.actor, e.data, e.v, e.prev, e.hash)
-              for e in body.events]
+    events = body.events
     try:
         problem = check(run, events)  # the CPU-heavy part, outside the writer queue
         with get_db(request).writer():

@@ -24,7 +24,7 @@ from corral.server.api.deps import Access, get_db, require
 from corral.server.api.schemas import EndIn, EventIn, KillIn, RunIn
 from corral.server.authz import Permission, Principal
 from corral.server.errors import ApiError
-from corral.server.ingest import BatchRefused, EventRow, ingest
+from corral.server.ingest import BatchRefused, ingest
 from corral.server.models import Agent, Project, Run
 from corral.server.tokens import SANDBOX_TTL
 
@@ -46,15 +46,14 @@ def _ingest(request: Request, access: Access, events: list[EventIn]) -> None:
     """Store a batch as ``POST /runs/{run}/events`` does; a refusal is recorded and raised
     (nothing stored, the run not ended)."""
     run = access.resource
-    rows = [EventRow(e.seq, e.ts, e.type, e.actor, e.data, e.v, e.prev, e.hash) for e in events]
     try:
-        ingest(access.session, run, rows)
+        ingest(access.session, run, events)
     except BatchRefused as err:
         access.session.rollback()
         project = access.session.get(Project, run.project_id)
         record_now(get_db(request), access.principal.actor, "audit.refused", f"run {run.id}",
                    team_id=project.team_id if project else None, code=err.code,
-                   message=err.message, first=rows[0].seq, last=rows[-1].seq, **err.detail)
+                   message=err.message, first=events[0].seq, last=events[-1].seq, **err.detail)
         raise
 
 
