@@ -75,6 +75,7 @@ class EventType(enum.StrEnum):
     APPROVAL_REQUEST = "approval.request"
     APPROVAL_DECIDE = "approval.decide"
     APPROVAL_USE = "approval.use"  # a standing approval consumed by a call
+    APPROVAL_REVOKE = "approval.revoke"  # a standing approval ("always") ended by a human
     ERROR = "error"
     AUDIT_FLOOD = "audit.flood"  # a sandbox past its audit budget (corral.audit.budget)
     TRAIL_CLOSE = "trail.close"  # written by Trail.close(); the chain's last event
@@ -218,6 +219,8 @@ SCHEMAS: dict[str, _Spec] = {
         "always": (_B, False),
     },
     EventType.APPROVAL_USE: {"request_id": (_S, True), "tool": (_S, False)},
+    EventType.APPROVAL_REVOKE: {"standing": (_I, True), "by": (_S, True), "tool": (_S, False),
+                                "summary": (_S, False), "workspace": (_S, False)},
     EventType.ERROR: {"component": (_S, True), "message": (_S, True), "count": (_I, False)},
     EventType.AUDIT_FLOOD: {
         "reason": (_S, True),  # rate | bytes | end
