@@ -166,6 +166,25 @@ async def test_held_mcp_call_decided_in_the_browser(ui_sqlite: Ui, corral_env: d
         assert (ws / "c.txt").read_text() == "three\n"
         await page.wait_for_selector("#queue-empty", timeout=10_000)
         await _shot(page, "approvals-mcp-after")
+
+        # The standing approval is listed; revoked in the page, the same call is held again.
+        await page.reload()
+        row = await page.wait_for_selector("#standing tbody tr", timeout=10_000)
+        assert row is not None and "three" in await row.inner_text()
+        await _shot(page, "approvals-standing")
+        page.once("dialog", lambda dialog: dialog.accept())  # hx-confirm
+        await page.click("#standing button.danger")
+        await page.wait_for_selector("#standing .notice.ok", timeout=30_000)
+        await _shot(page, "approvals-standing-revoked")
+        await page.reload()
+        await page.wait_for_selector("#standing-empty", timeout=10_000)
+        await anyio.sleep(0.5)  # the EventSource connects again
+
+        async def deny_again(ident: str) -> None:
+            await page.click(f"#deny-{ident}")
+
+        res = await held(args, deny_again)
+        assert res.is_error and "denied" in _text(res), _text(res)
         await browser.close()
 
     with httpx.Client(base_url=ui.url + "/api/v1", timeout=30,
@@ -173,7 +192,8 @@ async def test_held_mcp_call_decided_in_the_browser(ui_sqlite: Ui, corral_env: d
         decided = c.get("/projects/shop/approvals?all=true").json()["approvals"]
     assert [(a["status"], a["decided_by"]) for a in decided] == [
         ("approved", "alice@example.com"), ("approved", "alice@example.com"),
-        ("approved", decided[2]["decided_by"]), ("denied", "alice@example.com")], decided
+        ("approved", decided[2]["decided_by"]), ("denied", "alice@example.com"),
+        ("denied", "alice@example.com")], decided
     assert decided[1]["always"] and "always" in decided[2]["decided_by"]
     assert decided[1]["reason"] == "generated file, fine to rewrite"
     assert decided[3]["reason"] == "not in this sprint"
