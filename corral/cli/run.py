@@ -244,11 +244,18 @@ def build_spec(ns: argparse.Namespace) -> tuple[SandboxSpec, ResolvedPolicy | No
 
 def _project_policy(ns: argparse.Namespace, quick: QuickPolicy | None) -> ProjectPolicy:
     """``--project``: the server's policy, narrowed by the local input (125 if it widens)."""
-    from corral.runtime.project import project_policy, target
+    from corral.runtime.project import project_policy, start_pull, target
 
     t = target(ns.project, ns.agent, ns.server)
+    pull = start_pull(t)
+    # While the server answers, what the launch imports anyway (the sandbox, the audit store,
+    # the reporter): the wait for the server is then off the launch's critical path.
+    from corral.audit import AuditStore  # noqa: F401
+    from corral.runtime import open_audit, report  # noqa: F401
+    from corral.sandbox import check_host, run_command  # noqa: F401
+
     # the -p files are loaded there only when the compiled policy is not cached
-    found = project_policy(t, list(ns.policy), quick, ns.workspace)
+    found = project_policy(t, list(ns.policy), quick, ns.workspace, pull=pull)
     if found.offline:
         print(f"corral: --project {ns.project}: {found.offline}", file=sys.stderr)
     ns.project_found, ns.project_target = found, t

@@ -18,6 +18,9 @@ Invariants:
   it is younger than the project's ``max_offline`` and the project does not require the server.
   Everything read from it goes through the same trust rules as a fresh pull.
 - Every refusal is a ``CorralError`` with exit status 125 and one line naming the rule.
+- ``start_pull`` only moves the pull onto a thread (so that waiting for the server overlaps
+  the launcher's own work); what it answers goes through exactly the checks above, and a
+  refusal it met is raised where the answer is taken.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,8 +43,8 @@ if TYPE_CHECKING:
     from corral.policy.resolved import ResolvedPolicy
     from corral.runtime import trust
 
-__all__ = ["ProjectPolicy", "Target", "cache_path", "project_policy", "stored_login",
-           "stored_login_token", "target"]
+__all__ = ["ProjectPolicy", "Pull", "Target", "cache_path", "project_policy", "start_pull",
+           "stored_login", "stored_login_token", "target"]
 
 EXIT_CORRAL = 125
 DEFAULT_MAX_OFFLINE = 24 * 3600
@@ -203,6 +207,35 @@ def _pull(t: Target) -> tuple[dict[str, Any], dict[str, Any], str | None]:
     return answer, info, None
 
 
+class Pull:
+    """A pull under way on its own thread (``start_pull``); ``result`` waits for it."""
+
+    def __init__(self, t: Target) -> None:
+        self._answer: tuple[dict[str, Any], dict[str, Any], str | None] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(t,), daemon=True,
+                                        name="corral-pull")
+        self._thread.start()
+
+    def _run(self, t: Target) -> None:
+        try:
+            self._answer = _pull(t)
+        except BaseException as err:  # raised again in the caller's thread
+            self._error = err
+
+    def result(self) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._answer is not None
+        return self._answer
+
+
+def start_pull(t: Target) -> Pull:
+    """Start pulling project ``t``'s policy; hand the ``Pull`` to ``project_policy``."""
+    return Pull(t)
+
+
 def _offline(t: Target, why: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     cached = _cache_read(t.project)
     if cached is None:
@@ -276,7 +309,7 @@ def _load_server(project: str, answer: dict[str, Any]) -> tuple[list[LoadedPolic
 
 
 def project_policy(t: Target, local: Sequence[LoadedPolicy | str], quick: QuickPolicy | None,
-                   workspace: str | None) -> ProjectPolicy:
+                   workspace: str | None, pull: Pull | None = None) -> ProjectPolicy:
     """Pull (or read the cached) project policy, hold it to the trust rules, check that the
     local input only narrows it, and compose them (``CorralError`` 125 naming the rule).
 
@@ -284,7 +317,7 @@ def project_policy(t: Target, local: Sequence[LoadedPolicy | str], quick: QuickP
     policies (never cached)."""
     from corral.runtime import project_cache, trust
 
-    answer, info, offline = _pull(t)
+    answer, info, offline = pull.result() if pull is not None else _pull(t)
     digest = str(answer.get("digest", ""))
     specs = [x for x in local if isinstance(x, str)]
     name = project_cache.key(digest, specs, quick, workspace) \
