@@ -10,7 +10,7 @@ policy composed with the ``-p`` ones (``corral.policy.quick``), so they show up 
 With ``--project P`` the policy is project P's on ``corral server`` (``corral.runtime.project``:
 held to the trust rules, the local ``-p``/quick flags/``--workspace`` may only narrow it) and
 the run registers there, heartbeats and ships its audit trail (``corral.runtime.report``);
-``http.client`` and the server client load only then.
+the server client (``corral.client``: a socket and llhttp) loads only then.
 As in ``docker run``, everything from the first positional argument on is the command
 (``corral run ls -la`` needs no ``--``); ``--`` before the command is accepted too.
 

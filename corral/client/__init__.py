@@ -1,10 +1,11 @@
-"""What launchers and the CLI use to talk to ``corral server``: stdlib only, loaded lazily.
+"""What launchers and the CLI use to talk to ``corral server``: stdlib and httptools, loaded lazily.
 
-Public surface: ``Client`` (JSON over ``http.client``), ``ClientError`` and its two kinds
-``ServerUnavailable`` (retry later) and ``Refused``, ``check_url``; for launchers,
+Public surface: ``Client`` (JSON over ``corral.client.wire``: a socket and llhttp),
+``ClientError`` and its two kinds ``ServerUnavailable`` (retry later) and ``Refused``,
+``check_url``; for launchers,
 ``ServerRun`` (register, heartbeat, ship_events, cursor, approvals, end), ``fetch_policy``
 and ``introspect`` (who an MCP caller's token is).
-Importing this package loads nothing else: ``http.client`` loads with the first ``Client``.
+Importing this package loads nothing else: the wire and httptools load with ``Client``.
 """
 
 from __future__ import annotations
