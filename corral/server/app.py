@@ -12,12 +12,14 @@ Invariants:
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from sqlalchemy.exc import DBAPIError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.server.config import ServerConfig
 from corral.server.crypto import load_kek
@@ -46,6 +48,12 @@ def create_app(config: ServerConfig, *, db: Database | None = None) -> FastAPI:
         except DBAPIError as err:
             log.warning("database unreachable at start (%s); serving 503 until it is back",
                         type(err.orig).__name__)
+        # What startup built (modules, the app, the ORM's mappers: ~200k objects) lives as
+        # long as the process; left to the cyclic GC, each full collection walked it all
+        # again, ~3 ms of every audit ingest batch. Frozen, collections walk only what
+        # requests allocate.
+        gc.collect()
+        gc.freeze()
         yield
         database.dispose()
 
@@ -63,21 +71,28 @@ def create_app(config: ServerConfig, *, db: Database | None = None) -> FastAPI:
     for router in WEB_ROUTERS:
         app.include_router(router)
 
-    @app.middleware("http")
-    async def _schema_gate(request: Request,
-                           call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if not app.state.schema_ok and request.url.path.startswith("/api/v1/") \
-                and request.url.path != "/api/v1/openapi.json":
-            try:
-                check_schema(database.engine, auto_migrate_empty_sqlite=False)
-                app.state.schema_ok = True
-            except SchemaError as err:
-                return error_response(503, "schema_mismatch", str(err))
-            except DBAPIError:
-                return error_response(503, "database_unavailable",
-                                      "the server's database is unavailable; retry later",
-                                      {"Retry-After": "5"})
-        return await call_next(request)
+    # A plain ASGI middleware: Starlette's @app.middleware("http") runs every request in a
+    # task of its own and streams both bodies through queues (~1 ms of an ingest batch).
+    def _schema_gate(inner: ASGIApp) -> ASGIApp:
+        async def gate(scope: Scope, receive: Receive, send: Send) -> None:
+            path = scope.get("path", "")
+            if scope["type"] == "http" and not app.state.schema_ok \
+                    and path.startswith("/api/v1/") and path != "/api/v1/openapi.json":
+                try:
+                    check_schema(database.engine, auto_migrate_empty_sqlite=False)
+                    app.state.schema_ok = True
+                except SchemaError as err:
+                    await error_response(503, "schema_mismatch", str(err))(scope, receive, send)
+                    return
+                except DBAPIError:
+                    await error_response(503, "database_unavailable",
+                                         "the server's database is unavailable; retry later",
+                                         {"Retry-After": "5"})(scope, receive, send)
+                    return
+            await inner(scope, receive, send)
+        return gate
+
+    app.add_middleware(_schema_gate)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, object]:

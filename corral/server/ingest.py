@@ -27,10 +27,11 @@ from __future__ import annotations
 import json
 import json.encoder
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from corral.audit.events import GENESIS, canonical_json, event_body, event_hash
 from corral.server.errors import ApiError
@@ -99,10 +100,24 @@ def _canonical_object(text: str) -> bool:
         return False
 
 
+_RUNS = cast(Table, Run.__table__)  # Core: no ORM bookkeeping for the two hot statements
+
+
+def _set_loaded(run: Run, **values: object) -> None:
+    """Put what the database holds (or now will) into ``run`` without marking it changed:
+    the statements here keep the row current, so the ORM has nothing to flush for it."""
+    for name, value in values.items():
+        set_committed_value(run, name, value)
+
+
 def _lock(session: Session, run: Run) -> None:
-    """Hold the run's row (PostgreSQL: row lock; SQLite: the database write lock)."""
-    session.execute(update(Run).where(Run.id == run.id).values(events=Run.events))
-    session.refresh(run)
+    """Hold the run's row (PostgreSQL: row lock; SQLite: the database write lock) and read
+    its cursor in the same statement: under SQLite's one write lock, every statement more is
+    a release of the GIL that other requests' threads take for up to a switch interval."""
+    events, head, status = session.execute(
+        update(_RUNS).where(_RUNS.c.id == run.id).values(events=_RUNS.c.events)
+        .returning(_RUNS.c.events, _RUNS.c.head, _RUNS.c.status)).one()
+    _set_loaded(run, events=events, head=head, status=status)
 
 
 def _prev_and_overlap(session: Session, run: Run, events: Sequence[Event]) -> str:
@@ -214,6 +229,8 @@ def ingest(session: Session, run: Run, events: Sequence[Event], *, checked: bool
     new = [e for e in events if e.seq > run.events]
     if new:
         _insert(session, run, new)
-        run.events, run.head = new[-1].seq, new[-1].hash
+        session.execute(update(_RUNS).where(_RUNS.c.id == run.id)
+                        .values(events=new[-1].seq, head=new[-1].hash))
+        _set_loaded(run, events=new[-1].seq, head=new[-1].hash)
     return {"acked": run.events, "head": run.head, "stored": len(new),
             "duplicates": len(events) - len(new)}
