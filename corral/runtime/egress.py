@@ -219,15 +219,20 @@ def proxied_opener(
     sandbox_audit: Any = None,
     resolve_overrides: Mapping[str, list[str]] | None = None,
     upstream_proxy: str | None = None,
+    spend_server: bool = False,
 ) -> Callable[[Any], Opened]:
-    """An opener for ``corral.tools.SandboxProvider``: each call builds sandbox + proxy."""
+    """An opener for ``corral.tools.SandboxProvider``: each call builds sandbox + proxy.
+    ``spend_server``: each sandbox is a project run whose metered requests reserve on corral
+    server (its run tells the proxy where, ``Opened.egress``); as ``Egress.spend_server``."""
 
     def open_(spec: Any) -> Opened:
         from corral.sandbox import Sandbox
         from corral.tools.provision import Opened
 
         egress = Egress(policy, proxy_audit=proxy_audit, upstream_proxy=upstream_proxy,
-                        resolve_overrides=resolve_overrides)
+                        resolve_overrides=resolve_overrides, configure=False)
+        egress.spend_server = spend_server
+        egress.configure()  # kills the child if it fails
         try:
             sb = Sandbox.open(egress.prepare(spec), sandbox_audit)
         except BaseException:
@@ -248,6 +253,6 @@ def proxied_opener(
             finally:
                 sb.close()
 
-        return Opened(sb, close)
+        return Opened(sb, close, egress)
 
     return open_

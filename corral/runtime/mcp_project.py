@@ -19,6 +19,11 @@ Invariants:
 - Tool and approval events of a principal go into its sandbox's trail, so they ship with its
   run; a kill from the server ends that run and every later call of that principal is refused
   with the reason.
+- A tools sandbox's proxy is a project run's (``spend_server``): once its run registered, the
+  proxy is told the run's server URL, id and sandbox token (its ``platform`` relay and budget
+  ledger), or why there is none; its metered requests reserve and settle on the server under
+  that run, and without that configuration they are refused (503), never served on local
+  budgets alone (``corral.proxy.spend_server``).
 """
 
 from __future__ import annotations
@@ -120,6 +125,21 @@ class RunTrail:
         sink.emit(event_type, **fields)
 
 
+class _Serving:
+    """A tools sandbox's egress, serving already (the opener attached it), as the ``inner``
+    hooks of its run's ``Reporter``: registering tells that proxy where its ``platform`` and
+    metered requests go (the reporter reads ``policy`` and ``proc``, as under ``corral run``)."""
+
+    def __init__(self, egress: Any) -> None:
+        self.policy, self.proc = egress.policy, egress.proc
+
+    def started(self, sb: Any) -> dict[str, str]:
+        return {}
+
+    def finished(self, sb: Any) -> None:
+        return None
+
+
 class ProjectRuns:
     """One ``Reporter`` (one server run) per tools sandbox, and the held calls of those runs."""
 
@@ -150,6 +170,8 @@ class ProjectRuns:
                                 require_server=found.require_server,
                                 store=self.launch.store.path)
             opened = base(spec)
+            if opened.egress is not None:
+                reporter.inner = _Serving(opened.egress)
             try:
                 reporter.started(opened.sandbox)
             except BaseException:

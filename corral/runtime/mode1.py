@@ -18,7 +18,8 @@ Invariants:
   own, closed when the caller is done.
 - With ``project`` (``--project P``) the policy is the project's (``mcp_project``), each tools
   sandbox is a run of P on corral server, approvals are held there and never decided locally
-  (no elicitation, no local store), and over HTTP the bearer tokens are server-issued ones the
+  (no elicitation, no local store), its proxy reserves metered requests on the server under
+  that run (``spend_server``), and over HTTP the bearer tokens are server-issued ones the
   server vouches for (``corral.runtime.mcp_project``).
 """
 
@@ -101,8 +102,10 @@ def _principals(rp: ResolvedPolicy, *, store: ApprovalStore, audit: AuditSink,
     def factory(principal: str) -> Tools:
         spec = SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
                            workspace=ws)
+        as_runs = runs is not None and launch is not None
         opener = proxied_opener(rp, sandbox_audit=launch, upstream_proxy=upstream_proxy,
-                                proxy_audit=launch.proxy_audit if launch is not None else None)
+                                proxy_audit=launch.proxy_audit if launch is not None else None,
+                                spend_server=as_runs)  # a run's budgets are on the server too
         sink = audit
         if runs is not None and launch is not None:
             opener = runs.opener(principal, opener)

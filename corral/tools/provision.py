@@ -24,11 +24,13 @@ __all__ = ["Opened", "SandboxProvider", "open_bare"]
 
 
 class Opened:
-    """A sandbox opened for the tools: the object with ``spawn`` and a ``close`` callback."""
+    """A sandbox opened for the tools: the object with ``spawn`` and a ``close`` callback;
+    ``egress``: its proxy when the opener made one (``corral.runtime.egress.Egress``)."""
 
-    def __init__(self, sandbox: Any, close: Callable[[], None]) -> None:
+    def __init__(self, sandbox: Any, close: Callable[[], None], egress: Any = None) -> None:
         self.sandbox = sandbox
         self.close = close
+        self.egress = egress
 
 
 def open_bare(spec: Any, audit: Any = None) -> Opened:
