@@ -35,13 +35,14 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from corral._frames import frame, frame_json, load_object, split
 from corral.audit.budget import HOLD, REFUSE, Budget, Held, from_env
 from corral.audit.events import EventError, EventType, validate
-from corral.audit.store import AuditUnavailable, Ticket, Trail
+from corral.audit.relay_sink import sink_for
+from corral.audit.store import AuditUnavailable, Trail
 
 __all__ = ["MAX_FRAME", "PROXY_EVENTS", "AuditRelay"]
 
@@ -80,12 +81,10 @@ class AuditRelay:
     ) -> None:
         """``trail``: a ``Trail``, or any sink with ``emit(type, **fields)`` (tests, embedded
         use: it has the event once ``emit`` returns)."""
-        self.trail: Any = trail if hasattr(trail, "emit_held") else _SinkTrail(trail)
-        # a store's own trail takes the payload _accept validated as it is; a wrapper (the
-        # CLI's denial printer, tests) sees every event through its emit_held
-        self._emit: Callable[[str, dict[str, Any]], Any] = (
-            self.trail.emit_valid if type(self.trail) is Trail
-            else lambda type_, data: self.trail.emit_held(type_, **data))
+        self.trail: Trail | Any = trail
+        # a store's own trail takes the validated events as rows; a wrapper (the CLI's
+        # denial printer, tests) sees every event through its emit_held
+        self.sink = sink_for(trail)
         self.sock = sock
         self.allowed = frozenset(str(t) for t in allowed)
         self.budget = budget if budget is not None else from_env(time.monotonic())
@@ -99,7 +98,7 @@ class AuditRelay:
         # munmap (TLB shootdowns across this process's threads) on every event
         chunk = memoryview(bytearray(_RECV))
         budget = self.budget
-        deferred: list[tuple[Any, Ticket | None, str | None]] = []  # queued, not committed
+        deferred: list[tuple[Any, Any, str | None]] = []  # queued, not committed
         flush_at: float | None = None  # when the deferred events are committed at the latest
         try:
             while True:
@@ -134,39 +133,40 @@ class AuditRelay:
                 self._commit_and_ack(deferred, budget.due(0.0, all_=True), final=True)
             self._close_sock()
 
-    def _commit_and_ack(self, items: list[tuple[Any, Ticket | None, str | None]],
+    def _commit_and_ack(self, items: list[tuple[Any, Any, str | None]],
                         counted: list[Held], *, final: bool = False) -> None:
         """Write the counted events and the flood notices, commit once, answer everyone."""
-        budget = self.budget
-        now = time.monotonic()
+        budget, sink = self.budget, self.sink
         groups = []
-        for held in counted:
-            event = held.event()
-            try:
-                ticket: Ticket | None = self.trail.emit_held(held.type, **event)
-                error = None
-                budget.wrote(held.type, event, now)
-            except (EventError, TypeError, AuditUnavailable) as err:
-                ticket, error = None, f"unavailable: {err}"
-            groups.append((held.tokens, ticket, error))
-        end = budget.final() if final else None
-        for notice in [*budget.notices, *([end] if end else [])]:
-            with contextlib.suppress(EventError, TypeError):
-                items.append((None, self.trail.emit_held(EventType.AUDIT_FLOOD, **notice), None))
-        budget.notices.clear()
+        if counted or budget.notices or final:
+            now = time.monotonic()
+            for held in counted:
+                event = held.event()
+                try:
+                    token: Any = sink.add_checked(held.type, event)
+                    error = None
+                    budget.wrote(held.type, event, now)
+                except (EventError, TypeError, AuditUnavailable) as err:
+                    token, error = None, f"unavailable: {err}"
+                groups.append((held.tokens, token, error))
+            end = budget.final() if final else None
+            for notice in [*budget.notices, *([end] if end else [])]:
+                with contextlib.suppress(EventError, TypeError):
+                    items.append((None, sink.add_checked(EventType.AUDIT_FLOOD, notice), None))
+            budget.notices.clear()
         if pause := budget.wait():
             time.sleep(pause)  # a flood: slow its acks, and so the proxy, to the budget's rate
         if any(t is not None for _, t, _ in items) or any(t is not None for _, t, _ in groups):
-            self.trail.commit()
+            sink.commit()
         frames = [self._ack_frame(item) for item in items if item[0] is not None]
-        for tokens, ticket, error in groups:
-            frames += [self._ack_frame((rid, ticket, error)) for rid in tokens]
+        for tokens, token, error in groups:
+            frames += [self._ack_frame((rid, token, error)) for rid in tokens]
         if frames:
             self.sock.sendall(b"".join(frames))
 
-    def _accept(self, msg: dict[str, Any], now: float
-                ) -> tuple[Any, Ticket | None, str | None] | None:
-        """The event's ticket (or error); ``None`` when it is held for a counted event."""
+    def _accept(self, msg: dict[str, Any], now: float) -> tuple[Any, Any, str | None] | None:
+        """The event's token in the sink (or error); ``None`` when it is held for a counted
+        event."""
         rid, type_, data = msg.get("id"), msg.get("type"), msg.get("data")
         if not isinstance(type_, str) or type_ not in self.allowed:
             return rid, None, f"event type {type_!r} not allowed here"
@@ -182,20 +182,19 @@ class AuditRelay:
         if verdict == REFUSE:
             return rid, None, "unavailable: the sandbox's audit budget is used up"
         try:
-            ticket = self._emit(type_, data)
+            token, size = self.sink.add(type_, data)
         except (EventError, TypeError) as err:
             return rid, None, str(err)
         except AuditUnavailable as err:
             return rid, None, f"unavailable: {err}"
-        self.budget.wrote(type_, data, now, size=len(getattr(ticket, "data", "")) or None)
-        return rid, ticket, None
+        self.budget.wrote(type_, data, now, size=size)
+        return rid, token, None
 
-    @staticmethod
-    def _ack_frame(item: tuple[Any, Ticket | None, str | None]) -> bytes:
-        rid, ticket, error = item
-        if ticket is not None:
+    def _ack_frame(self, item: tuple[Any, Any, str | None]) -> bytes:
+        rid, token, error = item
+        if token is not None:
             try:
-                seq = ticket.wait()
+                seq = self.sink.seq(token)
             except AuditUnavailable as err:
                 error = f"unavailable: {err}"
             else:
@@ -215,35 +214,3 @@ class AuditRelay:
             self.sock.shutdown(socket.SHUT_RD)
         self._thread.join(timeout)
 
-
-class _Done:
-    """A ticket already settled (the sink emitted synchronously)."""
-
-    done = True
-
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
-
-    def wait(self, timeout: float | None = None) -> int:
-        return self.seq
-
-
-class _SinkTrail:
-    """A plain sink served like a trail: the sink has the event the moment it returns."""
-
-    def __init__(self, sink: Any) -> None:
-        self.sink = sink
-        self.count = 0
-
-    def emit_held(self, event_type: str, /, **fields: Any) -> _Done:
-        try:
-            self.sink.emit(event_type, **fields)
-        except (EventError, TypeError):
-            raise
-        except Exception as err:
-            raise AuditUnavailable(f"audit sink failed: {err}") from None
-        self.count += 1
-        return _Done(self.count)
-
-    def commit(self) -> None:
-        pass

@@ -28,9 +28,11 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from corral.audit.append import ChainRefused, Row, append
 from corral.audit.checkpoint import Checkpointer
 from corral.audit.db import (
     SCHEMA,
@@ -165,6 +167,14 @@ class Trail:
         relay, which must validate before its budget counts the event): not checked twice."""
         return self._queue(type_, data, lead=True, checked=True)
 
+    def append(self, rows: Sequence[Row]) -> int:
+        """Commit ``rows`` (type, canonical JSON of a payload the caller validated, ts) on this
+        thread as the chain's next events, in one transaction, once any commit under way has
+        ended; returns the last one's seq. The relay's path (``corral.audit.append``): no
+        ticket per event. ``AuditUnavailable`` if the store failed (then for everyone, as a
+        failed group) or the chain is closed (then for these events only)."""
+        return self.store._append(self.sandbox_id, self._actor_json, rows)
+
     def commit(self) -> None:
         """Commit the queued events on this thread, or, if a commit is under way, leave them
         to the writer thread, which takes them next; tickets tell when they are durable."""
@@ -203,6 +213,7 @@ class AuditStore:
         self._con = con
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # wakes the writer
+        self._idle = threading.Condition(self._lock)  # wakes a Trail.append waiting its turn
         self._group = _Group(self._lock)
         self._want = 0  # group size at which to wake a lingering writer
         self._committing = False  # one commit at a time: the writer thread or a leading emitter
@@ -391,15 +402,57 @@ class AuditStore:
             group.done = True
             event = group.event
             self._committing = False
+            self._idle.notify()
             if self._group.items or self._closed:
                 self._wake.notify()  # the next group (or the close) is the writer's
         if event is not None:
             event.set()
 
+    def _append(self, sandbox: str, actor: str, rows: Sequence[Row]) -> int:
+        """``Trail.append``: takes the commit slot as ``_lead`` does, waiting for it if a
+        commit is under way (no hand-off to the writer thread)."""
+        if self._pid != os.getpid():
+            raise AuditUnavailable("audit store inherited across fork; open it again")
+        with self._lock:
+            self._idle.wait_for(lambda: not self._committing)
+            if self._broken is not None:
+                raise AuditUnavailable(self._broken)
+            if self._closed:
+                raise AuditUnavailable("audit store is closed")
+            self._committing = True
+        last: list[int] = []
+        refused: list[str] = []
+
+        def write() -> None:
+            try:
+                last.append(append(self._con, sandbox, actor, rows))
+            except ChainRefused as err:
+                refused.append(str(err))
+
+        error = self._transact(write)
+        with self._lock:
+            if error is not None and self._broken is None:
+                self._broken = f"audit store {self.path} failed: {error}"
+            self._committing = False
+            self._idle.notify()
+            if self._group.items or self._closed:
+                self._wake.notify()  # emitters queued meanwhile: the writer's
+            broken = self._broken
+        if error is not None:
+            raise AuditUnavailable(broken or error)
+        if refused:
+            raise AuditUnavailable(refused[0])
+        return last[0]
+
     def _commit_group(self, group: list[Ticket]) -> str | None:
+        return self._transact(lambda: self._write(group))
+
+    def _transact(self, write: Callable[[], None]) -> str | None:
+        """Run ``write`` (one transaction on the writer's connection, the commit slot held):
+        retried while another process holds the lock; any failure is returned, rolled back."""
         for attempt in range(_BUSY_RETRIES):
             try:
-                self._write(group)
+                write()
                 self._checkpointer.committed(self._con)
                 return None
             except sqlite3.OperationalError as err:
