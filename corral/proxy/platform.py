@@ -17,7 +17,11 @@ Invariants:
 - corral's own answer to a metered request (``corral-relay: reply``: a budget exhausted, an
   unpriced endpoint, in the provider's error shape) reaches the agent as is and is audited as
   ``proxy.deny`` with its message, as the local metered path answers.
-- A relay connection is reused only after a complete exchange (h11 on both sides).
+- The relay's answer is parsed by llhttp (``upstream_http.FastUpstream``, as an ``inspect``
+  upstream's): the relay never answers a HEAD (a HEAD's length travels as
+  ``corral-relay-content-length``) nor switches protocols, the two things llhttp cannot carry.
+  A relay connection is reused only after a complete exchange llhttp says may keep alive, and
+  a pooled one the server has closed meanwhile is dropped, not used.
 """
 
 from __future__ import annotations
@@ -26,10 +30,8 @@ import asyncio
 import json
 import ssl
 import time
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
-
-import h11
 
 from corral.policy.types import Decision
 from corral.proxy import relay_wire as wire
@@ -39,8 +41,9 @@ from corral.proxy.headers import forward_headers, request_headers
 from corral.proxy.lookup import Refused
 from corral.proxy.request_head import Target
 from corral.proxy.respond import allow_kind
+from corral.proxy.streams import RawStream
 from corral.proxy.upstream import UpstreamError, dial
-from corral.proxy.upstream_h11 import H11Upstream
+from corral.proxy.upstream_http import FastUpstream
 
 __all__ = ["PlatformRelay", "relay"]
 
@@ -57,7 +60,7 @@ class PlatformRelay:
         self.run: str | None = None
         self.unavailable: str | None = None
         self._known: asyncio.Event | None = None
-        self._idle: list[H11Upstream] = []
+        self._idle: list[FastUpstream] = []
         self._tls: ssl.SSLContext | None = None
         self.control: asyncio.Task[None] | None = None  # reads the launcher's configure frames
 
@@ -85,10 +88,10 @@ class PlatformRelay:
         if self.unavailable is not None:
             raise UpstreamError(502, self.unavailable)
 
-    async def connection(self) -> H11Upstream:
+    async def connection(self) -> FastUpstream:
         while self._idle:
             up = self._idle.pop()
-            if up.idle:
+            if up.idle and not _closed(up):
                 return up
             up.stream.close()
         assert self.url is not None
@@ -105,10 +108,10 @@ class PlatformRelay:
         except UpstreamError as err:
             raise UpstreamError(502, f"corral server {self.url} is unreachable ({err.reason}); "
                                 "a platform request is never sent any other way") from None
-        return H11Upstream(stream)
+        return FastUpstream(stream)
 
-    def put(self, up: H11Upstream) -> None:
-        if up.recycle() and len(self._idle) < 32:
+    def put(self, up: FastUpstream) -> None:
+        if up.reusable() and len(self._idle) < 32:
             self._idle.append(up)
         else:
             up.stream.close()
@@ -128,11 +131,10 @@ async def relay(agent: AgentConnection, req: Request, decision: Decision, target
                                     target.origin, headers, target.tls)
     up = await platform.connection()
     try:
-        up.send(h11.Request(method=b"POST", target=f"{wire.PATH}{platform.run}".encode(),
-                            headers=[(b"host", _host(platform.url or "")),
-                                     (b"authorization", f"Bearer {platform.token}".encode()),
-                                     (b"content-type", wire.CONTENT_TYPE),
-                                     (b"transfer-encoding", b"chunked")]))
+        up.start(b"POST", f"{wire.PATH}{platform.run}".encode(),
+                 [(b"host", _host(platform.url or "")),
+                  (b"authorization", f"Bearer {platform.token}".encode()),
+                  (b"content-type", wire.CONTENT_TYPE), (b"transfer-encoding", b"chunked")])
         up.body(preamble)
         if agent.waiting_for_100_continue:
             agent.response.informational(100, [])
@@ -145,34 +147,45 @@ async def relay(agent: AgentConnection, req: Request, decision: Decision, target
         raise
 
 
-async def _response(agent: AgentConnection, platform: PlatformRelay, up: H11Upstream,
-                    decision: Decision, fields: dict[str, Any], started: float) -> bool:
+class _Head(NamedTuple):
+    """The relay's response head, as llhttp handed it over (names lowercased)."""
+    status_code: int
+    headers: list[tuple[bytes, bytes]]
+    reason: bytes
+
+
+async def _next(up: FastUpstream, timeout: float, before_read: Any = None) -> tuple[Any, ...]:
     try:
-        while True:
-            event = await up.next_event(agent.ctx.idle_timeout, agent.client)
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if isinstance(event, h11.Response):
-                marks = {n: v for n, v in event.headers if n.startswith(wire.MARK)}
-                if marks.get(wire.MARK) == wire.REPLY:
-                    return await _reply(agent, platform, up, event, decision, fields)
-                if marks.get(wire.MARK) != b"upstream":
-                    raise await _refusal(up, event, marks.get(wire.ERROR))
-                await _head(agent, event, decision, fields, started)
-            elif isinstance(event, h11.Data):
-                agent.response.data(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                agent.response.end()
-                await agent.client.drain()
-                platform.put(up)
-                return True
-            else:
-                raise UpstreamError(502, "corral server closed the relay connection mid-response")
-    except h11.RemoteProtocolError as err:
-        raise UpstreamError(502, f"corral server sent an invalid relay response: {err}") from None
+        return await up.next_event(timeout, before_read)
+    except UpstreamError as err:  # say which hop failed: the agent's upstream is not dialled
+        raise UpstreamError(err.status, f"corral server's relay: {err.reason}") from None
 
 
-async def _head(agent: AgentConnection, event: h11.Response, decision: Decision,
+async def _response(agent: AgentConnection, platform: PlatformRelay, up: FastUpstream,
+                    decision: Decision, fields: dict[str, Any], started: float) -> bool:
+    while True:
+        event = await _next(up, agent.ctx.idle_timeout, agent.client)
+        kind = event[0]
+        if kind == "head":
+            head = _Head(event[1], event[2], event[3])
+            if head.status_code < 200:
+                continue  # an interim answer (100 Continue): the agent had its own
+            marks = {n: v for n, v in head.headers if n.startswith(wire.MARK)}
+            if marks.get(wire.MARK) == wire.REPLY:
+                return await _reply(agent, platform, up, head, decision, fields)
+            if marks.get(wire.MARK) != b"upstream":
+                raise await _refusal(up, head, marks.get(wire.ERROR))
+            await _head(agent, head, decision, fields, started)
+        elif kind == "data":
+            agent.response.data(event[1])
+        else:
+            agent.response.end()
+            await agent.client.drain()
+            platform.put(up)
+            return True
+
+
+async def _head(agent: AgentConnection, event: _Head, decision: Decision,
                 fields: dict[str, Any], started: float) -> None:
     headers = [(b"content-length" if n == wire.HEAD_LENGTH else n, v)
                for n, v in forward_headers(event.headers, False)
@@ -185,18 +198,18 @@ async def _head(agent: AgentConnection, event: h11.Response, decision: Decision,
     agent.response.head(event.status_code, headers, event.reason)
 
 
-async def _reply(agent: AgentConnection, platform: PlatformRelay, up: H11Upstream,
-                 event: h11.Response, decision: Decision, fields: dict[str, Any]) -> bool:
+async def _reply(agent: AgentConnection, platform: PlatformRelay, up: FastUpstream,
+                 event: _Head, decision: Decision, fields: dict[str, Any]) -> bool:
     """Pass corral's provider-shaped answer (small, whole) to the agent; audit a deny."""
     body, done = b"", False
     while len(body) < MAX_ERROR_BODY:
-        item = await up.next_event(30.0)
-        if isinstance(item, h11.EndOfMessage):
+        item = await _next(up, 30.0)
+        if item[0] == "end":
             done = True
             break
-        if not isinstance(item, h11.Data):
+        if item[0] != "data":
             break
-        body += bytes(item.data)
+        body += item[1]
     if not done:
         raise UpstreamError(502, "corral server's metered answer was cut short")
     await agent.ctx.audit.emit("proxy.deny", rule=decision.origin, status=event.status_code,
@@ -213,15 +226,18 @@ async def _reply(agent: AgentConnection, platform: PlatformRelay, up: H11Upstrea
     return True
 
 
-async def _refusal(up: H11Upstream, event: h11.Response, code: bytes | None
+async def _refusal(up: FastUpstream, event: _Head, code: bytes | None
                    ) -> UpstreamError | Refused:
     """The relay's own refusal (or an answer no relay gives) as the error the agent sees."""
     body = b""
     while len(body) < MAX_ERROR_BODY:
-        item = await up.next_event(30.0)
-        if not isinstance(item, h11.Data):
+        try:
+            item = await up.next_event(30.0)
+        except UpstreamError:
+            break  # the message is what arrived: the connection is closed below anyway
+        if item[0] != "data":
             break
-        body += bytes(item.data)
+        body += item[1]
     up.stream.close()
     if code is None:
         return UpstreamError(502, f"corral server answered {event.status_code} without relaying "
@@ -234,6 +250,12 @@ async def _refusal(up: H11Upstream, event: h11.Response, code: bytes | None
     if event.status_code in (400, 401, 403, 404):
         return Refused(text)  # answered as a deny (403), audited as proxy.deny
     return UpstreamError(504 if event.status_code == 504 else 502, text)
+
+
+def _closed(up: FastUpstream) -> bool:
+    """The server ended this idle connection (its keep-alive timeout): not to be reused."""
+    stream = up.stream
+    return isinstance(stream, RawStream) and (stream.reader.at_eof() or stream.writer.is_closing())
 
 
 def _host(url: str) -> bytes:
