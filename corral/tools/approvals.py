@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import secrets
 import sqlite3
 import time
@@ -83,11 +84,20 @@ def canonical(value: Any) -> str:
 
 
 def args_digest(args: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical(dict(args)).encode()).hexdigest()
+    return _digest(canonical(dict(args)))
 
 
 def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    # A lone surrogate (JSON can carry "\ud800") has no UTF-8 form: hashed by its code point.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    """Agent text SQLite can hold: a lone surrogate becomes its escape, as ``visible`` shows it."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def current_user() -> str:
@@ -278,9 +288,10 @@ class ApprovalStore:
                 "INSERT INTO approvals (id, tool, args, args_digest, scope_digest, policy_digest,"
                 " workspace, summary, why, principal, created, expires, status) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                (ident, tool, canonical(dict(args)), digest,
+                (ident, tool, json.dumps(dict(args), sort_keys=True, ensure_ascii=True), digest,
                  _digest(scope if scope is not None else canonical(dict(args))), policy_digest,
-                 workspace, summary, why, principal, now, now + self.ttl),
+                 workspace, _storable(summary), _storable(why), principal, now,
+                 now + self.ttl),
             )
             row = db.execute("SELECT * FROM approvals WHERE id = ?", (ident,)).fetchone()
         self.audit.emit("approval.request", request_id=ident, tool=tool, summary=summary,

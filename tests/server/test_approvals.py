@@ -96,3 +96,23 @@ def test_an_approve_always_is_listed_and_revoked_then_the_call_asks_again(
     db.dispose()
     assert actions.count("approval.revoke") == 1
     run.end(0)
+
+
+def test_a_lone_surrogate_in_a_held_call_is_a_422_not_a_500(server: Served) -> None:
+    owner = server.token()
+    with server.client(owner) as c:
+        assert c.post("/teams", json={"name": "web"}).status_code == 201
+        assert c.post("/teams/web/projects", json={"name": "shop"}).status_code == 201
+    run = ServerRun.register(server.url, owner, "shop", host="h", sandbox="sb-3",
+                             policy_digest="cd" * 32)
+    with server.client(run.client.token) as c:
+        for body in ('{"tool": "exec", "args": {"command": "ls \\ud800"}}',
+                     '{"tool": "\\udfff", "args": {}}',
+                     '{"tool": "exec", "args": {"\\ud800": 1}}'):
+            resp = c.post(f"/runs/{run.id}/approvals", content=body.encode(),
+                          headers={"content-type": "application/json"})
+            assert resp.status_code == 422, resp.text
+        ok = c.post(f"/runs/{run.id}/approvals", json={"tool": "exec", "args": {
+            "command": "ls \U0001f600"}})  # a real astral character (a JSON surrogate pair)
+        assert ok.status_code == 201, ok.text
+    run.end(0)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["AgentIn", "ApprovalIn", "BatchIn", "CredentialIn", "DecisionIn", "EndIn", "EventIn",
            "IntrospectIn", "KillIn", "MemberIn", "PolicyIn", "ProjectIn", "RunIn", "TeamIn"]
@@ -88,6 +89,18 @@ class ApprovalIn(_In):
     args: dict[str, object] = Field(default_factory=dict)
     rule: Text500 | None = None
     caller: Annotated[str, Field(min_length=1, max_length=320)] | None = None
+
+    @model_validator(mode="after")
+    def _storable(self) -> ApprovalIn:
+        # JSON may escape a lone surrogate ("\ud800"); it has no UTF-8 form, so neither the
+        # scope digest nor the database could take it: refused here, not a 500 later.
+        try:
+            json.dumps([self.tool, self.args, self.rule, self.caller],
+                       ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError("text with a lone UTF-16 surrogate (e.g. \\ud800) has no "
+                             "UTF-8 form") from None
+        return self
 
 
 class DecisionIn(_In):
