@@ -86,6 +86,7 @@ def serve(ctx: typer.Context,
     from sqlalchemy.exc import DBAPIError
 
     from corral.server.app import create_app
+    from corral.server.http_protocol import HttpProtocol
     from corral.server.migrate import check_schema
 
     cfg = _config(config)
@@ -99,8 +100,10 @@ def serve(ctx: typer.Context,
     except DBAPIError:
         print("corral server: database unreachable; serving 503 until it is back")
     host, port = cfg.host_port()
+    # HttpProtocol: uvicorn's llhttp protocol, each loop step's writes sent as one (a relayed
+    # answer's head and body reach the launcher in one segment)
     uvicorn.run(create_app(cfg, db=db), host=host, port=port, log_level="info",
-                server_header=False, proxy_headers=False)
+                server_header=False, proxy_headers=False, http=HttpProtocol)
 
 
 def _with_oidc(cfg: ServerConfig, issuer: str | None, client_id: str | None,

@@ -15,14 +15,17 @@ if TYPE_CHECKING:
     from corral.server.app import create_app
     from corral.server.config import ServerConfig, load_config
     from corral.server.db import Database
+    from corral.server.http_protocol import HttpProtocol
 
 # ``local`` (tokens and KEK rotation on this host) and ``migrate`` (schema) are public
 # submodules: ``corral server``'s CLI calls them.
-__all__ = ["Database", "ServerConfig", "create_app", "load_config", "local", "migrate"]
+__all__ = ["Database", "HttpProtocol", "ServerConfig", "create_app", "load_config", "local",
+           "migrate"]
 
 __getattr__ = lazy_exports("corral.server", {
     "create_app": "app",
     "ServerConfig": "config",
     "load_config": "config",
     "Database": "db",
+    "HttpProtocol": "http_protocol",
 })
