@@ -4,6 +4,14 @@ Schema (version ``SCHEMA_VERSION``): ``events`` (one row per event; ``data`` and
 stored as the canonical JSON that is hashed), ``chains`` (one row per sandbox: its head — last
 seq and hash — the launching actor, and once closed its status and ledger entry), ``ledger``
 (the global chain of closing hashes) and ``meta``.
+
+Indexes: ``events`` has its rowid (``id``, the readers' cursor and order) and ``(sandbox,
+seq)`` (one chain's events) and nothing else, because every index is one more B-tree page
+written per commit on the audited request's path. ``events_ts`` (on ``ts_us``) was dropped:
+the readers order by ``id`` and SQLite answers their ``ts_us >=`` filters by scanning ids
+(forward in ``iter_events``, backwards from the newest in ``last_events``), which it already
+did with the index; ``AuditStore.open`` drops it from stores made before (``OBSOLETE``), the
+schema version and the hashed form are unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import Any
 from corral.audit.events import SCHEMA_VERSION, canonical_json
 
 __all__ = [
+    "OBSOLETE",
     "SCHEMA",
     "connect",
     "free_bytes",
@@ -37,11 +46,14 @@ CREATE TABLE IF NOT EXISTS events(
   ts_us INTEGER NOT NULL, type TEXT NOT NULL, actor TEXT NOT NULL, data TEXT NOT NULL,
   prev TEXT NOT NULL, hash TEXT NOT NULL, v INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS events_sandbox_seq ON events(sandbox, seq);
-CREATE INDEX IF NOT EXISTS events_ts ON events(ts_us);
 CREATE TABLE IF NOT EXISTS ledger(
   seq INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, sandbox TEXT NOT NULL,
   count INTEGER NOT NULL, chain_hash TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL);
 """
+
+
+# indexes of earlier stores that no reader uses (see above): dropped when a store is opened
+OBSOLETE = "DROP INDEX IF EXISTS events_ts"
 
 
 def ledger_body(seq: int, ts: int, sandbox: str, count: int, chain_hash: str, prev: str) -> str:

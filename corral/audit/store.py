@@ -35,6 +35,7 @@ from typing import Any
 from corral.audit.append import ChainRefused, Row, append
 from corral.audit.checkpoint import Checkpointer
 from corral.audit.db import (
+    OBSOLETE,
     SCHEMA,
     connect,
     free_bytes,
@@ -269,6 +270,7 @@ class AuditStore:
                     f"audit store {path} has schema version {row[0]}, newer than this corral "
                     f"({SCHEMA_VERSION}); upgrade corral"
                 )
+            con.execute(OBSOLETE)
             con.execute(
                 "INSERT OR REPLACE INTO meta VALUES('schema_version', ?), ('last_open_us', ?)",
                 (str(SCHEMA_VERSION), str(time.time_ns() // 1000)),
