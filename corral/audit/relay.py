@@ -100,12 +100,15 @@ class AuditRelay:
         budget = self.budget
         deferred: list[tuple[Any, Any, str | None]] = []  # queued, not committed
         flush_at: float | None = None  # when the deferred events are committed at the latest
+        poller = select.poll()  # registered once: select.select builds its fd sets every call
+        poller.register(self.sock, select.POLLIN)
         try:
             while True:
-                deadline = min((d for d in (budget.next_deadline(), flush_at) if d is not None),
-                               default=None)
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if select.select([self.sock], [], [], wait)[0]:
+                deadline = budget.next_deadline() if budget.held else None
+                if flush_at is not None and (deadline is None or flush_at < deadline):
+                    deadline = flush_at
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1e3
+                if poller.poll(wait):
                     n = self.sock.recv_into(chunk)
                     if not n:
                         break
