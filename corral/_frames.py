@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the launcher imports this module: asyncio (and ssl) cost it ~20 ms
     import asyncio
 
-__all__ = ["HEADER", "frame", "frame_json", "load_object", "read_frame", "recv_exact",
+__all__ = ["ENCODER", "HEADER", "frame", "frame_json", "load_object", "read_frame", "recv_exact",
            "recv_frame", "send_frame", "split"]
 
 HEADER = struct.Struct(">I")
@@ -35,12 +35,12 @@ def frame(body: bytes) -> bytes:
 
 # One encoder: json.dumps with any non-default option builds a new encoder on every call, and
 # the proxy frames an audit event on the path of every audited request.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 def frame_json(obj: dict[str, Any]) -> bytes:
     """``obj`` as one compact JSON frame (``default=str``: dates and paths become text)."""
-    return frame(_ENCODER.encode(obj).encode())
+    return frame(ENCODER.encode(obj).encode())
 
 
 def load_object(body: bytes) -> dict[str, Any]:

@@ -22,6 +22,11 @@ Invariants:
   (2 ms) if none follows. It is still committed in order before any later event; an error ack
   for it makes every later ``emit`` and ``send`` raise (fail closed from then on).
 - Fields are JSON-serialisable scalars; secrets never appear (bindings by name only).
+- An awaited event whose fields are all strings (``credential.inject``, on the path of every
+  injected request, repeats the same binding, host, header and rule) is encoded once: its
+  frame is the cached encoding of the same type and the same (name, string) pairs with the new
+  id in front, byte for byte what encoding it again would give (values of other types are
+  never cached: ``1``, ``1.0`` and ``True`` are equal keys but different JSON).
 """
 
 from __future__ import annotations
@@ -31,12 +36,15 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from corral._frames import frame_json, load_object, split
+from corral._frames import ENCODER, HEADER, frame_json, load_object, split
 
 __all__ = ["NullAudit", "RelayAudit"]
 
+_ENCODE = ENCODER.encode
+
 Event = tuple[str, dict[str, Any]]
 MAX_ACK = 64 * 1024  # an ack is a few dozen bytes; anything larger is not from the relay
+_CACHED = 256  # encoded events kept (a proxy's bindings x hosts x rules; cleared when full)
 
 
 class NullAudit:
@@ -66,6 +74,7 @@ class RelayAudit(NullAudit):
         self.closed = asyncio.Event()
         self.failed: str | None = None  # an unawaited event was refused: fail closed
         self.unsent: list[bytes] = []  # ``send`` frames waiting for the loop's next turn
+        self.encoded: dict[tuple[str, ...], bytes] = {}  # see the invariants: no id, no "{"
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -95,11 +104,30 @@ class RelayAudit(NullAudit):
     def _frame(self, event_type: str, fields: dict[str, Any], defer: bool = False
                ) -> tuple[int, bytes]:
         self.seq += 1
+        if not defer:
+            key = [event_type]
+            for name, value in fields.items():
+                if type(value) is not str:
+                    break
+                key += (name, value)
+            else:
+                return self.seq, self._cached(tuple(key), event_type, fields)
         data = {k: v for k, v in fields.items() if v is not None}
         msg = {"id": self.seq, "type": event_type, "data": data}
         if defer:
             msg["defer"] = True
         return self.seq, frame_json(msg)
+
+    def _cached(self, key: tuple[str, ...], event_type: str, fields: dict[str, Any]) -> bytes:
+        rest = self.encoded.get(key)
+        if rest is None:
+            if len(self.encoded) >= _CACHED:
+                self.encoded.clear()
+            # the encoding of {"id": 0, ...} after its id: the same for every id
+            whole = _ENCODE({"id": 0, "type": event_type, "data": fields})
+            rest = self.encoded[key] = whole[len('{"id":0'):].encode()
+        body = b'{"id":%d' % self.seq + rest
+        return HEADER.pack(len(body)) + body
 
     def _writable(self) -> asyncio.Transport:
         if self.transport is None or self.closed.is_set():

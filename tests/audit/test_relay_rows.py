@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from corral._frames import frame_json
 from corral.audit import AuditRelay, AuditStore
 from corral.audit.db import SCHEMA, connect
 from corral.audit.query import iter_events, last_events
@@ -172,3 +173,27 @@ def test_store_made_with_the_time_index_is_opened_without_it(tmp_path: Path) -> 
         assert [e.seq for e in iter_events(con, since_us=since)] == later
         assert [e.seq for e in last_events(con, 2, since_us=since)] == later[-2:]
     store.close()
+
+
+def test_the_proxys_cached_frames_are_the_encoded_ones() -> None:
+    """``RelayAudit`` encodes an all-string awaited event once; every frame it then sends is
+    byte for byte the fresh encoding, and values of other types are never taken from it."""
+    a, b = socket.socketpair()
+    remote = RelayAudit(a)
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("credential.inject", {"binding": "b", "host": "h\u00e9", "rule": "r:1"}),
+        ("credential.inject", {"binding": "b", "host": "h\u00e9", "rule": "r:1"}),
+        ("proxy.inspect", {"host": "h", "rule": "r:1", "status": 1}),
+        ("proxy.inspect", {"host": "h", "rule": "r:1", "status": True}),
+        ("proxy.inspect", {"host": "h", "rule": "r:1", "status": 1.0}),
+        ("proxy.inspect", {"host": "h", "rule": "r:1", "status": None}),
+        ("credential.inject", {"binding": "b", "host": "h", "header": "X-\"k\""}),
+    ]
+    for round_ in range(2):
+        for type_, fields in events:
+            seq, got = remote._frame(type_, fields)
+            data = {k: v for k, v in fields.items() if v is not None}
+            assert got == frame_json({"id": seq, "type": type_, "data": data}), (round_, fields)
+    assert len(remote.encoded) == 2  # the two all-string events
+    a.close()
+    b.close()
