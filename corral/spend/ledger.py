@@ -119,13 +119,17 @@ class LocalLedger:
     def reserve(self, budgets: Sequence[Budget], amount: int) -> Reservation | Refusal:
         if amount < 0:
             raise ValueError("a reservation is never negative")
-        now = self._now()
+        now = None  # the calendar is read only for a budget that has windows
         with self._lock:
             if self._clock() >= self._next_check:
                 self._expire_locked()
             windows = []
             for budget in budgets:
-                start, end = window_of(budget.period, now)
+                if budget.period == "run":
+                    start = end = None
+                else:
+                    now = now or self._now()
+                    start, end = window_of(budget.period, now)
                 key = (budget, start)
                 spent, held = self._spent.get(key, 0), self._reserved.get(key, 0)
                 if spent + held + amount > budget.amount:

@@ -39,6 +39,7 @@ ENDPOINTS: dict[tuple[str, str, str], Api] = {
 _OVERHEAD = 1024
 _MAX_N = 128  # OpenAI's own limit for n
 _LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_SPLICE = b'{"stream_options":{"include_usage":true},'
 
 
 class EstimateError(ValueError):
@@ -96,9 +97,10 @@ def estimate(prices: PriceTable, provider: str, api: Api, body: bytes,
         raise EstimateError(f"n must be at most {_MAX_N}, not {n}")
     output *= n or 1
     input_tokens = min(-(-len(body) // 2) + _OVERHEAD, price.context)
-    dear_input = price._replace(input=max(price.input, price.cache_write))
-    tokens = Tokens(input=input_tokens, output=output)
-    return Estimate(model, price, known, tokens, dear_input.cost(tokens), obj.get("stream") is True)
+    # Input at the dearer of the input and cache-write prices; rounded up as ``Price.cost``.
+    micro = input_tokens * max(price.input, price.cache_write) + output * price.output
+    return Estimate(model, price, known, Tokens(input_tokens, output), -(-micro // 1_000_000),
+                    obj.get("stream") is True)
 
 
 def add_include_usage(body: bytes, obj: dict[str, Any] | None = None) -> bytes:
@@ -113,6 +115,12 @@ def add_include_usage(body: bytes, obj: dict[str, Any] | None = None) -> bytes:
             return body
     if not isinstance(obj, dict) or obj.get("stream") is not True:
         return body
+    if "stream_options" not in obj and body[:1] == b"{" and body[1:2] != b"\x00":
+        # The usual case, without re-encoding the body (a third of the spend work per request):
+        # the member goes in first. The key is absent, so no duplicate can arise, and a body
+        # that starts with "{" and no NUL after it is UTF-8 (json's encoding detection).
+        obj["stream_options"] = {"include_usage": True}
+        return _SPLICE + body[1:]
     options = obj.get("stream_options")
     if options is None:
         options = obj["stream_options"] = {}

@@ -151,12 +151,16 @@ def test_a_body_too_large_is_refused() -> None:
 @given(extra=st.dictionaries(st.sampled_from(["temperature", "user", "stream_options"]),
                              st.one_of(st.none(), st.integers(), st.dictionaries(
                                  st.sampled_from(["include_usage", "x"]), st.booleans()))),
-       stream=st.sampled_from([True, False, None, "true"]))
-def test_include_usage_is_added_to_streams_only(extra: dict[str, object],
-                                                stream: object) -> None:
-    raw = json.dumps({"model": "gpt-4o", "stream": stream, **extra}).encode()
+       stream=st.sampled_from([True, False, None, "true"]),
+       encoding=st.sampled_from(["utf-8", "utf-16", "utf-16-le", "utf-8-sig", " utf-8"]))
+def test_include_usage_is_added_to_streams_only(extra: dict[str, object], stream: object,
+                                                encoding: str) -> None:
+    """Any encoding json reads (the byte splice applies only to UTF-8 starting with "{"),
+    and never a second ``stream_options`` member (a provider might read the other one)."""
+    text = json.dumps({"model": "gpt-4o", "stream": stream, **extra})
+    raw = (" \n" + text).encode("utf-8") if encoding == " utf-8" else text.encode(encoding)
     out = add_include_usage(raw)
-    before, after = json.loads(raw), json.loads(out)
+    before, after = json.loads(raw), json.loads(out, object_pairs_hook=_no_duplicates)
     opts = before.get("stream_options")
     if stream is True and (opts is None or isinstance(opts, dict)):
         assert after["stream_options"]["include_usage"] is True
@@ -166,3 +170,17 @@ def test_include_usage_is_added_to_streams_only(extra: dict[str, object],
             k: v for k, v in (opts or {}).items() if k != "include_usage"}
     else:
         assert out is raw
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    assert len({k for k, _ in pairs}) == len(pairs), f"duplicate member in {pairs}"
+    return dict(pairs)
+
+
+def test_include_usage_keeps_the_request_bytes() -> None:
+    """The member is spliced in: what the agent sent reaches the provider byte for byte (no
+    re-encoding of numbers, escapes or spacing)."""
+    raw = b'{"model": "gpt-4o", "stream": true, "temperature": 1.0e0, "user": "\\u00e9"}'
+    out = add_include_usage(raw)
+    assert out == b'{"stream_options":{"include_usage":true},' + raw[1:]
+    assert json.loads(out)["stream_options"] == {"include_usage": True}
