@@ -187,9 +187,7 @@ async def _response(agent: AgentConnection, platform: PlatformRelay, up: FastUps
 
 async def _head(agent: AgentConnection, event: _Head, decision: Decision,
                 fields: dict[str, Any], started: float) -> None:
-    headers = [(b"content-length" if n == wire.HEAD_LENGTH else n, v)
-               for n, v in forward_headers(event.headers, False)
-               if n == wire.HEAD_LENGTH or not n.startswith(wire.MARK)]
+    headers = wire.restore(forward_headers(event.headers, False))
     length = next((v for n, v in headers if n == b"content-length"), None)
     await agent.ctx.audit.emit(
         allow_kind(decision), rule=decision.origin, status=event.status_code, mode="platform",

@@ -18,7 +18,8 @@ The request body follows unchanged and streams.
 
 The answer is either the upstream's response, marked ``corral-relay: upstream`` (status,
 headers and streamed body as the upstream sent them, the secret scrubbed; to a HEAD the
-upstream's Content-Length travels as ``corral-relay-content-length``), corral's own answer to
+upstream's Content-Length travels as ``corral-relay-content-length``, and its Date always as
+``corral-relay-date``, the relay's server adding a Date of its own), corral's own answer to
 a metered request in the provider's error shape, marked ``corral-relay: reply`` (a budget
 exhausted: the agent gets it as is), or the relay's own refusal, marked
 ``corral-relay-error: CODE`` with a JSON ``{"error": {"code", "message"}}`` body.
@@ -35,7 +36,8 @@ import json
 from typing import Any, NamedTuple
 
 __all__ = ["CONTENT_TYPE", "ERROR", "HEAD_LENGTH", "MARK", "MAX_PREAMBLE", "PATH", "REPLY",
-           "Preamble", "PreambleError", "decode_preamble", "encode_preamble"]
+           "UPSTREAM_DATE", "Preamble", "PreambleError", "carry", "decode_preamble",
+           "encode_preamble", "restore"]
 
 PATH = "/relay/v1/"
 CONTENT_TYPE = b"application/vnd.corral.relay.v1"
@@ -43,6 +45,22 @@ MARK = b"corral-relay"  # on a relayed upstream response: b"upstream"
 REPLY = b"reply"  # MARK's value on corral's provider-shaped answer to a metered request
 ERROR = b"corral-relay-error"  # on the relay's own refusal: its code
 HEAD_LENGTH = b"corral-relay-content-length"  # a HEAD response's upstream Content-Length
+# The upstream's Date travels renamed: the relay's HTTP server adds a Date of its own, and the
+# agent must see the upstream's only (clients correct clock skew from it, e.g. SigV4's).
+UPSTREAM_DATE = b"corral-relay-date"
+_RESTORED = {HEAD_LENGTH: b"content-length", UPSTREAM_DATE: b"date"}
+
+
+def carry(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The relay's side: the upstream response's headers a relay server would duplicate."""
+    return [(UPSTREAM_DATE if n == b"date" else n, v) for n, v in headers]
+
+
+def restore(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The launcher's side: the upstream's headers as it sent them, the relay's own dropped
+    (its marks, and the Date its HTTP server added)."""
+    return [(_RESTORED.get(n, n), v) for n, v in headers
+            if n in _RESTORED or (not n.startswith(MARK) and n != b"date")]
 MAX_PREAMBLE = 256 * 1024
 
 

@@ -104,7 +104,8 @@ def test_platform_relay_end_to_end(relay_server: Server, outside: Outside,  # no
     os.chown(ws, 0, 0)
     ip = outside.ip
     script = (
-        f"curl -sS https://{ip}/reflect?mode=split > /workspace/reflect 2>/workspace/err; "
+        f"curl -sS -D /workspace/reflect_head https://{ip}/reflect?mode=split "
+        "> /workspace/reflect 2>/workspace/err; "
         f"curl -sN https://{ip}/sse | while IFS= read -r line; do "
         "echo \"$(date +%s.%N) $line\"; done > /workspace/sse; "
         f"curl -s -o /dev/null -w '%{{http_code}}' https://{ip}/other > /workspace/other; "
@@ -137,6 +138,9 @@ def test_platform_relay_end_to_end(relay_server: Server, outside: Outside,  # no
     assert "authorization: Bearer corral-placeholder-tok" in reflect.lower().replace(
         "bearer", "Bearer"), reflect
     assert SECRET not in reflect
+    # One Date, the upstream's: the relay's HTTP server adds its own, which must not pass.
+    head = (ws / "reflect_head").read_text().lower().splitlines()
+    assert len([h for h in head if h.startswith("date:")]) == 1, head
 
     lines = [ln.split(" ", 1) for ln in (ws / "sse").read_text().splitlines() if "data" in ln]
     assert len(lines) == 3, lines

@@ -256,7 +256,7 @@ def _head(event: h11.Response, pre: wire.Preamble, needles: Any
             headers = [(n, v) for n, v in headers if n != b"content-length"]
     if pre.method == "HEAD":
         headers = [(wire.HEAD_LENGTH if n == b"content-length" else n, v) for n, v in headers]
-    return [(n, v) for n, v in headers if n != b"transfer-encoding"], decoder, count
+    return wire.carry([(n, v) for n, v in headers if n != b"transfer-encoding"]), decoder, count
 
 
 def _decoded(decoder: Decoder | None, data: bytes) -> list[bytes]:
