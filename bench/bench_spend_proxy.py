@@ -5,7 +5,9 @@ as it passes, settled, an ``llm.usage`` event) and one without; both inject the 
 
 nginx on loopback plays the provider: it answers POST /v1/chat/completions with a fixed
 50-chunk SSE stream (~9 KB, a static file) ending in a usage chunk. ``hey`` drives each proxy
-at concurrency 16 for DURATION; configs interleaved over ROUNDS rounds, medians reported.
+at concurrency 16 for DURATION; configs interleaved over ROUNDS rounds, medians reported, with
+each proxy's CPU time per request (from /proc) beside its requests/s: on a loaded machine the
+requests/s of both swing with everything else running, the CPU per request much less.
 Target: metered requests/s >= 0.8x unmetered.
 
 Run: .venv/bin/python bench/bench_spend_proxy.py   (root; writes bench/results/spend_proxy.json)
@@ -68,14 +70,24 @@ http {{
     return proc
 
 
-def hey(url: str, proxy: str, body: Path) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (its /proc stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def hey(url: str, proxy: str, body: Path, pid: int) -> tuple[float, float]:
+    """(requests/s, the proxy's CPU microseconds per request) over one ``hey`` run."""
+    before = cpu_seconds(pid)
     out = subprocess.run(["hey", "-z", DURATION, "-c", str(C), "-m", "POST", "-D", str(body),
                           "-T", "application/json", "-x", proxy, url],
                          capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - before
     codes = re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)
     if not codes or any(c != "200" for c, _ in codes):
         raise RuntimeError(f"hey saw non-200 responses via {proxy}: {codes}\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rps, cpu * 1e6 / sum(int(n) for _, n in codes)
 
 
 def main() -> int:
@@ -93,7 +105,7 @@ def main() -> int:
         procs.append(nginx(tmp, cert, key, port))
         body = tmp / "body.json"
         body.write_text(BODY)
-        proxies = {}
+        proxies, pids = {}, {}
         for name, extra in (("unmetered", ""), ("metered", ", meter: openai")):
             policy = tmp / f"{name}.yaml"
             policy.write_text(f"""
@@ -109,20 +121,31 @@ budgets:
             listener = socket.create_server(("127.0.0.1", 0))
             proxies[name] = f"http://127.0.0.1:{listener.getsockname()[1]}"
             handles.append(start_corral(policy, listener, None))
+            pids[name] = handles[-1].pid
         url = f"https://{INSPECT_IP}:{port}/v1/chat/completions"
         samples: dict[str, list[float]] = {name: [] for name in proxies}
+        cpu: dict[str, list[float]] = {name: [] for name in proxies}
         for _ in range(ROUNDS):
             for name, proxy in proxies.items():
-                samples[name].append(hey(url, proxy, body))
+                got, us = hey(url, proxy, body, pids[name])
+                samples[name].append(got)
+                cpu[name].append(us)
         rps = {name: statistics.median(v) for name, v in samples.items()}
+        cpu_us = {name: statistics.median(v) for name, v in cpu.items()}
         ratio = rps["metered"] / rps["unmetered"]
-        print(f"{'config':<12}{'req/s (c=' + str(C) + ')':>16}")
+        # The proxy is one thread: on a machine where it is the bottleneck its requests/s is
+        # 1 / CPU per request. That ratio holds on a loaded machine, where requests/s swings.
+        cpu_ratio = cpu_us["unmetered"] / cpu_us["metered"]
+        print(f"{'config':<12}{'req/s (c=' + str(C) + ')':>16}{'proxy CPU us/req':>18}")
         for name in proxies:
-            print(f"{name:<12}{rps[name]:>16.0f}")
-        print(f"metered / unmetered: {ratio:.2f}x (target >= 0.8)")
+            print(f"{name:<12}{rps[name]:>16.0f}{cpu_us[name]:>18.0f}")
+        print(f"metered / unmetered: {ratio:.2f}x req/s, {cpu_ratio:.2f}x by proxy CPU per "
+              f"request (target >= 0.8)")
         out = Path(__file__).parent / "results" / "spend_proxy.json"
         out.write_text(json.dumps({"concurrency": C, "duration": DURATION, "rounds": ROUNDS,
                                    "rps": rps, "samples": samples, "ratio": ratio,
+                                   "cpu_us_per_request": cpu_us, "cpu_samples": cpu,
+                                   "cpu_ratio": cpu_ratio,
                                    "load_average": os.getloadavg()}, indent=2) + "\n")
         return 0
     finally:
