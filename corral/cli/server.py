@@ -100,9 +100,17 @@ def serve(ctx: typer.Context,
     except DBAPIError:
         print("corral server: database unreachable; serving 503 until it is back")
     host, port = cfg.host_port()
+    app = create_app(cfg, db=db)
+    # What startup built (modules, the app, the ORM's mappers: ~200k objects) lives as long
+    # as the process; left to the cyclic GC, every full collection walked it all again, ~3 ms
+    # of each audit ingest batch. Frozen, collections walk only what requests allocate.
+    import gc
+
+    gc.collect()
+    gc.freeze()
     # HttpProtocol: uvicorn's llhttp protocol, each loop step's writes sent as one (a relayed
     # answer's head and body reach the launcher in one segment)
-    uvicorn.run(create_app(cfg, db=db), host=host, port=port, log_level="info",
+    uvicorn.run(app, host=host, port=port, log_level="info",
                 server_header=False, proxy_headers=False, http=HttpProtocol)
 
 

@@ -12,7 +12,6 @@ Invariants:
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,12 +47,6 @@ def create_app(config: ServerConfig, *, db: Database | None = None) -> FastAPI:
         except DBAPIError as err:
             log.warning("database unreachable at start (%s); serving 503 until it is back",
                         type(err.orig).__name__)
-        # What startup built (modules, the app, the ORM's mappers: ~200k objects) lives as
-        # long as the process; left to the cyclic GC, each full collection walked it all
-        # again, ~3 ms of every audit ingest batch. Frozen, collections walk only what
-        # requests allocate.
-        gc.collect()
-        gc.freeze()
         yield
         database.dispose()
 
