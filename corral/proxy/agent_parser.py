@@ -100,6 +100,24 @@ class _Head:
 
 def parse_head(head: bytes) -> Request:
     """One complete head (ending in CRLF CRLF) as a ``Request``; ``BadRequest`` if refused."""
+    _check_lines(head)
+    cb = _Head()
+    parser = httptools.HttpRequestParser(cb)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass  # CONNECT or Upgrade: the head is complete; what follows is not HTTP
+    except httptools.HttpParserError as err:
+        raise BadRequest(f"invalid request: {err}") from None
+    version = b"1.1" if head[head.index(b"\r\n") - 1] == 0x31 else b"1.0"
+    close, expect = _check_headers(cb.headers, version)
+    http11 = version == b"1.1"
+    return Request(parser.get_method(), cb.url, cb.headers, version, http11 and not close,
+                   http11 and expect)
+
+
+def _check_lines(head: bytes) -> None:
+    """What llhttp is laxer about than h11: size, line folding, bare CR/LF, the request line."""
     if len(head) > MAX_HEADER_BYTES:
         raise BadRequest(f"request head over {MAX_HEADER_BYTES} bytes")
     if b"\r\n " in head or b"\r\n\t" in head:
@@ -110,19 +128,13 @@ def parse_head(head: bytes) -> Request:
         raise BadRequest("bare CR or LF in the request head")
     if _REQUEST_LINE.match(head) is None:
         raise BadRequest("malformed request line")
-    cb = _Head()
-    parser = httptools.HttpRequestParser(cb)
-    try:
-        parser.feed_data(head)
-    except httptools.HttpParserUpgrade:
-        pass  # CONNECT or Upgrade: the head is complete; what follows is not HTTP
-    except httptools.HttpParserError as err:
-        raise BadRequest(f"invalid request: {err}") from None
-    version = b"1.1" if head[head.index(b"\r\n") - 1] == 0x31 else b"1.0"
-    method = parser.get_method()
+
+
+def _check_headers(headers: list[tuple[bytes, bytes]], version: bytes) -> tuple[bool, bool]:
+    """Host and framing headers checked; (Connection: close, Expect: 100-continue)."""
     hosts = te = 0
     close = expect = False
-    for name, value in cb.headers:
+    for name, value in headers:
         if name == b"host":
             hosts += 1
         elif name == b"connection":
@@ -142,8 +154,7 @@ def parse_head(head: bytes) -> Request:
         raise BadRequest("more than one Transfer-Encoding header")
     if hosts > 1 or (hosts == 0 and version == b"1.1"):
         raise BadRequest("an HTTP/1.1 request needs exactly one Host header")
-    http11 = version == b"1.1"
-    return Request(method, cb.url, cb.headers, version, http11 and not close, http11 and expect)
+    return close, expect
 
 
 class RequestReader:

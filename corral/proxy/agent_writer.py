@@ -49,6 +49,23 @@ def _head_bytes(status: int, headers: Headers, reason: bytes) -> bytes:
     return b"".join(lines)
 
 
+def _framing_headers(headers: Headers) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Transfer-Encoding, Content-Length and Connection items, in one pass (h11 read these
+    three with ``get_comma_header``)."""
+    te: list[bytes] = []
+    cl: list[bytes] = []
+    connection: list[bytes] = []
+    for name, value in headers:
+        name = name.lower()
+        if name == b"transfer-encoding":
+            te += _items(value)
+        elif name == b"content-length":
+            cl += _items(value)
+        elif name == b"connection":
+            connection += _items(value)
+    return te, cl, connection
+
+
 class ResponseWriter:
     """One response per request cycle (``reset`` starts a cycle), written through ``write``."""
 
@@ -74,17 +91,7 @@ class ResponseWriter:
         if self.started:
             raise UpstreamError(502, "a second response to one request")
         method = self.method
-        te: list[bytes] = []
-        cl: list[bytes] = []
-        connection: list[bytes] = []
-        for name, value in headers:  # one pass: h11 read these three with get_comma_header
-            name = name.lower()
-            if name == b"transfer-encoding":
-                te += _items(value)
-            elif name == b"content-length":
-                cl += _items(value)
-            elif name == b"connection":
-                connection += _items(value)
+        te, cl, connection = _framing_headers(headers)
         if te and te != [b"chunked"]:
             raise UpstreamError(502, "upstream sent a Transfer-Encoding other than chunked")
         no_body = status in (204, 304) or (method == b"CONNECT" and 200 <= status < 300)
@@ -103,8 +110,13 @@ class ResponseWriter:
             self.keep_alive = False
         elif b"close" in connection:
             self.keep_alive = False
-        # The body's framing follows the headers as sent (h11 decides on the cleaned-up ones).
-        if no_body or method == b"HEAD":
+        self._frame_body(no_body or method == b"HEAD", te, cl)
+        self.started = True
+        self._write(_head_bytes(status, headers, reason))
+
+    def _frame_body(self, bodiless: bool, te: list[bytes], cl: list[bytes]) -> None:
+        """The body's framing follows the headers as sent (h11 decides on the cleaned-up ones)."""
+        if bodiless:
             self._mode = "none"
         elif te:
             self._mode = "chunked"
@@ -117,8 +129,6 @@ class ResponseWriter:
         else:
             self._mode = "close"
             self.keep_alive = False
-        self.started = True
-        self._write(_head_bytes(status, headers, reason))
 
     def data(self, data: bytes) -> None:
         if not data:

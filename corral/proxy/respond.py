@@ -97,6 +97,31 @@ async def _end(
     return True
 
 
+async def _fast_head(agent: AgentConnection, item: tuple[Any, ...], decision: Decision,
+                     fields: dict[str, Any], started: float, scrub: ResponseScrub | None,
+                     spend: Exchange | None) -> None:
+    """A response head llhttp parsed, to the agent: audited, checked, metered, scrubbed."""
+    status = item[1]
+    if status < 200:
+        if status == 101:  # no upgrade was asked for on this path
+            raise UpstreamError(502, UNASKED_101)
+        return  # interim responses (no Expect on this path): nothing to relay
+    headers = forward_headers(item[2], False)
+    if any(n == b"transfer-encoding" for n, _ in headers):
+        headers = [(n, v) for n, v in headers if n != b"content-length"]
+    await _audit_head(agent, decision, status, headers, started, fields, scrub is not None)
+    # llhttp validated names (tokens); values and the reason are checked for control bytes
+    # here (h11's rule: none but tab).
+    reason = item[3]
+    if any_control_bytes(headers, reason):
+        raise UpstreamError(502, "upstream sent control bytes in a header")
+    if spend is not None:
+        spend.response(status, headers)
+    if scrub is not None:
+        headers, reason = await scrub.head(agent, headers, reason)
+    agent.response.head(status, headers, reason)
+
+
 async def relay_fast_response(
     agent: AgentConnection,
     upstreams: Upstreams,
@@ -111,26 +136,7 @@ async def relay_fast_response(
     while True:
         item = await up.next_event(agent.ctx.idle_timeout, agent.client)
         if item[0] == "head":
-            status = item[1]
-            if status < 200:
-                if status == 101:  # no upgrade was asked for on this path
-                    raise UpstreamError(502, UNASKED_101)
-                continue  # interim responses (no Expect on this path): nothing to relay
-            headers = forward_headers(item[2], False)
-            if any(n == b"transfer-encoding" for n, _ in headers):
-                headers = [(n, v) for n, v in headers if n != b"content-length"]
-            await _audit_head(agent, decision, status, headers, started, fields,
-                              scrub is not None)
-            # llhttp validated names (tokens); values and the reason are checked for control
-            # bytes here (h11's rule: none but tab).
-            if any_control_bytes(headers, item[3]):
-                raise UpstreamError(502, "upstream sent control bytes in a header")
-            reason = item[3]
-            if spend is not None:
-                spend.response(status, headers)
-            if scrub is not None:
-                headers, reason = await scrub.head(agent, headers, reason)
-            agent.response.head(status, headers, reason)
+            await _fast_head(agent, item, decision, fields, started, scrub, spend)
         elif item[0] == "data":
             if spend is not None:
                 spend.feed(item[1])
@@ -165,37 +171,14 @@ async def relay_response(
             raise UpstreamError(502, f"upstream sent an invalid response: {err}") from None
         if isinstance(event, h11.InformationalResponse):
             if event.status_code == 101:
-                if upgrade is None:
-                    raise UpstreamError(502, UNASKED_101)
-                why = check_switch(upgrade, event.headers)
-                if why is not None:
-                    raise UpstreamError(502, f"upgrade refused: {why}")
-                if scrub is not None:  # the 101's head; the tunnelled stream is not scrubbed
-                    headers = await scrub.interim(agent, event.headers)
-                    event = h11.InformationalResponse(
-                        status_code=101, headers=headers, reason=event.reason
-                    )
-                return await _switch(agent, upstreams, up, event, decision, fields)
-            if event.status_code != 100:
-                interim = forward_headers(event.headers, False)
-                if any_control_bytes(interim, event.reason):
-                    raise UpstreamError(502, "upstream sent control bytes in a header")
-                if scrub is not None:
-                    interim = await scrub.interim(agent, interim)
-                agent.response.informational(event.status_code, interim)
+                return await _switch(agent, upstreams, up,
+                                     await _checked_101(agent, event, upgrade, scrub),
+                                     decision, fields)
+            await _interim(agent, event, scrub)
             continue
         if isinstance(event, h11.Response):
             status = event.status_code
-            await _audit_head(agent, decision, status, event.headers, started, fields,
-                              scrub is not None)
-            # Parsed by h11 from the upstream; hop-by-hop removed. h11 lets control bytes
-            # other than NUL, CR and LF through in values and the reason: refused as on llhttp.
-            headers, reason = forward_headers(event.headers, False), event.reason
-            if any_control_bytes(headers, reason):
-                raise UpstreamError(502, "upstream sent control bytes in a header")
-            if scrub is not None:
-                headers, reason = await scrub.head(agent, headers, reason)
-            agent.response.head(status, headers, reason)
+            await _h11_head(agent, event, decision, fields, started, scrub)
         elif isinstance(event, h11.Data):
             if scrub is None:
                 agent.response.data(bytes(event.data))
@@ -209,6 +192,51 @@ async def relay_response(
             if status == 0:
                 raise UpstreamError(502, "upstream closed the connection without answering")
             return False
+
+
+async def _h11_head(agent: AgentConnection, event: h11.Response, decision: Decision,
+                    fields: dict[str, Any], started: float, scrub: ResponseScrub | None) -> None:
+    """A response head h11 parsed, to the agent: audited, checked, scrubbed."""
+    await _audit_head(agent, decision, event.status_code, event.headers, started, fields,
+                      scrub is not None)
+    # Parsed by h11 from the upstream; hop-by-hop removed. h11 lets control bytes other than
+    # NUL, CR and LF through in values and the reason: refused as on llhttp.
+    headers, reason = forward_headers(event.headers, False), event.reason
+    if any_control_bytes(headers, reason):
+        raise UpstreamError(502, "upstream sent control bytes in a header")
+    if scrub is not None:
+        headers, reason = await scrub.head(agent, headers, reason)
+    agent.response.head(event.status_code, headers, reason)
+
+
+async def _checked_101(agent: AgentConnection, event: h11.InformationalResponse,
+                       upgrade: Offer | None, scrub: ResponseScrub | None
+                       ) -> h11.InformationalResponse:
+    """The 101 to relay: only the answer to the checked handshake the agent offered."""
+    if upgrade is None:
+        raise UpstreamError(502, UNASKED_101)
+    why = check_switch(upgrade, event.headers)
+    if why is not None:
+        raise UpstreamError(502, f"upgrade refused: {why}")
+    if scrub is None:
+        return event
+    # the 101's head is scrubbed; the tunnelled stream is not
+    headers = await scrub.interim(agent, event.headers)
+    return h11.InformationalResponse(status_code=101, headers=headers, reason=event.reason)
+
+
+async def _interim(agent: AgentConnection, event: h11.InformationalResponse,
+                   scrub: ResponseScrub | None) -> None:
+    """An interim answer other than 101, relayed (checked, scrubbed); never a 100 (the proxy
+    answered Expect itself)."""
+    if event.status_code == 100:
+        return
+    interim = forward_headers(event.headers, False)
+    if any_control_bytes(interim, event.reason):
+        raise UpstreamError(502, "upstream sent control bytes in a header")
+    if scrub is not None:
+        interim = await scrub.interim(agent, interim)
+    agent.response.informational(event.status_code, interim)
 
 
 async def _switch(
