@@ -154,7 +154,7 @@ def rules(ctx: Ctx, model: schema.PolicyModel, base: Path | None) -> list[Rule]:
             action=rule.action, origin=ctx.origin(loc), policy=model.name,
             methods=frozenset(rule.methods) if rule.methods else None,
             paths=tuple(rule.paths) if rule.paths else None, credential=rule.credential,
-            tls_ca=_rel(base, rule.tls_ca) if rule.tls_ca else None,
+            tls_ca=_ca(base, rule.tls_ca) if rule.tls_ca else None,
             allow_private=rule.allow_private, reason=rule.reason, meter=rule.meter,
         ))
     return out
@@ -220,27 +220,13 @@ def budgets(ctx: Ctx, model: schema.PolicyModel) -> tuple[BudgetEntry, ...]:
                  for i, b in enumerate(model.budgets))
 
 
+def _ca(base: Path | None, value: str) -> Path | str:
+    """A ``tls_ca``: inline PEM (a server's policy) stays text, verbatim (as a Path its base64
+    would lose every '//'); anything else is a file path like the others."""
+    return value if value.lstrip().startswith("-----BEGIN") else _rel(base, value)
+
+
 def _rel(base: Path | None, value: str) -> Path:
-    if value.lstrip().startswith("-----BEGIN"):
-        # An inline PEM (a server's policy): kept verbatim. A Path would fold the '//' that
-        # base64 text may hold, and the certificate would no longer parse.
-        return _VerbatimPem(value)
     if value.startswith("~") or base is None:
         return Path(value)
     return Path(os.path.normpath(base / value))
-
-
-class _VerbatimPem(type(Path())):  # type: ignore[misc]
-    """A ``tls_ca`` given as inline PEM, typed as the path it stands in for; ``str`` gives the
-    text exactly as written."""
-
-    def __new__(cls, text: str) -> _VerbatimPem:
-        self: _VerbatimPem = super().__new__(cls, "inline-pem")
-        self._pem = text
-        return self
-
-    def __str__(self) -> str:
-        return str(self._pem)
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (_VerbatimPem, (self._pem,))

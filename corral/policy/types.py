@@ -63,7 +63,8 @@ class Rule(NamedTuple):
     methods: frozenset[str] | None = None
     paths: tuple[str, ...] | None = None
     credential: str | None = None
-    tls_ca: Path | None = None
+    # A PEM file, or the PEM text itself (how a server's policy gives it: no host paths).
+    tls_ca: Path | str | None = None
     allow_private: bool = False
     reason: str | None = None
     meter: Literal["anthropic", "openai"] | None = None  # the API whose spend this rule meters

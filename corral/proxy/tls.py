@@ -188,18 +188,21 @@ class UpstreamContexts:
     """
 
     def __init__(self) -> None:
-        self._cache: dict[Path | None, ssl.SSLContext] = {}
+        self._cache: dict[Path | str | None, ssl.SSLContext] = {}
 
-    def preload(self, cas: Iterable[Path | None]) -> None:
+    def preload(self, cas: Iterable[Path | str | None]) -> None:
         for ca in {None, *cas}:
             self.get(ca)
 
-    def get(self, tls_ca: Path | None) -> ssl.SSLContext:
+    def get(self, tls_ca: Path | str | None) -> ssl.SSLContext:
+        """``tls_ca``: a PEM file, or PEM text (a rule that gives its CA inline)."""
         ctx = self._cache.get(tls_ca)
         if ctx is None:
             ctx = ssl.create_default_context()
             ctx.set_alpn_protocols(["http/1.1"])
-            if tls_ca is not None:
+            if isinstance(tls_ca, str):
+                ctx.load_verify_locations(cadata=tls_ca)
+            elif tls_ca is not None:
                 ctx.load_verify_locations(cafile=str(tls_ca))
             self._cache[tls_ca] = ctx
         return ctx

@@ -285,19 +285,17 @@ def _documents(project: str, answer: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _load_server(project: str, answer: dict[str, Any]) -> tuple[list[LoadedPolicy],
-                                                                   list[str]]:
+def _load_server(project: str, answer: dict[str, Any]) -> list[LoadedPolicy]:
     from corral.policy import PolicyError, load_policy_text
     from corral.policy.compose import compose
 
-    loaded, texts = [], []
+    loaded = []
     for source, text in _documents(project, answer):
         try:
             loaded.append(load_policy_text(source, text))
         except PolicyError as err:
             raise _fail(f"--project {project}: refused the server's policy: "
                         f"{'; '.join(err.problems)}") from None
-        texts.append(text)
     try:
         digest = compose(loaded).digest
     except PolicyError as err:
@@ -305,7 +303,7 @@ def _load_server(project: str, answer: dict[str, Any]) -> tuple[list[LoadedPolic
     if digest != answer.get("digest"):
         raise _fail(f"--project {project}: the server's policy does not match its digest "
                     "(altered or cut on the way); refused")
-    return loaded, texts
+    return loaded
 
 
 def project_policy(t: Target, local: Sequence[LoadedPolicy | str], quick: QuickPolicy | None,
@@ -345,8 +343,8 @@ def _compile(project: str, answer: dict[str, Any], local: Sequence[LoadedPolicy 
         loaded = [load_policy(x) if isinstance(x, str) else x for x in local]
     except PolicyError as err:
         raise _fail("; ".join(err.problems)) from None
-    server, texts = _load_server(project, answer)
-    server = trust.check_server(server, texts, workspace)
+    server = _load_server(project, answer)
+    server = trust.check_server(server, workspace)
     trust.check_narrows(server, loaded, quick, workspace)
     try:
         rp = compose([*server, *loaded, *([quick] if quick is not None else [])],

@@ -106,6 +106,8 @@ def _cas_intact(policy: ResolvedPolicy) -> bool:
     for rule in policy.rules:
         if rule.tls_ca is None:
             continue
+        if not isinstance(rule.tls_ca, Path):
+            return False  # the launcher writes every CA it trusts to a root-only file
         try:
             st = os.stat(rule.tls_ca, follow_symlinks=False)
         except OSError:

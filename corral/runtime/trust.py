@@ -40,7 +40,6 @@ __all__ = ["PathSetting", "check_narrows", "check_paths", "check_server", "priva
            "server_paths"]
 
 EXIT_CORRAL = 125
-_PEM = "-----BEGIN CERTIFICATE-----"
 
 
 def _refuse(message: str) -> CorralError:
@@ -115,15 +114,6 @@ def check_paths(paths: list[PathSetting], workspace: str | None) -> None:
                           "home and the workspace")
 
 
-def _raw_tls_ca(text: str) -> dict[int, Any]:
-    """egress index -> the rule's ``tls_ca`` exactly as written (the loader made it a Path)."""
-    from corral.policy.yamlsrc import parse_yaml
-
-    data, _lines = parse_yaml(text)
-    egress = data.get("egress") if isinstance(data, dict) else None
-    return {i: r.get("tls_ca") for i, r in enumerate(egress or []) if isinstance(r, dict)}
-
-
 def _pem_file(pem: str) -> Path:
     folder = dirs.ensure_state_dir() / "projects" / "ca"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -137,7 +127,7 @@ def _pem_file(pem: str) -> Path:
     return path
 
 
-def _check_rule(rule: Rule, ranges: list[Any], raw_ca: Any) -> Rule:
+def _check_rule(rule: Rule, ranges: list[Any]) -> Rule:
     try:
         addr: Any = ipaddress.ip_address(rule.host.strip("[]"))
     except ValueError:
@@ -155,8 +145,9 @@ def _check_rule(rule: Rule, ranges: list[Any], raw_ca: Any) -> Rule:
             raise _refuse(f"{rule.origin}: {what} {rule.host}: not in this host's "
                           f"project_allow_private ({', '.join(map(str, ranges)) or 'none'}; "
                           f"{dirs.config_dir() / 'config.yaml'})")
-    if rule.tls_ca is not None:
-        if not isinstance(raw_ca, str) or not raw_ca.lstrip().startswith(_PEM):
+    raw_ca = rule.tls_ca
+    if raw_ca is not None:
+        if not isinstance(raw_ca, str):
             raise _refuse(f"{rule.origin}: tls_ca: a project policy gives the CA inline (PEM), "
                           "not a path on this host")
         from cryptography import x509
@@ -172,8 +163,7 @@ def _check_rule(rule: Rule, ranges: list[Any], raw_ca: Any) -> Rule:
     return rule
 
 
-def check_server(server: list[LoadedPolicy], texts: list[str],
-                 workspace: str | None) -> list[LoadedPolicy]:
+def check_server(server: list[LoadedPolicy], workspace: str | None) -> list[LoadedPolicy]:
     """The server's policies held to the trust rules; inline CAs replaced by root-only files."""
     import dataclasses  # here: a cache hit of the launch path never needs it (~8 ms)
 
@@ -187,9 +177,8 @@ def check_server(server: list[LoadedPolicy], texts: list[str],
     check_paths(server_paths(server), workspace)
     ranges = private_ranges()
     out = []
-    for pol, text in zip(server, texts, strict=True):
-        raw = _raw_tls_ca(text) if any(r.tls_ca for r in pol.rules) else {}
-        rules = tuple(_check_rule(r, ranges, raw.get(i)) for i, r in enumerate(pol.rules))
+    for pol in server:
+        rules = tuple(_check_rule(r, ranges) for r in pol.rules)
         out.append(dataclasses.replace(pol, rules=rules))
     return out
 

@@ -131,5 +131,7 @@ def test_an_inline_pem_tls_ca_survives_loading_verbatim() -> None:
     text = ("name: p\negress:\n  - host: api.example.test\n    action: inspect\n"
             "    tls_ca: |\n" + "".join(f"      {line}\n" for line in pem.splitlines()))
     rule = load_policy_text("p.yaml", text).rules[0]
-    assert str(rule.tls_ca) == pem
-    assert str(pickle.loads(pickle.dumps(rule)).tls_ca) == pem
+    assert rule.tls_ca == pem  # text, not a Path
+    assert pickle.loads(pickle.dumps(rule)).tls_ca == pem
+    path = load_policy_text("p.yaml", text.split("    tls_ca")[0] + "    tls_ca: ./ca.pem\n")
+    assert isinstance(path.rules[0].tls_ca, Path)

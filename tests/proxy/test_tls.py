@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 
+import pytest
 from cryptography import x509
 
 from corral.proxy.tls import CertificateAuthority
@@ -80,3 +81,42 @@ def test_leaf_details_and_no_key_in_pem() -> None:
     assert b"PRIVATE KEY" not in ca.cert_pem and "PRIVATE" not in repr(ca)
     ctx = ca.server_context("api.example.com")
     assert ctx is ca.server_context("api.example.com")  # cached
+
+
+def test_an_upstream_ca_given_inline_or_as_a_file_verifies_the_same(tmp_path: object) -> None:
+    """A rule's ``tls_ca`` is a PEM file or the PEM text (a server's policy): both trust that
+    CA for the upstream's handshake, and the context without it refuses the same server."""
+    import socket
+    import threading
+    from pathlib import Path
+
+    from corral.proxy.tls import UpstreamContexts
+
+    ca = CertificateAuthority(["upstream.test"])
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(*_files(ca, ca.leaf_pem("upstream.test"), tmp_path))
+    ca_file = Path(str(tmp_path)) / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem)
+    contexts = UpstreamContexts()
+
+    def handshake(client_ctx: ssl.SSLContext) -> None:
+        a, b = socket.socketpair()
+
+        def serve() -> None:
+            try:
+                server_ctx.wrap_socket(a, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                a.close()
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            client_ctx.wrap_socket(b, server_hostname="upstream.test").close()
+        finally:
+            b.close()
+            thread.join()
+
+    handshake(contexts.get(ca.cert_pem.decode()))
+    handshake(contexts.get(ca_file))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(contexts.get(None))

@@ -168,7 +168,7 @@ def test_paths_outside_home_and_workspace_never_pass(parts: list[str], key: str,
     inside = any(os.path.commonpath([real, r]) == r for r in roots) and any(
         os.path.commonpath([os.path.normpath(expanded), r]) == r for r in roots)
     try:
-        check_server([loaded], [text], str(ws) if key == "read" else None)
+        check_server([loaded], str(ws) if key == "read" else None)
         accepted = True
     except CorralError as err:
         assert err.exit_code == 125

@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -170,7 +171,10 @@ class RelayMiddleware:
             needles = scrubber_for(granted.binding, secret)
         if metered is not None:
             headers = metered.headers(headers)
-        pem = str(rule.tls_ca) if rule is not None and rule.tls_ca is not None else None
+        pem = rule.tls_ca if rule is not None else None
+        if isinstance(pem, Path):  # the server never reads a file a project's policy names
+            raise UpstreamError(502, "tls_ca: a server's policy gives the CA inline (PEM), "
+                                "not a path")
         tls = tls_context(pem) if pre.tls else None
         address = await self.destinations.choose(pre.host, pre.port)
         up = await self.pool.get(address, pre.host, pre.port, tls)
