@@ -60,12 +60,33 @@ def endpoint_api(provider: str, method: str, path: str) -> Api | None:
     return ENDPOINTS.get((provider, method, path.partition("?")[0]))
 
 
+class _Repeated(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last copy of a repeated key, some providers' parsers the first: an agent
+    # could have "max_tokens" estimated at 1 and answered at 100,000 (~5 us per 10 KB body).
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Repeated(key)
+            seen.add(key)
+    return obj
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
     if len(body) > MAX_BODY:
         raise EstimateError(f"the request body ({len(body)} bytes) is larger than the "
                             f"{MAX_BODY >> 20} MiB a metered request may have")
     try:
-        obj = json.loads(body)
+        obj = json.loads(body, object_pairs_hook=_unique)
+    except _Repeated as err:
+        raise EstimateError(f"the request body repeats the key {err.key!r}: providers differ "
+                            "on which copy counts, so it cannot be priced (send it once)") from None
     except (ValueError, RecursionError):
         raise EstimateError("the request body is not JSON") from None
     if not isinstance(obj, dict):

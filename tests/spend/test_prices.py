@@ -184,3 +184,21 @@ def test_include_usage_keeps_the_request_bytes() -> None:
     out = add_include_usage(raw)
     assert out == b'{"stream_options":{"include_usage":true},' + raw[1:]
     assert json.loads(out)["stream_options"] == {"include_usage": True}
+
+
+@given(key=st.sampled_from(["model", "max_tokens", "n", "stream", "messages", "x"]),
+       escaped=st.booleans(), nested=st.booleans(), value=st.integers(1, 10**6),
+       api=st.sampled_from(["openai.chat", "anthropic.messages"]))
+def test_a_repeated_key_is_refused_however_it_is_spelled(
+        key: str, escaped: bool, nested: bool, value: int, api: str) -> None:
+    """json keeps the last copy, a provider may read the first: a body that reads two ways
+    cannot be priced. A key spelled with escapes ("m\\u006fdel") is the same key."""
+    spelled = "".join(f"\\u{ord(c):04x}" for c in key) if escaped else key
+    pairs = f'"{key}": {value}, "{spelled}": 1'
+    once = '{"model": "gpt-4o", "max_tokens": 5, "messages": [{"x": 1}]}'
+    raw = (once.replace('"x": 1', pairs) if nested else
+           '{"model": "gpt-4o", "max_tokens": 5, ' + pairs + "}")
+    provider = api.split(".")[0]
+    estimate(PRICES, provider, api, once.encode())  # type: ignore[arg-type]
+    with pytest.raises(EstimateError, match="repeats the key"):
+        estimate(PRICES, provider, api, raw.encode())  # type: ignore[arg-type]
