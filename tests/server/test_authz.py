@@ -15,7 +15,7 @@ from corral.server.errors import ApiError
 from tests.server.conftest import Served
 
 PARAMS = {"team": "web", "project": "shop", "email": "a@example.com", "name": "github",
-          "approval": "0" * 32, "token": "999999"}
+          "approval": "0" * 32, "token": "999999", "standing": "1"}
 
 
 def _permissions(dependant: Any) -> list[Permission]:

@@ -208,9 +208,9 @@ def list_standing(access: Access = require(Permission.RUN_READ, resolve.project)
     return {"standing": standing_list(access.session, access.resource.id)}
 
 
-@router.delete("/projects/{project}/approvals/standing/{ident}")
-def delete_standing(ident: int = Path(ge=1, le=2**62),
+@router.delete("/projects/{project}/approvals/standing/{standing}")
+def delete_standing(standing: int = Path(ge=1, le=2**62),
                     access: Access = require(Permission.APPROVAL_DECIDE, resolve.project)
                     ) -> dict[str, Any]:
     """Revoke one: the next identical call is held for a human again."""
-    return revoke_standing(access, ident)
+    return revoke_standing(access, standing)
