@@ -215,6 +215,10 @@ class AuditStore:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # wakes the writer
         self._idle = threading.Condition(self._lock)  # wakes a Trail.append waiting its turn
+        # Trail.append callers waiting for the commit slot: emitters then leave the next group
+        # to the writer thread instead of taking the slot themselves, so a busy emitter can
+        # never starve the relay (a waiter woken by ``_idle`` found the slot taken again).
+        self._appending = 0
         self._group = _Group(self._lock)
         self._want = 0  # group size at which to wake a lingering writer
         self._committing = False  # one commit at a time: the writer thread or a leading emitter
@@ -360,7 +364,7 @@ class AuditStore:
         itself. Emitters that arrive during a commit form the next group, which the writer
         thread takes when this commit ends. At most one commit runs at a time."""
         with self._lock:
-            if self._committing or not self._group.items:
+            if self._committing or self._appending or not self._group.items:
                 return
             group = self._group
             self._group = _Group(self._lock)
@@ -372,7 +376,8 @@ class AuditStore:
         return len(self._group.items) >= self._want
 
     def _writer_may_go(self) -> bool:
-        return not self._committing and (bool(self._group.items) or self._closed)
+        return not self._committing and not self._appending and (
+            bool(self._group.items) or self._closed)
 
     def _run(self) -> None:
         last = 0  # size of the previous group: how many emitters are active
@@ -416,7 +421,11 @@ class AuditStore:
         if self._pid != os.getpid():
             raise AuditUnavailable("audit store inherited across fork; open it again")
         with self._lock:
-            self._idle.wait_for(lambda: not self._committing)
+            self._appending += 1
+            try:
+                self._idle.wait_for(lambda: not self._committing)
+            finally:
+                self._appending -= 1
             if self._broken is not None:
                 raise AuditUnavailable(self._broken)
             if self._closed:
