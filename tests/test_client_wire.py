@@ -16,7 +16,7 @@ import pytest
 from corral.client import Client, ClientError, Refused, ServerUnavailable
 from corral.client.http import MAX_RESPONSE
 
-Handler = Callable[[socket.socket, bytes], None]
+Handler = Callable[[socket.socket, bytes], "bool | None"]
 
 
 def _ok(body: bytes = b'{"a": 1}', extra: bytes = b"") -> bytes:
@@ -58,7 +58,8 @@ class Scripted:
                     buf += conn.recv(65536)
                 body, buf = buf[:length], buf[length:]
                 self.requests.append(head + b"\r\n\r\n" + body)
-                self.handler(conn, head)
+                if self.handler(conn, head) is False:
+                    return  # the handler ended this connection: read nothing more from it
 
 
 @pytest.fixture
@@ -139,9 +140,10 @@ def test_an_oversized_answer_is_refused(scripted: Callable[[Handler], Scripted],
 
 def test_a_dropped_keepalive_is_sent_again_once(scripted: Callable[[Handler], Scripted]
                                                  ) -> None:
-    def handler(conn: socket.socket, _head: bytes) -> None:
+    def handler(conn: socket.socket, _head: bytes) -> bool:
         conn.sendall(_ok())
         conn.shutdown(socket.SHUT_RDWR)  # the server drops the idle connection afterwards
+        return False  # a request the client sent before it saw the drop is not read
 
     srv = scripted(handler)
     with Client(srv.url, "t", timeout=5) as client:
