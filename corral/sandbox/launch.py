@@ -21,6 +21,7 @@ import functools
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +46,7 @@ __all__ = ["BASE_ENV", "Sandbox"]
 T = TypeVar("T")
 
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+_CHILD_PID = re.compile(rb'"child-pid"\s*:\s*(\d+)')
 
 
 def _noop_migration() -> None:
@@ -101,6 +103,7 @@ class Sandbox:
         self._killed = False  # kill_all ran: nothing started later may run
         self._info: dict[int, int] = {}  # bwrap pid -> info fd
         self._child_pids: dict[int, int] = {}
+        self._info_read: dict[int, bytes] = {}  # bwrap pid -> its info fd's bytes so far
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -377,9 +380,7 @@ class Sandbox:
         init = self._child_pids.get(proc.pid)
         fd = self._info.get(proc.pid)
         if init is None and fd is not None:
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                init = int(json.loads(os.read(fd, 4096))["child-pid"])
-                self._child_pids[proc.pid] = init
+            init = self._info_child_pid(proc.pid, fd)
         if init is None:
             return None
         try:
@@ -388,6 +389,25 @@ class Sandbox:
         except OSError:
             return None
         return int(children[0]) if children else None
+
+    def _info_child_pid(self, pid: int, fd: int) -> int | None:
+        """The child pid from bwrap's info fd, never blocking (this runs in signal handlers).
+
+        bwrap writes its info JSON in several writes (the pid first, then the namespaces,
+        then the closing brace), and the command may run before the last one: the bytes are
+        kept across calls, and the pid is taken from the first write (atomic: a pipe write
+        under PIPE_BUF) as soon as it is there."""
+        got = self._info_read.get(pid, b"")
+        with contextlib.suppress(OSError):
+            os.set_blocking(fd, False)
+            while chunk := os.read(fd, 4096):
+                got += chunk
+        self._info_read[pid] = got
+        found = _CHILD_PID.search(got)
+        if found is None:
+            return None
+        self._child_pids[pid] = int(found[1])
+        return self._child_pids[pid]
 
     def adopt(self, pid: int) -> None:
         """Move a helper of this sandbox (its proxy) into the sandbox's cgroup, so what it
