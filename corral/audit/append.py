@@ -20,19 +20,26 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
+from corral.audit.db import insert_events
 from corral.audit.events import SCHEMA_VERSION, event_body, event_hash
 
-__all__ = ["ChainRefused", "Row", "append"]
+__all__ = ["ChainRefused", "Row", "append", "chained"]
 
 Row = tuple[str, str, int]  # (type, canonical JSON of the validated payload, ts in us)
 
 _HEAD = "SELECT last_seq, last_hash, closed_us FROM chains WHERE sandbox=?"
-_INSERT = (
-    "INSERT INTO events(sandbox, seq, ts_us, type, actor, data, prev, hash, v) "
-    "VALUES(?,?,?,?,?,?,?,?,?)"
-)
 _UPDATE = "UPDATE chains SET last_seq=?, last_hash=? WHERE sandbox=?"
+
+
+def chained(sandbox: str, actor: str, seq: int, ts: int, type_: str, data: str,
+            prev: str) -> tuple[Any, ...]:
+    """The ``events`` row of the event after ``prev`` (its hash at index 7): the one way both
+    this and the store's writer chain an event."""
+    h = event_hash(event_body(actor=actor, data=data, prev=prev, sandbox=sandbox, seq=seq,
+                              ts=ts, type_=type_, v=SCHEMA_VERSION))
+    return (sandbox, seq, ts, type_, actor, data, prev, h, SCHEMA_VERSION)
 
 
 class ChainRefused(Exception):
@@ -51,11 +58,9 @@ def append(con: sqlite3.Connection, sandbox: str, actor: str, rows: Sequence[Row
     out = []
     for type_, data, ts in rows:
         seq += 1
-        h = event_hash(event_body(actor=actor, data=data, prev=prev, sandbox=sandbox, seq=seq,
-                                  ts=ts, type_=type_, v=SCHEMA_VERSION))
-        out.append((sandbox, seq, ts, type_, actor, data, prev, h, SCHEMA_VERSION))
-        prev = h
-    con.executemany(_INSERT, out)
+        out.append(chained(sandbox, actor, seq, ts, type_, data, prev))
+        prev = out[-1][7]
+    insert_events(con, out)
     con.execute(_UPDATE, (seq, prev, sandbox))
     con.execute("COMMIT")
     return int(seq)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from corral.audit.append import ChainRefused, Row, append
+from corral.audit.append import ChainRefused, Row, append, chained
 from corral.audit.checkpoint import Checkpointer
 from corral.audit.db import (
     OBSOLETE,
@@ -52,7 +52,6 @@ from corral.audit.events import (
     EventType,
     canonical_json,
     check_sandbox_id,
-    event_body,
     event_hash,
     validate,
 )
@@ -514,20 +513,9 @@ class AuditStore:
                     )
                     head[3] = True
                 continue
-            seq, prev = head[0] + 1, head[1]
-            h = event_hash(
-                event_body(
-                    actor=t.actor,
-                    data=t.data,
-                    prev=prev,
-                    sandbox=t.sandbox,
-                    seq=seq,
-                    ts=t.ts,
-                    type_=t.type,
-                    v=SCHEMA_VERSION,
-                )
-            )
-            rows.append((t.sandbox, seq, t.ts, t.type, t.actor, t.data, prev, h, SCHEMA_VERSION))
+            seq = head[0] + 1
+            rows.append(chained(t.sandbox, t.actor, seq, t.ts, t.type, t.data, head[1]))
+            h = rows[-1][7]
             head[0], head[1] = seq, h
             t.seq = seq
             if t.kind == "close":

@@ -244,10 +244,10 @@ def build_spec(ns: argparse.Namespace) -> tuple[SandboxSpec, ResolvedPolicy | No
 
 def _project_policy(ns: argparse.Namespace, quick: QuickPolicy | None) -> ProjectPolicy:
     """``--project``: the server's policy, narrowed by the local input (125 if it widens)."""
-    from corral.runtime.project import project_policy, start_pull, target
+    from corral.runtime.project import Pull, project_policy, target
 
     t = target(ns.project, ns.agent, ns.server)
-    pull = start_pull(t)
+    pull = Pull(t)
     # While the server answers, what the launch imports anyway (the sandbox, the audit store,
     # the reporter): the wait for the server is then off the launch's critical path.
     from corral.audit import AuditStore  # noqa: F401

@@ -22,7 +22,7 @@ from typing import Any
 from corral.policy.types import Decision
 from corral.proxy.agent import AgentConnection
 from corral.proxy.response_scrub import identity
-from corral.spend import MAX_BODY, MICRO, Exchange, Reply, Spend, error_reply
+from corral.spend import MAX_BODY, Exchange, Reply, Spend, error_reply
 
 __all__ = ["admit", "build_spend", "settle"]
 
@@ -103,17 +103,5 @@ async def settle(agent: AgentConnection, exchange: Exchange, decision: Decision,
                  fields: dict[str, Any]) -> None:
     """Settle (the whole reservation if the response did not finish) and audit it."""
     record = exchange.abort()  # the record of ``finish`` if the response completed
-    event: dict[str, Any] = {
-        "host": fields["host"], "rule": decision.origin, "api": record.api,
-        "model": record.model, "input_tokens": record.tokens.input,
-        "output_tokens": record.tokens.output, "cache_write_tokens": record.tokens.cache_write,
-        "cache_read_tokens": record.tokens.cache_read, "cost_usd": record.cost / MICRO,
-        "reserved_usd": record.reserved / MICRO, "complete": record.complete,
-        "flagged": record.flagged, "known_model": record.known_model,
-        "path": fields["path"],
-    }
-    if record.status is not None:
-        event["status"] = record.status
-    if record.request_id is not None:
-        event["request_id"] = record.request_id
-    agent.ctx.audit.send("llm.usage", **event)
+    agent.ctx.audit.send("llm.usage", host=fields["host"], rule=decision.origin,
+                         path=fields["path"], **record.event())

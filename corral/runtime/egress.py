@@ -112,15 +112,18 @@ class Egress:
         resolve_overrides: Mapping[str, list[str]] | None = None,
         configure: bool = True,
         proc: ProxyProcess | None = None,
+        spend_server: bool = False,
     ) -> None:
         """Fork the proxy child; ``configure=False`` defers resolving the secrets (``corral
         run`` forks before it opens the audit store, and resolves secrets only after).
         ``proc``: a child forked earlier without a policy (``corral run`` forks it before it
-        resolves the policy); it is given ``policy`` now."""
+        resolves the policy); it is given ``policy`` now. ``spend_server``: a project run,
+        whose budgets are on the server too (``corral run`` knows it only after the fork:
+        it sets the attribute before ``configure``)."""
         from corral.runtime.proxyproc import ProxyProcess
 
         self.policy = policy
-        self.spend_server = False  # a project run (budgets on the server): set before configure
+        self.spend_server = spend_server
         if proc is None:
             proc = ProxyProcess(policy)  # forked first: its imports overlap ours and the build
         else:
@@ -230,9 +233,7 @@ def proxied_opener(
         from corral.tools.provision import Opened
 
         egress = Egress(policy, proxy_audit=proxy_audit, upstream_proxy=upstream_proxy,
-                        resolve_overrides=resolve_overrides, configure=False)
-        egress.spend_server = spend_server
-        egress.configure()  # kills the child if it fails
+                        resolve_overrides=resolve_overrides, spend_server=spend_server)
         try:
             sb = Sandbox.open(egress.prepare(spec), sandbox_audit)
         except BaseException:

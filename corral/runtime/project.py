@@ -18,7 +18,7 @@ Invariants:
   it is younger than the project's ``max_offline`` and the project does not require the server.
   Everything read from it goes through the same trust rules as a fresh pull.
 - Every refusal is a ``CorralError`` with exit status 125 and one line naming the rule.
-- ``start_pull`` only moves the pull onto a thread (so that waiting for the server overlaps
+- ``Pull`` only moves the pull onto a thread (so that waiting for the server overlaps
   the launcher's own work); what it answers goes through exactly the checks above, and a
   refusal it met is raised where the answer is taken.
 """
@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from corral.policy.resolved import ResolvedPolicy
     from corral.runtime import trust
 
-__all__ = ["ProjectPolicy", "Pull", "Target", "cache_path", "project_policy", "start_pull",
-           "stored_login", "stored_login_token", "target"]
+__all__ = ["ProjectPolicy", "Pull", "Target", "cache_path", "project_policy", "stored_login",
+           "stored_login_token", "target"]
 
 EXIT_CORRAL = 125
 DEFAULT_MAX_OFFLINE = 24 * 3600
@@ -208,7 +208,8 @@ def _pull(t: Target) -> tuple[dict[str, Any], dict[str, Any], str | None]:
 
 
 class Pull:
-    """A pull under way on its own thread (``start_pull``); ``result`` waits for it."""
+    """Project ``t``'s policy pulled on its own thread from construction on (hand it to
+    ``project_policy``); ``result`` waits for it."""
 
     def __init__(self, t: Target) -> None:
         self._answer: tuple[dict[str, Any], dict[str, Any], str | None] | None = None
@@ -229,11 +230,6 @@ class Pull:
             raise self._error
         assert self._answer is not None
         return self._answer
-
-
-def start_pull(t: Target) -> Pull:
-    """Start pulling project ``t``'s policy; hand the ``Pull`` to ``project_policy``."""
-    return Pull(t)
 
 
 def _offline(t: Target, why: str) -> tuple[dict[str, Any], dict[str, Any], str]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from corral.spend.ledger import (
     Budget,
@@ -66,6 +66,20 @@ class UsageRecord(NamedTuple):
     flagged: bool  # charged the whole reservation: usage never arrived
     status: int | None
     request_id: str | None
+
+    def event(self) -> dict[str, Any]:
+        """Its fields of the ``llm.usage`` audit event (the caller adds host, rule, path)."""
+        out: dict[str, Any] = {
+            "api": self.api, "model": self.model, "input_tokens": self.tokens.input,
+            "output_tokens": self.tokens.output, "cache_write_tokens": self.tokens.cache_write,
+            "cache_read_tokens": self.tokens.cache_read, "cost_usd": self.cost / MICRO,
+            "reserved_usd": self.reserved / MICRO, "complete": self.complete,
+            "flagged": self.flagged, "known_model": self.known_model}
+        if self.status is not None:
+            out["status"] = self.status
+        if self.request_id is not None:
+            out["request_id"] = self.request_id
+        return out
 
 
 class Spend:

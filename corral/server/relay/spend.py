@@ -100,23 +100,9 @@ class _Ledger:
             try:
                 record_now(self.db, f"run:{self.run}", "llm.usage",
                            f"{self.project}/{self.event['host']}", run=self.run,
-                           **self.event, **_usage_event(usage))
+                           **self.event, **usage.event())
             except Exception as err:
                 log.warning("recording llm.usage of run %s: %s", self.run, err)
-
-
-def _usage_event(record: UsageRecord) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "api": record.api, "model": record.model, "input_tokens": record.tokens.input,
-        "output_tokens": record.tokens.output, "cache_write_tokens": record.tokens.cache_write,
-        "cache_read_tokens": record.tokens.cache_read, "cost_usd": record.cost / MICRO,
-        "reserved_usd": record.reserved / MICRO, "complete": record.complete,
-        "flagged": record.flagged, "known_model": record.known_model}
-    if record.status is not None:
-        event["status"] = record.status
-    if record.request_id is not None:
-        event["request_id"] = record.request_id
-    return event
 
 
 class Metered:
