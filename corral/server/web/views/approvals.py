@@ -12,6 +12,7 @@ deciding needs (the API's own ``revoke_standing``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from corral.server.api.approvals import decide_request, revoke_standing
 from corral.server.api.deps import Access, get_db, user_principal
-from corral.server.authz import Permission, Principal, visible_teams
+from corral.server.authz import Permission, Principal, decide, visible_teams
 from corral.server.errors import ApiError
 from corral.server.models import Agent, Approval, Project, Run, StandingApproval, User
 from corral.server.web.pages import env
@@ -40,8 +41,14 @@ QUEUE_LIFE_S = 300.0
 
 
 def _decider(principal: Principal, team_id: int) -> bool:
-    """Shows the buttons to a team admin (the step-up is asked on the page, then checked)."""
-    return (principal.role_in(team_id) or 0) >= Permission.APPROVAL_DECIDE.value.role
+    """Whether to show the buttons: the decision function itself, asked as if the step-up
+    were done (the page asks for a fresh sign-in first; the POST is decided for real)."""
+    try:
+        decide(dataclasses.replace(principal, step_up=True), Permission.APPROVAL_DECIDE,
+               team_id=team_id)
+    except ApiError:
+        return False
+    return True
 
 
 def pending(session: Session, principal: Principal, limit: int = 200) -> list[dict[str, Any]]:
