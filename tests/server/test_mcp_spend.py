@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from tests.agents.provider import Provider, provider  # noqa: F401 (a fixture)
 from tests.conftest import require_root, require_tools
 from tests.server.conftest import VENV_BIN, Served, cli
 from tests.server.test_launcher import Server, corral_server  # noqa: F401 (a fixture)
+from tests.server.test_spend_launcher import metered_shop
 
 pytestmark = [pytest.mark.root, pytest.mark.anyio, pytest.mark.timeout(300)]
 
@@ -117,20 +116,7 @@ async def test_mcp_tools_sandbox_reserves_on_the_server(
     require_root()
     require_tools("bwrap", "nft", "ip", "setpriv", "curl")
     provider.hold.touch()  # no response is held in this test
-    owner = Served(corral_server.url, corral_server.db_url, Path()).token()
-    env = {**os.environ, **corral_env, "CORRAL_SERVER": corral_server.url,
-           "CORRAL_TOKEN": owner, "CORRAL_HEARTBEAT_S": "0.3"}
-    Path(corral_env["CORRAL_CONFIG"], "config.yaml").write_text(
-        f"project_allow_private: [{provider.ip}/32]\n")
-    cli("team", "create", "web", env=env)
-    cli("project", "create", "shop", "--team", "web", env=env)
-    cli("agent", "create", "bot", "--project", "shop", env=env)
-    policy = tmp_path / "metered.yaml"
-    policy.write_text(_policy(provider))
-    cli("policy", "push", str(policy), "--project", "shop", env=env)
-    subprocess.run([sys.executable, "-m", "corral", "creds", "set", "anthropic"],
-                   input=provider.keys["anthropic"], text=True, env=env, check=True,
-                   capture_output=True)
+    env = metered_shop(corral_server, provider, corral_env, tmp_path, _policy(provider))
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "small.json").write_bytes(_body(1000))
@@ -157,7 +143,8 @@ async def test_mcp_tools_sandbox_reserves_on_the_server(
         assert "per day" in error["message"], error
 
         rows = _settled(corral_server.db_url, 2)
-        with Served(corral_server.url, corral_server.db_url, Path()).client(owner) as api:
+        served = Served(corral_server.url, corral_server.db_url, Path())
+        with served.client(env["CORRAL_TOKEN"]) as api:
             runs = api.get("/projects/shop/runs").json()["runs"]
         (run,) = runs  # the principal's tools sandbox, live
         assert [(r[0], r[1], r[2]) for r in rows] == [(run["id"], "bot", "settled")] * 2, rows

@@ -65,6 +65,27 @@ credentials:
 """
 
 
+def metered_shop(server: Server, fake: Provider, corral_env: dict[str, str],
+                 tmp_path: Path, policy_text: str) -> dict[str, str]:
+    """Team web, project shop with agent bot under ``policy_text``, the provider's anthropic
+    key set on the server; the owner's environment for the CLI."""
+    owner = Served(server.url, server.db_url, Path()).token()
+    env = {**os.environ, **corral_env, "CORRAL_SERVER": server.url,
+           "CORRAL_TOKEN": owner, "CORRAL_HEARTBEAT_S": "0.3"}
+    Path(corral_env["CORRAL_CONFIG"], "config.yaml").write_text(
+        f"project_allow_private: [{fake.ip}/32]\n")
+    cli("team", "create", "web", env=env)
+    cli("project", "create", "shop", "--team", "web", env=env)
+    cli("agent", "create", "bot", "--project", "shop", env=env)
+    policy = tmp_path / "metered.yaml"
+    policy.write_text(policy_text)
+    cli("policy", "push", str(policy), "--project", "shop", env=env)
+    subprocess.run([sys.executable, "-m", "corral", "creds", "set", "anthropic"],
+                   input=fake.keys["anthropic"], text=True, env=env, check=True,
+                   capture_output=True)
+    return env
+
+
 def test_project_budget_refuses_over_budget(corral_server: Server,  # noqa: F811
                                             provider: Provider,  # noqa: F811
                                             corral_env: dict[str, str], tmp_path: Path) -> None:
@@ -72,20 +93,7 @@ def test_project_budget_refuses_over_budget(corral_server: Server,  # noqa: F811
     require_tools("bwrap", "nft", "ip", "setpriv")
     require(Path("/usr/bin/python3").exists(), "the system python3 (inside the sandbox)")
     provider.hold.touch()  # no stream is held in this test
-    owner = Served(corral_server.url, corral_server.db_url, Path()).token()
-    env = {**os.environ, **corral_env, "CORRAL_SERVER": corral_server.url,
-           "CORRAL_TOKEN": owner, "CORRAL_HEARTBEAT_S": "0.3"}
-    Path(corral_env["CORRAL_CONFIG"], "config.yaml").write_text(
-        f"project_allow_private: [{provider.ip}/32]\n")
-    cli("team", "create", "web", env=env)
-    cli("project", "create", "shop", "--team", "web", env=env)
-    cli("agent", "create", "bot", "--project", "shop", env=env)
-    policy = tmp_path / "metered.yaml"
-    policy.write_text(_policy(provider))
-    cli("policy", "push", str(policy), "--project", "shop", env=env)
-    subprocess.run([sys.executable, "-m", "corral", "creds", "set", "anthropic"],
-                   input=provider.keys["anthropic"], text=True, env=env, check=True,
-                   capture_output=True)
+    env = metered_shop(corral_server, provider, corral_env, tmp_path, _policy(provider))
     body = {"model": MODEL, "max_tokens": 1000, "stream": True,
             "messages": [{"role": "user", "content": "hi"}]}
     est = estimate(load_prices(), "anthropic", "anthropic.messages", json.dumps(body).encode())
