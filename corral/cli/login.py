@@ -6,6 +6,9 @@ Invariants:
   tokens, only the server's own token.
 - The stored login is ``login.json`` in the invoking user's config dir (``SUDO_USER``'s under
   sudo, not root's), mode 0600, owned by that user; it holds the least-privilege token.
+- Under sudo that directory is written and unlinked with the caller's own uid, gid and groups
+  (``_as_invoker``), never as root: root following links the caller placed there would write,
+  chown or delete whatever they point at.
 - ``--step-up`` prints a short-lived (10 min) token on stdout for one command
   (``CORRAL_TOKEN=$(corral login --step-up) corral approvals approve ...``) and stores nothing:
   a file the agent's user can read would hand the agent the step-up.
@@ -14,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import json
@@ -27,6 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import webbrowser
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -65,18 +70,40 @@ def load() -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("token"), str) else None
 
 
+@contextlib.contextmanager
+def _as_invoker() -> Iterator[None]:
+    """File operations in the sudo caller's name (their config dir is theirs to arrange: a
+    ``~/.config/corral`` symlinked to ``/etc`` made root chown ``/etc`` to them)."""
+    _, uid, gid = _invoker()
+    if os.geteuid() != 0 or uid == 0:
+        yield
+        return
+    egid, groups = os.getegid(), os.getgroups()
+    os.setgroups(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)  # first: only root may set the gid and groups back
+        os.setegid(egid)
+        os.setgroups(groups)
+
+
 def _save(data: dict[str, Any]) -> Path:
     path = store_path()
-    _, uid, gid = _invoker()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(data, out)
-    if os.geteuid() == 0:
-        for p in (path.parent, tmp):
-            os.chown(p, uid, gid)
-    os.replace(tmp, path)
+    try:
+        with _as_invoker():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(data, out)
+            os.replace(tmp, path)
+    except OSError as err:
+        raise UserInputError(f"cannot store the login in {path}: {err.strerror} (token "
+                             f"{data.get('id')} was issued: 'corral token revoke' it from "
+                             "another login)") from None
     return path
 
 
@@ -205,7 +232,8 @@ def logout(server: str | None = SERVER_OPT) -> None:
     try:
         client(server or stored.get("server")).request("DELETE", f"/tokens/{int(stored['id'])}")
     finally:
-        store_path().unlink(missing_ok=True)
+        with _as_invoker():
+            store_path().unlink(missing_ok=True)
     print(f"signed out {stored.get('email')}")
 
 

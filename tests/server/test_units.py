@@ -148,6 +148,46 @@ def test_plain_http_only_on_loopback(host: str, port: int) -> None:
     check_url(f"https://{netloc}:{port}")  # TLS is fine anywhere
 
 
+@settings(max_examples=200, deadline=None)
+@given(host=HOSTS, port=st.integers(1, 65535))
+def test_an_http_issuer_only_on_loopback(host: str, port: int) -> None:
+    """The IdP signs who a user is: its keys and discovery are fetched in clear only where no
+    network is crossed, in the server config file and on the command line alike."""
+    from corral.server.config import OidcConfig
+
+    netloc = f"[{host}]" if ":" in host else host
+    try:
+        loop = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loop = False
+    issuer = f"http://{netloc}:{port}/realms/acme"
+    if loop:
+        assert OidcConfig(issuer=issuer, client_id="corral").issuer == issuer
+    else:
+        with pytest.raises(ValueError, match="http:// only on a loopback address"):
+            OidcConfig(issuer=issuer, client_id="corral")
+    assert OidcConfig(issuer=f"https://{netloc}:{port}/", client_id="c").issuer == \
+        f"https://{netloc}:{port}"
+
+
+def test_an_http_issuer_elsewhere_stops_the_server(tmp_path: Path) -> None:
+    from tests.server.conftest import cli
+
+    path = tmp_path / "server.yaml"
+    path.write_text("oidc: {issuer: 'http://idp.example.com', client_id: corral}\n")
+    with pytest.raises(ConfigError, match=r"server.yaml:1: oidc.issuer: .*http:// only on a "
+                                          r"loopback address"):
+        load_config(path)
+    env = {"CORRAL_HOME": str(tmp_path), "CORRAL_DB_URL": f"sqlite:///{tmp_path / 'db'}"}
+    from tests.server.conftest import free_port
+
+    listen = f"127.0.0.1:{free_port()}"  # were the issuer taken, the server would serve here
+    done = cli("server", "--listen", listen, "--oidc-issuer", "http://idp.example.com",
+               "--oidc-client-id", "corral", env=env, check=False)
+    assert done.returncode != 0 and "--oidc-issuer: issuer 'http://idp.example.com': http:// " \
+        "only on a loopback address" in done.stdout + done.stderr, done
+
+
 def test_client_refuses_credentials_in_url() -> None:
     for url in ("https://u:p@h", "https://h/?t=x", "ftp://h", "https://"):
         with pytest.raises(ClientError):
