@@ -8,8 +8,9 @@ arguments and prints what ``announce`` is given.
 
 Invariants:
 - ``preflight_mcp`` refuses what ``corral run`` would refuse for the same policies, quick flags
-  (``corral.policy.quick``, composed as one more policy) and workspace, with the same
-  messages, before anything is served.
+  (``corral.policy.quick``, composed as one more policy), workspace and credentials (every
+  secret the policy binds must be readable), with the same messages, before anything is
+  served.
 - There is no unauthenticated HTTP mode: without tokens one is generated and announced.
 - The listening socket is bound before its URL is announced (``127.0.0.1:0`` works).
 - However serving ends (a client hanging up, SIGTERM, SIGHUP, ^C), every principal's sandbox
@@ -57,10 +58,15 @@ def _resolve(policies: Sequence[str], workspace: Path | None,
 def preflight_mcp(policies: Sequence[str], workspace: Path | None,
                   project: McpProject | None = None, quick: QuickPolicy | None = None) -> None:
     """Refuse, as ``UserInputError``, what ``corral run`` refuses before it starts: the
-    policies, the quick flags, the workspace and every path the policy makes visible."""
+    policies, the quick flags, the workspace, every path the policy makes visible and every
+    secret it binds (``server:`` ones stay on the server and are not read)."""
+    from corral.credentials import resolve_secrets
     from corral.sandbox import SandboxSpec, validate
 
     rp = project.found.policy if project is not None else _resolve(policies, workspace, quick)
+    # Read once here and dropped: a missing secret would otherwise surface only at the first
+    # tool call, as a failed call, long after the user who could fix it started the server.
+    resolve_secrets(rp)
     try:
         validate(SandboxSpec(policies=tuple(rp.names), limits=rp.limits, files=rp.files,
                              workspace=rp.files.workspace))
