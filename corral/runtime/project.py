@@ -94,7 +94,9 @@ def stored_login() -> dict[str, Any] | None:
     except OSError as err:
         raise _fail(f"{path}: cannot read the stored login: {err.strerror}") from None
     st = os.fstat(fd)  # before fdopen, which refuses a directory with a traceback
-    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (uid, 0) or st.st_mode & 0o077:
+    # The owner is the invoking user alone: under sudo, a root-owned file there is one the
+    # caller pointed at (a config dir symlinked to root's), root's login and not theirs.
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
         os.close(fd)
         raise _fail(f"{path}: the stored login must be a file owned by uid {uid} and "
                     "readable by no one else (mode 0600); run 'corral login' again")

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from corral.errors import CorralError
 from corral.runtime import project, project_cache
+from tests.conftest import require_root
 from tests.runtime.test_project_trust import Lying, lying  # noqa: F401 (a fixture)
 
 
@@ -191,3 +192,29 @@ def test_stored_login_only_from_the_users_own_file(kind: str, mode: int, owner: 
         assert project.target("shop", None, None).url == server  # the login's own server
         monkeypatch.setenv("CORRAL_TOKEN", "crl_env")
         assert project.target("shop", None, url).token == "crl_env"  # the env wins
+
+
+def test_under_sudo_only_the_callers_own_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under sudo the stored login is the caller's: a root-owned one in their config dir (their
+    ``~/.config/corral`` symlinked to root's) is refused, never used as theirs."""
+    import pwd
+
+    require_root()  # the rule under test is root's reading of the sudo caller's file
+    server, caller = "http://127.0.0.1:4711", 65534
+    with tempfile.TemporaryDirectory() as tmp:
+        real = pwd.getpwuid
+        entry = real(caller)
+        monkeypatch.setattr(pwd, "getpwuid", lambda uid: pwd.struct_passwd(
+            (*entry[:5], tmp, entry[6])) if uid == caller else real(uid))
+        monkeypatch.setenv("SUDO_UID", str(caller))
+        monkeypatch.delenv("CORRAL_TOKEN", raising=False)
+        folder = Path(tmp, ".config", "corral")
+        folder.mkdir(parents=True)
+        login = folder / "login.json"
+        login.write_text(json.dumps({"server": server, "token": "crl_roots"}))
+        login.chmod(0o600)
+        with pytest.raises(CorralError, match=f"owned by uid {caller}") as err:
+            project.target("shop", None, server)
+        assert err.value.exit_code == 125
+        os.chown(login, caller, caller)
+        assert project.target("shop", None, server).token == "crl_roots"
