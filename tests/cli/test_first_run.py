@@ -149,3 +149,24 @@ def test_run_takes_the_command_without_dashes_and_home_rules(tmp_path: Path,
     empty.write_text("# nothing yet\n")
     done = corral(env, "run", "-p", str(empty), "true", code=125)
     assert done.stderr.startswith(f"corral: {empty}:1: ")
+
+
+@pytest.mark.parametrize("args", [["sandbox", "list"], ["sandbox", "gc"], ["audit", "list"],
+                                  ["audit", "verify"], ["creds", "list"]])
+def test_root_only_state_as_a_user_says_try_sudo(corral_env: dict[str, str],
+                                                 args: list[str]) -> None:
+    """Not root, against root's state: one line saying to try sudo, never a PermissionError."""
+    import sys
+
+    from conftest import require_root, require_tools
+
+    require_root()
+    require_tools("setpriv")
+    Path(corral_env["CORRAL_HOME"]).mkdir(mode=0o700)  # as /var/lib/corral is
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           sys.executable, "-m", "corral", *args],
+                          env={**os.environ, **corral_env}, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done
+    assert lines[0].startswith("corral: ") and lines[0].endswith("(try sudo)"), lines
