@@ -106,7 +106,7 @@ class Ui:
         return found.group(1)
 
     def start_run(self, project: str = "shop", agent: str | None = None,
-                  command: list[str] | None = None) -> Run:
+                  command: list[str] | None = None, human: str = "alice@example.com") -> Run:
         from corral.server.local import create_token
 
         db = self.db()
@@ -117,7 +117,7 @@ class Ui:
             db.dispose()
         sandbox = f"sb-{free_port()}"
         body: dict[str, Any] = {"host": "build-7", "sandbox": sandbox, "policy_digest": DIGEST,
-                                "human": "alice@example.com", "command": command or ["claude"]}
+                                "human": human, "command": command or ["claude"]}
         if agent:
             body["agent"] = agent
         with httpx.Client(base_url=self.url + "/api/v1", timeout=30,
