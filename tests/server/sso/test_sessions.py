@@ -111,3 +111,18 @@ def test_login_attempts_are_limited(db_url: str, kind: str) -> None:
         assert info.value.status == 429
         ratelimit.count(s, kind, "someone-else")  # counted per client / per user
     db.dispose()
+
+
+def test_behind_tls_only_the_host_only_cookie_is_read(db_url: str) -> None:
+    """A sibling host (``Domain=.example.com``) or a plain-http page can plant a cookie named
+    ``corral_session`` but not ``__Host-corral_session`` (the browser refuses that prefix with a
+    Domain, without Secure, or off ``Path=/``): behind TLS the server reads only the latter,
+    so a planted session id is never one it accepts."""
+    db, config = Database(db_url), ServerConfig(public_url="https://corral.example.com")
+    sid, _ = _signed_in(db, config)
+    assert _live(db, config, sid)
+    planted = _request(config)
+    planted.scope["headers"] = [(b"cookie", f"corral_session={sid}".encode())]
+    with db.session() as s:
+        assert websession.current(planted, s) is None
+    db.dispose()
