@@ -1,4 +1,7 @@
-"""``corral mcp``: its arguments, checked and parsed; ``corral.runtime.mode1`` does the rest.
+"""Serve corral's sandboxed tools (exec, files, fetch) to an agent outside, over MCP.
+
+``corral mcp``: its arguments, checked and parsed; ``corral.runtime.mode1`` does the rest.
+The first line above is the group's help in ``corral --help``.
 
 Serves sandboxed tools to outside agents over MCP (stdio, or streamable HTTP with --http);
 with --project P, as runs of project P on corral server (``corral.runtime.mcp_project``).

@@ -120,6 +120,7 @@ def test_version_and_help(corral_env: dict[str, str]) -> None:
     assert corral(corral_env, "--version").stdout.startswith("corral ")
     top = corral(corral_env, "--help").stdout
     assert "--install-completion" in top and "run" in top
+    assert "``" not in top, top  # a module docstring's developer line is not a command's help
     helped = corral(corral_env, "run", "--help").stdout
     for flag in ("--policy", "--workspace", "--home", "--env", "--upstream-proxy", "--help"):
         assert flag in helped
