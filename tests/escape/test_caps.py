@@ -182,6 +182,100 @@ def test_half_sent_heads_cannot_grow_the_proxy(privileged: dict[str, str],
     assert limits[0]["value"] == str(cap)
 
 
+PIPELINED = r"""
+import socket, sys
+n, port = int(sys.argv[1]), int(sys.argv[2])
+req = f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+more = req * (4 * 1024 * 1024 // len(req))  # requests queued behind one never answered
+print("up", flush=True)
+sys.stdin.readline()
+socks, sent, reset = [], 0, 0
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", 15001), timeout=3)
+    socks.append(s)
+    s.sendall(req)
+    s.setblocking(False)
+    try:
+        while True:  # as much as the kernel takes now; the proxy reads it meanwhile
+            sent += s.send(more[sent % len(more):][:65536])
+    except BlockingIOError:
+        pass
+    except OSError:  # the proxy reset it
+        reset += 1
+print("opened", len(socks), "sent", sent, "reset", reset, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_pipelined_bytes_cannot_grow_the_proxy_past_its_buffer_cap(
+        privileged: dict[str, str], tmp_path: Path) -> None:
+    """40 connections each send a request to an upstream that never answers and megabytes of
+    requests behind it: the proxy reads them into its buffers while it waits (up to ~2 MiB a
+    connection, ~90 MiB here), so under a 16 MiB buffer cap it resets connections instead,
+    grows by little and audits the refusal as one ``proxy.buffered`` event. The connection
+    cap (512 for 512 MiB) is far away: only the buffer cap can stop it."""
+    import os
+    import socket
+    import sys
+    import threading
+    import time
+
+    state = privileged["CORRAL_HOME"]
+    upstream = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    port = upstream.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def hold() -> None:
+        while True:
+            try:
+                accepted.append(upstream.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=hold, daemon=True).start()
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"name: p\nlimits: {{memory: 512MiB}}\negress:\n  - host: 127.0.0.1\n"
+                      f"    ports: [{port}]\n    action: inspect\n")
+    cap = 16 * 1024**2
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "run", "-p", str(policy), "--", "/usr/bin/python3",
+         "-c", PIPELINED, "40", str(port)],
+        env={**os.environ, **privileged, "CORRAL_PROXY_MAX_BUFFERED": "16MiB"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "up\n"
+        pid, _entry = _proxy_pid(state)
+        time.sleep(0.5)  # serving
+        before = _rss(pid)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        opened = proc.stdout.readline()
+        assert opened.startswith("opened 40"), opened
+        grown = 0
+        for _ in range(20):  # what the kernel holds reaches the proxy meanwhile
+            time.sleep(0.1)
+            grown = max(grown, _rss(pid) - before)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        upstream.close()
+        for sock in accepted:
+            sock.close()
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    assert accepted, "no request reached the upstream: the workload did not run"
+    # the cap's worth and the allocator's slack; ~90 MiB without the cap
+    assert grown < 40 * 1024**2, f"the proxy grew by {grown >> 20} MiB"
+    limits = [e for e in _events(state, "sandbox.limit") if e["limit"] == "proxy.buffered"]
+    assert 1 <= len(limits) <= 3, limits  # one per burst of resets
+    assert limits[0]["value"] == str(cap)
+    assert not [e for e in _events(state, "sandbox.limit") if e["limit"] == "proxy.connections"]
+
+
 # -- the audit trail: a DNS flood ---------------------------------------------------------------
 
 DNS_FLOOD = r"""
