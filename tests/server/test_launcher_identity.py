@@ -212,3 +212,42 @@ def test_audit_push_completes_a_run(corral_server: Server, outside: Outside,  # 
     assert [(e["seq"], e["hash"]) for e in _server_events(env, later["id"])] == \
         _local_events(env, sandbox)
     assert not list(Path(env["CORRAL_HOME"], "leftovers").glob("*.json"))
+
+
+# Inside the sandbox: every process's environment and argv, and every file of the places a
+# launcher could leave one (the system's own read-only trees aside), searched for a token.
+HUNT = ("{ env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline; grep -rIaoh 'crl_[A-Za-z0-9_-]*' "
+        "/etc /tmp /run /var /home /root /workspace /opt /srv /mnt /dev/shm; } 2>/dev/null "
+        "| tr '\\0' '\\n' | grep -o 'crl_[A-Za-z0-9_-]\\{43\\}' | sort -u; echo hunted")
+
+
+def test_no_token_is_visible_inside_the_sandbox(corral_server: Server,  # noqa: F811
+                                                 outside: Outside,  # noqa: F811
+                                                 corral_env: dict[str, str], kek_file: Path,
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's sandbox token (and the human's login token) live in the launcher and its
+    proxy only: the agent finds neither anywhere it can look."""
+    from sqlalchemy import select
+
+    from corral.server.db import Database
+    from corral.server.models import Token
+
+    require_root()
+    require_tools("bwrap", "nft", "ip", "setpriv", "curl")
+    for name in ("CORRAL_TOKEN", "SUDO_UID", "SUDO_USER", "SUDO_GID"):
+        monkeypatch.delenv(name, raising=False)
+    env = _setup(corral_server, outside, corral_env, tmp_path)
+    alice = _login_env(env, tmp_path, corral_server,
+                       _user(corral_server, kek_file, ALICE, "sub-alice-hunt"), ALICE)
+    done = _run(alice, "--project", "shop", "--agent", "bot", "--", "sh", "-c", HUNT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["hunted"], done.stdout
+    (run,) = _runs(env, "--all")
+    db = Database(corral_server.db_url)
+    try:
+        with db.session() as s:
+            kinds = list(s.scalars(select(Token.kind).where(Token.run_id == run["id"])))
+    finally:
+        db.dispose()
+    assert kinds == ["sandbox"]  # the run had one, and it was not to be found
