@@ -5,7 +5,8 @@ Invariants: the decision routes need ``APPROVAL_DECIDE`` (a team admin or owner,
 step-up for a user's token), which a sandbox token never has (``authz.decide``): a run cannot
 approve its own calls. A decision is made once (a second one is a 409) and recorded as an
 admin event; a request of a run that has ended cannot be decided. A waiting poll holds no
-database connection between its checks.
+database connection between its checks; a decision committed by this process wakes it at once
+(``wakeups``), one made on another replica is seen at its next check (``POLL_S``).
 - "Approve always" also stores a ``StandingApproval`` keyed by (project, agent, tool, scope,
   the run's policy digest), the scope being the command for ``exec`` and the canonical
   arguments otherwise, computed here (never taken from the launcher). A later request that
@@ -20,6 +21,7 @@ database connection between its checks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -38,12 +40,14 @@ from corral.server.api.schemas import ApprovalIn, DecisionIn
 from corral.server.authz import Permission
 from corral.server.errors import ApiError
 from corral.server.models import Agent, Approval, Run, StandingApproval, utcnow
+from corral.server.wakeups import Wakeups
 
 __all__ = ["decide_request", "revoke_standing", "router", "scope_digest", "standing_list"]
 
 router = APIRouter(tags=["approvals"])
 ApprovalId = Path(pattern=r"^[0-9a-f]{32}$")
 POLL_S = 0.25
+DECIDED = Wakeups()
 
 
 def approval_json(a: Approval) -> dict[str, Any]:
@@ -116,13 +120,17 @@ async def wait_decision(request: Request, approval: str = ApprovalId,
     run_id = access.resource.id
     access.session.close()  # hold no connection while waiting
     deadline = time.monotonic() + wait
-    while True:
-        found = await run_in_threadpool(_load, request, run_id, approval)
-        if found is None:
-            raise ApiError(404, "not_found", "no such resource")
-        if found["status"] != "pending" or time.monotonic() >= deadline:
-            return found
-        await asyncio.sleep(POLL_S)
+    with DECIDED.watch(approval) as decided:
+        while True:
+            decided.clear()  # before the read: a decision after it still wakes the wait
+            found = await run_in_threadpool(_load, request, run_id, approval)
+            if found is None:
+                raise ApiError(404, "not_found", "no such resource")
+            left = deadline - time.monotonic()
+            if found["status"] != "pending" or left <= 0:
+                return found
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(decided.wait(), min(POLL_S, left))
 
 
 @router.get("/projects/{project}/approvals")
@@ -161,6 +169,7 @@ def decide_request(access: Access, approval: str, decision: str, reason: str | N
            team_id=project.team_id, run=run.id, tool=row.tool, decision=decision, reason=reason,
            always=row.always, caller=row.caller)
     session.commit()
+    DECIDED.notify(row.id)
     return approval_json(row)
 
 

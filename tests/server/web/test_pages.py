@@ -4,6 +4,9 @@ change, agent-controlled text inert, credential values never in any response, he
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import httpx
 import pytest
 
@@ -268,3 +271,34 @@ def test_standing_approvals_are_listed_and_revoked_by_who_may_decide(ui: Ui) -> 
     again = run.ask("exec", {"command": "make deploy"}, rule="p.yaml:9")
     with run.api() as api:
         assert api.get(f"/runs/{run.id}/approvals/{again}").json()["status"] == "pending"
+
+
+def test_a_decision_in_the_page_wakes_the_held_calls_long_poll(
+        ui: Ui, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The held call learns the decision because the decision wakes its long poll, not because
+    the poll reads the database again: with those reads 10 minutes apart, the answer still
+    arrives (it arrived only at the next read before the wake-up existed)."""
+    from corral.server.api import approvals as api
+
+    reads = threading.Event()
+    load = api._load
+
+    def counted(*args: Any) -> Any:
+        found = load(*args)
+        reads.set()
+        return found
+
+    monkeypatch.setattr(api, "POLL_S", 600.0)
+    monkeypatch.setattr(api, "_load", counted)
+    run = ui.start_run()
+    approval = run.ask("shell", {"cmd": "git push"}, rule="p.yaml:9")
+    answer: dict[str, Any] = {}
+    poll = run.wait(approval, answer)
+    assert reads.wait(30), "the long poll never read the request"
+    with httpx.Client(timeout=30) as alice:
+        csrf = ui.login(alice, "alice")
+        resp = alice.post(ui.url + f"/approvals/{approval}/approve", data={"reason": "ok"},
+                          headers={"X-CSRF-Token": csrf, "HX-Request": "true"})
+        assert resp.status_code == 200, resp.text
+    poll.join(30)
+    assert answer.get("answer", {}).get("status") == "approved", answer
