@@ -18,6 +18,9 @@ Invariants:
 - Records are bounded like a proxy's (``corral.audit.budget``: repeats within a second are
   counted, a flood is slowed, past the bytes budget nothing more is written): a looping agent
   cannot fill the disk. The kernel passes at most 100 refused packets a second to the group.
+  The recorder reads at most ``BATCH`` datagrams a socket between looks at the budget's
+  windows, so a flood faster than it reads still gets its counted events written (and its
+  held queries answered) each window, not only once the flood stops.
 - Start cost is two UDP sockets, one netlink socket and a thread; dnspython and the proxy's
   DNS code are imported at the first query, on the recorder's thread.
 - ``finished`` reads what is still queued before it returns, so every attempt made before the
@@ -47,6 +50,10 @@ __all__ = ["LOG_GROUP", "Attempts"]
 LOG_GROUP = 1  # the NFLOG group number is per netns: every sandbox can use the same one
 _REASON = "no egress rules"
 GRACE, GRACE_MAX = 0.008, 0.25  # seconds: see ``Attempts._late``
+# Datagrams read per socket before the loop comes back to the budget's window ends: an agent
+# that sends faster than they are read would otherwise keep ``_drain`` busy for as long as it
+# floods, holding every folded query's answer (memory) and its counted event (the trail).
+BATCH = 256
 
 Emit = Callable[..., Any]  # Trail.emit(type, **fields): returns once the event is committed
 
@@ -130,7 +137,8 @@ class Attempts:
                 ready, _, _ = select.select([*self._socks, self._stop_r], [], [], timeout)
                 stopping = self._stop_r in ready
                 for sock in (s for s in self._socks if stopping or s in ready):
-                    self._drain(sock)
+                    # stopping: the command has ended, so what is queued is finite
+                    self._drain(sock, None if stopping else BATCH)
                 if stopping:
                     self._late()
                 self._flush(all_=stopping)
@@ -150,10 +158,11 @@ class Attempts:
         while (left := end - time.monotonic()) > 0:
             if not select.select([nl], [], [], min(GRACE, left))[0]:
                 return
-            self._drain(nl)
+            self._drain(nl, None)
 
-    def _drain(self, sock: socket.socket) -> None:
-        while True:
+    def _drain(self, sock: socket.socket, batch: int | None) -> None:
+        """Read what ``sock`` holds: all of it, or at most ``batch`` datagrams."""
+        while batch is None or (batch := batch - 1) >= 0:
             try:
                 data, addr = sock.recvfrom(65535, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):

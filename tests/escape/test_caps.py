@@ -320,15 +320,19 @@ print("sent", sent, "answered", answered, "distinct", distinct, flush=True)
 """
 
 
+@pytest.mark.parametrize("rules", [True, False], ids=["proxy", "no-egress-rules"])
 def test_dns_flood_writes_a_bounded_count_of_events(corral, tmp_path: Path,
-                                                    privileged: dict[str, str]) -> None:
+                                                    privileged: dict[str, str],
+                                                    rules: bool) -> None:
     """4 s of DNS queries for one denied name as fast as the agent can: tens of thousands of
     queries, a few dozen events, whose counts add up to every query answered; 30 distinct
-    names asked once each still get one event each; the flood is recorded once."""
+    names asked once each still get one event each; the flood is recorded once. The same
+    without egress rules, where the launcher's own stub (``corral.runtime.attempts``) records
+    the queries instead of a proxy."""
     policy = tmp_path / "p.yaml"
     policy.write_text("name: p\negress:\n  - host: example.test\n    action: deny\n")
-    done = corral("-p", str(policy), "--", "/usr/bin/python3", "-c", DNS_FLOOD, "4", "30",
-                  timeout=120)
+    done = corral(*(["-p", str(policy)] if rules else []), "--", "/usr/bin/python3", "-c",
+                  DNS_FLOOD, "4", "30", timeout=120)
     assert done.returncode == 0, done
     words = done.out.split()
     answered, distinct = int(words[3]), int(words[5])
