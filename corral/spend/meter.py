@@ -14,7 +14,11 @@ Three APIs, each as JSON or server-sent events (SSE, chosen by the response's Co
 How (the hot path): SSE bytes are searched for ``"usage"`` followed by ``:`` and ``{`` with one
 regex over each run of whole events; only the event around a hit is JSON-decoded. Inside a
 JSON string every ``"`` is escaped, so text a model writes can never form that byte pattern;
-and a decoded event is only read at the exact place its API puts usage. A JSON body goes
+and a decoded event is only read at the exact place its API puts usage. For the two OpenAI
+APIs a usage event replaces everything earlier ones set (tokens, model, id), so the run's last
+``"usage"`` is tried first: when its event is a usage event naming model and id, the earlier
+hits cannot change the result and the forward scan is skipped (the usual case: the one usage
+chunk ends the response, and the others say ``"usage": null``). A JSON body goes
 through a small tokenizer that tracks nesting depth and copies only the top-level ``usage``
 object (bounded) and the ``model``/``id`` strings.
 
@@ -98,7 +102,8 @@ class Meter:
         self._model: str | None = None
         self._request_id = request_id
         self._body_id: str | None = None
-        self._parser: _Sse | _Json = _Sse(self._event) if stream else _Json(self._top)
+        self._parser: _Sse | _Json = (_Sse(self._event, last_wins=api != "anthropic.messages")
+                                      if stream else _Json(self._top))
 
     def feed(self, chunk: bytes) -> None:
         try:
@@ -123,10 +128,12 @@ class Meter:
         if isinstance(obj.get("id"), str):
             self._body_id = obj["id"][:200]
 
-    def _event(self, data: bytes) -> None:
+    def _event(self, data: bytes) -> bool:
+        """Read one event holding a usage object; True when it settled everything a later
+        event could (an OpenAI usage event with its model and id: nothing earlier matters)."""
         obj = json.loads(data)
         if not isinstance(obj, dict):
-            return
+            return False
         kind = obj.get("type")
         if self.api == "anthropic.messages":
             if kind == "message_start" and isinstance(obj.get("message"), dict):
@@ -144,6 +151,9 @@ class Meter:
                 if fields is not None:
                     self._ids(holder)
                     self._fields, self._complete = fields, True
+                    return isinstance(holder.get("model"), str) and isinstance(
+                        holder.get("id"), str)
+        return False
 
     def _top(self, key: str, value: Any) -> None:
         if key == "usage":
@@ -162,8 +172,9 @@ class Meter:
 class _Sse:
     """Splits the stream into events and hands the data of those holding a usage object on."""
 
-    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+    def __init__(self, on_data: Callable[[bytes], bool], *, last_wins: bool = False) -> None:
         self.on_data = on_data
+        self.last_wins = last_wins  # see the module's text: the last usage event decides
         self.buf = bytearray()
         self.cr = False  # the last chunk ended in CR: it may be half of a CRLF
         self.skipping = False  # inside an event larger than MAX_EVENT
@@ -198,18 +209,27 @@ class _Sse:
         del buf[:end]
 
     def _scan(self, buf: bytearray, end: int) -> None:
+        if self.last_wins:
+            # Every hit starts with "usage": if the last one is a hit, no hit follows it. Its
+            # event read first changes nothing the forward scan would not set again.
+            at = buf.rfind(b'"usage"', 0, end)
+            if at >= 0 and _USAGE.match(buf, at) and self._read(buf, at, end)[1]:
+                return
         done = 0
         for hit in _USAGE.finditer(buf, 0, end):
             at = hit.start()
-            if at < done:
-                continue  # a second hit in an event already read
-            first = buf.rfind(b"\n\n", 0, at)
-            first = 0 if first < 0 else first + 2
-            done = buf.find(b"\n\n", at, end)
-            try:
-                self.on_data(_data_of(buf[first:done].split(b"\n")))
-            except (ValueError, RecursionError):
-                continue  # not JSON: that event carried no usable usage
+            if at >= done:  # else a second hit in an event already read
+                done = self._read(buf, at, end)[0]
+
+    def _read(self, buf: bytearray, at: int, end: int) -> tuple[int, bool]:
+        """Hand on the event around ``at``: (where it ends, whether it settled the result)."""
+        first = buf.rfind(b"\n\n", 0, at)
+        first = 0 if first < 0 else first + 2
+        done = buf.find(b"\n\n", at, end)
+        try:
+            return done, self.on_data(_data_of(buf[first:done].split(b"\n")))
+        except (ValueError, RecursionError):
+            return done, False  # not JSON: that event carried no usable usage
 
 
 def _data_of(lines: Iterable[bytes | bytearray]) -> bytes:

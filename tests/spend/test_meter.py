@@ -121,6 +121,45 @@ def test_mutated_streams_never_raise(api: str, t: Tokens, texts: list[str],
     assert all(n >= 0 for n in meter.usage.tokens)
 
 
+@st.composite
+def _openai_usage_event(draw: st.DrawFn, api: str) -> tuple[str | None, object]:
+    """An OpenAI event that may or may not hold usage, with or without its model and id."""
+    names = (("prompt_tokens", "completion_tokens") if api == "openai.chat" else
+             ("input_tokens", "output_tokens"))
+    usage = draw(st.one_of(
+        st.none(), st.just("text"),
+        st.fixed_dictionaries({k: counts for k in names}),  # valid usage
+        st.fixed_dictionaries({}, optional={k: st.one_of(counts, st.just(-1), st.just("1"))
+                                            for k in names})))
+    holder: dict[str, object] = {"usage": usage, "choices": []}
+    for key, value in (("model", st.sampled_from(["m1", "m2", 7])),
+                       ("id", st.sampled_from(["id1", "id2", None]))):
+        if draw(st.booleans()):
+            holder[key] = draw(value)
+    if api == "openai.chat":
+        return None, holder
+    kind = draw(st.sampled_from(["response.completed", "response.created",
+                                 "response.incomplete", "response.output_text.delta"]))
+    return kind, {"type": kind, "response": holder}
+
+
+@SETTINGS
+@given(api=st.sampled_from(["openai.chat", "openai.responses"]), data=st.data(),
+       cuts=st.lists(st.integers(0, 3000), max_size=20))
+def test_last_usage_first_gives_what_reading_every_hit_gives(
+        api: str, data: st.DataObject, cuts: list[int]) -> None:
+    # The OpenAI meters try the run's last "usage" first; a meter that reads every hit in
+    # order (the Anthropic way) is the reference, on streams with several usage events,
+    # some without a model or id, some not usage at all, any chunking.
+    events = data.draw(st.lists(_openai_usage_event(api), max_size=8))
+    raw = sse(events)
+    fast = run(Meter(api, stream=True), raw, cuts)  # type: ignore[arg-type]
+    reference = Meter(api, stream=True)  # type: ignore[arg-type]
+    reference._parser.last_wins = False  # type: ignore[union-attr]
+    reference.feed(raw)
+    assert fast.usage == reference.usage
+
+
 def test_usage_inside_model_text_or_tool_input_is_not_usage() -> None:
     fake = json.dumps({"usage": {"output_tokens": 1}})
     meter = Meter("anthropic.messages", stream=True)
