@@ -302,3 +302,40 @@ def test_a_decision_in_the_page_wakes_the_held_calls_long_poll(
         assert resp.status_code == 200, resp.text
     poll.join(30)
     assert answer.get("answer", {}).get("status") == "approved", answer
+
+
+def test_the_overview_shows_what_needs_attention_to_its_team_only(ui: Ui) -> None:
+    """Denials and approvals waiting in the last hour, a trail refused on ingest (its chain did
+    not verify) and a launcher gone silent are on the team's overview, and on nobody else's."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from corral.server.models import Run, utcnow
+
+    tampered = ui.start_run()
+    tampered.ship(("proxy.deny", {"host": "evil.example", "rule": "default deny"}))
+    forged = tampered.chain.event("proxy.allow", host="evil.example", rule="p.yaml:1")
+    forged["hash"] = "0" * 64
+    with tampered.api() as c:
+        resp = c.post(f"/runs/{tampered.id}/events", json={"events": [forged]})
+        assert resp.status_code >= 400, resp.text
+    silent = ui.start_run()
+    with ui.db().session() as s:
+        s.execute(update(Run).where(Run.id == silent.id)
+                  .values(last_heartbeat_at=utcnow() - dt.timedelta(minutes=5)))
+        s.commit()
+    approval = ui.start_run().ask("shell", {"cmd": "make deploy"}, rule="p.yaml:9")
+    with httpx.Client(timeout=30) as alice, httpx.Client(timeout=30) as bob:
+        ui.login(alice, "alice")
+        ui.login(bob, "bob")
+        page = alice.get(ui.url + "/").text
+        assert 'id="denials-count">1<' in page and 'id="waiting-count">1<' in page, page
+        attention = page.split('id="attention"')[1]
+        assert f"run {tampered.id}" in attention.split("Silent launchers")[0], attention
+        assert f"/sandboxes/{silent.id}" in attention.split("Silent launchers")[1], attention
+        assert f"/approvals#a-{approval}" in page
+        other = bob.get(ui.url + "/").text
+        for secret in (tampered.id, silent.id, approval):
+            assert secret not in other
+        assert 'id="denials-count">0<' in other and 'id="waiting-count">0<' in other
