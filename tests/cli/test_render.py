@@ -1,5 +1,6 @@
-"""Agent-controlled text is data in every renderer: audit list/show/tail, the run summary and
-the approvals CLI show it literally (control characters as visible escapes), never as markup.
+"""Agent-controlled text is data in every renderer: audit list/show/tail, the run summary,
+the approvals CLI and the server-backed listings (``--project``) show it literally (control
+characters as visible escapes), never as markup.
 
 The property tests drive the real typer apps in-process (one process per example would take
 minutes); ``test_issue_examples_end_to_end`` runs the installed ``corral`` command.
@@ -195,3 +196,38 @@ def test_issue_examples_end_to_end(corral_env: dict[str, str], tmp_path: Path) -
         assert "/[red]HIDDEN[/red]\\x1b[2J" in out.stdout
         assert f"[{origin}]" in out.stdout
         assert "\x1b" not in out.stdout
+
+
+class _Server:
+    """What ``corral server`` answers, as ``corral.client.Client.get`` returns it: the
+    listings' renderer is under test here, not the server (tests/server runs the real one)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def get(self, path: str) -> dict[str, Any]:
+        t = self.text
+        if "/audit?" in path:
+            return {"events": [{"id": 1, "run": t + "0" * 8, "seq": 1, "type": "proxy.deny",
+                                "human": t, "agent": t, "data": {"path": t}}]}
+        return {"runs": [{"id": t, "status": t, "human": t, "agent": t, "host": t,
+                          "command": [t], "events": 1, "started_at": t}]}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(text=agent_text)
+def test_server_listings_show_agent_text_literally(text: str, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``sandbox list --project`` and ``audit list --project`` (names, commands and event
+    fields other users' agents chose) print ``visible`` text."""
+    from corral.cli import remote_runs
+
+    monkeypatch.setattr(remote_runs, "client", lambda server: _Server(text))
+    capsys.readouterr()
+    remote_runs.sandbox_list("p", False, None, False)
+    remote_runs.audit_list("p", None, None, None, 10, None, False)
+    out = capsys.readouterr().out
+    _literal(out, text)
+    assert visible(f"path={text}").rstrip() in out  # a row ends without padding
+    # one header and one row per listing, however many newlines the text held
+    assert len(out.splitlines()) == 4, (text, out)
