@@ -21,6 +21,13 @@ Invariants:
 - With a ``held`` hook (``corral mcp --project``), a call that needs approval is neither
   elicited nor checked against the local store: it is held by the hook (on corral server) and
   runs only when the hook says it was approved; the caller waits, with progress notes.
+- A call that fails for a reason corral anticipated (a ``ToolError`` or ``CorralError`` from
+  the resolver or the body: denied, pending, a sandbox or credential that cannot be set up)
+  returns that one-line reason as the result's whole text with ``isError`` true, and writes one
+  line ``corral mcp: TOOL failed: REASON`` to stderr (control characters escaped). This is done
+  once, in the wrapper every tool is made with: the SDK would otherwise prefix
+  "Error executing tool TOOL: " and log nothing at our log level. A crash (any other exception)
+  is left to the SDK: a generic message to the client, the traceback to the server's log.
 - The tools are the rows of ``TOOLS``: a tool's MCP signature, its approval resolver and the
   arguments the gate, the approval and the executor see are all made from the same row, so
   they cannot disagree about a parameter.
@@ -28,6 +35,7 @@ Invariants:
 
 
 import inspect
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,10 +52,12 @@ from mcp.server.elicitation import (
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resolve import Elicit, Resolve
+from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
 from corral.errors import CorralError
 from corral.mcp.principals import STDIO, Authenticator, Principals
+from corral.render import visible
 from corral.tools import (
     ExecutorGone,
     Gate,
@@ -82,6 +92,8 @@ class _Go:
 
 @dataclass(frozen=True)
 class _Held:
+    """The call is not run: denied, pending, or it could not be decided; ``message`` says why."""
+
     message: str
 
 
@@ -172,17 +184,30 @@ def _keyword(name: str, annotation: Any, default: Any = _REQUIRED) -> inspect.Pa
                              default=default)
 
 
+def _failed(tool: str, reason: str) -> CallToolResult:
+    """The client's result for an anticipated failure, and its one line on stderr."""
+    print(f"corral mcp: {tool} failed: {visible(reason)}", file=sys.stderr, flush=True)
+    return CallToolResult(content=[TextContent(type="text", text=reason)], is_error=True)
+
+
 def _tool_function(spec: ToolSpec, decide: _Decide, finish: _Finish) -> Callable[..., Any]:
     """The tool body and its approval resolver, both taking the row's parameters by name."""
     params = [_keyword(p.name, p.type, p.default) for p in spec.params]
 
     async def gate(**given: Any) -> Any:
         ctx = given.pop("ctx")
-        return await decide(spec.name, spec.args(given), ctx)
+        try:
+            return await decide(spec.name, spec.args(given), ctx)
+        except (ToolError, CorralError) as err:
+            # the SDK would prefix a resolver's error: hand it to the body, which reports it
+            return _Held(str(err))
 
-    async def tool(**given: Any) -> dict[str, Any]:
+    async def tool(**given: Any) -> dict[str, Any] | CallToolResult:
         ctx, approval = given.pop("ctx"), given.pop("approval")
-        return await finish(spec.name, spec.args(given), ctx, approval)
+        try:
+            return await finish(spec.name, spec.args(given), ctx, approval)
+        except (ToolError, CorralError) as err:
+            return _failed(spec.name, str(err))
 
     resolver = _signed(gate, f"gate_{spec.name}", [*params, _keyword("ctx", Context)], Any)
     outcome = Annotated[_Outcome, Resolve(resolver)]
@@ -225,10 +250,8 @@ class _Calls:
                 return _Held(denied_message(denied, tool))
             return gate, tools.hold(tool, args, gate)
 
-        try:
-            outcome = await anyio.to_thread.run_sync(check)
-        except CorralError as err:  # e.g. the sandbox could not be set up: say why, one line
-            raise ToolError(str(err)) from None
+        # a CorralError (the sandbox could not be set up) is the call's reason: see _tool_function
+        outcome = await anyio.to_thread.run_sync(check)
         if isinstance(outcome, _Go | _Held | _Ask):
             return outcome
         gate, approval = outcome
@@ -275,10 +298,7 @@ class _Calls:
         def ask() -> str | None:
             return held.ask(principal, tools, tool, args, gate, waiting)
 
-        try:
-            refused = await anyio.to_thread.run_sync(ask)
-        except CorralError as err:
-            raise ToolError(str(err)) from None
+        refused = await anyio.to_thread.run_sync(ask)
         if refused is not None:
             raise ToolError(refused)
 
@@ -338,8 +358,6 @@ class _Calls:
             raise ToolError(str(err)) from None
         except ExecutorGone as err:
             raise ToolError(f"the sandbox's executor stopped ({err}); retry the call") from None
-        except CorralError as err:  # a sandbox that cannot start: the reason, not a traceback
-            raise ToolError(str(err)) from None
 
 
 def build_server(
