@@ -12,17 +12,22 @@ Invariants:
   in any string it renders, and passes each string through ``visible`` first: a table cell or a
   printed line is always shown literally, whoever wrote it.
 - No rich import at module level: ``corral run``'s plain summary uses ``visible`` alone.
+- ``NO_COLOR`` set to anything but the empty string (https://no-color.org, read the same way by
+  rich) means no colour in anything corral prints: rich consoles read it themselves (never pass
+  ``no_color=False``), and colour that is not rich's (uvicorn's log lines under ``corral server``
+  and ``corral mcp --http``) is turned off with ``no_color()``.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["console", "visible"]
+__all__ = ["console", "no_color", "visible"]
 
 _UNSAFE = re.compile(
     "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
@@ -42,6 +47,11 @@ def _escape(match: re.Match[str]) -> str:
 def visible(text: str) -> str:
     """``text`` with terminal-driving characters replaced by visible escapes."""
     return _UNSAFE.sub(_escape, text)
+
+
+def no_color() -> bool:
+    """Whether the user asked for no colour (``NO_COLOR`` set and not empty)."""
+    return os.environ.get("NO_COLOR", "") != ""
 
 
 def console(**kwargs: Any) -> Console:

@@ -131,7 +131,7 @@ def _rich(head: str, rows: list[Row], tail: list[str], width: int) -> str:
     from corral.render import console as data_console
 
     out = io.StringIO()
-    console = data_console(file=out, width=width, force_terminal=True, no_color=False)
+    console = data_console(file=out, width=width, force_terminal=True)  # NO_COLOR still applies
     console.print(Text.assemble(("corral", "bold"), " ", head.removeprefix("corral ")))
     if rows:
         grid = Table("host", "allowed", "inspected", "denied", box=None, pad_edge=False)

@@ -18,6 +18,7 @@ import typer
 from corral.cli import checks
 from corral.cli.remote import JSON_OPT, show
 from corral.errors import CorralError, UserInputError
+from corral.render import no_color
 
 if TYPE_CHECKING:
     from corral.server.config import ServerConfig
@@ -110,8 +111,8 @@ def serve(ctx: typer.Context,
     gc.freeze()
     # HttpProtocol: uvicorn's llhttp protocol, each loop step's writes sent as one (a relayed
     # answer's head and body reach the launcher in one segment)
-    uvicorn.run(app, host=host, port=port, log_level="info",
-                server_header=False, proxy_headers=False, http=HttpProtocol)
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False,
+                proxy_headers=False, http=HttpProtocol, use_colors=False if no_color() else None)
 
 
 def _with_oidc(cfg: ServerConfig, issuer: str | None, client_id: str | None,

@@ -24,6 +24,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
 from corral.mcp.principals import Authenticator
+from corral.render import no_color
 
 __all__ = ["Guard", "bind", "origin_allowed", "serve_http"]
 
@@ -103,5 +104,6 @@ async def serve_http(
     )
     app = server.streamable_http_app(host=host, transport_security=security)
     guarded = Guard(app, tokens, origins)
-    config = uvicorn.Config(guarded, log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(guarded, log_level="warning", lifespan="on", access_log=False,
+                            use_colors=False if no_color() else None)
     await uvicorn.Server(config).serve(sockets=[sock])
