@@ -11,6 +11,10 @@ An OpenAI stream that asks for ``stream_options.include_usage`` gets ``"usage": 
 chunk and a final usage chunk, as the real API sends. With FAKE_HOLD_FILE set, every stream
 stops after its first event until that file exists (the spend tests hold admitted streams open
 while the rest of their requests are decided).
+
+A conversation asking for the ``corral exec tool`` is answered by the scripted model of
+``fake_model.py`` (tool calls streamed as ``tool_use`` blocks, as the real API does) and its
+decisions are logged as ``{"api": "anthropic-script", ...}`` lines.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import fake_model  # the scripted tool-calling turns (the script's own directory)
 
 KEYS = {"anthropic": os.environ["FAKE_ANTHROPIC_KEY"], "openai": os.environ["FAKE_OPENAI_KEY"]}
 
@@ -108,31 +114,31 @@ class Handler(BaseHTTPRequestHandler):
 
     def _anthropic(self, req: dict[str, Any], stream: bool) -> None:
         text = f"hello from fake anthropic ({'stream' if stream else 'json'})"
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        stop, scripted = "end_turn", fake_model.decide(req)
+        if scripted is not None:
+            content, stop, logged = scripted
+            print(json.dumps({"api": "anthropic-script", **logged}), flush=True)
         usage = {"input_tokens": 5, "output_tokens": 7}
         message = {"id": "msg_fake", "type": "message", "role": "assistant",
-                   "model": req.get("model", "claude"), "stop_reason": "end_turn",
-                   "stop_sequence": None, "usage": usage,
-                   "content": [{"type": "text", "text": text}]}
+                   "model": req.get("model", "claude"), "stop_reason": stop,
+                   "stop_sequence": None, "usage": usage, "content": content}
         if not stream:
             self._json(200, message)
             return
         start = {**message, "content": [], "stop_reason": None,
                  "usage": {"input_tokens": 5, "output_tokens": 0}}
-        words = text.split(" ")
-        self._sse([
-            ("message_start", {"type": "message_start", "message": start}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}}),
-            *[("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                       "delta": {"type": "text_delta",
-                                                 "text": w if i == 0 else " " + w}})
-              for i, w in enumerate(words)],
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        events: list[tuple[str | None, Any]] = [
+            ("message_start", {"type": "message_start", "message": start})]
+        for index, block in enumerate(content):
+            events += _anthropic_block(index, block)
+        events += [
             ("message_delta", {"type": "message_delta",
-                               "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                               "delta": {"stop_reason": stop, "stop_sequence": None},
                                "usage": {"output_tokens": 7}}),
             ("message_stop", {"type": "message_stop"}),
-        ])
+        ]
+        self._sse(events)
 
     def _openai(self, req: dict[str, Any], stream: bool) -> None:
         text = f"hello from fake openai ({'stream' if stream else 'json'})"
@@ -189,6 +195,26 @@ class Handler(BaseHTTPRequestHandler):
         ]
         self._sse([(name, {"type": name, "sequence_number": n, **data})
                    for n, (name, data) in enumerate(events)])
+
+
+def _anthropic_block(index: int, block: dict[str, Any]) -> list[tuple[str | None, Any]]:
+    """One content block as Messages stream events: text word by word, a tool call's input
+    as input_json_delta fragments (as the real API streams them)."""
+    if block["type"] == "tool_use":
+        first = {**block, "input": {}}
+        raw = json.dumps(block["input"])
+        deltas = [{"type": "input_json_delta", "partial_json": raw[i:i + 16]}
+                  for i in range(0, len(raw), 16)]
+    else:
+        first = {"type": "text", "text": ""}
+        words = block["text"].split(" ")
+        deltas = [{"type": "text_delta", "text": w if i == 0 else " " + w}
+                  for i, w in enumerate(words)]
+    return [("content_block_start", {"type": "content_block_start", "index": index,
+                                     "content_block": first}),
+            *[("content_block_delta", {"type": "content_block_delta", "index": index,
+                                       "delta": d}) for d in deltas],
+            ("content_block_stop", {"type": "content_block_stop", "index": index})]
 
 
 def main() -> None:

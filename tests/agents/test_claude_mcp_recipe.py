@@ -1,0 +1,170 @@
+"""docs/agents.md "Claude Code as an MCP client of ``corral mcp``", run for real: Claude Code
+(``claude -p``, on the host, as the recipe has it) with corral added by ``claude mcp add`` as
+the recipe writes it (only the paths adapted; the suite runs as root, so no ``sudo -n``), its
+API base URL on the fake provider in a test network namespace (Claude Code talks to the model
+directly in Mode 1; corral guards the tools). The provider's scripted model
+(tests/agents/fake_model.py) loads ``mcp__corral__exec`` through ``ToolSearch``, as Claude
+Code's deferred MCP tools require, calls it with the command in the prompt and then quotes the
+tool result it received.
+
+- An allowed command runs inside the tools sandbox: it writes a file into the workspace as
+  the sandbox user, its output reaches the provider in the ``tool_result``, claude prints the
+  answer, and corral's audit trail has the ``tool.call``.
+- A command the policy holds does not run; the run ends with the approval ID, which reached
+  the model and claude's output. After ``corral approvals approve ID``,
+  ``claude -p --continue "approved, retry"`` makes the same call again, and it runs. Print
+  mode cannot answer an elicitation: with ``--approvals cli`` none is asked; without it
+  Claude Code (which declares the capability) cancels the question, and the call is held the
+  same way.
+
+Without the recipe's ``--allowedTools mcp__corral__exec`` both fail (print mode refuses the
+call); with the held command allowed by the policy the second fails (nothing is held).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require_root
+
+from tests.agents import test_sdk_recipes as recipes
+from tests.agents.provider import Provider, serve
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+CORRAL = str(Path(sys.executable).parent / "corral")
+claude = recipes.claude  # Claude Code for this session (installed from npm when missing)
+MARK = "corral-mcp-recipe-7f3a"
+# Held by the policy's allowlist; what the approval lets through.
+HELD = "touch approved-by-a-human.txt && echo touched"
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
+    with serve(tmp_path_factory.mktemp("provider"), net="10.249", prefix="m") as got:
+        yield got
+
+
+@dataclass
+class Recipe:
+    claude: Path
+    cwd: Path
+    ws: Path
+    env: dict[str, str]
+    provider: Provider
+    approvals: str  # corral mcp's --approvals
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.claude), *args], cwd=self.cwd, env=self.env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=90, check=False)
+
+    def corral(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CORRAL, *args], env=self.env, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    def calls(self) -> list[str]:
+        """The commands the model called exec with in this turn (after loading the tool)."""
+        got = self.scripted()
+        if "search" in got:  # Claude Code defers MCP tools: the model loads it first
+            assert got["search"] == "mcp__corral__exec", got
+            got = self.scripted()
+        return [got["tool_use"]["command"]]
+
+    def scripted(self) -> dict[str, Any]:
+        """The provider's next log line of a scripted turn (other requests skipped)."""
+        while True:
+            line = json.loads(self.provider.log.stdout.readline())  # type: ignore[union-attr]
+            if line.get("api") == "anthropic-script":
+                return dict(line)
+
+
+@pytest.fixture(params=["cli"])
+def recipe(request: pytest.FixtureRequest, provider: Provider, claude: Path, tmp_path: Path,
+           corral_env: dict[str, str]) -> Recipe:
+    """The recipe's ``claude mcp add`` line (``--approvals`` as the parameter says)."""
+    require_root()
+    ws, home, cwd = tmp_path / "ws", tmp_path / "home", tmp_path / "project"
+    for path in (ws, home, cwd):
+        path.mkdir()
+    policy = tmp_path / "dev.yaml"
+    policy.write_text("name: dev\nexec:\n  mode: allowlist\n"
+                      "  allow: ['printf *', 'cat *', 'id -u']\n", encoding="utf-8")
+    # Claude Code on the host talks to the provider directly (Mode 1: corral guards the
+    # tools, not the model's API); its own config lives in a fresh $HOME.
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(corral_env, HOME=str(home), ANTHROPIC_BASE_URL=f"https://{provider.ip}",
+               ANTHROPIC_API_KEY=provider.keys["anthropic"],
+               NODE_EXTRA_CA_CERTS=str(provider.ca),
+               CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+    got = Recipe(claude, cwd, ws, env, provider, request.param)
+    # The recipe's first line, with this checkout's corral and the test's paths.
+    added = got.run("mcp", "add", "corral", "--", CORRAL, "mcp", "-p", str(policy),
+                    "--workspace", str(ws), "--approvals", request.param)
+    assert added.returncode == 0, added
+    return got
+
+
+def test_claude_runs_a_command_in_the_sandbox_through_corral_mcp(recipe: Recipe) -> None:
+    command = f"printf '{MARK}\\n' > made.txt && cat made.txt && id -u"
+    done = recipe.run("-p", f"run `{command}` with the corral exec tool",
+                      "--allowedTools", "mcp__corral__exec")
+    assert done.returncode == 0, done
+    assert recipe.calls() == [command]
+    answered = recipe.scripted()
+    assert not answered["is_error"], answered
+    # It ran inside the sandbox: as the sandbox's uid (not root), writing into the workspace.
+    result = json.loads(answered["tool_result"])
+    assert result["exit_code"] == 0 and result["stdout"].split("\n")[0] == MARK, result
+    assert int(result["stdout"].split("\n")[1]) != 0, result
+    assert (recipe.ws / "made.txt").read_text() == f"{MARK}\n"
+    assert "corral exec said:" in done.stdout and MARK in done.stdout, done
+    trail = recipe.corral("audit", "list", "--type", "tool.call", "--json", "--limit", "0")
+    calls = [json.loads(line) for line in trail.stdout.splitlines() if line.strip()]
+    assert [(c["data"]["tool"], c["data"]["ok"], c["data"]["args"].get("command"))
+            for c in calls] == [("exec", True, command)], trail
+
+
+# "auto": without --approvals cli, Claude Code (which declares elicitation) is asked, its
+# print mode cancels the question, and the call is held all the same.
+@pytest.mark.parametrize("recipe", ["cli", "auto"], indirect=True)
+def test_a_held_call_runs_after_approval_and_a_retry(recipe: Recipe) -> None:
+    done = recipe.run("-p", f"run `{HELD}` with the corral exec tool",
+                      "--allowedTools", "mcp__corral__exec")
+    assert done.returncode == 0, done
+    assert recipe.calls() == [HELD]
+    held = recipe.scripted()
+    found = re.search(r"pending as approval ([0-9a-f]{8})", held["tool_result"])
+    assert held["is_error"] and found, held
+    assert ("prompt was cancelled" in held["tool_result"]) == (recipe.approvals == "auto"), held
+    ident = found.group(1)
+    assert ident in done.stdout, done  # the human running claude -p sees the ID
+    assert not (recipe.ws / "approved-by-a-human.txt").exists()
+
+    # The recipe's advice: decide it in another terminal, then let the agent retry.
+    listed = recipe.corral("approvals", "list")
+    assert ident in listed.stdout and HELD in listed.stdout, listed
+    approved = recipe.corral("approvals", "approve", ident)
+    assert approved.returncode == 0, approved
+    again = recipe.run("-p", "--continue", "approved, retry",
+                       "--allowedTools", "mcp__corral__exec")
+    assert again.returncode == 0, again
+    assert recipe.calls() == [HELD]
+    ran = recipe.scripted()
+    assert not ran["is_error"] and "touched" in ran["tool_result"], ran
+    assert (recipe.ws / "approved-by-a-human.txt").exists()
+    assert "touched" in again.stdout, again
+    trail = recipe.corral("audit", "list", "--json", "-t", "approval.*", "-t", "tool.call",
+                          "--limit", "0")
+    kinds = [(e["type"], e["data"].get("decision") or e["data"].get("ok"))
+             for e in map(json.loads, trail.stdout.splitlines())]
+    assert kinds[-3:] == [("approval.decide", "approved"), ("approval.use", None),
+                          ("tool.call", True)], trail
