@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ from tests.agents.provider import Provider, serve
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 CORRAL = str(Path(sys.executable).parent / "corral")
+DOC = Path(__file__).resolve().parents[2] / "docs" / "agents.md"
+SECTION = "## Claude Code as an MCP client of `corral mcp`"
 claude = recipes.claude  # Claude Code for this session (installed from npm when missing)
 MARK = "corral-mcp-recipe-7f3a"
 # Held by the policy's allowlist; what the approval lets through.
@@ -53,6 +56,28 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
         yield got
 
 
+def _doc_lines() -> list[list[str]]:
+    """The ``claude`` command lines of the recipe's section of docs/agents.md, split as the
+    shell splits them: ``claude mcp add``, ``claude -p``, the retry with ``--continue``."""
+    text = DOC.read_text(encoding="utf-8").split(SECTION, 1)[1].split("\n## ", 1)[0]
+    lines = [shlex.split(line) for line in text.splitlines() if line.startswith("claude ")]
+    assert [line[:2] for line in lines] == [["claude", "mcp"], ["claude", "-p"],
+                                            ["claude", "-p"]], lines
+    return [line[1:] for line in lines]
+
+
+def _adapted(add: list[str], paths: dict[str, str], approvals: str) -> list[str]:
+    """The doc's ``claude mcp add`` with only the paths changed: no ``sudo -n`` (the suite
+    runs as root), and without ``--approvals cli`` for the "auto" case."""
+    at = add.index("sudo")
+    assert add[at:at + 2] == ["sudo", "-n"], add
+    argv = [paths.get(a, a) for a in add[:at] + add[at + 2:]]
+    assert all(a in paths.values() for a in argv if a.startswith("/")), argv  # all adapted
+    at = argv.index("--approvals")
+    assert argv[at + 1] == "cli", argv
+    return argv if approvals == "cli" else argv[:at] + argv[at + 2:]
+
+
 @dataclass
 class Recipe:
     claude: Path
@@ -61,6 +86,11 @@ class Recipe:
     env: dict[str, str]
     provider: Provider
     approvals: str  # corral mcp's --approvals
+    lines: list[list[str]]  # the doc's lines: mcp add, -p, the retry
+
+    def ask(self, prompt: str) -> subprocess.CompletedProcess[str]:
+        """The doc's ``claude -p`` line with this prompt."""
+        return self.run("-p", prompt, *self.lines[1][2:])
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(self.claude), *args], cwd=self.cwd, env=self.env,
@@ -105,18 +135,17 @@ def recipe(request: pytest.FixtureRequest, provider: Provider, claude: Path, tmp
                ANTHROPIC_API_KEY=provider.keys["anthropic"],
                NODE_EXTRA_CA_CERTS=str(provider.ca),
                CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
-    got = Recipe(claude, cwd, ws, env, provider, request.param)
-    # The recipe's first line, with this checkout's corral and the test's paths.
-    added = got.run("mcp", "add", "corral", "--", CORRAL, "mcp", "-p", str(policy),
-                    "--workspace", str(ws), "--approvals", request.param)
+    got = Recipe(claude, cwd, ws, env, provider, request.param, _doc_lines())
+    paths = {"/usr/local/bin/corral": CORRAL, "/etc/corral/dev.yaml": str(policy),
+             "/home/me/src/project": str(ws)}
+    added = got.run(*_adapted(got.lines[0], paths, request.param))
     assert added.returncode == 0, added
     return got
 
 
 def test_claude_runs_a_command_in_the_sandbox_through_corral_mcp(recipe: Recipe) -> None:
     command = f"printf '{MARK}\\n' > made.txt && cat made.txt && id -u"
-    done = recipe.run("-p", f"run `{command}` with the corral exec tool",
-                      "--allowedTools", "mcp__corral__exec")
+    done = recipe.ask(f"run `{command}` with the corral exec tool")
     assert done.returncode == 0, done
     assert recipe.calls() == [command]
     answered = recipe.scripted()
@@ -137,8 +166,7 @@ def test_claude_runs_a_command_in_the_sandbox_through_corral_mcp(recipe: Recipe)
 # print mode cancels the question, and the call is held all the same.
 @pytest.mark.parametrize("recipe", ["cli", "auto"], indirect=True)
 def test_a_held_call_runs_after_approval_and_a_retry(recipe: Recipe) -> None:
-    done = recipe.run("-p", f"run `{HELD}` with the corral exec tool",
-                      "--allowedTools", "mcp__corral__exec")
+    done = recipe.ask(f"run `{HELD}` with the corral exec tool")
     assert done.returncode == 0, done
     assert recipe.calls() == [HELD]
     held = recipe.scripted()
@@ -154,8 +182,7 @@ def test_a_held_call_runs_after_approval_and_a_retry(recipe: Recipe) -> None:
     assert ident in listed.stdout and HELD in listed.stdout, listed
     approved = recipe.corral("approvals", "approve", ident)
     assert approved.returncode == 0, approved
-    again = recipe.run("-p", "--continue", "approved, retry",
-                       "--allowedTools", "mcp__corral__exec")
+    again = recipe.run(*recipe.lines[2])  # claude -p --continue "approved, retry" ...
     assert again.returncode == 0, again
     assert recipe.calls() == [HELD]
     ran = recipe.scripted()
