@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shlex
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +50,23 @@ claude = recipes.claude  # Claude Code for this session (installed from npm when
 MARK = "corral-mcp-recipe-7f3a"
 # Held by the policy's allowlist; what the approval lets through.
 HELD = "touch approved-by-a-human.txt && echo touched"
+Lines = queue.Queue[str]
 
 
 @pytest.fixture(scope="module")
-def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Provider, Lines]]:
+    """The provider and its log lines, read as they come (a missing line fails in seconds)."""
     with serve(tmp_path_factory.mktemp("provider"), net="10.249", prefix="m") as got:
-        yield got
+        lines: Lines = queue.Queue()
+        out = got.log.stdout
+        assert out is not None
+
+        def pump() -> None:
+            for line in out:
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        yield got, lines
 
 
 def _doc_lines() -> list[list[str]]:
@@ -84,7 +97,7 @@ class Recipe:
     cwd: Path
     ws: Path
     env: dict[str, str]
-    provider: Provider
+    log: Lines  # the provider's log
     approvals: str  # corral mcp's --approvals
     lines: list[list[str]]  # the doc's lines: mcp add, -p, the retry
 
@@ -112,16 +125,20 @@ class Recipe:
     def scripted(self) -> dict[str, Any]:
         """The provider's next log line of a scripted turn (other requests skipped)."""
         while True:
-            line = json.loads(self.provider.log.stdout.readline())  # type: ignore[union-attr]
+            try:
+                line = json.loads(self.log.get(timeout=15))
+            except queue.Empty:
+                pytest.fail("the provider saw no scripted turn: the model was never asked")
             if line.get("api") == "anthropic-script":
                 return dict(line)
 
 
 @pytest.fixture(params=["cli"])
-def recipe(request: pytest.FixtureRequest, provider: Provider, claude: Path, tmp_path: Path,
-           corral_env: dict[str, str]) -> Recipe:
+def recipe(request: pytest.FixtureRequest, provider: tuple[Provider, Lines], claude: Path,
+           tmp_path: Path, corral_env: dict[str, str]) -> Recipe:
     """The recipe's ``claude mcp add`` line (``--approvals`` as the parameter says)."""
     require_root()
+    served, log = provider
     ws, home, cwd = tmp_path / "ws", tmp_path / "home", tmp_path / "project"
     for path in (ws, home, cwd):
         path.mkdir()
@@ -131,11 +148,10 @@ def recipe(request: pytest.FixtureRequest, provider: Provider, claude: Path, tmp
     # Claude Code on the host talks to the provider directly (Mode 1: corral guards the
     # tools, not the model's API); its own config lives in a fresh $HOME.
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update(corral_env, HOME=str(home), ANTHROPIC_BASE_URL=f"https://{provider.ip}",
-               ANTHROPIC_API_KEY=provider.keys["anthropic"],
-               NODE_EXTRA_CA_CERTS=str(provider.ca),
+    env.update(corral_env, HOME=str(home), ANTHROPIC_BASE_URL=f"https://{served.ip}",
+               ANTHROPIC_API_KEY=served.keys["anthropic"], NODE_EXTRA_CA_CERTS=str(served.ca),
                CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
-    got = Recipe(claude, cwd, ws, env, provider, request.param, _doc_lines())
+    got = Recipe(claude, cwd, ws, env, log, request.param, _doc_lines())
     paths = {"/usr/local/bin/corral": CORRAL, "/etc/corral/dev.yaml": str(policy),
              "/home/me/src/project": str(ws)}
     added = got.run(*_adapted(got.lines[0], paths, request.param))
