@@ -129,14 +129,59 @@ def _rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+class _Workload:
+    """A ``corral run`` whose command is ``script`` (it prints "up", waits for a line, does its
+    work, prints "opened ...", waits for a line): started, its proxy found and measured at
+    rest; ``go()`` starts the work; ``finish()`` lets the command end and checks it did."""
+
+    def __init__(self, privileged: dict[str, str], policy: Path, script: str,
+                 args: list[str], env: dict[str, str] | None = None) -> None:
+        import os
+        import sys
+        import time
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corral", "run", "-p", str(policy), "--",
+             "/usr/bin/python3", "-c", script, *args],
+            env={**os.environ, **privileged, **(env or {})},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        try:
+            assert self.stdout.readline() == "up\n"
+            self.pid, self.entry = _proxy_pid(privileged["CORRAL_HOME"])
+            time.sleep(0.5)  # serving
+            self.before = _rss(self.pid)
+        except BaseException:
+            self.kill()
+            raise
+
+    def go(self) -> str:
+        self.stdin.write("go\n")
+        self.stdin.flush()
+        return self.stdout.readline()
+
+    def grown(self) -> int:
+        return _rss(self.pid) - self.before
+
+    def finish(self) -> None:
+        self.stdin.write("\n")
+        self.stdin.flush()
+        self.proc.wait(timeout=60)
+        assert self.proc.returncode == 0, self.proc.stderr.read() if self.proc.stderr else ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def test_half_sent_heads_cannot_grow_the_proxy(privileged: dict[str, str],
                                                 tmp_path: Path) -> None:
     """3000 connections each holding 60 KiB of an unfinished request head, in a sandbox
     limited to 256 MiB (so 256 proxy connections): the proxy serves at most its cap, its
     memory stays bounded, the refusals are audited once per burst, not once per connection,
     and the proxy is in the sandbox's cgroup (so its memory counts towards the sandbox's)."""
-    import os
-    import sys
     import time
 
     from corral.runtime.egress import proxy_caps
@@ -147,31 +192,17 @@ def test_half_sent_heads_cannot_grow_the_proxy(privileged: dict[str, str],
                       "egress:\n  - host: example.test\n    action: deny\n")
     cap = proxy_caps(256 * 1024**2)["connections"]
     assert cap == 256
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "corral", "run", "-p", str(policy), "--", "/usr/bin/python3",
-         "-c", HALF_HEADS, "3000"], env={**os.environ, **privileged},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
+    run = _Workload(privileged, policy, HALF_HEADS, ["3000"])
     try:
-        assert proc.stdout.readline() == "up\n"
-        pid, entry = _proxy_pid(state)
-        time.sleep(0.5)  # serving
-        before = _rss(pid)
-        groups = Path(f"/proc/{pid}/cgroup").read_text()
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        opened = proc.stdout.readline()
+        groups = Path(f"/proc/{run.pid}/cgroup").read_text()
+        opened = run.go()
         assert opened.startswith("opened"), opened
         time.sleep(1.0)  # what was sent is read by now
-        grown = _rss(pid) - before
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        proc.wait(timeout=60)
+        grown = run.grown()
+        run.finish()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+        run.kill()
+    entry = run.entry
     memory_line = next(ln for ln in groups.splitlines() if ln.split(":")[1] in ("memory", ""))
     assert memory_line.endswith(f"/{entry['cgroup']}"), groups
     # the cap's worth of 60 KiB heads and connections, with room for the allocator: 3000
@@ -214,9 +245,7 @@ def test_pipelined_bytes_cannot_grow_the_proxy_past_its_buffer_cap(
     connection, ~90 MiB here), so under a 16 MiB buffer cap it resets connections instead,
     grows by little and audits the refusal as one ``proxy.buffered`` event. The connection
     cap (512 for 512 MiB) is far away: only the buffer cap can stop it."""
-    import os
     import socket
-    import sys
     import threading
     import time
 
@@ -237,36 +266,21 @@ def test_pipelined_bytes_cannot_grow_the_proxy_past_its_buffer_cap(
     policy.write_text(f"name: p\nlimits: {{memory: 512MiB}}\negress:\n  - host: 127.0.0.1\n"
                       f"    ports: [{port}]\n    action: inspect\n")
     cap = 16 * 1024**2
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "corral", "run", "-p", str(policy), "--", "/usr/bin/python3",
-         "-c", PIPELINED, "40", str(port)],
-        env={**os.environ, **privileged, "CORRAL_PROXY_MAX_BUFFERED": "16MiB"},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
+    run = _Workload(privileged, policy, PIPELINED, ["40", str(port)],
+                    {"CORRAL_PROXY_MAX_BUFFERED": "16MiB"})
     try:
-        assert proc.stdout.readline() == "up\n"
-        pid, _entry = _proxy_pid(state)
-        time.sleep(0.5)  # serving
-        before = _rss(pid)
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        opened = proc.stdout.readline()
+        opened = run.go()
         assert opened.startswith("opened 40"), opened
         grown = 0
         for _ in range(20):  # what the kernel holds reaches the proxy meanwhile
             time.sleep(0.1)
-            grown = max(grown, _rss(pid) - before)
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        proc.wait(timeout=60)
+            grown = max(grown, run.grown())
+        run.finish()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        run.kill()
         upstream.close()
         for sock in accepted:
             sock.close()
-    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     assert accepted, "no request reached the upstream: the workload did not run"
     # the cap's worth and the allocator's slack; ~90 MiB without the cap
     assert grown < 40 * 1024**2, f"the proxy grew by {grown >> 20} MiB"
