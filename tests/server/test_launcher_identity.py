@@ -77,6 +77,19 @@ def _login_env(env: dict[str, str], tmp: Path, server: Server, token: str,
     return out_env
 
 
+def _alice_launches(server: Server, world: Outside, corral_env: dict[str, str], kek: Path,
+                    tmp: Path, monkeypatch: pytest.MonkeyPatch,
+                    subject: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A real launch as Alice: the project set up, nothing lent by the test's environment;
+    (the project's env, the env with only Alice's stored login)."""
+    require_root()
+    require_tools("bwrap", "nft", "ip", "setpriv", "curl")
+    for name in ("CORRAL_TOKEN", "SUDO_UID", "SUDO_USER", "SUDO_GID"):
+        monkeypatch.delenv(name, raising=False)
+    env = _setup(server, world, corral_env, tmp)
+    return env, _login_env(env, tmp, server, _user(server, kek, ALICE, subject), ALICE)
+
+
 def _clean_env(env: dict[str, str]) -> dict[str, str]:
     """The test process's environment must not lend the launcher a token or a sudo caller."""
     full = {k: v for k, v in os.environ.items()
@@ -94,13 +107,8 @@ def _push(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_run_names_its_human(corral_server: Server, outside: Outside,  # noqa: F811
                              corral_env: dict[str, str], kek_file: Path,
                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    require_root()
-    require_tools("bwrap", "nft", "ip", "setpriv", "curl")
-    for name in ("CORRAL_TOKEN", "SUDO_UID", "SUDO_USER", "SUDO_GID"):
-        monkeypatch.delenv(name, raising=False)
-    env = _setup(corral_server, outside, corral_env, tmp_path)
-    alice = _login_env(env, tmp_path, corral_server,
-                       _user(corral_server, kek_file, ALICE, "sub-alice-7f3a"), ALICE)
+    env, alice = _alice_launches(corral_server, outside, corral_env, kek_file, tmp_path,
+                                 monkeypatch, "sub-alice-7f3a")
     ip = outside.ip
     script = (f"curl -s -o /dev/null -w 'inspect=%{{http_code}}\\n' https://{ip}/echo; "
               f"curl -s -o /dev/null -w 'deny=%{{http_code}}\\n' https://{ip}/other")
@@ -145,13 +153,8 @@ def test_run_names_its_human(corral_server: Server, outside: Outside,  # noqa: F
 def test_audit_push_completes_a_run(corral_server: Server, outside: Outside,  # noqa: F811
                                     corral_env: dict[str, str], kek_file: Path,
                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    require_root()
-    require_tools("bwrap", "nft", "ip", "setpriv", "curl")
-    for name in ("CORRAL_TOKEN", "SUDO_UID", "SUDO_USER", "SUDO_GID"):
-        monkeypatch.delenv(name, raising=False)
-    env = _setup(corral_server, outside, corral_env, tmp_path)
-    alice = _login_env(env, tmp_path, corral_server,
-                       _user(corral_server, kek_file, ALICE, "sub-alice"), ALICE)
+    env, alice = _alice_launches(corral_server, outside, corral_env, kek_file, tmp_path,
+                                 monkeypatch, "sub-alice")
     bob = _login_env(env, tmp_path, corral_server,
                      _user(corral_server, kek_file, BOB, "sub-bob"), BOB)
     ip = outside.ip
@@ -233,13 +236,8 @@ def test_no_token_is_visible_inside_the_sandbox(corral_server: Server,  # noqa: 
     from corral.server.db import Database
     from corral.server.models import Token
 
-    require_root()
-    require_tools("bwrap", "nft", "ip", "setpriv", "curl")
-    for name in ("CORRAL_TOKEN", "SUDO_UID", "SUDO_USER", "SUDO_GID"):
-        monkeypatch.delenv(name, raising=False)
-    env = _setup(corral_server, outside, corral_env, tmp_path)
-    alice = _login_env(env, tmp_path, corral_server,
-                       _user(corral_server, kek_file, ALICE, "sub-alice-hunt"), ALICE)
+    env, alice = _alice_launches(corral_server, outside, corral_env, kek_file, tmp_path,
+                                 monkeypatch, "sub-alice-hunt")
     done = _run(alice, "--project", "shop", "--agent", "bot", "--", "sh", "-c", HUNT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["hunted"], done.stdout

@@ -131,14 +131,19 @@ HOSTS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(host=HOSTS, port=st.integers(1, 65535))
-def test_plain_http_only_on_loopback(host: str, port: int) -> None:
-    netloc = f"[{host}]" if ":" in host else host
+def _netloc(host: str) -> tuple[str, bool]:
+    """``host`` as a URL's netloc, and whether it names this machine only."""
     try:
         loop = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loop = False
+    return (f"[{host}]" if ":" in host else host), loop
+
+
+@settings(max_examples=300, deadline=None)
+@given(host=HOSTS, port=st.integers(1, 65535))
+def test_plain_http_only_on_loopback(host: str, port: int) -> None:
+    netloc, loop = _netloc(host)
     url = f"http://{netloc}:{port}"
     if loop:
         check_url(url)
@@ -155,11 +160,7 @@ def test_an_http_issuer_only_on_loopback(host: str, port: int) -> None:
     network is crossed, in the server config file and on the command line alike."""
     from corral.server.config import OidcConfig
 
-    netloc = f"[{host}]" if ":" in host else host
-    try:
-        loop = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loop = False
+    netloc, loop = _netloc(host)
     issuer = f"http://{netloc}:{port}/realms/acme"
     if loop:
         assert OidcConfig(issuer=issuer, client_id="corral").issuer == issuer
