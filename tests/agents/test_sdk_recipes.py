@@ -101,16 +101,30 @@ def _npm_install(where: Path, package: str, binary: str) -> Path:
     return path
 
 
+# The recipes' tests script the model's side of Claude Code's requests, which change between
+# releases (2.1.332 loads MCP tools through ToolSearch; npm on Node 20 picks 2.1.197 for a bare
+# name): one pinned release, the one on PATH or in .venv/node only if it is that one.
+CLAUDE_CODE = "2.1.332"
+
+
+def _version(binary: Path) -> str:
+    done = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    return done.stdout.split(" ")[0].strip()
+
+
 @pytest.fixture(scope="module")
 def claude(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Claude Code from npm (@anthropic-ai/claude-code ships a native binary): on PATH, in
-    .venv/node, else installed into a directory of this session (~10 s here), so a fresh
-    clone runs the recipe instead of skipping it."""
+    """Claude Code ``CLAUDE_CODE`` from npm (@anthropic-ai/claude-code ships a native binary):
+    on PATH or in .venv/node when it is that release, else installed into a directory of this
+    session (~10 s here), so a fresh clone runs the recipes instead of skipping them."""
     found = shutil.which("claude")
     local = REPO / ".venv" / "node" / "node_modules" / ".bin" / "claude"
-    path = Path(found) if found else local if local.exists() else _npm_install(
-        tmp_path_factory.mktemp("claude"), "@anthropic-ai/claude-code", "claude")
-    return path.resolve()
+    for path in [*([Path(found)] if found else []), local]:
+        if path.exists() and _version(path) == CLAUDE_CODE:
+            return path.resolve()
+    return _npm_install(tmp_path_factory.mktemp("claude"),
+                        f"@anthropic-ai/claude-code@{CLAUDE_CODE}", "claude").resolve()
 
 
 @pytest.fixture(scope="module")
