@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import random
 import shutil
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -27,6 +31,23 @@ def require_root() -> None:
 def require_tools(*tools: str) -> None:
     for tool in tools:
         require(shutil.which(tool) is not None or os.path.exists(f"/usr/sbin/{tool}"), tool)
+
+
+@contextlib.contextmanager
+def free_subnet(net: str) -> Iterator[int]:
+    """An N such that no interface of this host has an address in ``NET.N.0/24``, kept from
+    other test processes until the block ends: give the host end its address inside it.
+    (Random picks collided: two namespaces on one /30 each, and a test reached the other's
+    server, whose CA has the same name: "certificate signature failure".)"""
+    with open("/run/corral-test-subnets.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        shown = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
+                               text=True, check=True).stdout
+        used = {int(addr.split(".")[2]) for addr in shown.split()
+                if addr.startswith(f"{net}.") and addr.count(".") == 3}
+        free = [n for n in range(1, 251) if n not in used]
+        assert free, f"no free {net}.N.0/24 on this host"
+        yield random.choice(free)
 
 
 @pytest.fixture

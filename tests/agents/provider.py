@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_root, require_tools
+from tests.conftest import free_subnet, require_root, require_tools
 from tests.tlsutil import make_ca
 
 
@@ -42,9 +42,6 @@ def serve(tmp: Path, *, net: str = "10.252", prefix: str = "s",
     tmp.chmod(0o755)
     tag = secrets.token_hex(3)
     ns, veth_h, veth_n = f"corral-{prefix}-{tag}", f"cr{prefix}{tag}h", f"cr{prefix}{tag}n"
-    octet = int(tag[:2], 16) % 250 + 1
-    host_ip, ip = f"{net}.{octet}.1", f"{net}.{octet}.2"
-    ca, cert, key = make_ca(tmp, [ip])
     keys = {"anthropic": "sk-ant-REAL-" + secrets.token_hex(8),
             "openai": "sk-REAL-" + secrets.token_hex(8)}
     release = tmp / "release"
@@ -57,7 +54,10 @@ def serve(tmp: Path, *, net: str = "10.252", prefix: str = "s",
         sh("ip", "netns", "add", ns)
         sh("ip", "link", "add", veth_h, "type", "veth", "peer", "name", veth_n)
         sh("ip", "link", "set", veth_n, "netns", ns)
-        sh("ip", "addr", "add", f"{host_ip}/30", "dev", veth_h)
+        with free_subnet(net) as octet:
+            host_ip, ip = f"{net}.{octet}.1", f"{net}.{octet}.2"
+            sh("ip", "addr", "add", f"{host_ip}/30", "dev", veth_h)
+        ca, cert, key = make_ca(tmp, [ip])
         sh("ip", "link", "set", veth_h, "up")
         sh("ip", "-n", ns, "addr", "add", f"{ip}/30", "dev", veth_n)
         sh("ip", "-n", ns, "link", "set", veth_n, "up")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_root, require_tools
+from conftest import free_subnet, require_root, require_tools
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -111,9 +111,6 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
     tag = pysecrets.token_hex(3)
     ns = f"corral-t-{tag}"
     veth_h, veth_n = f"crt{tag}h", f"crt{tag}n"
-    octet = int(tag[:2], 16) % 250 + 1
-    host_ip, ns_ip = f"10.250.{octet}.1", f"10.250.{octet}.2"
-    ca, cert, key = _make_ca(tmp, ns_ip)
     git_root = tmp / "git"
     git_root.mkdir()
     work = tmp / "work"
@@ -130,7 +127,10 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
         _sh("ip", "netns", "add", ns)
         _sh("ip", "link", "add", veth_h, "type", "veth", "peer", "name", veth_n)
         _sh("ip", "link", "set", veth_n, "netns", ns)
-        _sh("ip", "addr", "add", f"{host_ip}/30", "dev", veth_h)
+        with free_subnet("10.250") as octet:  # one module's session fixture each, at once
+            host_ip, ns_ip = f"10.250.{octet}.1", f"10.250.{octet}.2"
+            _sh("ip", "addr", "add", f"{host_ip}/30", "dev", veth_h)
+        ca, cert, key = _make_ca(tmp, ns_ip)
         _sh("ip", "link", "set", veth_h, "up")
         _sh("ip", "-n", ns, "addr", "add", f"{ns_ip}/30", "dev", veth_n)
         _sh("ip", "-n", ns, "link", "set", veth_n, "up")
