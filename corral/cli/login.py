@@ -44,45 +44,35 @@ from corral.render import visible
 __all__ = ["load", "login", "logout", "store_path", "whoami"]
 
 
-def _invoker() -> tuple[Path, int, int]:
-    """(home, uid, gid) of the human who ran the command (the sudo caller under sudo)."""
-    sudo_uid = os.environ.get("SUDO_UID")
-    if os.geteuid() == 0 and sudo_uid and sudo_uid.isdigit():
-        entry = pwd.getpwuid(int(sudo_uid))
-        return Path(entry.pw_dir), entry.pw_uid, entry.pw_gid
-    entry = pwd.getpwuid(os.getuid())
-    return Path(os.environ.get("HOME") or entry.pw_dir), os.getuid(), os.getgid()
-
-
 def store_path() -> Path:
-    home, _, _ = _invoker()
-    sudo = os.geteuid() == 0 and os.environ.get("SUDO_UID")
-    base = os.environ.get("XDG_CONFIG_HOME") if not sudo else None
-    return Path(base or home / ".config") / "corral" / "login.json"
+    """Where the stored login lives (``corral.runtime.project.login_file``, the one rule)."""
+    from corral.runtime.project import login_file
+
+    return login_file()[0]
 
 
 def load() -> dict[str, Any] | None:
-    path = store_path()
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("token"), str) else None
+    """The stored login, read with the owner and mode checks every reader applies
+    (``corral.runtime.project.stored_login``); None when there is none."""
+    from corral.runtime.project import stored_login
+
+    return stored_login()
 
 
 @contextlib.contextmanager
 def _as_invoker() -> Iterator[None]:
     """File operations in the sudo caller's name (their config dir is theirs to arrange: a
     ``~/.config/corral`` symlinked to ``/etc`` made root chown ``/etc`` to them)."""
-    _, uid, gid = _invoker()
-    if os.geteuid() != 0 or uid == 0:
+    sudo_uid = os.environ.get("SUDO_UID", "")
+    if os.geteuid() != 0 or not sudo_uid.isdigit() or int(sudo_uid) == 0:
         yield
         return
+    entry = pwd.getpwuid(int(sudo_uid))
     egid, groups = os.getegid(), os.getgroups()
-    os.setgroups(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
-    os.setegid(gid)
-    os.seteuid(uid)
-    try:
+    try:  # a failure part-way is undone too: the finally runs from the first change on
+        os.setgroups(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        os.setegid(entry.pw_gid)
+        os.seteuid(entry.pw_uid)
         yield
     finally:
         os.seteuid(0)  # first: only root may set the gid and groups back

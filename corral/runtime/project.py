@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from corral.policy.resolved import ResolvedPolicy
     from corral.runtime import trust
 
-__all__ = ["ProjectPolicy", "Pull", "Target", "cache_path", "project_policy", "stored_login",
-           "stored_login_token", "target"]
+__all__ = ["ProjectPolicy", "Pull", "Target", "cache_path", "login_file", "project_policy",
+           "stored_login", "stored_login_token", "target"]
 
 EXIT_CORRAL = 125
 DEFAULT_MAX_OFFLINE = 24 * 3600
@@ -68,9 +68,9 @@ class ProjectPolicy(NamedTuple):
     offline: str | None  # why the cached copy is used, or None when pulled just now
 
 
-def _login_file() -> tuple[Path, int]:
-    """(``login.json`` of the invoking user, that user's uid), as ``corral login`` wrote it
-    (corral/cli/login.py ``store_path``): the sudo caller's config dir under sudo."""
+def login_file() -> tuple[Path, int]:
+    """(``login.json`` of the invoking user, that user's uid): where ``corral login`` writes
+    it and every reader reads it; the sudo caller's config dir under sudo."""
     import pwd
 
     sudo_uid = os.environ.get("SUDO_UID", "")
@@ -86,7 +86,7 @@ def stored_login() -> dict[str, Any] | None:
     """The login ``corral login`` stored for the invoking user: ``{"server", "token", ...}``,
     or None when there is none. Read only from a regular file (no symlink) owned by that user
     and readable by no one else; one that is not is refused (125), not silently skipped."""
-    path, uid = _login_file()
+    path, uid = login_file()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:

@@ -397,15 +397,18 @@ class Sandbox:
         then the closing brace), and the command may run before the last one: the bytes are
         kept across calls, and the pid is taken from the first write (atomic: a pipe write
         under PIPE_BUF) as soon as it is there."""
+        if pid in self._child_pids:
+            return self._child_pids[pid]
         got = self._info_read.get(pid, b"")
         with contextlib.suppress(OSError):
             os.set_blocking(fd, False)
             while chunk := os.read(fd, 4096):
                 got += chunk
-        self._info_read[pid] = got
         found = _CHILD_PID.search(got)
         if found is None:
+            self._info_read[pid] = got
             return None
+        self._info_read.pop(pid, None)  # found: its later bytes are never needed
         self._child_pids[pid] = int(found[1])
         return self._child_pids[pid]
 

@@ -216,5 +216,11 @@ def test_under_sudo_only_the_callers_own_login(monkeypatch: pytest.MonkeyPatch) 
         with pytest.raises(CorralError, match=f"owned by uid {caller}") as err:
             project.target("shop", None, server)
         assert err.value.exit_code == 125
+        # the server commands' client (corral approvals, policy push, ...) reads it the same way
+        from corral.cli.remote import client
+
+        with pytest.raises(CorralError, match=f"owned by uid {caller}"):
+            client(server)
         os.chown(login, caller, caller)
         assert project.target("shop", None, server).token == "crl_roots"
+        assert client(server).token == "crl_roots"
