@@ -76,9 +76,11 @@ def test_the_stored_login_cannot_approve_its_own_call_nor_widen_its_policy(
     # The agent's process: runs as the user, reads the user's stored login, nothing else.
     home = tmp_path / "home"
     (home / ".config" / "corral").mkdir(parents=True)
-    (home / ".config" / "corral" / "login.json").write_text(json.dumps(
+    stored = home / ".config" / "corral" / "login.json"
+    stored.write_text(json.dumps(
         {"server": sso_server.url, "token": login["token"], "id": login["id"],
          "email": login["email"], "expires_at": login["expires_at"]}))
+    stored.chmod(0o600)  # as corral login writes it (every reader refuses a wider mode)
     env = {k: v for k, v in os.environ.items() if k not in ("CORRAL_TOKEN", "XDG_CONFIG_HOME")}
     env.update(HOME=str(home), CORRAL_SERVER=sso_server.url)
     wide = tmp_path / "wide.yaml"
