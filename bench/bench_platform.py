@@ -60,14 +60,14 @@ out = {"inspect": {"latency_ms": [], "sse_first_ms": []},
 for i in range(n):
     for action, prefix in (("inspect", ""), ("platform", "/p"))[::1 if i % 2 else -1]:
         t = time.perf_counter()
-        r = get(prefix + "/echo"); r.read()
+        r = get(prefix + "/echo"); body = r.read()
         out[action]["latency_ms"].append((time.perf_counter() - t) * 1000)
-        assert r.status == 200, (action, r.status)
+        assert r.status == 200, (action, r.status, body[:500])
 for i in range(m):
     for action, prefix in (("inspect", ""), ("platform", "/p"))[::1 if i % 2 else -1]:
         t = time.perf_counter()
         r = get(prefix + "/sse")
-        assert r.status == 200, (action, r.status)
+        assert r.status == 200, (action, r.status, r.read()[:500] if r.status != 200 else b"")
         while b"data:" not in r.read1(65536):
             pass
         out[action]["sse_first_ms"].append((time.perf_counter() - t) * 1000)

@@ -7,6 +7,11 @@ Invariants:
   same associated data); only wrapped keys are stored.
 - The KEK is 32 random bytes, base64, in ``kek_file`` (or ``$CORRAL_HOME/server.kek``,
   created 0600 on first start). A KEK file readable by group or others is refused.
+- ``load_kek`` reads the file again whenever it may have changed: a key is reused only while
+  the file's identity and metadata (device, inode, size, mode, owner, mtime and ctime to the
+  nanosecond) are those it was read with, and the mode check runs on every call, so a
+  replaced, rewritten or loosened file is seen by the next call (the relay loads the KEK for
+  every request it injects).
 - ``kek_id`` (first 16 hex digits of sha256 of the KEK) is stored with each row so a wrong key
   is reported as such, not as corrupt data; ``rotate`` rewraps every data key in one
   transaction and never touches the sealed values.
@@ -96,22 +101,40 @@ def generate_key_file(path: Path) -> None:
         f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
 
 
+def _signature(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mode, st.st_uid, st.st_mtime_ns,
+            st.st_ctime_ns)
+
+
+def _checked(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise KekError(f"{path}: the KEK is not a regular file")
+    if st.st_mode & 0o077:
+        raise KekError(f"{path}: the KEK is readable by others (mode "
+                       f"{stat.S_IMODE(st.st_mode):o}); chmod 600 it")
+
+
+_loaded: dict[str, tuple[tuple[int, ...], Kek]] = {}
+
+
 def load_kek(path: Path, *, create: bool = False) -> Kek:
     if create and not path.exists():
         # another replica or process may have made it first: then use theirs
         with contextlib.suppress(FileExistsError):
             generate_key_file(path)
+    with contextlib.suppress(OSError):
+        st = os.stat(path, follow_symlinks=False)
+        _checked(path, st)
+        cached = _loaded.get(str(path))
+        if cached is not None and cached[0] == _signature(st):
+            return cached[1]
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as err:
         raise KekError(f"{path}: cannot read the KEK: {err.strerror}") from None
     with os.fdopen(fd) as f:
         st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise KekError(f"{path}: the KEK is not a regular file")
-        if st.st_mode & 0o077:
-            raise KekError(f"{path}: the KEK is readable by others (mode "
-                           f"{stat.S_IMODE(st.st_mode):o}); chmod 600 it")
+        _checked(path, st)
         text = f.read()
     try:
         key = base64.b64decode(text.strip(), validate=True)
@@ -119,4 +142,8 @@ def load_kek(path: Path, *, create: bool = False) -> Kek:
         raise KekError(f"{path}: the KEK is not base64") from None
     if len(key) != 32:
         raise KekError(f"{path}: the KEK must be 32 bytes (base64), not {len(key)}")
-    return Kek(key)
+    kek = Kek(key)
+    if len(_loaded) > 16:
+        _loaded.clear()
+    _loaded[str(path)] = (_signature(st), kek)
+    return kek

@@ -5,7 +5,8 @@ Invariants:
   the local ``corral server token`` commands can share the file.
 - ``postgresql://`` URLs use psycopg 3; connections are checked before use (``pool_pre_ping``)
   and time out, so a database that went away is a clean 503, not a hung request.
-- ``writer()`` queues a process's writers on SQLite's single write lock (hot paths use it).
+- ``writer()`` queues a process's writers on SQLite's single write lock (hot paths use it);
+  ``free_writer()`` takes it only if it is free (a caller on the event loop must not wait).
 - The URL (which may hold a password) is never logged or put in an error message:
   ``safe_url`` drops the password.
 """
@@ -91,5 +92,26 @@ class Database:
         turns and only the processes contend. PostgreSQL locks rows: nothing to hold."""
         return self._writer if self.backend == "sqlite" else nullcontext()
 
+    def free_writer(self) -> AbstractContextManager[object] | None:
+        """SQLite only: this process's writer slot, taken now if no one holds it (the caller
+        releases it by leaving the returned context); None when it is taken, or on
+        PostgreSQL (whose statements wait on the network: never on the event loop)."""
+        if self.backend != "sqlite" or not self._writer.acquire(blocking=False):
+            return None
+        return _Release(self._writer)
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class _Release:
+    """Leaving it releases a lock already held."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()

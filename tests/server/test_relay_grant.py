@@ -104,6 +104,24 @@ def test_grant_injects_and_records_before_returning(world: World) -> None:
         assert s.scalar(select(Credential.last_used_at)) is not None
 
 
+def test_the_credential_row_is_stamped_as_used_once_a_minute(world: World) -> None:
+    # every use is a credential.inject event; the row's last_used_at, like a token's, is
+    # written again only when it is a minute old (a write per request to one hot row)
+    from corral.server.relay.reads import STAMP_EVERY
+
+    world.grant()
+    with world.db.session() as s:
+        stamped = s.scalar(select(Credential.last_used_at))
+    world.grant()
+    with world.db.session() as s:
+        assert s.scalar(select(Credential.last_used_at)) == stamped
+        s.execute(update(Credential).values(last_used_at=utcnow() - STAMP_EVERY))
+    world.grant()
+    with world.db.session() as s:
+        assert s.scalar(select(Credential.last_used_at)) > stamped
+    assert len(world.events("credential.inject")) == 3
+
+
 def test_a_pushed_policy_refuses_the_next_request(world: World) -> None:
     world.grant()
     with world.db.session() as s:

@@ -88,6 +88,39 @@ def test_kek_file_rules(tmp_path: Path) -> None:
         load_kek(tmp_path / "absent")
 
 
+def test_a_loaded_kek_is_reused_only_while_its_file_is_unchanged(tmp_path: Path) -> None:
+    import base64
+    import os
+
+    path = tmp_path / "server.kek"
+    generate_key_file(path)
+    first = load_kek(path)
+    assert load_kek(path) is first  # unchanged: the key already read
+    # rewritten in place (same inode, same size): the next call reads the new key
+    other = base64.b64encode(os.urandom(32)).decode() + "\n"
+    path.write_text(other)
+    second = load_kek(path)
+    assert second.id != first.id and load_kek(path) is second
+    # replaced by rename: a new inode
+    fresh = tmp_path / "fresh.kek"
+    generate_key_file(fresh)
+    fresh_id = load_kek(fresh).id
+    os.replace(fresh, path)
+    assert load_kek(path).id == fresh_id
+    # loosened after it was loaded: refused at once, not served from memory
+    path.chmod(0o640)
+    with pytest.raises(KekError, match="readable by others"):
+        load_kek(path)
+    path.chmod(0o600)
+    # swapped for a symlink to a good key: refused (O_NOFOLLOW), cached key or not
+    target = tmp_path / "target.kek"
+    generate_key_file(target)
+    path.unlink()
+    path.symlink_to(target)
+    with pytest.raises(KekError):
+        load_kek(path)
+
+
 def test_kek_rotate_rewraps_every_credential(db_url: str, tmp_path: Path) -> None:
     from sqlalchemy import select
 

@@ -1,6 +1,7 @@
 """What the relay may do for one request: the run's token, its policy, the credential.
 
-``grant`` runs in a worker thread (it reads the database) and either returns a ``Grant`` or
+``grant`` runs on the event loop when SQLite's writer slot is free, in a worker thread
+otherwise (``app.RelayMiddleware._grant``), and either returns a ``Grant`` or
 raises ``RelayRefused`` with the status, code and message the launcher passes on. Its
 database work is ``reads`` (three short statements and one commit on one connection, no ORM
 objects): a live token takes that path; anything else is refused through ``tokens.find``.
@@ -23,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +121,9 @@ def _refused(db: Database, run_id: str, secret: str, client: str) -> reads.Who:
 
 
 def grant(db: Database, kek_path: Any, run_id: str, secret: str, pre: Preamble,
-          client: str) -> Grant:
+          client: str, *, writer: AbstractContextManager[object] | None = None) -> Grant:
+    """``writer``: held around the inject record's write (default ``db.writer()``; a caller
+    that already holds the writer slot passes a null context)."""
     with db.engine.connect() as conn:
         who = reads.live(reads.token_row(conn, secret), run_id)
         if who is None:
@@ -147,13 +151,12 @@ def grant(db: Database, kek_path: Any, run_id: str, secret: str, pre: Preamble,
                 f"project {who.project} has no credential {name!r} (binding {binding.name} at "
                 f"{binding.origin}); set it with 'corral creds set {name} --project "
                 f"{who.project}'"))
-        row_id, sealed = found
         try:
-            value = load_kek(kek_path).open(who.project_id, name, sealed)
+            value = load_kek(kek_path).open(who.project_id, name, found.sealed)
         except KekError as err:
             raise RelayRefused(500, "credential_unreadable", str(err)) from None
-        with db.writer():
-            reads.record_inject(conn, who, row_id, f"{who.project}/{name}",
+        with writer if writer is not None else db.writer():
+            reads.record_inject(conn, who, found, f"{who.project}/{name}",
                                 binding=binding.name, host=pre.host, method=pre.method,
                                 path=pre.target.partition("?")[0][:300],
                                 rule=str(decision.origin))

@@ -3,7 +3,8 @@
 ``grant`` runs for every relayed request, so what it reads is kept to three statements on one
 pooled connection: the token joined with its user, run and project; the ids of the policy
 versions attached to the org and the project; the credential row. The ``credential.inject``
-event and the row's ``last_used_at`` are written and committed on that same connection.
+event (and the row's ``last_used_at``, at most once a minute) is written and committed on that
+same connection.
 
 Invariants:
 - Nothing here decides: ``live`` only says whether a token row passes every check of
@@ -18,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -38,8 +40,8 @@ from corral.server.models import (
 from corral.server.policies import project_scope
 from corral.server.tokens import SANDBOX_AUDIENCE, TOKEN_RE, hash_token
 
-__all__ = ["Who", "attached_ids", "credential", "live", "record_inject", "token_row",
-           "version_texts"]
+__all__ = ["STAMP_EVERY", "Found", "Who", "attached_ids", "credential", "live", "record_inject",
+           "token_row", "version_texts"]
 
 
 class Who(NamedTuple):
@@ -64,9 +66,11 @@ _ATTACHED = (select(PolicyAttachment.scope, PolicyAttachment.version_id)
                         PolicyAttachment.scope == bindparam("scope")))
              .order_by(PolicyAttachment.name))
 _CREDENTIAL = select(Credential.id, Credential.ciphertext, Credential.nonce,
-                     Credential.wrapped_key, Credential.key_nonce, Credential.kek_id).where(
+                     Credential.wrapped_key, Credential.key_nonce, Credential.kek_id,
+                     Credential.last_used_at).where(
     Credential.project_id == bindparam("project"), Credential.name == bindparam("name"))
 _INJECT = insert(AdminEvent)
+STAMP_EVERY = dt.timedelta(minutes=1)  # ``last_used_at`` to the minute, as tokens keep it
 _USED = (update(Credential).where(Credential.id == bindparam("row"))
          .values(last_used_at=bindparam("now")))
 
@@ -109,17 +113,28 @@ def version_texts(conn: Connection, ids: tuple[int, ...]) -> list[tuple[str, str
     return [found[i] for i in ids]
 
 
-def credential(conn: Connection, project_id: int, name: str) -> tuple[int, Sealed] | None:
+class Found(NamedTuple):
+    """A credential row: its id, the sealed value and when it was last stamped as used."""
+    id: int
+    sealed: Sealed
+    last_used: dt.datetime | None
+
+
+def credential(conn: Connection, project_id: int, name: str) -> Found | None:
     row = conn.execute(_CREDENTIAL, {"project": project_id, "name": name}).first()
     if row is None:
         return None
-    return row[0], Sealed(row[1], row[2], row[3], row[4], row[5])
+    return Found(row[0], Sealed(row[1], row[2], row[3], row[4], row[5]), row[6])
 
 
-def record_inject(conn: Connection, who: Who, credential_id: int, target: str,
+def record_inject(conn: Connection, who: Who, found: Found, target: str,
                   **detail: Any) -> None:
-    """Add the ``credential.inject`` event and stamp the row's use (the caller commits): the
-    same row ``admin_log.record`` would add (actor the run's human, the project's team)."""
+    """Add the ``credential.inject`` event (the caller commits): the same row
+    ``admin_log.record`` would add (actor the run's human, the project's team). The row's
+    ``last_used_at`` is stamped when it is a minute old or more, as a token's is: every use
+    is in the events, and a write per request to one hot row would only slow the relay."""
     conn.execute(_INJECT, {"actor": who.human, "action": "credential.inject", "target": target,
                            "team_id": who.team_id, "detail": {"run": who.run, **detail}})
-    conn.execute(_USED, {"row": credential_id, "now": utcnow()})
+    now = utcnow()
+    if found.last_used is None or now - found.last_used >= STAMP_EVERY:
+        conn.execute(_USED, {"row": found.id, "now": now})
