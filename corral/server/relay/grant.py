@@ -3,7 +3,7 @@
 ``grant`` runs on the event loop when SQLite's writer slot is free, in a worker thread
 otherwise (``app.RelayMiddleware._grant``), and either returns a ``Grant`` or
 raises ``RelayRefused`` with the status, code and message the launcher passes on. Its
-database work is ``reads`` (three short statements and one commit on one connection, no ORM
+database work is ``reads`` (two short statements and one commit on one connection, no ORM
 objects): a live token takes that path; anything else is refused through ``tokens.find``.
 
 Invariants:
@@ -64,10 +64,10 @@ _policies: dict[tuple[int, ...], ResolvedPolicy] = {}
 _lock = threading.Lock()
 
 
-def _policy(conn: Connection, project_id: int) -> ResolvedPolicy:
+def _policy(conn: Connection, key: tuple[int, ...]) -> ResolvedPolicy:
     """The project's composed policy, cached by the attached versions (immutable rows): which
-    versions are attached is read on every request, so a push is seen by the next one."""
-    key = reads.attached_ids(conn, project_id)
+    versions are attached is read on every request (with the token), so a push is seen by the
+    next one."""
     with _lock:
         found = _policies.get(key)
     if found is None:
@@ -125,11 +125,13 @@ def grant(db: Database, kek_path: Any, run_id: str, secret: str, pre: Preamble,
     """``writer``: held around the inject record's write (default ``db.writer()``; a caller
     that already holds the writer slot passes a null context)."""
     with db.engine.connect() as conn:
-        who = reads.live(reads.token_row(conn, secret), run_id)
+        row, versions = reads.token_row(conn, secret)
+        who = reads.live(row, run_id)
         if who is None:
             conn.rollback()
             who = _refused(db, run_id, secret, client)
-        policy = _policy(conn, who.project_id)
+            versions = reads.token_row(conn, secret)[1]  # checked in full: read them again
+        policy = _policy(conn, versions)
         if policy.digest != who.digest:
             raise RelayRefused(403, "policy_revoked", (
                 f"run {run_id} registered policy {who.digest[:12]}, which project "

@@ -1,8 +1,8 @@
 """The relay's database work for one request, as few short Core statements (no ORM objects).
 
-``grant`` runs for every relayed request, so what it reads is kept to three statements on one
-pooled connection: the token joined with its user, run and project; the ids of the policy
-versions attached to the org and the project; the credential row. The ``credential.inject``
+``grant`` runs for every relayed request, so what it reads is kept to two statements on one
+connection: the token joined with its user, run and project and with the policy attachments
+of the org and that project (a row per attachment); the credential row. The ``credential.inject``
 event (and the row's ``last_used_at``, at most once a minute) is written and committed on that
 same connection.
 
@@ -23,7 +23,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, String, bindparam, cast, insert, literal, or_, select, update
 
 from corral.server.crypto import Sealed
 from corral.server.models import (
@@ -37,10 +37,9 @@ from corral.server.models import (
     User,
     utcnow,
 )
-from corral.server.policies import project_scope
 from corral.server.tokens import SANDBOX_AUDIENCE, TOKEN_RE, hash_token
 
-__all__ = ["STAMP_EVERY", "Found", "Who", "attached_ids", "credential", "live", "record_inject",
+__all__ = ["STAMP_EVERY", "Found", "Who", "credential", "live", "record_inject",
            "token_row", "version_texts"]
 
 
@@ -56,15 +55,18 @@ class Who(NamedTuple):
 
 _TOKEN = (select(Token.kind, Token.audience, Token.run_id, Token.revoked_at, Token.expires_at,
                  Token.user_id, User.disabled, Run.status, Run.human, Run.policy_digest,
-                 Project.id, Project.name, Project.team_id)
+                 Project.id, Project.name, Project.team_id, PolicyAttachment.scope,
+                 PolicyAttachment.version_id)
+          .select_from(Token)
           .outerjoin(User, User.id == Token.user_id)
           .outerjoin(Run, Run.id == Token.run_id)
           .outerjoin(Project, Project.id == Run.project_id)
-          .where(Token.secret_hash == bindparam("hash")))
-_ATTACHED = (select(PolicyAttachment.scope, PolicyAttachment.version_id)
-             .where(or_(PolicyAttachment.scope == "org",
-                        PolicyAttachment.scope == bindparam("scope")))
-             .order_by(PolicyAttachment.name))
+          # the policy versions attached to the org and to the run's project, one row each
+          .outerjoin(PolicyAttachment, or_(
+              PolicyAttachment.scope == "org",
+              PolicyAttachment.scope == literal("p") + cast(Project.id, String)))
+          .where(Token.secret_hash == bindparam("hash"))
+          .order_by(PolicyAttachment.name))
 _CREDENTIAL = select(Credential.id, Credential.ciphertext, Credential.nonce,
                      Credential.wrapped_key, Credential.key_nonce, Credential.kek_id,
                      Credential.last_used_at).where(
@@ -75,10 +77,21 @@ _USED = (update(Credential).where(Credential.id == bindparam("row"))
          .values(last_used_at=bindparam("now")))
 
 
-def token_row(conn: Connection, secret: str) -> Sequence[Any] | None:
+def token_row(conn: Connection, secret: str) -> tuple[Sequence[Any] | None, tuple[int, ...]]:
+    """The token's row with its user, run and project (None if no such token), and the ids
+    of the policy versions in force for that project, in composition order: the org's, then
+    the project's, each by attachment name (as ``policies.resolve_project`` composes them).
+    One statement: it runs for every relayed request."""
     if not TOKEN_RE.fullmatch(secret):
-        return None
-    return conn.execute(_TOKEN, {"hash": hash_token(secret)}).first()
+        return None, ()
+    rows = conn.execute(_TOKEN, {"hash": hash_token(secret)}).all()
+    if not rows:
+        return None, ()
+    pairs: list[tuple[Any, Any]] = [(r[-2], r[-1]) for r in rows]
+    versions = (tuple(v for s, v in pairs if s == "org")
+                + tuple(v for s, v in pairs if s not in (None, "org")))
+    first: Sequence[Any] = tuple(rows[0])
+    return first[:-2], versions
 
 
 def live(row: Sequence[Any] | None, run_id: str) -> Who | None:
@@ -94,15 +107,6 @@ def live(row: Sequence[Any] | None, run_id: str) -> Who | None:
             or status != "running" or project_id is None):
         return None
     return Who(run_id, human, digest, project_id, project, team_id)
-
-
-def attached_ids(conn: Connection, project_id: int) -> tuple[int, ...]:
-    """The versions in force, in composition order: the org's, then the project's, each by
-    attachment name (as ``policies.resolve_project`` composes them)."""
-    scope = project_scope(project_id)
-    rows = conn.execute(_ATTACHED, {"scope": scope}).all()
-    return (tuple(v for s, v in rows if s == "org")
-            + tuple(v for s, v in rows if s == scope))
 
 
 def version_texts(conn: Connection, ids: tuple[int, ...]) -> list[tuple[str, str]]:
