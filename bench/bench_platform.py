@@ -38,7 +38,7 @@ from tests.server.test_launcher import Server  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_PLATFORM_ROUNDS", "3"))
 REQUESTS = int(os.environ.get("BENCH_PLATFORM_REQUESTS", "300"))
-SSE_REQUESTS = int(os.environ.get("BENCH_PLATFORM_SSE", "30"))
+SSE_REQUESTS = int(os.environ.get("BENCH_PLATFORM_SSE", "100"))
 
 CLIENT = r'''
 import http.client, json, os, ssl, sys, time
